@@ -1,0 +1,662 @@
+"""Single-producer/single-consumer byte ring over a region of shared memory.
+
+This module holds only the algorithm: it knows nothing about segments, semaphores or
+processes.  ``ipckit.backends.shm`` maps the memory, places two rings (one per direction)
+in one segment and plugs in the wait strategy of ``ipckit.backends.waiting``.
+
+Layout of one ring region (``offset`` must be a multiple of 64; all words native u64)::
+
+    +0    static line   magic, version, capacity, max_message_size   (written once)
+    +64   writer line   write_pos, writer_sleeping, writer_closed    (written by the writer)
+    +128  reader line   read_pos,  reader_sleeping, reader_closed    (written by the reader)
+    +224  data area     ``capacity`` bytes (a multiple of 64)
+
+``write_pos`` and ``read_pos`` are monotonically increasing 64-bit byte counters; the data
+position is ``counter % capacity``.  Each side keeps its own counter in a private variable and
+only *publishes* it to shared memory, so a corrupted or hostile peer can never change what a
+side believes about itself; the peer's counter is re-read and bounds-checked on every use.
+
+Records start at 64-byte boundaries of the data area and never wrap: a 16-byte header
+``(kind: u32, chunk: u32, total: u64)`` followed by ``chunk`` payload bytes, padded to 64.
+
+* ``MSG``   first (often only) record of a message of ``total`` bytes.
+* ``CONT``  next chunk of a message larger than the ring (streamed; the reader reassembles
+  into a preallocated buffer of ``total`` bytes after checking ``total <= max_message_size``).
+* ``PAD``   the rest of the data area is unused; continue at its start.
+* ``ABORT`` the writer gave up on a streamed message (send timeout); drop the partial one.
+
+Because the data area starts 32 bytes past a 64-byte boundary, every payload starts at an
+address ``== 48 (mod 64)`` of a page-aligned mapping.  glibc's memcpy on this machine runs
+~15x slower when ``(dst - src) % 4096`` is in ``[1, 31]``; measured (docs/shm.md) sources and
+destinations are bytes objects (data at page offset 48) or malloc'd buffers -- bytearray,
+numpy -- (page offset 16), giving distances 0 or 32, both on the fast path.  Streamed chunks
+are multiples of 64 bytes so the relation holds for every chunk of a reassembled message.
+
+Memory ordering: the writer copies the payload, then stores ``write_pos`` with one aligned
+8-byte store; the reader loads ``write_pos`` and only then the payload.  That is correct on
+x86-64 (TSO: stores become visible in program order, loads are not reordered with older
+loads; glibc ends non-temporal memcpy loops with ``sfence``).  Weakly ordered CPUs would
+need barriers that pure Python cannot issue, so :class:`Ring` refuses them
+(:func:`ordering_supported`).  The sleeping flags use store-then-load (Dekker) which TSO does
+*not* order; a lost wake-up is therefore possible in a tiny window, and the waiting side
+bounds it with a short first timed wait (see ``waiting.py``).
+"""
+
+from __future__ import annotations
+
+import platform
+import struct
+from collections.abc import Callable, Sequence
+from typing import Final, TypeAlias
+
+from ipckit.errors import (
+    BufferTooSmall,
+    IncompatibleEndpoint,
+    MessageTooLarge,
+    ProtocolError,
+    UnsupportedOperation,
+)
+
+__all__ = [
+    "MAGIC",
+    "VERSION",
+    "CONTROL_SIZE",
+    "MIN_CAPACITY",
+    "MAX_CAPACITY",
+    "Ring",
+    "RingReader",
+    "RingWriter",
+    "region_size",
+    "round_capacity",
+    "initialize",
+    "ordering_supported",
+]
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+MAGIC: Final = 0x31474E524B435049  # b"IPCKRNG1" little-endian
+VERSION: Final = 1
+CONTROL_SIZE: Final = 224  # data area offset inside the region
+MIN_CAPACITY: Final = 256
+MAX_CAPACITY: Final = 1 << 31  # chunk lengths are u32
+_ALIGN: Final = 64
+_HDR: Final = struct.Struct("<IIQ")
+_HDR_SIZE: Final = 16
+
+# Record kinds; 0 is deliberately invalid so zeroed memory is never a message.
+_MSG: Final = 1
+_CONT: Final = 2
+_PAD: Final = 3
+_ABORT: Final = 4
+
+# u64 word indices in the control area (viewed with memoryview.cast("Q")).
+_W_MAGIC: Final = 0
+_W_VERSION: Final = 1
+_W_CAPACITY: Final = 2
+_W_MAXMSG: Final = 3
+_W_WPOS: Final = 8
+_W_WSLEEP: Final = 9
+_W_WCLOSED: Final = 10
+_W_RPOS: Final = 16
+_W_RSLEEP: Final = 17
+_W_RCLOSED: Final = 18
+_CONTROL_WORDS: Final = CONTROL_SIZE // 8
+
+_X86: Final = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+
+
+def ordering_supported(machine: str | None = None) -> bool:
+    """True where plain stores are seen by other cores in program order (x86 TSO)."""
+    return (machine if machine is not None else platform.machine()).lower() in _X86
+
+
+def round_capacity(capacity: int) -> int:
+    """Round a requested data capacity up to a multiple of 64 within the supported range."""
+    if capacity < MIN_CAPACITY or capacity > MAX_CAPACITY:
+        raise ValueError(f"ring capacity must be in [{MIN_CAPACITY}, {MAX_CAPACITY}], got {capacity}")
+    return (capacity + _ALIGN - 1) & ~(_ALIGN - 1)
+
+
+def region_size(capacity: int) -> int:
+    """Bytes of shared memory one ring of *capacity* (already rounded) occupies."""
+    return CONTROL_SIZE + capacity
+
+
+def _record_size(chunk: int) -> int:
+    return (chunk + _HDR_SIZE + _ALIGN - 1) & ~(_ALIGN - 1)
+
+
+def _control(buf: memoryview, offset: int, size: int) -> memoryview:
+    if offset < 0 or offset % _ALIGN or size < CONTROL_SIZE + MIN_CAPACITY or offset + size > len(buf):
+        raise ValueError(f"bad ring region offset={offset} size={size} for a buffer of {len(buf)}")
+    return buf[offset : offset + CONTROL_SIZE].cast("Q")
+
+
+def _as_bytes_view(buf: object) -> memoryview:
+    mv = buf if isinstance(buf, memoryview) else memoryview(buf)  # type: ignore[arg-type]
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+def initialize(buf: memoryview, offset: int, capacity: int, max_message_size: int) -> None:
+    """Write an empty ring header into ``buf[offset:]``; the magic is stored last."""
+    mv = _as_bytes_view(buf)
+    capacity = round_capacity(capacity)
+    ctl = _control(mv, offset, region_size(capacity))
+    for i in range(_CONTROL_WORDS):
+        ctl[i] = 0
+    ctl[_W_VERSION] = VERSION
+    ctl[_W_CAPACITY] = capacity
+    ctl[_W_MAXMSG] = max_message_size
+    ctl[_W_MAGIC] = MAGIC
+    ctl.release()
+
+
+class Ring:
+    """Common part of both ends: validated view of one ring region.
+
+    Args:
+        buf: the whole shared mapping (anything exporting a writable byte buffer).
+        offset: start of this ring's region (multiple of 64).
+        size: bytes available for the region; must match the header's capacity.
+        max_message_size: this side's limit; a message header above it is a ProtocolError.
+
+    Raises:
+        IncompatibleEndpoint: magic, version or capacity do not match (foreign or old segment).
+        UnsupportedOperation: the CPU is not x86 (see the module docstring).
+    """
+
+    __slots__ = ("_mv", "_ctl", "_cap", "_data", "_maxmsg", "_detached", "wake_peer")
+
+    def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
+        if not ordering_supported():
+            raise UnsupportedOperation(
+                f"the shm ring relies on x86 total store order; {platform.machine()} is not supported"
+            )
+        mv = _as_bytes_view(buf)
+        if mv.readonly:
+            raise ValueError("the ring needs a writable buffer")
+        ctl = _control(mv, offset, size)
+        magic, version, cap = ctl[_W_MAGIC], ctl[_W_VERSION], ctl[_W_CAPACITY]
+        if magic != MAGIC or version != VERSION:
+            ctl.release()
+            raise IncompatibleEndpoint(f"not an ipckit ring (magic {magic:#x}, version {version})")
+        if cap < MIN_CAPACITY or cap > MAX_CAPACITY or cap % _ALIGN or CONTROL_SIZE + cap > size:
+            ctl.release()
+            raise IncompatibleEndpoint(f"ring capacity {cap} does not fit a region of {size} bytes")
+        self._mv = mv
+        self._ctl = ctl
+        self._cap: int = cap
+        self._data: int = offset + CONTROL_SIZE
+        self._maxmsg = max_message_size
+        self._detached = False
+        # Called (without arguments) when the peer may be asleep and needs a wake-up hint.
+        self.wake_peer: Callable[[], None] | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    @property
+    def max_message_size(self) -> int:
+        return self._maxmsg
+
+    def _positions(self) -> tuple[int, int]:
+        """Read both counters from shared memory and bounds-check their relation."""
+        ctl = self._ctl
+        wp, rp = ctl[_W_WPOS], ctl[_W_RPOS]
+        if rp > wp or wp - rp > self._cap or wp % _ALIGN or rp % _ALIGN:
+            raise ProtocolError(f"corrupt ring counters (write {wp}, read {rp}, capacity {self._cap})")
+        return wp, rp
+
+    def detach(self) -> None:
+        """Drop this ring's views of the shared buffer (so the mapping can be closed); idempotent."""
+        if not self._detached:
+            self._detached = True
+            self._ctl.release()
+            self._mv.release()
+
+
+class RingWriter(Ring):
+    """The producing end.  Not thread-safe; one writer per ring."""
+
+    __slots__ = ("_wp", "_rp", "_pending", "_abort_pending", "_min_chunk")
+
+    def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
+        super().__init__(buf, offset, size, max_message_size)
+        self._wp, self._rp = self._positions()
+        # (parts, part index, offset in part, bytes left, message started?)
+        self._pending: list[object] | None = None
+        self._abort_pending = False
+        # Streamed chunks smaller than this are not worth a record unless at the ring's end.
+        self._min_chunk = max(_ALIGN, (self._cap // 4) & ~(_ALIGN - 1))
+
+    # -- queries -------------------------------------------------------------------------
+    def _free(self) -> int:
+        """Free bytes, refreshing the reader's counter (untrusted: bounds-checked)."""
+        rp = self._ctl[_W_RPOS]
+        wp = self._wp
+        if rp > wp or wp - rp > self._cap or rp % _ALIGN or rp < self._rp:
+            raise ProtocolError(f"corrupt read counter {rp} (write {wp}, capacity {self._cap})")
+        self._rp = rp
+        return self._cap - (wp - rp)
+
+    def space_available(self) -> int:
+        """Free bytes in the ring right now (records need 64-byte multiples)."""
+        return self._free()
+
+    def fits_whole(self, total: int) -> bool:
+        """True when a message of *total* bytes travels as one record (zero-copy on receive)."""
+        return _record_size(total) <= self._cap
+
+    def can_progress(self) -> bool:
+        """Cheap predicate for the wait strategy: could the next write step succeed now?"""
+        need = self._need()
+        return need <= self._free() or self.peer_closed()
+
+    def _need(self) -> int:
+        """Free bytes the next write step waits for."""
+        pending = self._pending
+        pos = self._wp % self._cap
+        tail = self._cap - pos
+        if self._abort_pending:
+            return _ALIGN
+        if pending is None:
+            return _ALIGN
+        left: int = pending[3]  # type: ignore[assignment]
+        rec = _record_size(left)
+        if not pending[4] and rec <= self._cap:
+            return rec if rec <= tail else tail  # padding the tail is progress too
+        return min(tail, rec, self._min_chunk + _ALIGN)
+
+    def peer_closed(self) -> bool:
+        return self._ctl[_W_RCLOSED] != 0
+
+    @property
+    def busy(self) -> bool:
+        """True while a streamed message is half written (call :meth:`pump` or :meth:`abort`)."""
+        return self._pending is not None or self._abort_pending
+
+    # -- writing -------------------------------------------------------------------------
+    def _commit(self, wp: int) -> None:
+        self._wp = wp
+        ctl = self._ctl
+        ctl[_W_WPOS] = wp  # the publication store: everything before it is visible first
+        if ctl[_W_RSLEEP] and self.wake_peer is not None:
+            self.wake_peer()
+
+    def try_write(self, data: Buffer) -> bool:
+        """Fast path of :meth:`write` for one 1-D byte-format buffer (bytes, bytearray,
+        ``memoryview.cast("B")``): True when committed, else the message is pending."""
+        n = len(data)
+        rec = (n + _HDR_SIZE + _ALIGN - 1) & ~(_ALIGN - 1)
+        cap = self._cap
+        wp = self._wp
+        pos = wp % cap
+        if (
+            rec > cap - pos
+            or rec > cap - (wp - self._rp) and rec > self._free()
+            or self._abort_pending
+            or self._pending is not None
+            or n > self._maxmsg
+        ):
+            return self._write_slow([data], n)
+        base = self._data + pos
+        mv = self._mv
+        _HDR.pack_into(mv, base, _MSG, n, n)
+        mv[base + _HDR_SIZE : base + _HDR_SIZE + n] = data
+        self._commit(wp + rec)
+        return True
+
+    def write(self, parts: Sequence[Buffer], total: int) -> bool:
+        """Start writing one message made of *parts* (byte buffers summing to *total*).
+
+        Returns True when the whole message is committed.  Otherwise the message is pending:
+        call :meth:`pump` (after waiting for :meth:`can_progress`) until it returns True, or
+        :meth:`abort` to give up.  A pending message that fits the ring is not yet visible to
+        the reader; a streamed one is reassembled by the reader only once complete.
+
+        Raises:
+            MessageTooLarge: *total* exceeds max_message_size (nothing written).
+        """
+        return self._write_slow(parts, total)
+
+    def _write_slow(self, parts: Sequence[Buffer], total: int) -> bool:
+        if self._pending is not None:
+            raise RuntimeError("a message is already pending on this ring")
+        if total > self._maxmsg:
+            raise MessageTooLarge(f"message of {total} bytes exceeds max_message_size {self._maxmsg}")
+        if total > 0xFFFFFFFFFFFFFFFF:
+            raise MessageTooLarge("message length does not fit 64 bits")
+        views = [_as_bytes_view(p) for p in parts]
+        if sum(len(v) for v in views) != total:
+            raise ValueError("parts do not add up to total")
+        self._pending = [views, 0, 0, total, False]
+        return self.pump()
+
+    def _copy_from_pending(self, dst: int, n: int) -> None:
+        pending = self._pending
+        assert pending is not None
+        views: list[memoryview] = pending[0]  # type: ignore[assignment]
+        idx: int = pending[1]  # type: ignore[assignment]
+        off: int = pending[2]  # type: ignore[assignment]
+        mv = self._mv
+        while n:
+            v = views[idx]
+            take = min(n, len(v) - off)
+            mv[dst : dst + take] = v[off : off + take]
+            dst += take
+            n -= take
+            off += take
+            if off == len(v):
+                idx += 1
+                off = 0
+        # Skip empty parts so the cursor always points at a byte (or the end).
+        while idx < len(views) and off == len(views[idx]):
+            idx += 1
+            off = 0
+        pending[1] = idx
+        pending[2] = off
+
+    def _pad(self, pos: int) -> None:
+        _HDR.pack_into(self._mv, self._data + pos, _PAD, 0, 0)
+        self._commit(self._wp + (self._cap - pos))
+
+    def pump(self) -> bool:
+        """Make as much progress on the pending message as space allows; True when done."""
+        cap = self._cap
+        if self._abort_pending:
+            if self._free() < _ALIGN:
+                return False
+            _HDR.pack_into(self._mv, self._data + self._wp % cap, _ABORT, 0, 0)
+            self._commit(self._wp + _ALIGN)
+            self._abort_pending = False
+        pending = self._pending
+        if pending is None:
+            return True
+        total: int = pending[3] if not pending[4] else 0  # type: ignore[assignment]
+        free = self._free()
+        if not pending[4]:
+            rec = _record_size(total)
+            if rec <= cap:
+                # Whole-record path: wait until it fits contiguously, padding at the ring's end.
+                pos = self._wp % cap
+                tail = cap - pos
+                if rec > tail:
+                    if free < tail:
+                        return False
+                    self._pad(pos)
+                    free -= tail
+                if rec > free:
+                    return False
+                base = self._data + self._wp % cap
+                _HDR.pack_into(self._mv, base, _MSG, total, total)
+                self._copy_from_pending(base + _HDR_SIZE, total)
+                self._pending = None
+                self._commit(self._wp + rec)
+                return True
+        # Streaming path: chunks of multiples of 64 bytes (except the last) into free space.
+        while True:
+            left: int = pending[3]  # type: ignore[assignment]
+            pos = self._wp % cap
+            tail = cap - pos
+            room = min(free, tail)
+            last = _record_size(left)
+            if room < last and room < self._min_chunk + _ALIGN and room < tail:
+                return False  # wait for more space rather than writing tiny chunks
+            if room < 2 * _ALIGN and room < last:
+                if room == tail and free >= tail:
+                    self._pad(pos)  # a 48-byte chunk at the end is not worth a record
+                    free -= tail
+                    continue
+                return False
+            chunk = left if last <= room else room - _ALIGN
+            base = self._data + pos
+            if not pending[4]:
+                _HDR.pack_into(self._mv, base, _MSG, chunk, pending[3])
+                pending[4] = True
+                pending.append(pending[3])  # remember the declared total for CONT records
+            else:
+                _HDR.pack_into(self._mv, base, _CONT, chunk, pending[5])
+            self._copy_from_pending(base + _HDR_SIZE, chunk)
+            pending[3] = left - chunk
+            rec = _record_size(chunk)
+            self._commit(self._wp + rec)
+            free -= rec
+            if chunk == left:
+                self._pending = None
+                return True
+
+    def abort(self) -> bool:
+        """Give up on the pending message.  Returns True if the reader will never see any of it.
+
+        A streamed message already partly committed is cancelled with an ABORT record (written
+        now, or before the next message if the ring is full); the reader drops the partial one.
+        """
+        pending = self._pending
+        if pending is None:
+            return True
+        self._pending = None
+        if pending[4]:
+            self._abort_pending = True
+            self.pump()
+        return True
+
+    def close(self) -> None:
+        """Mark the writing side closed (the reader sees EOF once drained) and drop views."""
+        if not self._detached:
+            self._ctl[_W_WCLOSED] = 1
+            if self._ctl[_W_RSLEEP] and self.wake_peer is not None:
+                self.wake_peer()
+        self.detach()
+
+    def set_sleeping(self, flag: bool) -> None:
+        """Tell the reader this writer is (or no longer is) blocked waiting for space."""
+        self._ctl[_W_WSLEEP] = 1 if flag else 0
+
+
+class RingReader(Ring):
+    """The consuming end.  Not thread-safe; one reader per ring."""
+
+    __slots__ = ("_rp", "_wp", "_cur", "_cur_end", "_asm", "_asm_view", "_asm_total", "_asm_got", "_into")
+
+    def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
+        super().__init__(buf, offset, size, max_message_size)
+        self._wp, self._rp = self._positions()
+        self._cur: memoryview | None = None  # message handed out by peek(), until release()
+        self._cur_end = 0
+        self._asm: bytearray | None = None  # reassembly of a streamed message
+        self._asm_view: memoryview | None = None
+        self._asm_total = 0
+        self._asm_got = 0
+        self._into: memoryview | None = None
+
+    # -- queries -------------------------------------------------------------------------
+    def has_data(self) -> bool:
+        """Cheap predicate: committed bytes are waiting (a message, a chunk or padding)."""
+        return self._cur is not None or self._ctl[_W_WPOS] != self._rp
+
+    def writer_closed(self) -> bool:
+        return self._ctl[_W_WCLOSED] != 0
+
+    def at_eof(self) -> bool:
+        """True when the writer closed and everything it committed has been consumed."""
+        # Flag first, counter second: the writer stores them in the opposite order (TSO).
+        return self._ctl[_W_WCLOSED] != 0 and self.peek() is None
+
+    def set_sleeping(self, flag: bool) -> None:
+        """Tell the writer this reader is (or no longer is) blocked waiting for data."""
+        self._ctl[_W_RSLEEP] = 1 if flag else 0
+
+    # -- reading -------------------------------------------------------------------------
+    def _publish(self, rp: int) -> None:
+        self._rp = rp
+        ctl = self._ctl
+        ctl[_W_RPOS] = rp
+        if ctl[_W_WSLEEP] and self.wake_peer is not None:
+            self.wake_peer()
+
+    def _load_wp(self, rp: int) -> int:
+        wp = self._ctl[_W_WPOS]
+        if wp < rp or wp - rp > self._cap or wp % _ALIGN or wp < self._wp:
+            raise ProtocolError(f"corrupt write counter {wp} (read {rp}, capacity {self._cap})")
+        self._wp = wp
+        return wp
+
+    def peek(self, into: memoryview | None = None) -> memoryview | None:
+        """Return the next complete message without consuming it, or None if none is ready.
+
+        The view points into shared memory (zero-copy) when the message fits the ring, else
+        into a reassembly buffer -- *into* if given and large enough, so streamed messages
+        land directly in a user buffer.  It stays valid until :meth:`release` (or the next
+        ``try_read*``); after that it is released and using it raises ``ValueError``.
+
+        Raises:
+            ProtocolError: anything read from shared memory is out of bounds or inconsistent.
+        """
+        cur = self._cur
+        if cur is not None:
+            return cur
+        cap = self._cap
+        mv = self._mv
+        while True:
+            rp = self._rp
+            avail = self._wp - rp
+            if avail <= 0:
+                avail = self._load_wp(rp) - rp
+                if avail == 0:
+                    if self._asm is not None and not self._asm:
+                        self._own_asm()
+                    return None
+            pos = rp % cap
+            base = self._data + pos
+            kind, chunk, total = _HDR.unpack_from(mv, base)
+            rec = (chunk + _HDR_SIZE + _ALIGN - 1) & ~(_ALIGN - 1)
+            if kind == _MSG:
+                if rec > avail or rec > cap - pos or chunk > total or self._asm is not None:
+                    raise ProtocolError(f"bad message record (chunk {chunk}, total {total}, {avail} committed)")
+                if total > self._maxmsg:
+                    raise ProtocolError(f"peer announced {total} bytes, above max_message_size {self._maxmsg}")
+                if chunk == total:
+                    view = mv[base + _HDR_SIZE : base + _HDR_SIZE + chunk]
+                    self._cur = view
+                    self._cur_end = rp + rec
+                    return view
+                into_ = into if into is not None and len(into) >= total else None
+                if into_ is None:
+                    try:
+                        self._asm = asm = bytearray(total)
+                    except MemoryError as exc:  # a bounded but still too large total
+                        raise ProtocolError(f"cannot allocate {total} bytes for a message") from exc
+                    self._asm_view = memoryview(asm)
+                else:
+                    self._asm = bytearray()  # marker: reassembling into the caller's buffer
+                    self._asm_view = into_[:total]
+                self._asm_total = total
+                self._asm_got = 0
+            elif kind == _CONT:
+                if (
+                    self._asm is None
+                    or total != self._asm_total
+                    or chunk == 0
+                    or chunk > total - self._asm_got
+                    or rec > avail
+                    or rec > cap - pos
+                ):
+                    raise ProtocolError(f"bad continuation record (chunk {chunk}, total {total})")
+            elif kind == _PAD:
+                tail = cap - pos
+                if tail > avail:
+                    raise ProtocolError("padding record beyond the committed data")
+                self._publish(rp + tail)
+                continue
+            elif kind == _ABORT:
+                if self._asm is None:
+                    raise ProtocolError("abort record outside a streamed message")
+                self._drop_asm()
+                self._publish(rp + _ALIGN)
+                continue
+            else:
+                raise ProtocolError(f"unknown record kind {kind}")
+            # A chunk of a streamed message: copy it out and free its space at once.
+            got = self._asm_got
+            asm_view = self._asm_view
+            assert asm_view is not None
+            asm_view[got : got + chunk] = mv[base + _HDR_SIZE : base + _HDR_SIZE + chunk]
+            got += chunk
+            self._asm_got = got
+            self._publish(rp + rec)
+            if got == self._asm_total:
+                self._cur = asm_view
+                self._cur_end = self._rp
+                self._asm = None
+                self._asm_view = None
+                return asm_view
+
+    def _own_asm(self) -> None:
+        """Move a half-reassembled message out of the caller's buffer before returning to it,
+        so a timed-out ``recv_bytes_into`` never has its buffer written to later."""
+        old = self._asm_view
+        assert old is not None
+        self._asm = asm = bytearray(self._asm_total)
+        self._asm_view = memoryview(asm)
+        self._asm_view[: self._asm_got] = old[: self._asm_got]
+        old.release()
+
+    def _drop_asm(self) -> None:
+        if self._asm_view is not None:
+            self._asm_view.release()
+        self._asm = None
+        self._asm_view = None
+
+    def release(self) -> None:
+        """Consume the message returned by :meth:`peek` (invalidating its view)."""
+        cur = self._cur
+        if cur is not None:
+            self._cur = None
+            try:
+                cur.release()
+            except BufferError:  # the caller exported it (e.g. numpy); it stays readable
+                pass
+            if self._cur_end != self._rp:
+                self._publish(self._cur_end)
+
+    def try_read(self) -> bytes | None:
+        """Return the next message as bytes (one copy) or None if none is complete yet."""
+        view = self.peek()
+        if view is None:
+            return None
+        data = bytes(view)
+        self.release()
+        return data
+
+    def try_read_into(self, buf: memoryview) -> int | None:
+        """Copy the next message into *buf* and return its length, or None if none is ready.
+
+        Raises:
+            BufferTooSmall: *buf* is smaller than the message, which is consumed and attached.
+        """
+        view = self.peek(buf)
+        if view is None:
+            return None
+        n = len(view)
+        try:
+            if n > len(buf):
+                raise BufferTooSmall(f"message of {n} bytes does not fit a buffer of {len(buf)}", bytes(view))
+            if view.obj is not buf.obj or n == 0:
+                buf[:n] = view
+        finally:
+            self.release()
+        return n
+
+    def close(self) -> None:
+        """Mark the reading side closed (the writer's sends fail) and drop every view."""
+        self._cur = None
+        self._drop_asm()
+        if not self._detached:
+            self._ctl[_W_RCLOSED] = 1
+            if self._ctl[_W_WSLEEP] and self.wake_peer is not None:
+                self.wake_peer()
+        self.detach()
+
