@@ -58,18 +58,18 @@ from ipckit.errors import (
 )
 
 __all__ = [
-    "MAGIC",
-    "VERSION",
     "CONTROL_SIZE",
-    "MIN_CAPACITY",
+    "MAGIC",
     "MAX_CAPACITY",
+    "MIN_CAPACITY",
+    "VERSION",
     "Ring",
     "RingReader",
     "RingWriter",
-    "region_size",
-    "round_capacity",
     "initialize",
     "ordering_supported",
+    "region_size",
+    "round_capacity",
 ]
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -167,7 +167,7 @@ class Ring:
         UnsupportedOperation: the CPU is not x86 (see the module docstring).
     """
 
-    __slots__ = ("_mv", "_ctl", "_cap", "_data", "_maxmsg", "_detached", "wake_peer")
+    __slots__ = ("_cap", "_ctl", "_data", "_detached", "_maxmsg", "_mv", "wake_peer")
 
     def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
         if not ordering_supported():
@@ -221,7 +221,7 @@ class Ring:
 class RingWriter(Ring):
     """The producing end.  Not thread-safe; one writer per ring."""
 
-    __slots__ = ("_wp", "_rp", "_pending", "_abort_pending", "_min_chunk")
+    __slots__ = ("_abort_pending", "_min_chunk", "_pending", "_rp", "_wp")
 
     def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
         super().__init__(buf, offset, size, max_message_size)
@@ -267,7 +267,7 @@ class RingWriter(Ring):
         left: int = pending[3]  # type: ignore[assignment]
         rec = _record_size(left)
         if not pending[4] and rec <= self._cap:
-            return rec if rec <= tail else tail  # padding the tail is progress too
+            return min(rec, tail)  # padding the tail is progress too
         return min(tail, rec, self._min_chunk + _ALIGN)
 
     def peer_closed(self) -> bool:
@@ -296,7 +296,8 @@ class RingWriter(Ring):
         pos = wp % cap
         if (
             rec > cap - pos
-            or rec > cap - (wp - self._rp) and rec > self._free()
+            or rec > cap - (wp - self._rp)
+            and rec > self._free()
             or self._abort_pending
             or self._pending is not None
             or n > self._maxmsg
@@ -459,7 +460,7 @@ class RingWriter(Ring):
 class RingReader(Ring):
     """The consuming end.  Not thread-safe; one reader per ring."""
 
-    __slots__ = ("_rp", "_wp", "_cur", "_cur_end", "_asm", "_asm_view", "_asm_total", "_asm_got", "_into")
+    __slots__ = ("_asm", "_asm_got", "_asm_total", "_asm_view", "_cur", "_cur_end", "_into", "_rp", "_wp")
 
     def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
         super().__init__(buf, offset, size, max_message_size)
@@ -535,9 +536,13 @@ class RingReader(Ring):
             rec = (chunk + _HDR_SIZE + _ALIGN - 1) & ~(_ALIGN - 1)
             if kind == _MSG:
                 if rec > avail or rec > cap - pos or chunk > total or self._asm is not None:
-                    raise ProtocolError(f"bad message record (chunk {chunk}, total {total}, {avail} committed)")
+                    raise ProtocolError(
+                        f"bad message record (chunk {chunk}, total {total}, {avail} committed)"
+                    )
                 if total > self._maxmsg:
-                    raise ProtocolError(f"peer announced {total} bytes, above max_message_size {self._maxmsg}")
+                    raise ProtocolError(
+                        f"peer announced {total} bytes, above max_message_size {self._maxmsg}"
+                    )
                 if chunk == total:
                     view = mv[base + _HDR_SIZE : base + _HDR_SIZE + chunk]
                     self._cur = view
@@ -659,4 +664,3 @@ class RingReader(Ring):
             if self._ctl[_W_WSLEEP] and self.wake_peer is not None:
                 self.wake_peer()
         self.detach()
-
