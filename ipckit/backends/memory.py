@@ -1,0 +1,237 @@
+"""``memory://`` — the in-process reference backend (threads only).
+
+Features:
+    Passes the whole channel contract without any OS object, so the core (deadlines, close
+    semantics, serializers, thread safety) is tested on its own.  Bounded in bytes: a sender
+    blocks while ``capacity`` bytes are queued.  Messages are copied on send, so the sender may
+    reuse its buffer.
+
+URL format:
+    ``memory://name`` for ``listen``/``connect`` within one process; ``pair()`` needs no name.
+
+Options:
+    ``capacity`` — bytes that may wait in each direction (default 64 MiB, at least one message
+    always fits).  Common options: ``serializer``, ``max_message_size``, ``default_timeout``.
+
+Platform notes:
+    Any platform.  Channels cannot leave the process (not inheritable).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, ClassVar, final
+
+from ..backend import Backend, Capabilities, Options
+from ..channel import Channel, Listener
+from ..deadline import Deadline, remaining
+from ..errors import (
+    ChannelClosed,
+    ChannelTimeout,
+    EndOfChannel,
+    EndpointExists,
+    EndpointNotFound,
+    InvalidAddress,
+    RecvTimeout,
+    SendTimeout,
+)
+from ..serializers import Buffer
+from ..url import Endpoint
+
+__all__ = ["MemoryBackend", "MemoryChannel", "MemoryOptions"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+_counter = itertools.count()
+_listeners: dict[str, _MemoryListener] = {}
+_listeners_lock = threading.Lock()
+
+
+@dataclass
+class MemoryOptions(Options):
+    capacity: int = 64 * 1024 * 1024
+
+
+class _Direction:
+    """One direction: a byte-bounded deque guarded by the pair's condition."""
+
+    __slots__ = ("items", "nbytes", "reader_closed", "writer_closed")
+
+    def __init__(self) -> None:
+        self.items: deque[bytes] = deque()
+        self.nbytes = 0
+        self.writer_closed = False
+        self.reader_closed = False
+
+
+_CAPS = Capabilities(
+    duplex=True,
+    message_oriented=True,
+    selectable=False,
+    detects_peer_close=True,
+    named=True,
+    anonymous_pair=True,
+    inheritable=False,
+    multi_client=True,
+    proves_same_user=True,
+)
+
+
+@final
+class MemoryChannel(Channel):
+    """One end of an in-process channel."""
+
+    capabilities: ClassVar[Capabilities] = _CAPS
+
+    def __init__(self, url: str, options: MemoryOptions, cond: threading.Condition, out: _Direction,
+                 inbound: _Direction) -> None:
+        super().__init__(url, options, peer_trusted=True)
+        self._cond = cond
+        self._out = out
+        self._in = inbound
+        self._capacity = max(options.capacity, 1)
+
+    def _wait(self, deadline: Deadline) -> bool:
+        left = remaining(deadline)
+        if left == 0.0:
+            return False
+        self._cond.wait(left)
+        if self._closed:
+            raise ChannelClosed(f"channel {self._url} was closed while waiting")
+        return True
+
+    def _send_message(self, view: memoryview, deadline: Deadline) -> None:
+        data = bytes(view)
+        n = len(data)
+        with self._cond:
+            out = self._out
+            while True:
+                if out.reader_closed:
+                    raise EndOfChannel(f"the peer closed {self._url}")
+                # One message always fits an empty queue, so a big message cannot wait forever.
+                if out.nbytes == 0 or out.nbytes + n <= self._capacity:
+                    break
+                if not self._wait(deadline):
+                    raise SendTimeout(f"send timed out on {self._url}: {out.nbytes} bytes are waiting unread")
+            out.items.append(data)
+            out.nbytes += n
+            self._cond.notify_all()
+
+    def _recv_message(self, deadline: Deadline) -> Buffer:
+        with self._cond:
+            inbound = self._in
+            while not inbound.items:
+                if inbound.writer_closed:
+                    raise EndOfChannel(f"the peer closed {self._url} and every message was received")
+                if not self._wait(deadline):
+                    raise RecvTimeout(f"no message on {self._url} before the timeout")
+            data = inbound.items.popleft()
+            inbound.nbytes -= len(data)
+            self._cond.notify_all()
+            return data
+
+    def _poll(self, deadline: Deadline) -> bool:
+        with self._cond:
+            while not (self._in.items or self._in.writer_closed):
+                if not self._wait(deadline):
+                    return False
+            return True
+
+    def _wakeup(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _close(self) -> None:
+        with self._cond:
+            self._out.writer_closed = True
+            self._in.reader_closed = True
+            self._in.items.clear()
+            self._in.nbytes = 0
+            self._cond.notify_all()
+
+
+def _make_pair(url: str, options: MemoryOptions) -> tuple[MemoryChannel, MemoryChannel]:
+    cond = threading.Condition()
+    ab, ba = _Direction(), _Direction()
+    return MemoryChannel(url, options, cond, ab, ba), MemoryChannel(url, options, cond, ba, ab)
+
+
+@final
+class _MemoryListener(Listener):
+    def __init__(self, url: str, name: str, options: MemoryOptions) -> None:
+        super().__init__(url, options)
+        self._name = name
+        self._cond = threading.Condition()
+        self._backlog: deque[MemoryChannel] = deque()
+
+    def _offer(self, options: MemoryOptions) -> MemoryChannel:
+        a, b = _make_pair(self._url, options)
+        with self._cond:
+            if self._closed:
+                a.close()
+                b.close()
+                raise EndpointNotFound(2, f"nothing listens at {self._url}")
+            self._backlog.append(a)
+            self._cond.notify_all()
+        return b
+
+    def _accept(self, deadline: Deadline) -> Channel:
+        with self._cond:
+            while not self._backlog:
+                left = remaining(deadline)
+                if left == 0.0:
+                    raise ChannelTimeout(f"no peer connected to {self._url} before the timeout")
+                self._cond.wait(left)
+                if self._closed:
+                    raise ChannelClosed(f"listener {self._url} was closed")
+            return self._backlog.popleft()
+
+    def _close(self) -> None:
+        with _listeners_lock:
+            if _listeners.get(self._name) is self:
+                del _listeners[self._name]
+        with self._cond:
+            pending = list(self._backlog)
+            self._backlog.clear()
+            self._cond.notify_all()
+        for ch in pending:
+            ch.close()
+
+
+def _name(endpoint: Endpoint) -> str:
+    name = endpoint.address.strip("/")
+    if not _NAME_RE.match(name):
+        raise InvalidAddress(f"memory:// names use letters, digits, '.', '_' and '-' (1-200 chars), got {name!r}")
+    return name
+
+
+@final
+class MemoryBackend(Backend):
+    scheme: ClassVar[str] = "memory"
+    capabilities: ClassVar[Capabilities] = _CAPS
+    options_class: ClassVar[type[Options]] = MemoryOptions
+
+    def pair(self, endpoint: Endpoint, options: Any) -> tuple[Channel, Channel]:
+        name = endpoint.address.strip("/") or f"ipckit-pair-{next(_counter)}"
+        return _make_pair(f"memory://{name}", options)
+
+    def listen(self, endpoint: Endpoint, options: Any) -> Listener:
+        name = _name(endpoint)
+        url = f"memory://{name}"
+        with _listeners_lock:
+            if name in _listeners:
+                raise EndpointExists(17, f"{url} is already listening in this process")
+            lst = _MemoryListener(url, name, options)
+            _listeners[name] = lst
+        return lst
+
+    def connect(self, endpoint: Endpoint, options: Any, deadline: Deadline) -> Channel:
+        name = _name(endpoint)
+        with _listeners_lock:
+            lst = _listeners.get(name)
+        if lst is None:
+            raise EndpointNotFound(2, f"nothing listens at memory://{name} in this process")
+        return lst._offer(options)

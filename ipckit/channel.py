@@ -1,0 +1,604 @@
+"""Channel and Listener: the public methods, written once.
+
+The contract lives here, in prose.  Backends implement a few private hooks that take bytes and an
+absolute monotonic deadline; everything else — state checks, ``timeout`` → deadline, the
+serializer, thread safety, translation of OS errors — is done once, in these base classes.
+
+Hooks a backend writes (see the docstrings of each):
+
+``_send_message(view, deadline)``  deliver one whole message
+``_recv_message(deadline)``        return one whole message as a buffer the caller may keep
+``_poll(deadline)``                True when a message (or end of channel) is waiting
+``_close()``                       release everything (called once, with no caller blocked)
+optional: ``_send_parts``, ``_recv_message_into``, ``_recv_view``, ``_wakeup``, ``_fileno``
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import struct
+import threading
+import warnings
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+from .backend import Capabilities, Options
+from .deadline import Deadline, deadline_from, remaining
+from .errors import (
+    BufferTooSmall,
+    ChannelClosed,
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    EndOfChannel,
+    IPCError,
+    MessageTooLarge,
+    ProtocolError,
+    RecvTimeout,
+    ResourceExhausted,
+    SendTimeout,
+    UnsafeSerializer,
+    UnsupportedOperation,
+    from_oserror,
+)
+from .serializers import Buffer, Serializer, get_serializer
+
+__all__ = ["Channel", "Listener", "resolve_serializer", "as_byte_view", "USE_DEFAULT"]
+
+#: Sentinel meaning "use the channel's ``default_timeout`` option".
+USE_DEFAULT: Any = type("UseDefault", (), {"__repr__": lambda self: "USE_DEFAULT"})()
+
+_live_channels: weakref.WeakSet[Channel] = weakref.WeakSet()
+_CLOSE_WAIT = 2.0  # seconds close() waits for a blocked caller to leave before releasing anyway
+
+
+def resolve_serializer(options: Options, peer_trusted: bool) -> Serializer:
+    """Pick the serializer for a channel and apply the trust rule of contract §5.
+
+    Default: pickle where the peer is proven trusted (or ``trust=True``), else msgpack.
+    Raises:
+        UnsafeSerializer: an untrusted serializer (pickle) on a channel whose peer is not trusted.
+        SerializerUnavailable / ConfigurationError: unknown name or bad object.
+    """
+    trusted = peer_trusted or options.trust
+    spec = options.serializer
+    if spec is None:
+        spec = "pickle" if trusted else "msgpack"
+    ser = get_serializer(spec)
+    if not getattr(ser, "trusted", False) and not trusted:
+        raise UnsafeSerializer(
+            f"serializer {getattr(ser, 'name', ser)!r} can run code on receive, and this channel's peer is not "
+            "proven to be the same user; use serializer='msgpack' or 'json', authenticate the peer, "
+            "or pass trust=True if you trust it"
+        )
+    return ser
+
+
+def as_byte_view(data: Any) -> memoryview:
+    """A flat unsigned-byte view of any C-contiguous buffer.
+
+    Raises:
+        EncodeError (a TypeError): *data* is not a contiguous bytes-like object.
+    """
+    try:
+        view = memoryview(data)
+    except TypeError as exc:
+        raise EncodeError(
+            f"send_bytes needs a bytes-like object (bytes, bytearray, memoryview, numpy array), "
+            f"not {type(data).__name__}; use send() to serialize other objects"
+        ) from exc
+    if view.format == "B" and view.ndim == 1:
+        return view
+    if not view.c_contiguous:
+        raise EncodeError("send_bytes needs a C-contiguous buffer; copy it first (e.g. numpy.ascontiguousarray)")
+    return view.cast("B")
+
+
+def _nbytes(parts: Sequence[Buffer]) -> int:
+    return sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in parts)
+
+
+class Channel:
+    """A connected endpoint that carries whole messages in both directions (if duplex).
+
+    Semantics every backend keeps (contract §3):
+
+    * ``recv`` returns exactly one whole message the peer sent, byte-identical, or raises; never a
+      partial, merged or stale one.  ``b""`` is a real empty message.
+    * Messages from one sender arrive in send order, none lost or duplicated, while both live.
+    * Every blocking call takes ``timeout``: ``None`` waits forever, ``0`` polls, ``> 0`` is seconds;
+      it becomes one monotonic deadline that signals and retries never extend.  Without a
+      ``timeout`` argument the channel's ``default_timeout`` option applies.
+    * ``close()`` is idempotent, releases everything and wakes callers blocked in other threads,
+      which then raise :class:`ChannelClosed`.
+    * One thread may send while another receives.  Two threads sending (or receiving) at once are
+      serialised; neither corrupts a message.
+    * Only ipckit errors leave these methods; the OS or library error is kept as ``__cause__``.
+
+    Channels are made by :func:`ipckit.pair`, :func:`ipckit.connect` and
+    :meth:`Listener.accept`, never constructed directly.
+    """
+
+    #: What this channel can do; set by each backend's channel class.
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, url: str, options: Options, *, peer_trusted: bool) -> None:
+        self._closed = True  # stays true until fully built, so __del__ of a half-made channel is quiet
+        self._url = url
+        self._options = options
+        ser = resolve_serializer(options, peer_trusted)
+        self._serializer = ser
+        self._dumps = ser.dumps
+        self._loads = ser.loads
+        self._dumps_parts = getattr(ser, "dumps_parts", None)
+        self._max = options.max_message_size
+        self._default_timeout = options.default_timeout
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._pid = os.getpid()
+        self._closed = False
+        _live_channels.add(self)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def url(self) -> str:
+        """The address of this channel (without options)."""
+        return self._url
+
+    @property
+    def serializer(self) -> Serializer:
+        """The serializer ``send``/``recv`` use."""
+        return self._serializer
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest message this channel sends or accepts, in bytes."""
+        return self._max
+
+    # ------------------------------------------------------------------ sending
+    def send(self, obj: Any, timeout: float | None = USE_DEFAULT) -> None:
+        """Serialize *obj* and deliver it as one message.
+
+        Raises:
+            ChannelClosed: this side was closed.
+            EncodeError: the serializer failed; nothing was sent, the channel stays usable.
+            MessageTooLarge: the encoded message exceeds ``max_message_size``; nothing was sent.
+            SendTimeout: the deadline passed; the message was not delivered.
+            PeerDied / ChannelBroken / EndOfChannel: the peer is gone.
+        """
+        if self._closed:
+            raise ChannelClosed(f"send on closed channel {self._url}")
+        try:
+            if self._dumps_parts is not None:
+                parts: Sequence[Buffer] = self._dumps_parts(obj)
+            else:
+                parts = (self._dumps(obj),)
+        except IPCError:
+            raise
+        except Exception as exc:
+            raise EncodeError(
+                f"cannot serialize {type(obj).__name__} with {self._serializer.name}: {exc}"
+            ) from exc
+        if len(parts) == 1:
+            self._send_view(as_byte_view(parts[0]), timeout)
+            return
+        views = [as_byte_view(p) for p in parts]
+        total = _nbytes(views)
+        if total > self._max:
+            raise MessageTooLarge(self._too_large(total))
+        self._locked_send(views, total, timeout)
+
+    def send_bytes(self, data: Any, timeout: float | None = USE_DEFAULT) -> None:
+        """Deliver the bytes of *data* (any C-contiguous buffer) as one message, unserialized.
+
+        Raises:
+            ChannelClosed, MessageTooLarge, SendTimeout, PeerDied, ChannelBroken: as :meth:`send`.
+            EncodeError: *data* is not a contiguous bytes-like object (also a ``TypeError``).
+        """
+        if self._closed:
+            raise ChannelClosed(f"send on closed channel {self._url}")
+        self._send_view(as_byte_view(data), timeout)
+
+    def _too_large(self, n: int) -> str:
+        return (f"message of {n} bytes exceeds max_message_size={self._max} on {self._url}; "
+                "raise max_message_size on both ends or send smaller messages")
+
+    def _send_view(self, view: memoryview, timeout: float | None) -> None:
+        n = view.nbytes
+        if n > self._max:
+            raise MessageTooLarge(self._too_large(n))
+        if timeout is USE_DEFAULT:
+            timeout = self._default_timeout
+        deadline = None if timeout is None else deadline_from(timeout)
+        lock = self._send_lock
+        if not lock.acquire(True, -1 if deadline is None else remaining(deadline) or 0.0):
+            raise SendTimeout(f"send timed out after {timeout} s waiting for another sending thread")
+        try:
+            if self._closed:
+                raise ChannelClosed(f"send on closed channel {self._url}")
+            self._send_message(view, deadline)
+        except IPCError:
+            raise
+        except OSError as exc:
+            raise from_oserror(exc, f"send on {self._url}") from exc
+        except MemoryError as exc:
+            raise ResourceExhausted(f"out of memory sending {n} bytes on {self._url}") from exc
+        finally:
+            lock.release()
+
+    def _locked_send(self, views: list[memoryview], total: int, timeout: float | None) -> None:
+        if timeout is USE_DEFAULT:
+            timeout = self._default_timeout
+        deadline = deadline_from(timeout)
+        lock = self._send_lock
+        if not lock.acquire(True, -1 if deadline is None else remaining(deadline) or 0.0):
+            raise SendTimeout(f"send timed out after {timeout} s waiting for another sending thread")
+        try:
+            if self._closed:
+                raise ChannelClosed(f"send on closed channel {self._url}")
+            self._send_parts(views, total, deadline)
+        except IPCError:
+            raise
+        except OSError as exc:
+            raise from_oserror(exc, f"send on {self._url}") from exc
+        except MemoryError as exc:
+            raise ResourceExhausted(f"out of memory sending {total} bytes on {self._url}") from exc
+        finally:
+            lock.release()
+
+    # ------------------------------------------------------------------ receiving
+    def recv(self, timeout: float | None = USE_DEFAULT) -> Any:
+        """Receive one message and deserialize it.
+
+        Raises:
+            ChannelClosed: this side was closed (also when closed by another thread while waiting).
+            EndOfChannel: the peer closed cleanly and every message was received.
+            PeerDied: the peer crashed; the messages it fully sent were received first.
+            RecvTimeout: no message before the deadline; nothing was consumed.
+            DecodeError: the message could not be deserialized; it is consumed, the channel stays usable.
+            MessageTooLarge / ProtocolError / ChannelBroken: the peer broke the protocol.
+        """
+        data = self._locked_recv(timeout, None)
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        try:
+            return self._loads(view)
+        except IPCError:
+            raise
+        except Exception as exc:
+            raise DecodeError(
+                f"cannot decode a {view.nbytes}-byte message with {self._serializer.name}: {exc!r} "
+                "(do both ends use the same serializer?)"
+            ) from exc
+
+    def recv_bytes(self, timeout: float | None = USE_DEFAULT) -> bytes:
+        """Receive one message as ``bytes``, unserialized. Raises as :meth:`recv` (but never DecodeError)."""
+        data = self._locked_recv(timeout, None)
+        return data if type(data) is bytes else bytes(data)
+
+    def recv_bytes_into(self, buf: Any, timeout: float | None = USE_DEFAULT) -> int:
+        """Receive one message into the writable buffer *buf*; return its length.
+
+        Copy-free where the backend allows.
+        Raises:
+            BufferTooSmall: the message is larger than *buf*; it is kept in the error's ``message``.
+            TypeError: *buf* is not a writable contiguous buffer.
+            Others as :meth:`recv_bytes`.
+        """
+        try:
+            view = memoryview(buf)
+        except TypeError:
+            raise TypeError(f"recv_bytes_into needs a writable buffer, not {type(buf).__name__}") from None
+        if view.readonly:
+            raise TypeError("recv_bytes_into needs a writable buffer (bytearray, numpy array, ...)")
+        if not (view.format == "B" and view.ndim == 1):
+            if not view.c_contiguous:
+                raise TypeError("recv_bytes_into needs a C-contiguous buffer")
+            view = view.cast("B")
+        return int(self._locked_recv(timeout, view))
+
+    def recv_view(self, timeout: float | None = USE_DEFAULT) -> memoryview:
+        """Receive one message as a read-only memoryview, copy-free where the backend allows.
+
+        The view is valid until the next receive on this channel (or close); copy what you keep.
+        Raises as :meth:`recv_bytes`.
+        """
+        result = self._locked_recv(timeout, _VIEW)
+        view = result if isinstance(result, memoryview) else memoryview(result)
+        return view.toreadonly()
+
+    def _locked_recv(self, timeout: float | None, into: Any) -> Any:
+        if self._closed:
+            raise ChannelClosed(f"recv on closed channel {self._url}")
+        if timeout is USE_DEFAULT:
+            timeout = self._default_timeout
+        deadline = None if timeout is None else deadline_from(timeout)
+        lock = self._recv_lock
+        if not lock.acquire(True, -1 if deadline is None else remaining(deadline) or 0.0):
+            raise RecvTimeout(f"recv timed out after {timeout} s waiting for another receiving thread")
+        try:
+            if self._closed:
+                raise ChannelClosed(f"recv on closed channel {self._url}")
+            if into is None:
+                return self._recv_message(deadline)
+            if into is _VIEW:
+                return self._recv_view(deadline)
+            return self._recv_message_into(into, deadline)
+        except IPCError:
+            raise
+        except OSError as exc:
+            raise from_oserror(exc, f"recv on {self._url}") from exc
+        except struct.error as exc:
+            raise ProtocolError(f"malformed data from the peer on {self._url}: {exc}") from exc
+        except MemoryError as exc:
+            raise ResourceExhausted(f"out of memory receiving on {self._url}") from exc
+        finally:
+            lock.release()
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """True if :meth:`recv` would return (or raise EndOfChannel / PeerDied) without blocking.
+
+        Waits up to *timeout* seconds (``None``: until something arrives).
+        Raises:
+            ChannelClosed: this side was closed.
+        """
+        if self._closed:
+            raise ChannelClosed(f"poll on closed channel {self._url}")
+        deadline = deadline_from(timeout)
+        try:
+            return self._poll(deadline)
+        except IPCError:
+            raise
+        except OSError as exc:
+            raise from_oserror(exc, f"poll on {self._url}") from exc
+
+    def fileno(self) -> int:
+        """A descriptor that selectors / asyncio report readable when :meth:`poll` would be true.
+
+        Raises:
+            UnsupportedOperation: the backend has no such descriptor (``capabilities.selectable``).
+            ChannelClosed: this side was closed.
+        """
+        if self._closed:
+            raise ChannelClosed(f"fileno on closed channel {self._url}")
+        return self._fileno()
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Close this end: idempotent, always releases, wakes callers blocked in other threads.
+
+        The peer then receives :class:`EndOfChannel` after the messages already sent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        _live_channels.discard(self)
+        try:
+            self._wakeup()
+        except Exception:  # waking is best effort; releasing below is not
+            pass
+        # Wait (bounded) for callers blocked in other threads to leave, so _close never pulls a
+        # resource out from under a running syscall.
+        got_send = self._send_lock.acquire(True, _CLOSE_WAIT)
+        got_recv = self._recv_lock.acquire(True, _CLOSE_WAIT)
+        try:
+            self._close()
+        except IPCError:
+            raise
+        except OSError as exc:
+            raise from_oserror(exc, f"close of {self._url}") from exc
+        finally:
+            if got_recv:
+                self._recv_lock.release()
+            if got_send:
+                self._send_lock.release()
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        """Yield received messages until the peer closes (EndOfChannel ends the loop)."""
+        while True:
+            try:
+                yield self.recv()
+            except EndOfChannel:
+                return
+
+    def __del__(self) -> None:
+        # A forked child that never took the channel over must not close the parent's
+        # (that would tell the peer "closed"); its descriptors go with the process.
+        if getattr(self, "_closed", True) or self._pid != os.getpid():
+            return
+        try:
+            warnings.warn(f"unclosed ipckit channel {self._url}", ResourceWarning, stacklevel=2, source=self)
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self._url} {state} serializer={self._serializer.name}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"{type(self).__name__} ({self._url}) cannot be pickled: pass it as an argument of a "
+            "multiprocessing.Process, or connect to its URL from the other process"
+        )
+
+    # ------------------------------------------------------------------ hooks
+    def _send_message(self, view: memoryview, deadline: Deadline) -> None:
+        """Deliver *view* as one whole message before *deadline* (None = no limit).
+
+        Called with the send lock held, the size already checked.  Raise SendTimeout if the deadline
+        passes (after marking the channel broken if part of the message left), PeerDied /
+        EndOfChannel if the peer is gone, ChannelClosed if woken by close().
+        """
+        raise NotImplementedError
+
+    def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
+        """Deliver several buffers as one message; override to avoid joining them."""
+        self._send_message(memoryview(b"".join(views)), deadline)
+
+    def _recv_message(self, deadline: Deadline) -> Buffer:
+        """Return the next whole message as a buffer the caller may keep (bytes, bytearray, ...).
+
+        Raise RecvTimeout at the deadline (consuming nothing), EndOfChannel after a clean close,
+        PeerDied after a crash, ChannelClosed if woken by close().
+        """
+        raise NotImplementedError
+
+    def _recv_message_into(self, view: memoryview, deadline: Deadline) -> int:
+        """Receive into *view*; override to avoid the intermediate copy."""
+        data = self._recv_message(deadline)
+        n = len(data)
+        if n > view.nbytes:
+            raise BufferTooSmall(
+                f"message of {n} bytes does not fit the {view.nbytes}-byte buffer; it is in .message",
+                bytes(data),
+            )
+        view[:n] = data
+        return n
+
+    def _recv_view(self, deadline: Deadline) -> Buffer:
+        """Return the next message, possibly as a view valid until the next receive."""
+        return self._recv_message(deadline)
+
+    def _poll(self, deadline: Deadline) -> bool:
+        """True when a message or end-of-channel is waiting; may wait until *deadline*."""
+        raise NotImplementedError
+
+    def _wakeup(self) -> None:
+        """Wake threads blocked in hooks so they see ``_closed`` (default: hooks wait in slices)."""
+
+    def _close(self) -> None:
+        """Release every resource; called once, after blocked callers left (or 2 s passed)."""
+        raise NotImplementedError
+
+    def _fileno(self) -> int:
+        raise UnsupportedOperation(f"{self._url} has no selectable descriptor")
+
+
+_VIEW = object()
+
+
+class Listener:
+    """Owns a named endpoint (creates it, later removes it) and hands out one channel per peer.
+
+    ``accept`` blocks until a peer connects; ``close`` removes the endpoint (only the owner ever
+    removes it, once) and wakes a blocked ``accept``.
+    """
+
+    def __init__(self, url: str, options: Options) -> None:
+        self._closed = False
+        self._url = url
+        self._options = options
+
+    @property
+    def url(self) -> str:
+        """The address peers connect to."""
+        return self._url
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def accept(self, timeout: float | None = USE_DEFAULT) -> Channel:
+        """Wait for the next peer and return a channel to it.
+
+        Raises:
+            ChannelClosed: the listener was closed.
+            ChannelTimeout: no peer before the deadline.
+            PeerRejected: a peer failed the credential or authentication check (the listener
+                stays usable).
+        """
+        if self._closed:
+            raise ChannelClosed(f"accept on closed listener {self._url}")
+        if timeout is USE_DEFAULT:
+            timeout = self._options.default_timeout
+        deadline = deadline_from(timeout)
+        try:
+            return self._accept(deadline)
+        except IPCError:
+            raise
+        except OSError as exc:
+            raise from_oserror(exc, f"accept on {self._url}") from exc
+
+    def fileno(self) -> int:
+        """Descriptor that is readable when ``accept`` would not block, where the backend has one."""
+        if self._closed:
+            raise ChannelClosed(f"fileno on closed listener {self._url}")
+        return self._fileno()
+
+    def close(self) -> None:
+        """Stop listening and remove the endpoint; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._close()
+        except IPCError:
+            raise
+        except OSError as exc:
+            raise from_oserror(exc, f"close of listener {self._url}") from exc
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        try:
+            warnings.warn(f"unclosed ipckit listener {self._url}", ResourceWarning, stacklevel=2, source=self)
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._url} {'closed' if self._closed else 'listening'}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"a Listener ({self._url}) cannot be pickled; connect to its URL from the other process")
+
+    def _accept(self, deadline: Deadline) -> Channel:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def _fileno(self) -> int:
+        raise UnsupportedOperation(f"{self._url} has no selectable descriptor")
+
+
+def _close_all_at_exit() -> None:
+    # A process that exits normally closes its channels cleanly, so peers see EndOfChannel
+    # rather than PeerDied.
+    for ch in list(_live_channels):
+        try:
+            ch.close()
+        except Exception:
+            pass
+
+
+atexit.register(_close_all_at_exit)
+
+
+def _after_fork_in_child() -> None:
+    # The set belongs to the parent; a forked child closes only what it uses itself.
+    _live_channels.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_ = ConfigurationError  # re-exported for backends

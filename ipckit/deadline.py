@@ -1,0 +1,74 @@
+"""Timeouts as absolute monotonic deadlines.
+
+A public call turns its ``timeout`` into a deadline once; every retry, EINTR and wait slice after
+that works against the same deadline, so signals never extend a call (contract P4).
+"""
+
+from __future__ import annotations
+
+import select
+import time
+
+__all__ = ["Deadline", "deadline_from", "remaining", "poll_fd", "Backoff"]
+
+#: An absolute ``time.monotonic()`` value, or ``None`` for "wait forever".
+Deadline = float | None
+
+_monotonic = time.monotonic
+
+
+def deadline_from(timeout: float | None) -> Deadline:
+    """Turn a ``timeout`` (None = forever, 0 = poll, >0 seconds) into an absolute deadline."""
+    if timeout is None:
+        return None
+    if timeout != timeout or timeout < 0:  # NaN or negative
+        raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
+    return _monotonic() + timeout
+
+
+def remaining(deadline: Deadline) -> float | None:
+    """Seconds left until *deadline* (never negative), or ``None`` if it never expires."""
+    if deadline is None:
+        return None
+    left = deadline - _monotonic()
+    return left if left > 0.0 else 0.0
+
+
+def poll_ms(deadline: Deadline, cap: float | None = None) -> int | None:
+    """Milliseconds for ``select.poll.poll`` until *deadline*, optionally capped at *cap* seconds."""
+    left = remaining(deadline)
+    if cap is not None and (left is None or left > cap):
+        left = cap
+    if left is None:
+        return None
+    # Round up so a wait never returns just before the deadline and spins once more.
+    return int(left * 1000.0 + 0.999)
+
+
+def poll_fd(poller: select.poll, deadline: Deadline, cap: float | None = None) -> list[tuple[int, int]]:
+    """Wait on *poller* until an event or *deadline*.
+
+    Python retries ``poll`` on EINTR with the timeout recomputed (PEP 475), so signals do not
+    extend the wait.
+    """
+    return poller.poll(poll_ms(deadline, cap))
+
+
+class Backoff:
+    """Bounded exponential back-off for polling loops that have no kernel object to block on."""
+
+    __slots__ = ("_delay", "_max")
+
+    def __init__(self, first: float = 0.0005, maximum: float = 0.02) -> None:
+        self._delay = first
+        self._max = maximum
+
+    def sleep(self, deadline: Deadline) -> bool:
+        """Sleep the next step, never past *deadline*. Returns False if the deadline has passed."""
+        left = remaining(deadline)
+        if left is not None and left <= 0.0:
+            return False
+        step = self._delay if left is None else min(self._delay, left)
+        time.sleep(step)
+        self._delay = min(self._delay * 2, self._max)
+        return True

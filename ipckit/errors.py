@@ -1,0 +1,214 @@
+"""The ipckit exception tree (contract §4).
+
+Every public method raises only these; the OS or library error that caused one is kept as
+``__cause__``.  Where the meaning matches a builtin, the class also subclasses it, so
+``except TimeoutError`` or ``except FileNotFoundError`` keep working.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+__all__ = [
+    "IPCError",
+    "ChannelClosed",
+    "EndOfChannel",
+    "ChannelBroken",
+    "PeerDied",
+    "ChannelBusy",
+    "ChannelTimeout",
+    "SendTimeout",
+    "RecvTimeout",
+    "MessageTooLarge",
+    "BufferTooSmall",
+    "ProtocolError",
+    "SerializationError",
+    "EncodeError",
+    "DecodeError",
+    "UnsafeSerializer",
+    "UnsupportedOperation",
+    "EndpointError",
+    "EndpointNotFound",
+    "EndpointExists",
+    "ConnectFailed",
+    "PermissionDenied",
+    "PeerRejected",
+    "IncompatibleEndpoint",
+    "ResourceExhausted",
+    "ConfigurationError",
+    "UnknownScheme",
+    "InvalidAddress",
+    "BackendUnavailable",
+    "SerializerUnavailable",
+    "from_oserror",
+]
+
+
+class IPCError(Exception):
+    """Base of every error ipckit raises."""
+
+
+class ChannelClosed(IPCError):
+    """The channel was closed by this side; no operation is possible any more."""
+
+
+class EndOfChannel(IPCError):
+    """The peer closed cleanly and every message it sent has been received."""
+
+
+class ChannelBroken(IPCError):
+    """The peer or the OS failed; the channel cannot carry more messages.
+
+    ``__cause__`` holds the underlying OS error where there is one.
+    """
+
+
+class PeerDied(ChannelBroken):
+    """The peer ended without closing (crash, SIGKILL); messages it had fully sent were delivered first."""
+
+
+class ChannelBusy(IPCError):
+    """Two threads used one direction of the channel at once, which the channel does not allow."""
+
+
+class ChannelTimeout(IPCError, TimeoutError):
+    """A blocking call reached its deadline."""
+
+
+class SendTimeout(ChannelTimeout):
+    """``send`` reached its deadline; the message was not delivered (or the stream is now broken)."""
+
+
+class RecvTimeout(ChannelTimeout):
+    """``recv`` reached its deadline with no message; nothing was consumed."""
+
+
+class MessageTooLarge(IPCError, ValueError):
+    """A message exceeds ``max_message_size`` (or the transport's limit); the channel stays usable."""
+
+
+class BufferTooSmall(MessageTooLarge):
+    """``recv_bytes_into`` got a message larger than the buffer; the message is kept in ``.message``."""
+
+    def __init__(self, msg: str, message: bytes) -> None:
+        super().__init__(msg)
+        self.message = message
+
+
+class ProtocolError(IPCError):
+    """The peer sent bytes that break the wire protocol (magic, version, length, sequence, checksum)."""
+
+
+class SerializationError(IPCError):
+    """A serializer failed; the channel stays usable."""
+
+
+class EncodeError(SerializationError):
+    """The object could not be serialized; nothing was sent."""
+
+
+class DecodeError(SerializationError):
+    """A received message could not be deserialized; the message is consumed, the channel stays usable."""
+
+
+class UnsafeSerializer(IPCError):
+    """pickle was asked for on a channel whose peer is not proven trusted (contract §5)."""
+
+
+class UnsupportedOperation(IPCError):
+    """The backend does not support this operation (see ``channel.capabilities``)."""
+
+
+class EndpointError(IPCError, OSError):
+    """Creating, opening or connecting to a named endpoint failed."""
+
+
+class EndpointNotFound(EndpointError, FileNotFoundError):
+    """Nothing exists (or listens) at the address."""
+
+
+class EndpointExists(EndpointError, FileExistsError):
+    """A live endpoint already exists at the address; ipckit never steals it."""
+
+
+class ConnectFailed(EndpointError, ConnectionError):
+    """The endpoint exists but the connection could not be made."""
+
+
+class PermissionDenied(EndpointError, PermissionError):
+    """The OS refused access, or the object is owned by someone else."""
+
+
+class PeerRejected(EndpointError):
+    """The peer failed a credential or authentication check."""
+
+
+class IncompatibleEndpoint(EndpointError):
+    """The object at the address has another layout, version or owner, or is half made."""
+
+
+class ResourceExhausted(IPCError):
+    """An OS limit was reached (ENOSPC, EMFILE, queue limits); the message names the limit."""
+
+
+class ConfigurationError(IPCError, ValueError):
+    """An option, URL or name is invalid."""
+
+
+class UnknownScheme(ConfigurationError):
+    """No backend is registered for the URL scheme."""
+
+
+class InvalidAddress(ConfigurationError):
+    """The address is malformed, too long or unsafe."""
+
+
+class BackendUnavailable(ConfigurationError):
+    """The backend's dependency or OS feature is missing here; the message says how to install it."""
+
+
+class SerializerUnavailable(ConfigurationError):
+    """No serializer is registered under that name, or its dependency is missing."""
+
+
+_ERRNO_MAP: dict[int, type[IPCError]] = {
+    _errno.ENOENT: EndpointNotFound,
+    _errno.EEXIST: EndpointExists,
+    _errno.EACCES: PermissionDenied,
+    _errno.EPERM: PermissionDenied,
+    _errno.ECONNREFUSED: ConnectFailed,
+    _errno.EPIPE: PeerDied,
+    _errno.ECONNRESET: PeerDied,
+    _errno.ENOSPC: ResourceExhausted,
+    _errno.EMFILE: ResourceExhausted,
+    _errno.ENFILE: ResourceExhausted,
+    _errno.ENOMEM: ResourceExhausted,
+    _errno.ENAMETOOLONG: InvalidAddress,
+}
+
+_HINTS: dict[int, str] = {
+    _errno.EMFILE: "per-process fd limit (RLIMIT_NOFILE) reached; close unused channels or raise `ulimit -n`",
+    _errno.ENFILE: "system-wide file table full (fs.file-max)",
+    _errno.ENOSPC: "no space left on the device (e.g. /dev/shm is full)",
+    _errno.ENOMEM: "out of kernel memory",
+    _errno.EACCES: "check the owner and mode of the object",
+    _errno.EPERM: "check the owner and mode of the object",
+}
+
+
+def from_oserror(exc: OSError, what: str) -> IPCError:
+    """Translate an ``OSError`` raised while doing *what* into the matching ipckit error.
+
+    The caller raises the result ``from exc`` so the OS error stays visible as ``__cause__``.
+    Unknown errnos become ``ChannelBroken``.
+    """
+    code = exc.errno or 0
+    cls = _ERRNO_MAP.get(code, ChannelBroken)
+    hint = _HINTS.get(code)
+    text = f"{what}: {exc.strerror or exc}"
+    if hint:
+        text += f" ({hint})"
+    if issubclass(cls, OSError):
+        err: IPCError = cls(code, text)
+        return err
+    return cls(text)

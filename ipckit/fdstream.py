@@ -1,0 +1,415 @@
+"""Framed message channels over file descriptors (pipes, FIFOs, stream sockets).
+
+One implementation of framing, buffering, waiting and close semantics that the pipe, FIFO and
+Unix-socket backends share; they only open the descriptors (and may override the raw read and
+write calls).
+
+Why it looks like this:
+
+* Descriptors are non-blocking and every wait is a ``poll`` on the data fd plus an eventfd that
+  ``close()`` signals, so a deadline is exact and ``close()`` from another thread wakes a blocked
+  caller at once (a plain ``close(fd)`` does not wake a thread blocked in ``read``).
+* Reads go through a 256 KiB read-ahead buffer: a small message costs one ``read`` and
+  ``writev`` sends header and payload in one system call.
+* A receive that times out consumes nothing: a partly received message stays buffered and the
+  next call resumes it.  A send that times out after part of a frame left poisons the stream
+  (ChannelBroken), because the peer can never find the next frame boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from typing import Any
+
+from .backend import Options
+from .channel import Channel
+from .deadline import Deadline, poll_ms, remaining
+from .errors import (
+    ChannelBroken,
+    ChannelClosed,
+    EndOfChannel,
+    IPCError,
+    MessageTooLarge,
+    PeerDied,
+    ProtocolError,
+    RecvTimeout,
+    SendTimeout,
+    from_oserror,
+)
+from .framing import FLAG_CHECKSUM, FLAG_GOODBYE, HEADER, HEADER_SIZE, MAGIC, VERSION, crc32, decode_header
+from .serializers import Buffer
+
+__all__ = ["FdStreamChannel", "READ_BUFFER"]
+
+READ_BUFFER = 256 * 1024
+_POLLIN = select.POLLIN
+_POLLOUT = select.POLLOUT
+_SEQ_MASK = 0xFFFFFFFF
+_GOODBYE_LINGER = 0.1  # seconds close() may wait to fit the goodbye frame into a full pipe
+_pack = HEADER.pack
+
+
+class FdStreamChannel(Channel):
+    """A framed duplex channel over a read descriptor and a write descriptor (may be the same)."""
+
+    def __init__(self, url: str, options: Options, *, rfd: int, wfd: int, peer_trusted: bool,
+                 checksum: bool = False) -> None:
+        self._rfd = -1
+        self._wfd = -1
+        self._wake = -1
+        super().__init__(url, options, peer_trusted=peer_trusted)
+        self._rfd = rfd
+        self._wfd = wfd
+        os.set_blocking(rfd, False)
+        if wfd != rfd:
+            os.set_blocking(wfd, False)
+        self._checksum = checksum
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._rpoll = select.poll()
+        self._rpoll.register(rfd, _POLLIN)
+        self._rpoll.register(self._wake, _POLLIN)
+        self._wpoll = select.poll()
+        self._wpoll.register(wfd, _POLLOUT)
+        self._wpoll.register(self._wake, _POLLIN)
+        self._rbuf = bytearray(READ_BUFFER)
+        self._rmv = memoryview(self._rbuf)
+        self._rpos = 0
+        self._rend = 0
+        self._read_first = False  # last read filled the buffer: more is probably waiting
+        self._sseq = 0
+        self._rseq = 0
+        self._send_error: IPCError | None = None
+        self._recv_error: IPCError | None = None
+        # A large message being received straight into its own buffer: [buffer, received, crc].
+        self._pending: list[Any] | None = None
+        self._ready_fd = -1
+        self._epoll: select.epoll | None = None
+
+    # ---------------------------------------------------------------- raw I/O (overridable)
+    def _raw_writev(self, bufs: list[memoryview]) -> int:
+        return os.writev(self._wfd, bufs)
+
+    def _raw_readinto(self, view: memoryview) -> int:
+        return os.readv(self._rfd, [view])
+
+    # ---------------------------------------------------------------- sending
+    def _send_message(self, view: memoryview, deadline: Deadline) -> None:
+        if self._send_error is not None:
+            raise self._again(self._send_error)
+        n = view.nbytes
+        if self._checksum:
+            header = _pack(MAGIC, VERSION, FLAG_CHECKSUM, self._sseq & _SEQ_MASK, n, crc32(view))
+        else:
+            header = _pack(MAGIC, VERSION, 0, self._sseq & _SEQ_MASK, n, 0)
+        self._write_frame([memoryview(header), view], HEADER_SIZE + n, deadline)
+
+    def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
+        if self._send_error is not None:
+            raise self._again(self._send_error)
+        crc = 0
+        flags = 0
+        if self._checksum:
+            flags = FLAG_CHECKSUM
+            for v in views:
+                crc = crc32(v, crc)
+        header = _pack(MAGIC, VERSION, flags, self._sseq & _SEQ_MASK, total, crc)
+        self._write_frame([memoryview(header), *views], HEADER_SIZE + total, deadline)
+
+    def _write_frame(self, bufs: list[memoryview], total: int, deadline: Deadline) -> None:
+        try:
+            written = self._raw_writev(bufs)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            raise self._send_failed(exc, 0) from exc
+        if written == total:
+            self._sseq += 1
+            return
+        self._write_rest(bufs, written, total, deadline)
+
+    def _write_rest(self, bufs: list[memoryview], written: int, total: int, deadline: Deadline) -> None:
+        done = written
+        while True:
+            # Drop what has been written from the front of the buffer list.
+            while written and bufs:
+                first = bufs[0].nbytes
+                if written >= first:
+                    written -= first
+                    bufs.pop(0)
+                else:
+                    bufs[0] = bufs[0][written:]
+                    written = 0
+            if done == total:
+                self._sseq += 1
+                return
+            events = self._wpoll.poll(poll_ms(deadline))
+            if self._closed:
+                self._poison_send(done, "closed while sending")
+                raise ChannelClosed(f"channel {self._url} was closed while sending")
+            if not events:
+                self._poison_send(done, "a send timed out part-way through a message")
+                if done:
+                    raise SendTimeout(f"send timed out after {done} of {total} bytes of the frame; "
+                                      "the stream is now broken")
+                raise SendTimeout(f"send timed out on {self._url}: the peer is not reading; nothing was sent")
+            try:
+                written = self._raw_writev(bufs[:512])
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                raise self._send_failed(exc, done) from exc
+            done += written
+
+    def _poison_send(self, done: int, why: str) -> None:
+        if done:
+            self._send_error = ChannelBroken(f"{why}; the peer can no longer find message boundaries on {self._url}")
+
+    def _send_failed(self, exc: OSError, done: int) -> IPCError:
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            err: IPCError
+            if isinstance(self._recv_error, EndOfChannel):
+                err = EndOfChannel(f"the peer closed {self._url}")
+            else:
+                err = PeerDied(f"the peer of {self._url} is gone (its receiving end closed)")
+            self._send_error = err
+            return err
+        failure = from_oserror(exc, f"send on {self._url}")
+        if done:
+            self._send_error = ChannelBroken(f"send failed part-way through a message on {self._url}: {exc}")
+        return failure
+
+    @staticmethod
+    def _again(err: IPCError) -> IPCError:
+        # Raise a fresh instance each time so tracebacks do not accumulate on one object.
+        fresh = type(err)(*err.args)
+        fresh.__cause__ = err.__cause__
+        return fresh
+
+    # ---------------------------------------------------------------- receiving
+    def _recv_message(self, deadline: Deadline) -> Buffer:
+        if self._recv_error is not None:
+            raise self._again(self._recv_error)
+        if self._pending is not None:
+            return self._finish_large(deadline)
+        if self._rend - self._rpos < HEADER_SIZE:
+            self._fill(HEADER_SIZE, deadline)
+        pos = self._rpos
+        flags, n, crc = self._header(pos)
+        start = pos + HEADER_SIZE
+        end = start + n
+        if end > self._rend:
+            if HEADER_SIZE + n > READ_BUFFER:
+                return self._start_large(n, crc, flags, deadline)
+            self._fill(HEADER_SIZE + n, deadline)
+            start = self._rpos + HEADER_SIZE
+            end = start + n
+        data = bytes(self._rmv[start:end])
+        self._rpos = end
+        self._rseq += 1
+        if flags & FLAG_CHECKSUM and crc32(data) != crc:
+            raise self._break(ProtocolError(f"checksum mismatch in message {self._rseq - 1} on {self._url}"))
+        if self._epoll is not None:
+            self._sync_ready()
+        return data
+
+    def _header(self, pos: int) -> tuple[int, int, int]:
+        try:
+            flags, n, crc = decode_header(self._rbuf, pos, self._rseq, self._max)
+        except (ProtocolError, MessageTooLarge) as exc:
+            raise self._break(exc) from None
+        if flags & FLAG_GOODBYE:
+            self._rpos = pos + HEADER_SIZE
+            self._rseq += 1
+            self._recv_error = EndOfChannel(f"the peer closed {self._url} and every message was received")
+            if self._epoll is not None:
+                self._sync_ready()
+            raise self._again(self._recv_error)
+        return flags, n, crc
+
+    def _break(self, exc: IPCError) -> IPCError:
+        if self._recv_error is None:
+            self._recv_error = ChannelBroken(f"the stream on {self._url} is broken: {exc}")
+        return exc
+
+    def _start_large(self, n: int, crc: int, flags: int, deadline: Deadline) -> Buffer:
+        # The message does not fit the read-ahead buffer: receive it straight into its own buffer.
+        out = bytearray(n)
+        start = self._rpos + HEADER_SIZE
+        have = self._rend - start
+        out[:have] = self._rmv[start : self._rend]
+        self._rpos = self._rend = 0
+        self._pending = [out, have, crc if flags & FLAG_CHECKSUM else None]
+        return self._finish_large(deadline)
+
+    def _finish_large(self, deadline: Deadline) -> Buffer:
+        assert self._pending is not None
+        out: bytearray = self._pending[0]
+        have: int = self._pending[1]
+        crc: int | None = self._pending[2]
+        view = memoryview(out)
+        n = len(out)
+        while have < n:
+            try:
+                got = self._raw_readinto(view[have:])
+            except BlockingIOError:
+                self._pending[1] = have
+                self._wait_readable(deadline)
+                continue
+            if got == 0:
+                self._pending = None
+                raise self._eof(f"the peer ended in the middle of a {n}-byte message ({have} bytes received)")
+            have += got
+        self._pending = None
+        self._rseq += 1
+        if crc is not None and crc32(out) != crc:
+            raise self._break(ProtocolError(f"checksum mismatch in message {self._rseq - 1} on {self._url}"))
+        return out
+
+    def _fill(self, need: int, deadline: Deadline) -> None:
+        """Read until at least *need* bytes are buffered from ``_rpos``."""
+        if self._rpos + need > READ_BUFFER:
+            have = self._rend - self._rpos
+            self._rmv[:have] = self._rmv[self._rpos : self._rend]
+            self._rpos = 0
+            self._rend = have
+        read_first = self._read_first
+        while self._rend - self._rpos < need:
+            if not read_first:
+                self._wait_readable(deadline)
+            read_first = False
+            try:
+                got = self._raw_readinto(self._rmv[self._rend :])
+            except BlockingIOError:
+                continue
+            if got == 0:
+                partial = self._rend - self._rpos
+                if partial:
+                    raise self._eof(f"the peer ended in the middle of a message ({partial} bytes of a frame)")
+                raise self._eof(f"the peer of {self._url} ended without closing the channel")
+            self._rend += got
+            self._read_first = self._rend == READ_BUFFER
+
+    def _eof(self, why: str) -> IPCError:
+        self._recv_error = PeerDied(why)
+        return self._again(self._recv_error)
+
+    def _wait_readable(self, deadline: Deadline) -> None:
+        events = self._rpoll.poll(poll_ms(deadline))
+        if self._closed:
+            raise ChannelClosed(f"channel {self._url} was closed while receiving")
+        if not events:
+            raise RecvTimeout(f"no message on {self._url} before the timeout")
+
+    def _poll(self, deadline: Deadline) -> bool:
+        while True:
+            if self._recv_error is not None or self._pending is not None:
+                return True
+            if self._frame_buffered():
+                return True
+            events = self._rpoll.poll(poll_ms(deadline))
+            if self._closed:
+                raise ChannelClosed(f"channel {self._url} was closed while polling")
+            if not events:
+                return False
+            # Pull what is there into the buffer and check for a whole frame (or end of stream).
+            if self._rpos:
+                have = self._rend - self._rpos
+                self._rmv[:have] = self._rmv[self._rpos : self._rend]
+                self._rpos, self._rend = 0, have
+            try:
+                got = self._raw_readinto(self._rmv[self._rend :])
+            except BlockingIOError:
+                continue
+            if got == 0:
+                return True  # end of stream: recv will raise at once
+            self._rend += got
+            if self._rend == READ_BUFFER:
+                return True  # a frame larger than the buffer is arriving; recv streams it
+            if remaining(deadline) == 0.0:
+                return self._frame_buffered()
+
+    def _frame_buffered(self) -> bool:
+        have = self._rend - self._rpos
+        if have < HEADER_SIZE:
+            return False
+        try:
+            _, n, _ = decode_header(self._rbuf, self._rpos, self._rseq, self._max)
+        except IPCError:
+            return True  # recv will raise the protocol error at once
+        return have >= HEADER_SIZE + n or HEADER_SIZE + n > READ_BUFFER
+
+    # ---------------------------------------------------------------- selectable
+    def _fileno(self) -> int:
+        # Read-ahead can hold whole messages the kernel no longer reports, so the readiness
+        # descriptor is an epoll set over the data fd plus an eventfd raised while data is buffered.
+        if self._epoll is None:
+            self._ready_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            ep = select.epoll()
+            ep.register(self._rfd, select.EPOLLIN)
+            ep.register(self._ready_fd, select.EPOLLIN)
+            self._epoll = ep
+            self._sync_ready()
+        return self._epoll.fileno()
+
+    def _sync_ready(self) -> None:
+        buffered = self._rend > self._rpos or self._recv_error is not None
+        try:
+            if buffered:
+                os.eventfd_write(self._ready_fd, 1)
+            else:
+                os.eventfd_read(self._ready_fd)
+        except BlockingIOError:
+            pass
+
+    # ---------------------------------------------------------------- closing
+    def _wakeup(self) -> None:
+        if self._wake >= 0:
+            os.eventfd_write(self._wake, 1)
+
+    def _close(self) -> None:
+        try:
+            if self._send_error is None and self._wfd >= 0:
+                self._say_goodbye()
+        finally:
+            self._release_fds()
+
+    def _say_goodbye(self) -> None:
+        frame = memoryview(_pack(MAGIC, VERSION, FLAG_GOODBYE, self._sseq & _SEQ_MASK, 0, 0))
+        try:
+            try:
+                written = self._raw_writev([frame])
+            except BlockingIOError:
+                written = 0
+                poller = select.poll()
+                poller.register(self._wfd, _POLLOUT)
+                if poller.poll(int(_GOODBYE_LINGER * 1000)):
+                    written = self._raw_writev([frame])
+            if 0 < written < HEADER_SIZE:
+                pass  # the peer will see a truncated frame: PeerDied, the honest answer
+        except OSError:
+            pass  # the peer is gone already; nothing to tell it
+
+    def _release_fds(self) -> None:
+        fds = {self._rfd, self._wfd, self._wake, self._ready_fd}
+        self._rfd = self._wfd = self._wake = self._ready_fd = -1
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    # ---------------------------------------------------------------- hand-off
+    def _handoff_state(self) -> tuple[int, int, bytes]:
+        """Sequence numbers and read-ahead bytes a process taking this end over must continue from."""
+        return self._sseq, self._rseq, bytes(self._rmv[self._rpos : self._rend])
+
+    def _resume(self, sseq: int, rseq: int, buffered: bytes) -> None:
+        self._sseq = sseq
+        self._rseq = rseq
+        self._rmv[: len(buffered)] = buffered
+        self._rend = len(buffered)
