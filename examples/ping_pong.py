@@ -25,6 +25,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import os
 import secrets
@@ -218,7 +219,7 @@ def start_peer(run: Run, url: str, scheme: str, options: dict[str, Any], explici
 
 def percentile(sorted_values: list[int], q: float) -> int:
     """Nearest-rank percentile of an ascending list."""
-    index = min(len(sorted_values) - 1, max(0, int(round(q / 100.0 * len(sorted_values) + 0.5)) - 1))
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q / 100.0 * len(sorted_values)) - 1))
     return sorted_values[index]
 
 
