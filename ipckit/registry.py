@@ -28,6 +28,7 @@ class BackendSpec:
 _SPECS: dict[str, BackendSpec] = {
     "memory": BackendSpec("ipckit.backends.memory:MemoryBackend"),
     "pipe": BackendSpec("ipckit.backends.pipe:PipeBackend"),
+    "unix": BackendSpec("ipckit.backends.unix:UnixBackend"),
 }
 _LOADED: dict[str, type[Backend]] = {}
 _lock = threading.Lock()
