@@ -1,0 +1,189 @@
+"""Private helpers for file-system endpoints (FIFOs, Unix sockets): private dirs, owner checks, locks.
+
+Why these rules (reliability.md S1, S2, S4, S6, F-5, F-6, U-2):
+
+* Generated names carry 128 bits of randomness and the ``ipckit`` prefix, so they cannot be
+  guessed and ``ipckit cleanup`` can find them.
+* Modes are set explicitly with ``fchmod``/``chmod`` after creation, so the umask never widens
+  (or narrows) them.
+* Anything found at an address is ``lstat``-ed first: a symlink, a file of the wrong type or an
+  object of another owner is refused, never followed or reused; files are opened ``O_NOFOLLOW``.
+* Liveness of a creator is an ``flock`` it holds for its lifetime; the kernel drops it when the
+  process dies, so "lock free" proves the endpoint stale.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import stat
+import tempfile
+
+from ..errors import (
+    EndpointExists,
+    EndpointNotFound,
+    InvalidAddress,
+    IPCError,
+    PermissionDenied,
+    from_oserror,
+)
+
+__all__ = [
+    "PREFIX",
+    "runtime_dir",
+    "make_private_dir",
+    "generated_name",
+    "check_parent_dir",
+    "check_owned",
+    "open_lock",
+    "try_lock",
+    "lock_path_exclusively",
+    "release_lock",
+    "unlink_quiet",
+    "rmdir_quiet",
+]
+
+PREFIX = "ipckit-"
+
+
+def generated_name(suffix: str = "") -> str:
+    """``ipckit-<32 hex digits><suffix>``: unguessable (128 bits)."""
+    return f"{PREFIX}{secrets.token_hex(16)}{suffix}"
+
+
+def runtime_dir() -> str:
+    """``$XDG_RUNTIME_DIR`` when it is ours and private, else the system temp dir."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        try:
+            st = os.lstat(xdg)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
+            return xdg
+    return tempfile.gettempdir()
+
+
+def make_private_dir(parent: str | None = None) -> str:
+    """Create a fresh ``ipckit-*`` directory with mode 0700 (set explicitly, umask-proof)."""
+    try:
+        path = tempfile.mkdtemp(prefix=PREFIX, dir=parent or runtime_dir())
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise from_oserror(exc, "creating a private directory") from exc
+    return path
+
+
+def check_parent_dir(path: str) -> None:
+    """The directory that will hold *path* must exist and be a real directory."""
+    parent = os.path.dirname(path) or "."
+    try:
+        st = os.stat(parent)
+    except FileNotFoundError as exc:
+        raise EndpointNotFound(errno.ENOENT, f"directory {parent!r} of {path!r} does not exist") from exc
+    except OSError as exc:
+        raise from_oserror(exc, f"checking directory {parent!r}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise InvalidAddress(f"{parent!r} (parent of {path!r}) is not a directory")
+
+
+def check_owned(path: str, st: os.stat_result, kind: str, *, private: bool = False) -> None:
+    """Refuse an object we did not create: other owner, or group/other access bits when *private*."""
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        raise PermissionDenied(
+            errno.EPERM,
+            f"{kind} {path!r} belongs to uid {st.st_uid}, not to this user (uid {euid}); "
+            "ipckit never uses or removes another user's objects",
+        )
+    if private and st.st_mode & 0o077:
+        raise PermissionDenied(
+            errno.EPERM,
+            f"{kind} {path!r} has mode {stat.S_IMODE(st.st_mode):o}, open to other users; "
+            "ipckit only uses private (0700) directories",
+        )
+
+
+def open_lock(path: str, *, create: bool = True) -> int:
+    """Open (or create, 0600) the lock file *path* without following symlinks; owner-checked."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PermissionDenied(errno.ELOOP, f"lock file {path!r} is a symlink; refusing to follow it") from exc
+        raise from_oserror(exc, f"opening lock file {path!r}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PermissionDenied(errno.EPERM, f"lock file {path!r} is not a regular file")
+        check_owned(path, st, "lock file")
+        if stat.S_IMODE(st.st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def try_lock(fd: int, *, shared: bool = False) -> bool:
+    """Non-blocking ``flock``: True if taken, False if another open file description holds it."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def release_lock(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        pass
+
+
+def lock_path_exclusively(path: str) -> int:
+    """Open and exclusively lock *path*, making sure the lock is on the file still at that name.
+
+    Raises EndpointExists when a live process holds it.  A lock on a file someone unlinked in
+    the meantime proves nothing, so the inode is compared after locking (and the open retried).
+    """
+    for _ in range(8):
+        fd = open_lock(path)
+        try:
+            if not try_lock(fd):
+                raise EndpointExists(errno.EEXIST, f"{path!r} is locked: a live ipckit endpoint owns this address")
+            try:
+                same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise EndpointExists(errno.EEXIST, f"{path!r} keeps changing; another process is racing for this address")
+
+
+def unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def rmdir_quiet(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+_ = IPCError

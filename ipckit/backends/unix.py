@@ -1,0 +1,901 @@
+"""``unix://`` — Unix domain sockets: framed ``SOCK_STREAM`` or message-oriented ``SOCK_SEQPACKET``.
+
+Features:
+    A listener serves many clients at once, one channel per ``accept()``; ``fileno()`` of both
+    listener and channels works with selectors and asyncio.  Each side checks the other's
+    credentials (``SO_PEERCRED``) before reading a byte from it: by default only the same user is
+    accepted (``allow_uids`` widens that).  ``authkey=`` adds a mutual HMAC-SHA256
+    challenge-response (pre-authentication reads of at most 256 bytes, bounded by
+    ``handshake_timeout``); handshakes of many clients progress side by side, so a stalled client
+    never delays another.  A peer proven to be the same user, or authenticated, is trusted
+    (pickle is the default serializer); a foreign uid without ``authkey`` gets msgpack and pickle
+    raises ``UnsafeSerializer``.  A clean close (EndOfChannel) is told apart from a crash
+    (PeerDied); sends use ``MSG_NOSIGNAL``, so a dead peer never raises SIGPIPE.
+    A stale socket file left by a killed server is replaced only after a probe connection shows
+    nothing listens (under an ``flock`` on ``<path>.lock``); a live server is never stolen
+    (EndpointExists).  ``pair()`` is a ``socketpair``; ends pass to ``multiprocessing`` children
+    like pipe ends.
+
+    ``type=stream`` (default) frames messages on the byte stream (the shared ``fdstream`` code,
+    with ``sendmsg`` gathering header and payload into one call).  ``type=seqpacket`` lets the
+    kernel keep message boundaries: each message is one packet (one tag byte + payload), a
+    message is sent whole or not at all, and an oversized incoming message is discarded with
+    MessageTooLarge while the channel stays usable.  Its largest message is bounded by the
+    socket send buffer and a kernel allocation limit (about 4 MiB here); ``max_message_size``
+    of a seqpacket channel reports the effective limit.
+
+URL format:
+    ``unix:///abs/path.sock`` (relative paths are made absolute; at most 107 bytes);
+    ``unix://`` with ``listen()`` creates ``ipckit-<random>.sock`` in a new private 0700 directory
+    (removed on close); ``unix://@name`` is the Linux abstract namespace, refused unless
+    ``abstract=True`` (any local user can connect there, so only the credential check protects it).
+
+Options:
+    ``type`` — ``stream`` (default) or ``seqpacket``.
+    ``allow_uids`` — extra peer uids accepted besides our own (``"1000,1001"`` or a list of ints).
+    ``authkey`` — bytes or str; enables mutual HMAC authentication (both ends need the same key).
+    ``handshake_timeout`` — seconds a peer has to finish the authentication handshake (default 5).
+    ``abstract`` — allow ``unix://@name`` addresses (default False).
+    ``backlog`` — ``listen()`` backlog (default 128).
+    ``max_pending`` — authentication handshakes in progress at once; the oldest is dropped beyond it
+    (default 128).
+    ``buffer_size`` — requested socket send buffer of seqpacket channels (default 4 MiB).
+    ``checksum`` — CRC32 per frame on stream channels (default off).
+    Common options: ``serializer``, ``max_message_size``, ``default_timeout``, ``mode`` (of the
+    socket file, default 0600, set explicitly), ``trust``.
+
+Platform notes:
+    Linux (``SO_PEERCRED``, abstract namespace, ``MSG_NOSIGNAL``).  The path limit is 107 bytes
+    (``sun_path`` is 108 including the terminating NUL).  A socket file's permission bits are
+    enforced on ``connect`` by Linux; other users are also refused by the credential check.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import stat
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, final
+
+from ..backend import Backend, Capabilities, Options
+from ..channel import Channel, Listener
+from ..deadline import Backoff, Deadline, poll_ms, remaining
+from ..errors import (
+    BufferTooSmall,
+    ChannelClosed,
+    ChannelTimeout,
+    ConfigurationError,
+    EndOfChannel,
+    EndpointExists,
+    EndpointNotFound,
+    IncompatibleEndpoint,
+    InvalidAddress,
+    IPCError,
+    MessageTooLarge,
+    PeerDied,
+    PeerRejected,
+    PermissionDenied,
+    ProtocolError,
+    RecvTimeout,
+    ResourceExhausted,
+    SendTimeout,
+    from_oserror,
+)
+from ..fdstream import FdStreamChannel
+from ..serializers import Buffer
+from ..url import Endpoint
+from . import _auth, _paths
+
+__all__ = ["UnixBackend", "UnixOptions", "UnixStreamChannel", "UnixSeqpacketChannel", "MAX_PATH"]
+
+#: Longest socket path in bytes (``sun_path`` holds 108 bytes including the NUL).
+MAX_PATH = 107
+
+_PEERCRED = struct.Struct("3i")
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+_TAG_DATA = b"\x00"
+_TAG_GOODBYE = b"\x01"
+_GOODBYE_LINGER = 0.1
+
+
+@dataclass
+class UnixOptions(Options):
+    type: str = "stream"
+    allow_uids: Any = None
+    authkey: Any = field(default=None, repr=False)
+    handshake_timeout: float = 5.0
+    abstract: bool = False
+    backlog: int = 128
+    max_pending: int = 128
+    buffer_size: int = 4 * 1024 * 1024
+    checksum: bool = False
+
+
+_CAPS = Capabilities(
+    duplex=True,
+    message_oriented=False,
+    selectable=True,
+    detects_peer_close=True,
+    named=True,
+    anonymous_pair=True,
+    inheritable=True,
+    multi_client=True,
+    proves_same_user=True,
+)
+_SEQ_CAPS = Capabilities(
+    duplex=True,
+    message_oriented=True,
+    selectable=True,
+    detects_peer_close=True,
+    named=True,
+    anonymous_pair=True,
+    inheritable=True,
+    multi_client=True,
+    proves_same_user=True,
+)
+
+
+# ----------------------------------------------------------------------------- options and addresses
+def _sock_type(opts: UnixOptions) -> int:
+    kind = opts.type.lower()
+    if kind == "stream":
+        return socket.SOCK_STREAM
+    if kind == "seqpacket":
+        return socket.SOCK_SEQPACKET
+    raise ConfigurationError(f"unknown unix socket type {opts.type!r}; use 'stream' or 'seqpacket'")
+
+
+def _allowed_uids(opts: UnixOptions) -> frozenset[int]:
+    uids = {os.geteuid()}
+    raw = opts.allow_uids
+    if raw is None or raw == "":
+        return frozenset(uids)
+    items: list[Any]
+    if isinstance(raw, str):
+        items = [s for s in raw.replace(";", ",").split(",") if s.strip()]
+    elif isinstance(raw, int):
+        items = [raw]
+    else:
+        try:
+            items = list(raw)
+        except TypeError:
+            raise ConfigurationError(
+                f"allow_uids must be uids like '1000,1001' or a list of ints, got {raw!r}"
+            ) from None
+    for item in items:
+        try:
+            if isinstance(item, bool):
+                raise ValueError(item)
+            uids.add(int(item))
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"allow_uids: {item!r} is not a uid") from None
+    return frozenset(uids)
+
+
+def _authkey(opts: UnixOptions) -> bytes | None:
+    try:
+        return _auth.coerce_key(opts.authkey)
+    except TypeError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def _check_options(opts: UnixOptions) -> None:
+    _sock_type(opts)
+    _allowed_uids(opts)
+    _authkey(opts)
+    if not opts.handshake_timeout > 0:
+        raise ConfigurationError("handshake_timeout must be > 0 seconds")
+    if opts.backlog < 1 or opts.max_pending < 1:
+        raise ConfigurationError("backlog and max_pending must be >= 1")
+
+
+@dataclass(frozen=True)
+class _Address:
+    sockaddr: str | bytes  # what bind/connect take ("\0name" for the abstract namespace)
+    path: str | None  # file-system path, None for abstract
+    url: str
+
+
+def _address(endpoint: Endpoint, opts: UnixOptions, *, listening: bool) -> _Address | None:
+    """Validate the address; None means "generate one" (listen only)."""
+    addr = endpoint.address
+    if addr.startswith("@"):
+        if not opts.abstract:
+            raise InvalidAddress(
+                f"unix://{addr} is in the abstract namespace, which any local user can reach; "
+                "pass abstract=True to opt in (peers are then admitted by the SO_PEERCRED check)"
+            )
+        name = addr[1:]
+        if not name:
+            if not listening:
+                raise InvalidAddress("unix://@ needs a name to connect to")
+            name = _paths.generated_name()
+        raw = name.encode()
+        if len(raw) > MAX_PATH:
+            raise InvalidAddress(f"abstract socket name is {len(raw)} bytes; the limit is {MAX_PATH} bytes")
+        return _Address("\0" + name, None, f"unix://@{name}")
+    if not addr:
+        if not listening:
+            raise InvalidAddress("unix:// needs a socket path to connect to, e.g. unix:///run/app.sock")
+        return None
+    path = os.path.abspath(addr)
+    n = len(os.fsencode(path))
+    if n > MAX_PATH:
+        raise InvalidAddress(
+            f"Unix socket path {path!r} is {n} bytes; the limit is {MAX_PATH} bytes (sun_path holds 108 "
+            "including the NUL); use a shorter path"
+        )
+    return _Address(path, path, f"unix://{path}")
+
+
+def _peer_uid(sock: socket.socket, allowed: frozenset[int], who: str) -> int:
+    """Check the peer's credentials (SO_PEERCRED) before anything is read from it."""
+    try:
+        _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    except OSError as exc:
+        raise PeerRejected(exc.errno or errno.EPROTO, f"cannot read the {who}'s credentials: {exc}") from exc
+    if uid not in allowed:
+        raise PeerRejected(
+            errno.EACCES,
+            f"{who} runs as uid {uid}, which is not allowed (allowed: {sorted(allowed)}); "
+            "add it to allow_uids to admit it",
+        )
+    return int(uid)
+
+
+# ----------------------------------------------------------------------------- stream channel
+@final
+class UnixStreamChannel(FdStreamChannel):
+    """A framed channel over a connected ``SOCK_STREAM`` Unix socket."""
+
+    capabilities: ClassVar[Capabilities] = _CAPS
+
+    def __init__(self, url: str, options: Options, sock: socket.socket, *, peer_trusted: bool,
+                 reconnect: bool = False, checksum: bool = False) -> None:
+        self._sock: socket.socket | None = None
+        sock.setblocking(False)
+        super().__init__(url, options, rfd=sock.fileno(), wfd=sock.fileno(), peer_trusted=peer_trusted,
+                         checksum=checksum)
+        self._sock = sock
+        self._send_flags = socket.MSG_NOSIGNAL
+        self._sendmsg = sock.sendmsg
+        self._recv_into = sock.recv_into
+        self._trusted = peer_trusted
+        self._reconnect = reconnect
+
+    def _raw_writev(self, bufs: list[memoryview]) -> int:
+        return self._sendmsg(bufs, (), self._send_flags)
+
+    def _raw_readinto(self, view: memoryview) -> int:
+        try:
+            return self._recv_into(view)
+        except ConnectionResetError:
+            return 0  # the peer closed with unread data: end of stream (without goodbye → PeerDied)
+
+    def _release_fds(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            self._sock = None
+            sock.detach()  # the descriptor is closed once, by the base class
+        super()._release_fds()
+
+    def __reduce__(self) -> Any:
+        return _reduce(self, self._rfd, _rebuild_stream, (self._handoff_state(), self._checksum))
+
+
+def _rebuild_stream(dup: Any, url: str, options: Options, trusted: bool, extra: tuple[Any, ...]) -> UnixStreamChannel:
+    (sseq, rseq, buffered), checksum = extra
+    sock = socket.socket(fileno=dup.detach())
+    ch = UnixStreamChannel(url, options, sock, peer_trusted=trusted, checksum=checksum)
+    ch._resume(sseq, rseq, buffered)
+    return ch
+
+
+def _reduce(ch: UnixStreamChannel | UnixSeqpacketChannel, fd: int, rebuild: Any, extra: tuple[Any, ...]) -> Any:
+    from multiprocessing import context, reduction
+
+    if context.get_spawning_popen() is not None:
+        ch._handed_off = True  # the child owns this end now; closing our copy must not say goodbye
+        return rebuild, (reduction.DupFd(fd), ch._url, ch._options, ch._trusted, extra)
+    if ch._reconnect:
+        # Outside a multiprocessing hand-off a client end travels as its address: the receiver
+        # makes its own connection (the server accepts it like any other client).
+        return _reconnect, (ch._url, ch._options)
+    raise TypeError(
+        f"this unix:// channel ({ch._url}) can only be passed to a child process as an argument of "
+        "multiprocessing.Process (it travels as a duplicated socket); otherwise connect to the "
+        "listener's URL from the other process"
+    )
+
+
+def _reconnect(url: str, options: Options) -> Channel:
+    from ..api import DEFAULT_CONNECT_TIMEOUT
+    from ..deadline import deadline_from
+    from ..url import parse_url
+
+    return UnixBackend().connect(parse_url(url), options, deadline_from(DEFAULT_CONNECT_TIMEOUT))
+
+
+# ----------------------------------------------------------------------------- seqpacket channel
+_kernel_limit: int | None = None
+_kernel_limit_lock = threading.Lock()
+
+
+def _seqpacket_kernel_limit() -> int:
+    """Largest packet the kernel accepts on a seqpacket socket with a huge send buffer (probed once).
+
+    Beyond the send buffer, Linux limits one packet by its skb allocation (about 4 MiB here).
+    """
+    global _kernel_limit
+    with _kernel_limit_lock:
+        if _kernel_limit is not None:
+            return _kernel_limit
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            _set_sndbuf(a, 64 * 1024 * 1024)
+            ceiling = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - 32
+            a.setblocking(False)
+            probe = bytes(ceiling)
+            lo, hi = 0, ceiling
+            sink = bytearray(1)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                try:
+                    a.send(memoryview(probe)[:mid])
+                except OSError:
+                    hi = mid - 1
+                else:
+                    b.recv_into(sink, 1)
+                    lo = mid
+            _kernel_limit = lo
+        finally:
+            a.close()
+            b.close()
+        return lo
+
+
+def _set_sndbuf(sock: socket.socket, size: int) -> None:
+    if os.geteuid() == 0:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, size)
+            return
+        except OSError:
+            pass
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except OSError:
+        pass
+
+
+@final
+class UnixSeqpacketChannel(Channel):
+    """A message-oriented channel over ``SOCK_SEQPACKET``: one packet per message, no framing.
+
+    Each packet starts with a tag byte (data or goodbye), so an empty message is distinct from
+    the end of the stream and a clean close is distinct from a crash.
+    """
+
+    capabilities: ClassVar[Capabilities] = _SEQ_CAPS
+
+    def __init__(self, url: str, options: Options, sock: socket.socket, *, peer_trusted: bool,
+                 reconnect: bool = False) -> None:
+        self._sock: socket.socket | None = None
+        self._wake = -1
+        super().__init__(url, options, peer_trusted=peer_trusted)
+        self._trusted = peer_trusted
+        self._reconnect = reconnect
+        opts: UnixOptions = options  # type: ignore[assignment]
+        sock.setblocking(False)
+        _set_sndbuf(sock, getattr(opts, "buffer_size", UnixOptions.buffer_size))
+        sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        self._limit = min(sndbuf - 32, _seqpacket_kernel_limit()) - 1
+        self._max = min(self._max, self._limit)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._rpoll = select.poll()
+        self._rpoll.register(self._fd, select.POLLIN)
+        self._rpoll.register(self._wake, select.POLLIN)
+        self._wpoll = select.poll()
+        self._wpoll.register(self._fd, select.POLLOUT)
+        self._wpoll.register(self._wake, select.POLLIN)
+        self._peek = bytearray(1)
+        self._tag = bytearray(1)
+        self._send_error: IPCError | None = None
+        self._recv_error: IPCError | None = None
+        self._handed_off = False
+
+    def _too_large(self, n: int) -> str:
+        if n > self._limit:
+            return (f"message of {n} bytes exceeds the {self._limit}-byte packet limit of this seqpacket socket "
+                    f"(send buffer SO_SNDBUF and the kernel's packet allocation limit) on {self._url}; "
+                    "use type=stream for larger messages")
+        return super()._too_large(n)
+
+    @staticmethod
+    def _again(err: IPCError) -> IPCError:
+        fresh = type(err)(*err.args)
+        fresh.__cause__ = err.__cause__
+        return fresh
+
+    # ---------------------------------------------------------------- sending
+    def _send_message(self, view: memoryview, deadline: Deadline) -> None:
+        self._send_parts([view], view.nbytes, deadline)
+
+    def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
+        if self._send_error is not None:
+            raise self._again(self._send_error)
+        sock = self._sock
+        assert sock is not None
+        bufs: list[Any] = [_TAG_DATA, *views]
+        while True:
+            try:
+                sock.sendmsg(bufs, (), socket.MSG_NOSIGNAL)
+                return
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                err: IPCError
+                if isinstance(self._recv_error, EndOfChannel):
+                    err = EndOfChannel(f"the peer closed {self._url}")
+                else:
+                    err = PeerDied(f"the peer of {self._url} is gone (its socket closed)")
+                self._send_error = err
+                raise self._again(err) from exc
+            except OSError as exc:
+                if exc.errno in (errno.EMSGSIZE, errno.ENOBUFS):
+                    raise MessageTooLarge(self._too_large(total)) from exc
+                raise
+            events = self._wpoll.poll(poll_ms(deadline))
+            if self._closed:
+                raise ChannelClosed(f"channel {self._url} was closed while sending")
+            if not events:
+                raise SendTimeout(f"send timed out on {self._url}: the peer is not reading; nothing was sent")
+
+    # ---------------------------------------------------------------- receiving
+    def _wait_readable(self, deadline: Deadline) -> None:
+        events = self._rpoll.poll(poll_ms(deadline))
+        if self._closed:
+            raise ChannelClosed(f"channel {self._url} was closed while receiving")
+        if not events:
+            raise RecvTimeout(f"no message on {self._url} before the timeout")
+
+    def _next_length(self, deadline: Deadline) -> int:
+        """Wait for the next data packet and return its payload length (handles goodbye and EOF)."""
+        if self._recv_error is not None:
+            raise self._again(self._recv_error)
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                n = sock.recv_into(self._peek, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+            except BlockingIOError:
+                self._wait_readable(deadline)
+                continue
+            except ConnectionResetError:
+                n = 0
+            if n == 0:
+                self._recv_error = PeerDied(f"the peer of {self._url} ended without closing the channel")
+                raise self._again(self._recv_error)
+            tag = self._peek[0]
+            if tag == _TAG_DATA[0]:
+                return n - 1
+            sock.recv_into(self._tag, 1)  # consume it
+            if tag == _TAG_GOODBYE[0]:
+                self._recv_error = EndOfChannel(f"the peer closed {self._url} and every message was received")
+                raise self._again(self._recv_error)
+            raise ProtocolError(f"unknown packet tag 0x{tag:02x} on {self._url}; the packet was discarded")
+
+    def _discard(self) -> None:
+        assert self._sock is not None
+        self._sock.recv_into(self._tag, 1)  # seqpacket drops the rest of a truncated packet
+
+    def _recv_message(self, deadline: Deadline) -> Buffer:
+        n = self._next_length(deadline)
+        if n > self._max:
+            self._discard()
+            raise MessageTooLarge(f"peer sent a {n}-byte message, over max_message_size={self._max} on "
+                                  f"{self._url}; it was discarded")
+        out = bytearray(n)
+        assert self._sock is not None
+        self._sock.recvmsg_into([self._tag, out])
+        return out
+
+    def _recv_message_into(self, view: memoryview, deadline: Deadline) -> int:
+        n = self._next_length(deadline)
+        if n > view.nbytes:
+            if n > self._max:
+                self._discard()
+                raise MessageTooLarge(f"peer sent a {n}-byte message, over max_message_size={self._max}; "
+                                      "it was discarded")
+            out = bytearray(n)
+            assert self._sock is not None
+            self._sock.recvmsg_into([self._tag, out])
+            raise BufferTooSmall(f"message of {n} bytes does not fit the {view.nbytes}-byte buffer; it is in .message",
+                                 bytes(out))
+        assert self._sock is not None
+        self._sock.recvmsg_into([self._tag, view[:n]])
+        return n
+
+    def _poll(self, deadline: Deadline) -> bool:
+        if self._recv_error is not None:
+            return True
+        events = self._rpoll.poll(poll_ms(deadline))
+        if self._closed:
+            raise ChannelClosed(f"channel {self._url} was closed while polling")
+        return any(fd == self._fd for fd, _ in events)
+
+    def _fileno(self) -> int:
+        return self._fd
+
+    # ---------------------------------------------------------------- closing
+    def _wakeup(self) -> None:
+        if self._wake >= 0:
+            os.eventfd_write(self._wake, 1)
+
+    def _close(self) -> None:
+        sock, self._sock = self._sock, None
+        wake, self._wake = self._wake, -1
+        try:
+            if sock is not None and self._send_error is None and not self._handed_off:
+                self._say_goodbye(sock)
+        finally:
+            if sock is not None:
+                sock.close()
+            if wake >= 0:
+                os.close(wake)
+
+    def _say_goodbye(self, sock: socket.socket) -> None:
+        try:
+            try:
+                sock.send(_TAG_GOODBYE, socket.MSG_NOSIGNAL)
+            except BlockingIOError:
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+                if poller.poll(int(_GOODBYE_LINGER * 1000)):
+                    sock.send(_TAG_GOODBYE, socket.MSG_NOSIGNAL)
+        except OSError:
+            pass  # the peer is gone already
+
+    def __reduce__(self) -> Any:
+        return _reduce(self, self._fd, _rebuild_seqpacket, ())
+
+
+def _rebuild_seqpacket(dup: Any, url: str, options: Options, trusted: bool,
+                       extra: tuple[Any, ...]) -> UnixSeqpacketChannel:
+    return UnixSeqpacketChannel(url, options, socket.socket(fileno=dup.detach()), peer_trusted=trusted)
+
+
+def _make_channel(url: str, opts: UnixOptions, sock: socket.socket, *, trusted: bool,
+                  reconnect: bool = False) -> Channel:
+    """Wrap a connected socket; closes it if the channel cannot be built (e.g. UnsafeSerializer)."""
+    try:
+        if sock.type == socket.SOCK_SEQPACKET:
+            return UnixSeqpacketChannel(url, opts, sock, peer_trusted=trusted, reconnect=reconnect)
+        return UnixStreamChannel(url, opts, sock, peer_trusted=trusted, reconnect=reconnect,
+                                 checksum=opts.checksum)
+    except BaseException:
+        sock.close()
+        raise
+
+
+# ----------------------------------------------------------------------------- listener
+@final
+class _UnixListener(Listener):
+    def __init__(self, addr: _Address, opts: UnixOptions, sock: socket.socket, *, lock_fd: int, own_dir: str | None,
+                 inode: tuple[int, int] | None) -> None:
+        super().__init__(addr.url, opts)
+        self._closed = True  # until fully built
+        self._addr = addr
+        self._sock = sock
+        self._lock_fd = lock_fd
+        self._own_dir = own_dir
+        self._inode = inode
+        self._key = _authkey(opts)
+        self._allowed = _allowed_uids(opts)
+        self._seqpacket = sock.type == socket.SOCK_SEQPACKET
+        self._pending: dict[int, _auth.ServerHandshake] = {}
+        self._accept_lock = threading.Lock()
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._epoll = select.epoll()
+        self._epoll.register(sock.fileno(), select.EPOLLIN)
+        self._epoll.register(self._wake, select.EPOLLIN)
+        self._closed = False
+
+    @property
+    def options(self) -> UnixOptions:
+        opts: UnixOptions = self._options  # type: ignore[assignment]
+        return opts
+
+    def _accept(self, deadline: Deadline) -> Channel:
+        if not self._accept_lock.acquire(True, -1 if deadline is None else remaining(deadline) or 0.0):
+            raise ChannelTimeout(f"accept on {self._url} timed out waiting for another accepting thread")
+        try:
+            return self._accept_locked(deadline)
+        finally:
+            self._accept_lock.release()
+
+    def _accept_locked(self, deadline: Deadline) -> Channel:
+        lfd = self._sock.fileno()
+        while True:
+            if self._closed:
+                raise ChannelClosed(f"listener {self._url} was closed")
+            self._expire(time.monotonic())
+            wait = remaining(deadline)
+            if self._pending:
+                first = min(h.deadline for h in self._pending.values()) - time.monotonic()
+                wait = max(0.0, first) if wait is None else min(wait, max(0.0, first))
+            events = self._epoll.poll(-1 if wait is None else wait)
+            if self._closed:
+                raise ChannelClosed(f"listener {self._url} was closed while accepting")
+            for fd, _ in events:
+                if fd == lfd:
+                    ch = self._take_new()
+                    if ch is not None:
+                        return ch
+                elif fd in self._pending:
+                    ch = self._progress(fd)
+                    if ch is not None:
+                        return ch
+            if not events and remaining(deadline) == 0.0:
+                raise ChannelTimeout(f"no client connected to {self._url} before the timeout")
+
+    def _take_new(self) -> Channel | None:
+        opts = self.options
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            conn.setblocking(False)
+            try:
+                uid = _peer_uid(conn, self._allowed, "the client")
+            except PeerRejected:
+                conn.close()
+                raise
+            trusted = uid == os.geteuid()
+            if self._key is None:
+                return _make_channel(self._url, opts, conn, trusted=trusted)
+            hs = _auth.ServerHandshake(conn, self._key, self._seqpacket, time.monotonic() + opts.handshake_timeout)
+            try:
+                hs.start()
+            except PeerRejected:
+                conn.close()
+                continue
+            if len(self._pending) >= opts.max_pending:
+                oldest = min(self._pending, key=lambda k: self._pending[k].deadline)
+                self._drop(oldest)
+            self._pending[conn.fileno()] = hs
+            self._epoll.register(conn.fileno(), select.EPOLLIN)
+
+    def _progress(self, fd: int) -> Channel | None:
+        hs = self._pending[fd]
+        try:
+            done = hs.step()
+        except PeerRejected:
+            self._drop(fd)
+            raise
+        if not done:
+            return None
+        self._epoll.unregister(fd)
+        del self._pending[fd]
+        return _make_channel(self._url, self.options, hs.sock, trusted=True)
+
+    def _expire(self, now: float) -> None:
+        for fd in [fd for fd, h in self._pending.items() if h.deadline <= now]:
+            self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        hs = self._pending.pop(fd)
+        try:
+            self._epoll.unregister(fd)
+        except OSError:
+            pass
+        hs.sock.close()
+
+    def _fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def _close(self) -> None:
+        try:
+            os.eventfd_write(self._wake, 1)
+        except OSError:
+            pass
+        got = self._accept_lock.acquire(True, 2.0)
+        try:
+            for fd in list(self._pending):
+                self._drop(fd)
+            self._epoll.close()
+            self._sock.close()
+            os.close(self._wake)
+            path = self._addr.path
+            if path is not None and self._inode is not None:
+                # Remove only the socket file we bound, never a newer one that took the name.
+                try:
+                    st = os.lstat(path)
+                    if (st.st_dev, st.st_ino) == self._inode:
+                        os.unlink(path)
+                except OSError:
+                    pass
+            if self._lock_fd >= 0:
+                if path is not None:
+                    _paths.unlink_quiet(path + ".lock")
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+            if self._own_dir is not None:
+                _paths.rmdir_quiet(self._own_dir)
+        finally:
+            if got:
+                self._accept_lock.release()
+
+
+# ----------------------------------------------------------------------------- backend
+def _probe_live(path: str, kind: int) -> bool:
+    """True if something accepts connections at *path* (a live server, ipckit or not)."""
+    probe = socket.socket(socket.AF_UNIX, kind | socket.SOCK_NONBLOCK)
+    try:
+        probe.connect(path)
+    except BlockingIOError:
+        return True  # backlog full: very much alive
+    except ConnectionRefusedError:
+        return False
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EPROTOTYPE:
+            return True  # a live socket of the other type
+        raise
+    finally:
+        probe.close()
+    return True
+
+
+@final
+class UnixBackend(Backend):
+    scheme: ClassVar[str] = "unix"
+    capabilities: ClassVar[Capabilities] = _CAPS
+    options_class: ClassVar[type[Options]] = UnixOptions
+
+    @classmethod
+    def is_available(cls) -> tuple[bool, str]:
+        if not hasattr(socket, "AF_UNIX") or not hasattr(socket, "SO_PEERCRED"):
+            return False, "needs AF_UNIX sockets with SO_PEERCRED (Linux)"
+        return True, ""
+
+    def pair(self, endpoint: Endpoint, options: Any) -> tuple[Channel, Channel]:
+        opts: UnixOptions = options
+        _check_options(opts)
+        if endpoint.address:
+            raise InvalidAddress("unix:// pair() takes no address (use listen()/connect() for a named socket)")
+        try:
+            a, b = socket.socketpair(socket.AF_UNIX, _sock_type(opts))
+        except OSError as exc:
+            raise from_oserror(exc, "socketpair") from exc
+        try:
+            first = _make_channel("unix://", opts, a, trusted=True)
+        except BaseException:
+            b.close()
+            raise
+        try:
+            second = _make_channel("unix://", opts, b, trusted=True)
+        except BaseException:
+            first.close()
+            raise
+        return first, second
+
+    def listen(self, endpoint: Endpoint, options: Any) -> Listener:
+        opts: UnixOptions = options
+        _check_options(opts)
+        kind = _sock_type(opts)
+        addr = _address(endpoint, opts, listening=True)
+        own_dir: str | None = None
+        if addr is None:
+            own_dir = _paths.make_private_dir()
+            path = os.path.join(own_dir, _paths.generated_name(".sock"))
+            addr = _Address(path, path, f"unix://{path}")
+        lock_fd = -1
+        sock: socket.socket | None = None
+        try:
+            inode: tuple[int, int] | None = None
+            if addr.path is not None:
+                path = addr.path
+                _paths.check_parent_dir(path)
+                lock_fd = _paths.lock_path_exclusively(path + ".lock")
+                self._clear_stale(path, kind)
+            sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_NONBLOCK)
+            try:
+                sock.bind(addr.sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise EndpointExists(errno.EADDRINUSE, f"{addr.url} is in use by a live server") from exc
+                raise
+            if addr.path is not None:
+                st = os.lstat(addr.path)
+                inode = (st.st_dev, st.st_ino)
+                os.chmod(addr.path, opts.mode)  # before listen(): nobody can connect in between
+            sock.listen(opts.backlog)
+            return _UnixListener(addr, opts, sock, lock_fd=lock_fd, own_dir=own_dir, inode=inode)
+        except BaseException as exc:
+            if sock is not None:
+                sock.close()
+                if addr.path is not None and inode is not None:
+                    _paths.unlink_quiet(addr.path)
+            if lock_fd >= 0:
+                if addr.path is not None:
+                    _paths.unlink_quiet(addr.path + ".lock")
+                os.close(lock_fd)
+            if own_dir is not None:
+                _paths.rmdir_quiet(own_dir)
+            if isinstance(exc, OSError) and not isinstance(exc, IPCError):
+                raise from_oserror(exc, f"listen on {addr.url}") from exc
+            raise
+
+    @staticmethod
+    def _clear_stale(path: str, kind: int) -> None:
+        """Remove a socket file left by a dead server; refuse anything else (called under the lock)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise EndpointExists(errno.EEXIST, f"{path!r} exists and is not a socket; refusing to replace it")
+        _paths.check_owned(path, st, "socket")
+        if _probe_live(path, kind):
+            raise EndpointExists(errno.EEXIST, f"a live server listens at {path!r}; ipckit never steals an endpoint")
+        os.unlink(path)  # stale: its server is gone (the lock was free and nothing answered)
+
+    def connect(self, endpoint: Endpoint, options: Any, deadline: Deadline) -> Channel:
+        opts: UnixOptions = options
+        _check_options(opts)
+        kind = _sock_type(opts)
+        addr = _address(endpoint, opts, listening=False)
+        assert addr is not None
+        allowed = _allowed_uids(opts)
+        key = _authkey(opts)
+        backoff = Backoff(0.0005, 0.02)
+        while True:
+            sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_NONBLOCK)
+            try:
+                sock.connect(addr.sockaddr)
+                break
+            except (FileNotFoundError, ConnectionRefusedError, BlockingIOError) as exc:
+                sock.close()
+                if not backoff.sleep(deadline):
+                    if isinstance(exc, BlockingIOError):
+                        raise ChannelTimeout(f"the listener at {addr.url} did not accept before the timeout "
+                                             "(its backlog is full)") from exc
+                    raise EndpointNotFound(errno.ENOENT, f"nothing listens at {addr.url}") from exc
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EPROTOTYPE:
+                    raise IncompatibleEndpoint(errno.EPROTOTYPE,
+                                               f"the listener at {addr.url} uses another socket type than "
+                                               f"type={opts.type}") from exc
+                if exc.errno in (errno.EACCES, errno.EPERM):
+                    raise PermissionDenied(exc.errno, f"connect to {addr.url}: permission denied (the socket "
+                                           "or its directory belongs to another user)") from exc
+                raise from_oserror(exc, f"connect to {addr.url}") from exc
+        try:
+            uid = _peer_uid(sock, allowed, "the server")
+            if key is not None:
+                hs_deadline = time.monotonic() + opts.handshake_timeout
+                if deadline is not None:
+                    hs_deadline = min(hs_deadline, deadline)
+                _auth.client_handshake(sock, key, sock.type == socket.SOCK_SEQPACKET, hs_deadline)
+        except BaseException:
+            sock.close()
+            raise
+        return _make_channel(addr.url, opts, sock, trusted=key is not None or uid == os.geteuid(), reconnect=True)
+
+
+_ = (ResourceExhausted,)
