@@ -1,0 +1,315 @@
+"""Presenting results: rich tables, ratios, before/after comparison, Markdown, JSON files."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .runner import BenchReport, Cell
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+__all__ = [
+    "fmt_size",
+    "fmt_us",
+    "ratio",
+    "save_json",
+    "load_json",
+    "print_report",
+    "compare_reports",
+    "print_compare",
+    "to_markdown",
+    "REFERENCES",
+]
+
+#: Ratios are shown against these two baselines.
+REFERENCES = ("mp.Pipe", "os.pipe")
+
+
+def fmt_size(n: int) -> str:
+    for unit, div in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div and n % div == 0:
+            return f"{n // div} {unit}"
+    return f"{n} B"
+
+
+def fmt_us(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if v >= 1000:
+        return f"{v / 1000:.2f} ms"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def fmt_num(v: float | None, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f} M"
+    if v >= 1e4:
+        return f"{v / 1e3:.0f} k"
+    return f"{v:.{digits}f}"
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def headline(cell: Cell) -> float | None:
+    """The number a ratio compares: p50 µs (rtt, lower is better) or MB/s (stream/memcpy)."""
+    if cell.workload == "rtt":
+        return cell.p50_us
+    if cell.workload == "serializer":
+        return cell.mean_us
+    return cell.mb_s
+
+
+def save_json(report: BenchReport, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report.to_dict(), indent=1, sort_keys=False) + "\n")
+
+
+def load_json(path: str | Path) -> BenchReport:
+    data: dict[str, Any] = json.loads(Path(path).read_text())
+    return BenchReport.from_dict(data)
+
+
+def _ref_ratio(report: BenchReport, cell: Cell, ref: str) -> float | None:
+    other = report.find(ref, cell.placement, cell.workload if cell.workload != "memcpy" else "stream", cell.size)
+    if other is None or other.error:
+        return None
+    return ratio(headline(cell), headline(other))
+
+
+def _style(kind: str) -> str:
+    return {"ipckit": "bold cyan", "baseline": "", "reference": "dim"}.get(kind, "")
+
+
+def _rtt_table(report: BenchReport, placement: str) -> Table:
+    from rich.table import Table
+
+    t = Table(title=f"Ping-pong round trip, placement={placement} (µs; xref = p50 / ref p50, lower is better)",
+              title_justify="left")
+    for col in ("size", "subject", "p50", "p90", "p99", "max", *(f"x{r}" for r in REFERENCES), "CPU µs/rt",
+                "steal %", "n"):
+        t.add_column(col, justify="left" if col in ("size", "subject") else "right")
+    sizes = sorted({c.size for c in report.cells if c.workload == "rtt" and c.placement == placement})
+    for size in sizes:
+        rows = [c for c in report.cells if c.workload == "rtt" and c.placement == placement and c.size == size]
+        for i, c in enumerate(rows):
+            label = fmt_size(size) if i == 0 else ""
+            if c.error:
+                t.add_row(label, c.subject, f"[red]error: {c.error[:70]}[/red]", end_section=i == len(rows) - 1)
+                continue
+            t.add_row(label, f"[{_style(c.kind)}]{c.subject}[/]" if _style(c.kind) else c.subject,
+                      fmt_us(c.p50_us), fmt_us(c.p90_us), fmt_us(c.p99_us), fmt_us(c.max_us),
+                      *(fmt_ratio(_ref_ratio(report, c, r)) for r in REFERENCES), fmt_us(c.cpu_us_per_msg),
+                      "-" if c.steal_pct is None else f"{c.steal_pct:.1f}", str(c.count),
+                      end_section=i == len(rows) - 1)
+    return t
+
+
+def _stream_table(report: BenchReport, placement: str) -> Table:
+    from rich.table import Table
+
+    t = Table(title=f"One-way streaming, placement={placement} (xref = MB/s / ref MB/s, higher is better)",
+              title_justify="left")
+    for col in ("size", "subject", "MB/s", "msg/s", *(f"x{r}" for r in REFERENCES), "CPU µs/msg", "steal %", "n"):
+        t.add_column(col, justify="left" if col in ("size", "subject") else "right")
+    sizes = sorted({c.size for c in report.cells if c.workload in ("stream", "memcpy") and c.placement == placement})
+    for size in sizes:
+        rows = [c for c in report.cells if c.workload in ("stream", "memcpy") and c.placement == placement
+                and c.size == size]
+        for i, c in enumerate(rows):
+            label = fmt_size(size) if i == 0 else ""
+            name = c.subject + (" (1 process)" if c.workload == "memcpy" else "")
+            if c.error:
+                t.add_row(label, name, f"[red]error: {c.error[:70]}[/red]", end_section=i == len(rows) - 1)
+                continue
+            t.add_row(label, f"[{_style(c.kind)}]{name}[/]" if _style(c.kind) else name,
+                      fmt_num(c.mb_s), fmt_num(c.msg_s), *(fmt_ratio(_ref_ratio(report, c, r)) for r in REFERENCES),
+                      fmt_us(c.cpu_us_per_msg), "-" if c.steal_pct is None else f"{c.steal_pct:.1f}", str(c.count),
+                      end_section=i == len(rows) - 1)
+    return t
+
+
+def _serializer_table(report: BenchReport) -> Table:
+    from rich.table import Table
+
+    t = Table(title="Serializer cost on its own (µs per message, one process)", title_justify="left")
+    for col in ("size", "serializer", "object", "dumps", "loads", "total", "encoded"):
+        t.add_column(col, justify="left" if col in ("size", "serializer", "object") else "right")
+    cells = [c for c in report.cells if c.workload == "serializer"]
+    for size in sorted({c.size for c in cells}):
+        rows = [c for c in cells if c.size == size]
+        for i, c in enumerate(rows):
+            label = fmt_size(size) if i == 0 else ""
+            if c.error:
+                t.add_row(label, c.subject, f"[red]{c.error[:60]}[/red]", end_section=i == len(rows) - 1)
+                continue
+            t.add_row(label, c.subject, str(c.extra.get("object", "")), fmt_us(c.extra.get("dumps_us")),
+                      fmt_us(c.extra.get("loads_us")), fmt_us(c.mean_us),
+                      fmt_size(int(c.extra.get("encoded_bytes", 0))),
+                      end_section=i == len(rows) - 1)
+    return t
+
+
+def print_report(report: BenchReport, console: Console | None = None) -> None:
+    from rich.console import Console
+
+    console = console or Console()
+    m = report.meta
+    console.print(f"[bold]ipckit bench[/bold]  {m.get('cpu_model', '?')} x {m.get('cpu_count', '?')}, "
+                  f"Linux {m.get('kernel', '?')}, Python {m.get('python', '?')}, "
+                  f"ipckit {m.get('versions', {}).get('ipckit', '?')}, run steal "
+                  f"{_pct(m.get('steal_pct_run'))}, wall {report.wall_s:.1f} s")
+    placements = [p for p in m.get("placements", []) if any(c.placement == p for c in report.cells)]
+    for p in placements:
+        if any(c.workload == "rtt" and c.placement == p for c in report.cells):
+            console.print(_rtt_table(report, p))
+        if any(c.workload in ("stream", "memcpy") and c.placement == p for c in report.cells):
+            console.print(_stream_table(report, p))
+    if any(c.workload == "serializer" for c in report.cells):
+        console.print(_serializer_table(report))
+    for s in report.skipped:
+        console.print(f"[yellow]skipped[/yellow] {s['name']}: {s['reason']}")
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{float(v):.1f} %"
+
+
+# ----------------------------------------------------------------------------------- compare
+def compare_reports(before: BenchReport, after: BenchReport) -> list[dict[str, Any]]:
+    """Cells present in both, with ``after / before`` ratios of p50, p99 and MB/s."""
+    rows: list[dict[str, Any]] = []
+    for c in after.cells:
+        if c.error:
+            continue
+        b = before.find(c.subject, c.placement, c.workload, c.size)
+        if b is None or b.error:
+            continue
+        rows.append({
+            "subject": c.subject, "placement": c.placement, "workload": c.workload, "size": c.size,
+            "before": headline(b), "after": headline(c),
+            "p50": ratio(c.p50_us, b.p50_us), "p99": ratio(c.p99_us, b.p99_us), "mb_s": ratio(c.mb_s, b.mb_s),
+            "mean": ratio(c.mean_us, b.mean_us),
+        })
+    return rows
+
+
+def print_compare(before: BenchReport, after: BenchReport, console: Console | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    rows = compare_reports(before, after)
+    t = Table(title="after / before (rtt & serializer: <1 is faster; stream: >1 is faster; under 1.5x is noise "
+                    "on this VM)", title_justify="left")
+    for col in ("workload", "placement", "size", "subject", "before", "after", "p50 x", "p99 x", "MB/s x"):
+        t.add_column(col, justify="left" if col in ("workload", "placement", "size", "subject") else "right")
+    for r in rows:
+        unit = "µs" if r["workload"] in ("rtt", "serializer") else "MB/s"
+        fmt = fmt_us if unit == "µs" else fmt_num
+        t.add_row(r["workload"], r["placement"], fmt_size(r["size"]), r["subject"],
+                  f"{fmt(r['before'])} {unit}", f"{fmt(r['after'])} {unit}",
+                  fmt_ratio(r["p50"] if r["workload"] != "serializer" else r["mean"]), fmt_ratio(r["p99"]),
+                  fmt_ratio(r["mb_s"]))
+    console.print(t)
+    missing = {c.key for c in before.cells} ^ {c.key for c in after.cells}
+    if missing:
+        console.print(f"[yellow]{len(missing)} cell(s) appear in only one of the two files[/yellow]")
+
+
+# ---------------------------------------------------------------------------------- markdown
+def _md_table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def to_markdown(report: BenchReport) -> str:
+    """Compact matrices (one row per subject, one column per size) for docs/benchmarks.md."""
+    out: list[str] = []
+    sizes = sorted({c.size for c in report.cells if c.workload in ("rtt", "stream")})
+    subjects = report.subjects()
+    for p in report.meta.get("placements", []):
+        if any(c.workload == "rtt" and c.placement == p for c in report.cells):
+            out.append(f"**Round trip p50 / p99 (µs), placement `{p}`** — ratio is p50 ÷ mp.Pipe p50, "
+                       "(÷ os.pipe p50)\n")
+            rows = []
+            for s in subjects:
+                row = [s]
+                present = False
+                for size in sizes:
+                    c = report.find(s, p, "rtt", size)
+                    if c is None:
+                        row.append("")
+                        continue
+                    present = True
+                    if c.error:
+                        row.append("error")
+                        continue
+                    r1 = _ref_ratio(report, c, "mp.Pipe")
+                    r2 = _ref_ratio(report, c, "os.pipe")
+                    row.append(f"{fmt_us(c.p50_us)} / {fmt_us(c.p99_us)} ({fmt_ratio(r1)}, {fmt_ratio(r2)})")
+                if present:
+                    rows.append(row)
+            out.append(_md_table(["subject", *(fmt_size(s) for s in sizes)], rows) + "\n")
+        if any(c.workload == "stream" and c.placement == p for c in report.cells):
+            out.append(f"**One-way streaming MB/s (CPU µs/msg), placement `{p}`** — ratio is ÷ mp.Pipe, "
+                       "(÷ os.pipe)\n")
+            rows = []
+            for s in subjects:
+                row = [s if s != "memcpy" else "memcpy (1 process)"]
+                present = False
+                for size in sizes:
+                    c = report.find(s, p, "stream", size) or report.find(s, p, "memcpy", size)
+                    if c is None:
+                        row.append("")
+                        continue
+                    present = True
+                    if c.error:
+                        row.append("error")
+                        continue
+                    r1 = _ref_ratio(report, c, "mp.Pipe")
+                    r2 = _ref_ratio(report, c, "os.pipe")
+                    row.append(f"{fmt_num(c.mb_s)} ({fmt_us(c.cpu_us_per_msg)}) ({fmt_ratio(r1)}, {fmt_ratio(r2)})")
+                if present:
+                    rows.append(row)
+            out.append(_md_table(["subject", *(fmt_size(s) for s in sizes)], rows) + "\n")
+        steals = [c.steal_pct for c in report.cells if c.placement == p and c.steal_pct is not None]
+        if steals:
+            out.append(f"Host steal per cell, placement `{p}`: median {sorted(steals)[len(steals) // 2]:.1f} %, "
+                       f"max {max(steals):.1f} %.\n")
+    ser = [c for c in report.cells if c.workload == "serializer" and not c.error]
+    if ser:
+        names = list(dict.fromkeys(c.subject for c in ser))
+        ssizes = sorted({c.size for c in ser})
+        out.append("**Serializer dumps + loads (µs), one process**\n")
+        rows = []
+        for n in names:
+            row = [n]
+            for size in ssizes:
+                c = next((x for x in ser if x.subject == n and x.size == size), None)
+                row.append("" if c is None else f"{fmt_us(c.mean_us)} ({c.extra.get('object', '')})")
+            rows.append(row)
+        out.append(_md_table(["serializer", *(fmt_size(s) for s in ssizes)], rows) + "\n")
+    if report.skipped:
+        out.append("Skipped: " + "; ".join(f"`{s['name']}` ({s['reason']})" for s in report.skipped) + "\n")
+    return "\n".join(out)

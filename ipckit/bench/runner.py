@@ -1,0 +1,745 @@
+"""The measurement: peers, placement, verification, the timed loops, steal and metadata.
+
+Method (docs/benchmarks.md): for one placement, every subject's peer is spawned up front and the
+cells are interleaved — for each size, every subject in turn — so the ratios of one run share
+the same machine conditions.  Each subject is verified (random-size messages echoed and compared
+byte for byte) before any timing; every ping-pong cell checks its last reply and every streaming
+cell checks the count and CRC of its (distinct) last message in the peer's ack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import platform
+import random
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from .links import (
+    BASELINES,
+    SPAWN,
+    CrossProcessUnsupported,
+    Link,
+    Prepared,
+    SkippedSubject,
+    Subject,
+    baseline_subjects,
+    ipckit_subjects,
+)
+from .peer import ACK, peer_main
+
+__all__ = [
+    "BenchConfig",
+    "Cell",
+    "BenchReport",
+    "run",
+    "quick_config",
+    "DEFAULT_SIZES",
+    "QUICK_SIZES",
+    "PLACEMENTS",
+    "read_steal",
+    "machine_metadata",
+    "measure_memcpy",
+    "measure_serializers",
+]
+
+KiB = 1024
+MiB = 1024 * 1024
+DEFAULT_SIZES = [64, 4 * KiB, 64 * KiB, 1 * MiB]
+QUICK_SIZES = [64, 4 * KiB, 64 * KiB, 1 * MiB]
+PLACEMENTS = ("split", "same", "none")
+WORKLOADS = ("rtt", "stream", "memcpy", "serializer")
+
+
+@dataclass
+class BenchConfig:
+    """What to measure.  ``backends=None`` means every registered scheme; ``baselines=None`` all."""
+
+    sizes: list[int] = field(default_factory=lambda: list(DEFAULT_SIZES))
+    backends: list[str] | None = None
+    baselines: list[str] | None = None
+    serializers: list[str] | None = None  # None: every registered serializer; [] none
+    workloads: list[str] = field(default_factory=lambda: list(WORKLOADS))
+    placements: list[str] = field(default_factory=lambda: ["split"])
+    duration: float = 1.0  # seconds per cell
+    warmup: int = 50  # round trips before a ping-pong cell is timed
+    min_count: int = 20  # at least this many round trips / messages, even past the duration
+    max_count: int = 1_000_000
+    verify_count: int = 16  # random-size messages echoed per subject before timing
+    urls: dict[str, str] = field(default_factory=dict)  # label -> URL overrides / extra variants
+    cell_timeout: float = 60.0  # a cell taking longer than duration + this is aborted
+    seed: int = 0
+
+
+def quick_config(**overrides: Any) -> BenchConfig:
+    """The ``--quick`` settings: all backends and baselines, short cells (under a minute here)."""
+    cfg = BenchConfig(sizes=list(QUICK_SIZES), duration=0.12, warmup=20, verify_count=8)
+    return dataclasses.replace(cfg, **overrides)
+
+
+@dataclass
+class Cell:
+    """One measurement.  Latencies in µs; throughput in MB/s (10^6 bytes) and messages/s."""
+
+    subject: str
+    kind: str  # "ipckit", "baseline", "reference" (memcpy), "serializer"
+    workload: str  # "rtt", "stream", "memcpy", "serializer"
+    placement: str
+    size: int
+    count: int = 0
+    elapsed_s: float = 0.0
+    p50_us: float | None = None
+    p90_us: float | None = None
+    p99_us: float | None = None
+    max_us: float | None = None
+    mean_us: float | None = None
+    mb_s: float | None = None
+    msg_s: float | None = None
+    cpu_us_per_msg: float | None = None
+    parent_cpu_s: float | None = None
+    child_cpu_s: float | None = None
+    steal_pct: float | None = None
+    verified: bool = False
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.subject, self.placement, self.workload, self.size)
+
+
+@dataclass
+class BenchReport:
+    meta: dict[str, Any]
+    config: dict[str, Any]
+    cells: list[Cell]
+    skipped: list[dict[str, str]]
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "ipckit-bench/1", "meta": self.meta, "config": self.config,
+                "cells": [dataclasses.asdict(c) for c in self.cells], "skipped": self.skipped,
+                "wall_s": self.wall_s}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchReport:
+        names = {f.name for f in dataclasses.fields(Cell)}
+        cells = [Cell(**{k: v for k, v in c.items() if k in names}) for c in data.get("cells", [])]
+        return cls(data.get("meta", {}), data.get("config", {}), cells, data.get("skipped", []),
+                   float(data.get("wall_s", 0.0)))
+
+    def find(self, subject: str, placement: str, workload: str, size: int) -> Cell | None:
+        for c in self.cells:
+            if c.key == (subject, placement, workload, size):
+                return c
+        return None
+
+    def subjects(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for c in self.cells:
+            if c.workload in ("rtt", "stream", "memcpy"):
+                seen.setdefault(c.subject, None)
+        return list(seen)
+
+
+# ----------------------------------------------------------------------------- machine state
+def read_steal() -> tuple[int, int]:
+    """``(steal_ticks, total_ticks)`` from the aggregate ``cpu`` line of /proc/stat (0, 0 if absent)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return 0, 0
+    values = [int(v) for v in fields[1:]]
+    steal = values[7] if len(values) > 7 else 0
+    # guest time is already counted in user/nice: the first 8 fields are the whole
+    return steal, sum(values[:8])
+
+
+def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    total = after[1] - before[1]
+    if total <= 0:
+        return None
+    return 100.0 * (after[0] - before[0]) / total
+
+
+def _cpus_for(placement: str, allowed: set[int] | None = None) -> tuple[set[int] | None, set[int] | None]:
+    """``(parent_cpus, child_cpus)`` for a placement; None leaves affinity alone.
+
+    ``split``: parent on the first allowed CPU, child on the second; ``same``: both on the first.
+    """
+    if placement == "none":
+        return None, None
+    cpus = sorted(allowed if allowed is not None else os.sched_getaffinity(0))
+    if placement == "same":
+        return {cpus[0]}, {cpus[0]}
+    if placement == "split":
+        if len(cpus) < 2:
+            raise ValueError("placement 'split' needs two CPUs")
+        return {cpus[0]}, {cpus[1]}
+    raise ValueError(f"unknown placement {placement!r}; use one of {', '.join(PLACEMENTS)}")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out: dict[str, str] = {}
+    for name in ("ipckit", "numpy", "rich", "matplotlib", "pytest-benchmark", "faster-fifo", "posix_ipc",
+                 "sysv_ipc", "pyzmq", "msgpack", "iceoryx2"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    import ipckit
+
+    out.setdefault("ipckit", ipckit.__version__)
+    return out
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        out = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine_metadata() -> dict[str, Any]:
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            pipe_max = int(f.read())
+    except (OSError, ValueError):
+        pipe_max = None
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "kernel": platform.release(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "python_impl": platform.python_implementation(),
+        "hostname": platform.node(),
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "pipe_max_size": pipe_max,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# ------------------------------------------------------------------------------------ peers
+class _Peer:
+    """One subject's spawned peer, its control pipe and the parent's link."""
+
+    def __init__(self, subject: Subject, child_cpus: set[int] | None) -> None:
+        self.subject = subject
+        self.error: str | None = None
+        self.skip: str | None = None  # set when the subject turns out not to cross processes
+        self.link: Link | None = None
+        self.prepared: Prepared | None = None
+        self._ctrl: Connection | None = None
+        self._pending: tuple[Any, ...] | None = None  # a control message read early by _peer_gone
+        self.proc: Any = None
+        try:
+            self.prepared = subject.prepare()
+            ctrl, child_ctrl = SPAWN.Pipe(duplex=True)
+            self._ctrl = ctrl
+            self.proc = SPAWN.Process(target=peer_main, args=(self.prepared.child_arg, child_ctrl, child_cpus),
+                                      name=f"ipckit-bench-peer-{subject.name}", daemon=True)
+            self.proc.start()
+            child_ctrl.close()
+            self.prepared.after_start()
+        except Exception as exc:
+            self.fail(f"could not start the peer: {exc!r}")
+
+    def connect(self, timeout: float) -> None:
+        if self.error is not None or self.prepared is None or self._ctrl is None:
+            return
+        try:
+            self.link = self.prepared.complete(timeout, self._peer_gone)
+            msg = self.control(timeout)
+            if msg[0] != "ready":
+                self.fail(str(msg[1]))
+        except CrossProcessUnsupported as exc:
+            self.skip = f"the peer process cannot reach it: {exc}"
+            self.fail(self.skip)
+        except Exception as exc:
+            self.fail(f"peer did not connect: {exc!r}")
+
+    def _peer_gone(self) -> str | None:
+        assert self._ctrl is not None
+        if self._pending is None and self._ctrl.poll(0):
+            self._pending = self._ctrl.recv()
+        if self._pending is not None and self._pending[0] == "error":
+            return str(self._pending[1])
+        if self.proc is not None and not self.proc.is_alive():
+            return f"peer exited with code {self.proc.exitcode}"
+        return None
+
+    def command(self, *cmd: Any) -> None:
+        assert self._ctrl is not None
+        self._ctrl.send(cmd)
+
+    def control(self, timeout: float) -> tuple[Any, ...]:
+        assert self._ctrl is not None
+        msg: tuple[Any, ...]
+        if self._pending is not None:
+            msg, self._pending = self._pending, None
+        else:
+            if not self._ctrl.poll(timeout):
+                raise TimeoutError(f"peer of {self.subject.name} did not answer in {timeout:.0f} s")
+            msg = self._ctrl.recv()
+        if msg[0] == "error":
+            raise RuntimeError(str(msg[1]))
+        return msg
+
+    def abort(self) -> None:
+        """Called by the watchdog: kill the peer and wake our blocked receive."""
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+        if self.link is not None:
+            try:
+                self.link.abort()
+            except Exception:
+                pass
+
+    def fail(self, reason: str) -> None:
+        if self.error is None:
+            self.error = reason
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+
+    def close(self) -> None:
+        if self.error is None and self._ctrl is not None:
+            try:
+                self._ctrl.send(("quit",))
+            except OSError:
+                pass
+        if self.proc is not None:
+            self.proc.join(5.0)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join(5.0)
+        for closer in (self.link.close if self.link is not None else None,
+                       self._ctrl.close if self._ctrl is not None else None,
+                       self.prepared.cleanup if self.prepared is not None else None):
+            if closer is None:
+                continue
+            try:
+                closer()
+            except Exception:
+                pass
+        if self.proc is not None:
+            try:
+                self.proc.close()
+            except ValueError:
+                pass
+
+
+class _Watchdog:
+    """Aborts a peer whose cell runs past its deadline, so a hung transport cannot hang the run."""
+
+    def __init__(self, peer: _Peer, seconds: float) -> None:
+        self.fired = False
+        self._timer = threading.Timer(seconds, self._fire, args=(peer,))
+        self._timer.daemon = True
+
+    def _fire(self, peer: _Peer) -> None:
+        self.fired = True
+        peer.abort()
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+# ------------------------------------------------------------------------------------ loops
+def _payload(size: int, rng: random.Random) -> bytes:
+    return rng.randbytes(size)
+
+
+def _verify(peer: _Peer, cfg: BenchConfig, rng: random.Random) -> None:
+    """Echo random-size (and every cell size) random messages; compare byte for byte."""
+    assert peer.link is not None
+    top = max(cfg.sizes)
+    sizes = list(cfg.sizes) + [rng.randint(1, top) for _ in range(cfg.verify_count)] + [1]
+    rng.shuffle(sizes)
+    peer.command("echo")
+    send, recv = peer.link.send, peer.link.recv
+    for n in sizes:
+        msg = _payload(n, rng)
+        send(msg)
+        back = recv()
+        if bytes(back) != msg:
+            raise AssertionError(f"verification failed: sent {n} bytes, got {len(back)} different bytes back")
+    send(b"")
+    peer.control(cfg.cell_timeout)
+
+
+def _rtt(peer: _Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
+    assert peer.link is not None
+    cell = Cell(peer.subject.name, peer.subject.kind, "rtt", placement, size)
+    payload = _payload(size, rng)
+    send, recv = peer.link.send, peer.link.recv
+    pc = time.perf_counter_ns
+    lat: list[int] = []
+    append = lat.append
+    end_ns = int(cfg.duration * 1e9)
+    min_count, max_count = cfg.min_count, cfg.max_count
+    peer.command("echo")
+    steal0 = read_steal()
+    cpu0 = time.process_time()
+    for _ in range(cfg.warmup):
+        send(payload)
+        recv()
+    start = pc()
+    deadline = start + end_ns
+    back: Any = b""
+    while True:
+        t0 = pc()
+        send(payload)
+        back = recv()
+        t1 = pc()
+        append(t1 - t0)
+        if (t1 >= deadline and len(lat) >= min_count) or len(lat) >= max_count:
+            break
+    elapsed = (pc() - start) / 1e9
+    parent_cpu = time.process_time() - cpu0
+    send(b"")
+    child_cpu = float(peer.control(cfg.cell_timeout)[1])
+    steal1 = read_steal()
+    if bytes(back) != payload:
+        raise AssertionError(f"last reply of the ping-pong differs from what was sent ({len(back)} bytes)")
+    arr = np.asarray(lat, dtype=np.float64) / 1e3
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    total = cfg.warmup + len(lat)
+    cell.count = len(lat)
+    cell.elapsed_s = elapsed
+    cell.p50_us, cell.p90_us, cell.p99_us = float(p50), float(p90), float(p99)
+    cell.max_us = float(arr.max())
+    cell.mean_us = float(arr.mean())
+    cell.msg_s = len(lat) / elapsed if elapsed > 0 else None
+    cell.parent_cpu_s, cell.child_cpu_s = parent_cpu, child_cpu
+    cell.cpu_us_per_msg = 1e6 * (parent_cpu + child_cpu) / total  # per round trip, both processes
+    cell.steal_pct = steal_pct(steal0, steal1)
+    cell.verified = True
+    return cell
+
+
+def _stream(peer: _Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
+    assert peer.link is not None
+    cell = Cell(peer.subject.name, peer.subject.kind, "stream", placement, size)
+    payload = _payload(size, rng)
+    last = _payload(size, rng)
+    while last == payload:
+        last = _payload(size, rng)
+    send, recv = peer.link.send, peer.link.recv
+    batch = max(1, min(256, (256 * KiB) // max(size, 1)))
+    peer.command("sink")
+    steal0 = read_steal()
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    deadline = start + cfg.duration
+    n = 0
+    rng_batch = range(batch)
+    while True:
+        for _ in rng_batch:
+            send(payload)
+        n += batch
+        if (time.perf_counter() >= deadline and n >= cfg.min_count) or n >= cfg.max_count:
+            break
+    send(last)
+    n += 1
+    send(b"")
+    ack = recv()
+    elapsed = time.perf_counter() - start
+    parent_cpu = time.process_time() - cpu0
+    child_cpu = float(peer.control(cfg.cell_timeout)[1])
+    steal1 = read_steal()
+    count, crc = ACK.unpack(bytes(ack))
+    if count != n or crc != zlib.crc32(last):
+        raise AssertionError(f"stream check failed: peer counted {count} of {n} messages, "
+                             f"last-message crc {'ok' if crc == zlib.crc32(last) else 'WRONG'}")
+    cell.count = n
+    cell.elapsed_s = elapsed
+    cell.msg_s = n / elapsed
+    cell.mb_s = n * size / elapsed / 1e6
+    cell.mean_us = 1e6 * elapsed / n
+    cell.parent_cpu_s, cell.child_cpu_s = parent_cpu, child_cpu
+    cell.cpu_us_per_msg = 1e6 * (parent_cpu + child_cpu) / n
+    cell.steal_pct = steal_pct(steal0, steal1)
+    cell.verified = True
+    return cell
+
+
+def measure_memcpy(size: int, duration: float, placement: str = "none") -> Cell:
+    """One-process copy bandwidth (numpy ``copyto``) of *size* bytes: the ceiling for target T3."""
+    cell = Cell("memcpy", "reference", "memcpy", placement, size)
+    src = np.frombuffer(random.Random(size).randbytes(size), dtype=np.uint8)
+    dst = np.empty_like(src)
+    copyto = np.copyto
+    batch = max(1, min(1000, (4 * MiB) // max(size, 1)))
+    steal0 = read_steal()
+    cpu0 = time.process_time()
+    for _ in range(batch):
+        copyto(dst, src)  # warm the pages
+    start = time.perf_counter()
+    deadline = start + duration
+    n = 0
+    while True:
+        for _ in range(batch):
+            copyto(dst, src)
+        n += batch
+        if time.perf_counter() >= deadline:
+            break
+    elapsed = time.perf_counter() - start
+    if not np.array_equal(src, dst):
+        raise AssertionError("memcpy produced different bytes")
+    cell.count = n
+    cell.elapsed_s = elapsed
+    cell.msg_s = n / elapsed
+    cell.mb_s = n * size / elapsed / 1e6
+    cell.mean_us = 1e6 * elapsed / n
+    cell.parent_cpu_s = time.process_time() - cpu0
+    cell.cpu_us_per_msg = 1e6 * cell.parent_cpu_s / (n + batch)
+    cell.steal_pct = steal_pct(steal0, read_steal())
+    cell.verified = True
+    return cell
+
+
+def _sample_object(size: int, ser: Any) -> tuple[str, Any]:
+    """A message of about *size* bytes the serializer accepts (dict with bytes, with str, or bytes)."""
+    data = random.Random(size).randbytes(size)
+    candidates: list[tuple[str, Any]] = [
+        ("dict+bytes", {"seq": 1, "name": "sample", "data": data}),
+        ("dict+str", {"seq": 1, "name": "sample", "data": data.hex()[:size]}),
+        ("bytes", data),
+    ]
+    for kind, obj in candidates:
+        try:
+            ser.loads(memoryview(_join(ser.dumps(obj))))
+        except Exception:
+            continue
+        return kind, obj
+    raise TypeError(f"serializer {getattr(ser, 'name', ser)!r} accepts none of the sample objects")
+
+
+def _join(encoded: Any) -> bytes:
+    return bytes(encoded) if not isinstance(encoded, bytes) else encoded
+
+
+def measure_serializers(names: Sequence[str] | None, sizes: Sequence[int], duration: float) -> list[Cell]:
+    """dumps/loads cost of each serializer on its own, in this process."""
+    from ipckit.serializers import get_serializer, serializer_names
+
+    cells: list[Cell] = []
+    for name in names if names is not None else serializer_names():
+        for size in sizes:
+            cell = Cell(name, "serializer", "serializer", "none", size)
+            cells.append(cell)
+            try:
+                ser = get_serializer(name)
+                kind, obj = _sample_object(size, ser)
+                dumps, loads = ser.dumps, ser.loads
+                encoded = memoryview(_join(dumps(obj)))
+                per = duration / 2
+                dumps_us, n1 = _time_loop(functools.partial(dumps, obj), per)
+                loads_us, n2 = _time_loop(functools.partial(loads, encoded), per)
+                cell.count = n1 + n2
+                cell.mean_us = dumps_us + loads_us
+                cell.p50_us = cell.mean_us
+                cell.mb_s = size / cell.mean_us if cell.mean_us else None
+                cell.extra = {"object": kind, "dumps_us": dumps_us, "loads_us": loads_us,
+                              "encoded_bytes": encoded.nbytes}
+                cell.verified = True
+            except Exception as exc:
+                cell.error = repr(exc)
+    return cells
+
+
+def _time_loop(fn: Callable[[], Any], duration: float) -> tuple[float, int]:
+    """Mean µs per call of *fn*, repeating it for about *duration* seconds."""
+    fn()
+    batch = 1
+    start = time.perf_counter()
+    n = 0
+    while True:
+        for _ in range(batch):
+            fn()
+        n += batch
+        now = time.perf_counter()
+        if now - start >= duration:
+            break
+        if now - start < duration / 20:
+            batch *= 2
+    return 1e6 * (time.perf_counter() - start) / n, n
+
+
+# ------------------------------------------------------------------------------------- run
+ProgressFn = Callable[[str, int, int, "Cell | None"], None]
+
+
+def _select_baselines(cfg: BenchConfig) -> tuple[list[Subject], list[SkippedSubject]]:
+    subjects, skipped = baseline_subjects(max(cfg.sizes))
+    if cfg.baselines is not None:
+        unknown = [b for b in cfg.baselines if b not in [*BASELINES, "memcpy"]]
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join([*BASELINES, 'memcpy'])}")
+        subjects = [s for s in subjects if s.name in cfg.baselines]
+        skipped = [s for s in skipped if s.name in cfg.baselines]
+    return subjects, skipped
+
+
+def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> BenchReport:
+    """Measure; returns every cell (failed cells carry ``error``), the skipped subjects and metadata.
+
+    *progress* is called as ``progress(description, done, total, cell_or_None)``.
+    """
+    cfg = cfg or BenchConfig()
+    for p in cfg.placements:
+        _cpus_for(p)  # validate early
+    unknown = [w for w in cfg.workloads if w not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
+    wall0 = time.perf_counter()
+    rng = random.Random(cfg.seed)
+    ipc_subjects, skipped = ipckit_subjects(cfg.backends, cfg.urls)
+    base_subjects, base_skipped = _select_baselines(cfg)
+    skipped += base_skipped
+    subjects: list[Subject] = [*ipc_subjects, *base_subjects]
+    want_memcpy = "memcpy" in cfg.workloads and (cfg.baselines is None or "memcpy" in cfg.baselines)
+
+    do_rtt = "rtt" in cfg.workloads
+    do_stream = "stream" in cfg.workloads
+    per_placement = len(subjects) * len(cfg.sizes) * (do_rtt + do_stream) + (len(cfg.sizes) if want_memcpy else 0)
+    ser_names = cfg.serializers
+    if "serializer" in cfg.workloads:
+        from ipckit.serializers import serializer_names
+
+        ser_names = list(serializer_names()) if ser_names is None else ser_names
+    n_ser = len(ser_names or []) * len(cfg.sizes) if "serializer" in cfg.workloads else 0
+    total = per_placement * len(cfg.placements) + n_ser
+    done = 0
+
+    def tick(desc: str, cell: Cell | None) -> None:
+        nonlocal done
+        if cell is not None:
+            done += 1
+        if progress is not None:
+            progress(desc, done, total, cell)
+
+    cells: list[Cell] = []
+    steal_run0 = read_steal()
+    original_affinity = os.sched_getaffinity(0)
+    try:
+        for placement in cfg.placements:
+            parent_cpus, child_cpus = _cpus_for(placement, original_affinity)
+            os.sched_setaffinity(0, parent_cpus if parent_cpus is not None else original_affinity)
+            tick(f"[{placement}] starting {len(subjects)} peers", None)
+            peers = [_Peer(s, child_cpus) for s in subjects]
+            try:
+                for peer in peers:
+                    peer.connect(cfg.cell_timeout)
+                for peer in [p for p in peers if p.skip is not None]:
+                    peers.remove(peer)
+                    peer.close()
+                    total -= len(cfg.sizes) * (do_rtt + do_stream)
+                    if not any(s.name == peer.subject.name for s in skipped):
+                        skipped.append(SkippedSubject(peer.subject.name, peer.skip or ""))
+                for peer in peers:
+                    if peer.error is None:
+                        tick(f"[{placement}] verifying {peer.subject.name}", None)
+                        _guarded(peer, cfg, lambda p=peer: _verify(p, cfg, rng))  # type: ignore[misc]
+                for workload in ("rtt", "stream"):
+                    if workload not in cfg.workloads:
+                        continue
+                    for size in cfg.sizes:
+                        if workload == "stream" and want_memcpy:
+                            tick(f"[{placement}] memcpy {_fmt(size)}", None)
+                            cells.append(measure_memcpy(size, cfg.duration, placement))
+                            tick(f"[{placement}] memcpy {_fmt(size)}", cells[-1])
+                        for peer in peers:
+                            desc = f"[{placement}] {workload} {_fmt(size)} {peer.subject.name}"
+                            tick(desc, None)
+                            cell = _run_cell(peer, cfg, workload, size, placement, rng)
+                            cells.append(cell)
+                            tick(desc, cell)
+                if want_memcpy and not do_stream:
+                    for size in cfg.sizes:
+                        cells.append(measure_memcpy(size, cfg.duration, placement))
+                        tick(f"[{placement}] memcpy {_fmt(size)}", cells[-1])
+            finally:
+                for peer in peers:
+                    peer.close()
+        if "serializer" in cfg.workloads and ser_names:
+            os.sched_setaffinity(0, _cpus_for(cfg.placements[0], original_affinity)[0] or original_affinity)
+            tick("serializers", None)
+            for cell in measure_serializers(ser_names, cfg.sizes, min(cfg.duration, 0.5)):
+                cells.append(cell)
+                tick(f"serializer {cell.subject} {_fmt(cell.size)}", cell)
+    finally:
+        os.sched_setaffinity(0, original_affinity)
+    meta = machine_metadata()
+    meta["steal_pct_run"] = steal_pct(steal_run0, read_steal())
+    meta["placements"] = list(cfg.placements)
+    meta["subjects"] = {s.name: {"kind": s.kind, "note": s.note,
+                                 **({"url": getattr(s, "url", "")} if s.kind == "ipckit" else {})}
+                        for s in subjects}
+    meta["ratios_against"] = ["mp.Pipe", "os.pipe"]
+    config = dataclasses.asdict(cfg)
+    return BenchReport(meta, config, cells, [dataclasses.asdict(s) for s in skipped],
+                       wall_s=time.perf_counter() - wall0)
+
+
+def _guarded(peer: _Peer, cfg: BenchConfig, fn: Callable[[], object]) -> None:
+    watchdog = _Watchdog(peer, cfg.duration * 4 + cfg.cell_timeout)
+    try:
+        with watchdog:
+            fn()
+    except Exception as exc:
+        reason = "aborted: the cell exceeded its time limit" if watchdog.fired else repr(exc)
+        peer.fail(reason)
+
+
+def _run_cell(peer: _Peer, cfg: BenchConfig, workload: str, size: int, placement: str,
+              rng: random.Random) -> Cell:
+    if peer.error is not None:
+        return Cell(peer.subject.name, peer.subject.kind, workload, placement, size, error=peer.error)
+    result: list[Cell] = []
+    fn = _rtt if workload == "rtt" else _stream
+    _guarded(peer, cfg, lambda: result.append(fn(peer, cfg, size, placement, rng)))
+    if result:
+        return result[0]
+    return Cell(peer.subject.name, peer.subject.kind, workload, placement, size, error=peer.error)
+
+
+def _fmt(size: int) -> str:
+    from .report import fmt_size
+
+    return fmt_size(size)
