@@ -1,0 +1,58 @@
+"""The ipckit conformance contract and the helpers its tests use.
+
+* :mod:`ipckit.testing.contract` — :class:`ChannelContract` plus capability mixins; a backend's
+  test module subclasses them (see :func:`required_contracts`).
+* :mod:`ipckit.testing.peers` — real peer processes with a READY handshake, SIGKILL at chosen
+  points, ``as_user`` (run as another uid).
+* :mod:`ipckit.testing.signals` — ``signal_storm``.
+* :mod:`ipckit.testing.leaks` and :mod:`ipckit.testing.plugin` — the leak guard
+  (``pytest_plugins = ["ipckit.testing.plugin"]``).
+
+Importing this package needs pytest (and Hypothesis for the model test); ``import ipckit`` never
+imports it.
+"""
+
+from __future__ import annotations
+
+from .contract import (
+    ChannelContract,
+    CrossProcessContract,
+    DuplexContract,
+    LargeMessageContract,
+    ListenerContract,
+    PeerCloseContract,
+    PeerDeathContract,
+    SelectableContract,
+    required_contracts,
+    timing_bounds,
+    wait_until_blocked,
+)
+from .leaks import Snapshot, leaks, take_snapshot
+from .peers import NOBODY, Peer, PeerFailed, as_user, kill_self, ready, set_pdeathsig, spawn_peer
+from .signals import signal_storm
+
+__all__ = [
+    "ChannelContract",
+    "DuplexContract",
+    "PeerCloseContract",
+    "SelectableContract",
+    "LargeMessageContract",
+    "CrossProcessContract",
+    "PeerDeathContract",
+    "ListenerContract",
+    "required_contracts",
+    "timing_bounds",
+    "wait_until_blocked",
+    "Peer",
+    "PeerFailed",
+    "spawn_peer",
+    "ready",
+    "kill_self",
+    "set_pdeathsig",
+    "as_user",
+    "NOBODY",
+    "signal_storm",
+    "Snapshot",
+    "take_snapshot",
+    "leaks",
+]

@@ -1,0 +1,74 @@
+"""pytest plugin: an autouse leak guard per test and a sweep at the end of the session.
+
+Enable it with ``pytest_plugins = ["ipckit.testing.plugin"]`` in a ``conftest.py``.
+
+* Per test: a snapshot is taken before the test's other fixtures are set up and compared after
+  they are torn down (:mod:`ipckit.testing.leaks`); anything new — a descriptor, a child process,
+  a non-daemon thread, a ``/dev/shm`` entry, a SysV object, an ``ipckit*`` temp file — fails the
+  test with a list of what leaked.  Mark a test ``@pytest.mark.leaks_ok`` to exempt it.
+* Session end: ``ipckit*`` objects created during the run that nobody holds are removed, and the
+  run fails because it had to.
+* ``IPCKIT_LEAK_GUARD=local`` limits both to this process's own resources; ``off`` disables them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .leaks import guard_mode, leaks, owned_names, remove_object, take_snapshot
+
+_session_start = time.time()
+_swept: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "leaks_ok: the ipckit leak guard does not check this test")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _session_start
+    _session_start = time.time() - 1.0
+    # multiprocessing's spawn method starts a resource-tracker process (and keeps a descriptor to
+    # it) on first use; start it now so it is part of every test's "before" snapshot.
+    if guard_mode() != "off":
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+
+
+@pytest.fixture(autouse=True)
+def _ipckit_leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    mode = guard_mode()
+    if mode == "off" or request.node.get_closest_marker("leaks_ok") is not None:
+        yield
+        return
+    machine_wide = mode == "full"
+    before = take_snapshot(machine_wide)
+    yield
+    found = leaks(before, machine_wide)
+    if found:
+        pytest.fail(f"{request.node.nodeid} leaked: {found.describe()}", pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: Any) -> None:
+    if guard_mode() != "full":
+        return
+    leftovers = owned_names(_session_start)
+    for path in leftovers:
+        remove_object(path)
+    if leftovers:
+        _swept.extend(leftovers)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: Any, config: pytest.Config) -> None:
+    if _swept:
+        terminalreporter.section("ipckit leak sweep", sep="=", red=True, bold=True)
+        terminalreporter.write_line(
+            "the run left these ipckit objects behind (removed now; the run fails):")
+        for path in _swept:
+            terminalreporter.write_line(f"  {path}")

@@ -1,0 +1,15 @@
+"""memory:// runs the whole contract (it is the reference backend: threads only, no OS objects)."""
+
+from __future__ import annotations
+
+from ipckit.testing import (
+    ChannelContract,
+    DuplexContract,
+    LargeMessageContract,
+    ListenerContract,
+    PeerCloseContract,
+)
+
+
+class TestMemory(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, ListenerContract):
+    scheme = "memory"
