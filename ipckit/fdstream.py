@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import select
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 from .backend import Options
@@ -85,6 +87,9 @@ class FdStreamChannel(Channel):
         self._pending: list[Any] | None = None
         self._ready_fd = -1
         self._epoll: select.epoll | None = None
+        # True once this end was handed to a child process: closing this process's copy then only
+        # releases the descriptors; the goodbye frame is the new owner's to send.
+        self._handed_off = False
 
     # ---------------------------------------------------------------- raw I/O (overridable)
     def _raw_writev(self, bufs: list[memoryview]) -> int:
@@ -369,7 +374,7 @@ class FdStreamChannel(Channel):
 
     def _close(self) -> None:
         try:
-            if self._send_error is None and self._wfd >= 0:
+            if self._send_error is None and self._wfd >= 0 and not self._handed_off:
                 self._say_goodbye()
         finally:
             self._release_fds()
@@ -413,3 +418,52 @@ class FdStreamChannel(Channel):
         self._rseq = rseq
         self._rmv[: len(buffered)] = buffered
         self._rend = len(buffered)
+
+
+# ---------------------------------------------------------------- hand-off under fork
+# multiprocessing's *spawn* pickles a channel end (the backend's __reduce__ marks it handed off),
+# but *fork* passes Process arguments without pickling.  So before a fork we look for the
+# multiprocessing Process being started on the caller's stack and mark the ends among its
+# arguments: the parent closing its copy afterwards must not tell the peer "closed".
+_marked_for_fork: list[FdStreamChannel] = []
+
+
+def _find_ends(obj: Any, depth: int = 0) -> Iterator[FdStreamChannel]:
+    if isinstance(obj, FdStreamChannel):
+        yield obj
+    elif depth < 3 and isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _find_ends(item, depth + 1)
+    elif depth < 3 and isinstance(obj, dict):
+        for item in obj.values():
+            yield from _find_ends(item, depth + 1)
+
+
+def _before_fork() -> None:
+    frame = sys._getframe(1)
+    for _ in range(30):
+        if frame is None:
+            return
+        proc = frame.f_locals.get("process_obj") if frame.f_code.co_name == "_launch" else None
+        if proc is not None:
+            for ch in _find_ends((getattr(proc, "_args", ()), getattr(proc, "_kwargs", {}))):
+                if not ch._handed_off:
+                    ch._handed_off = True
+                    _marked_for_fork.append(ch)
+            return
+        frame = frame.f_back
+
+
+def _after_fork_in_parent() -> None:
+    _marked_for_fork.clear()
+
+
+def _after_fork_in_child() -> None:
+    # In the child these ends are the ones in use: they say goodbye when closed.
+    for ch in _marked_for_fork:
+        ch._handed_off = False
+    _marked_for_fork.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)

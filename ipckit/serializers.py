@@ -125,7 +125,9 @@ class MsgpackSerializer:
         return self._packb(obj, use_bin_type=True)
 
     def loads(self, data: memoryview) -> Any:
-        return self._unpackb(data, raw=False, strict_map_key=True, max_buffer_size=self._max or len(data) or 1)
+        # unpackb bounds every container and string length by len(data) itself, so a forged
+        # "4 billion elements" header fails fast instead of allocating (msgpack >= 1.0).
+        return self._unpackb(data, raw=False, strict_map_key=True)
 
 
 class JsonSerializer:

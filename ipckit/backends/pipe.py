@@ -86,6 +86,7 @@ class PipeChannel(FdStreamChannel):
                 "a pipe:// channel can only be passed to a child process as an argument of "
                 "multiprocessing.Process (it travels as duplicated descriptors); it cannot be pickled otherwise"
             )
+        self._handed_off = True  # the child owns this end now; closing our copy must not say goodbye
         sseq, rseq, buffered = self._handoff_state()
         state = (reduction.DupFd(self._rfd), reduction.DupFd(self._wfd), self._url, self._options, sseq, rseq,
                  buffered, self._checksum)
