@@ -28,6 +28,7 @@ class BackendSpec:
 _SPECS: dict[str, BackendSpec] = {
     "memory": BackendSpec("ipckit.backends.memory:MemoryBackend"),
     "pipe": BackendSpec("ipckit.backends.pipe:PipeBackend"),
+    "fifo": BackendSpec("ipckit.backends.fifo:FifoBackend"),
     "unix": BackendSpec("ipckit.backends.unix:UnixBackend"),
 }
 _LOADED: dict[str, type[Backend]] = {}

@@ -1,0 +1,451 @@
+"""``fifo://`` — a duplex single-peer channel over two named pipes (FIFOs).
+
+Features:
+    Framed, ordered, reliable; a clean close (EndOfChannel) is told apart from a crash
+    (PeerDied); selectable.  The endpoint is a private directory (0700, set explicitly) holding
+    ``c2s`` and ``s2c`` FIFOs (0600) and two lock files; everything found there is ``lstat``-ed,
+    owner-checked and opened ``O_NOFOLLOW``, so a planted symlink, file or another user's
+    directory is refused (PermissionDenied), never followed.  pickle is the default serializer:
+    only the owner can open the FIFOs.
+
+    * ``listen()`` creates the endpoint and holds an ``flock`` on its ``lock`` file for its
+      lifetime.  An endpoint whose lock is free belongs to a creator that died (SIGKILL): its
+      FIFOs are removed and recreated; a live one raises EndpointExists.
+    * ``connect()`` never hangs on an absent peer: opens are non-blocking and retried (ENXIO: no
+      reader yet) until the deadline.  Connecting does not need the server to be in ``accept()``
+      for the first peer, so one thread may ``connect()`` and then ``accept()``.
+    * One writer per direction: a client holds an ``flock`` on ``peer.lock`` while connected; a
+      second client gets EndpointExists at once, so frames are never interleaved.  The listener
+      serves one peer at a time; ``accept()`` for the next peer waits until the previous one left.
+    * A reader opened before any writer sees ``read() == 0`` but no POLLHUP; that is "not
+      connected yet", never end of channel.
+    * ``pair()`` builds an endpoint in a fresh private directory, connects, and removes the
+      directory at once (the open descriptors keep working).
+
+URL format:
+    ``fifo:///abs/dir/name`` — the endpoint directory (created by ``listen()``; its parent must
+    exist).  ``fifo://`` with ``listen()`` or ``pair()`` uses a new ``ipckit-*`` directory in
+    ``$XDG_RUNTIME_DIR`` or the temp dir.
+
+Options:
+    ``pipe_size`` — requested kernel buffer per FIFO (default 1 MiB; capped by the system limit).
+    ``checksum`` — CRC32 over every payload (default off).
+    Common options: ``serializer``, ``max_message_size``, ``default_timeout``, ``mode`` (of the
+    FIFOs; default 0600 — a wider mode also opens the directory and drops the same-user proof,
+    so pickle then needs ``trust=True``), ``trust``.
+
+Platform notes:
+    Linux.  Channel ends pass to ``multiprocessing`` children as duplicated descriptors (like
+    ``pipe://``); they cannot be pickled otherwise (the endpoint has a single peer).  A FIFO has
+    no credential check of its own: the directory and file modes are the access control.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import stat
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, ClassVar, final
+
+from ..backend import Backend, Capabilities, Options
+from ..channel import Channel, Listener
+from ..deadline import Backoff, Deadline, remaining
+from ..errors import (
+    ChannelBusy,
+    ChannelClosed,
+    ChannelTimeout,
+    EndpointExists,
+    EndpointNotFound,
+    InvalidAddress,
+    IPCError,
+    PermissionDenied,
+    from_oserror,
+)
+from ..fdstream import FdStreamChannel
+from ..url import Endpoint
+from . import _paths
+
+__all__ = ["FifoBackend", "FifoChannel", "FifoOptions"]
+
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_C2S = "c2s"
+_S2C = "s2c"
+_LOCK = "lock"
+_PEER_LOCK = "peer.lock"
+_OPEN_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+@dataclass
+class FifoOptions(Options):
+    pipe_size: int = 1024 * 1024
+    checksum: bool = False
+
+
+_CAPS = Capabilities(
+    duplex=True,
+    message_oriented=False,
+    selectable=True,
+    detects_peer_close=True,
+    named=True,
+    anonymous_pair=True,
+    inheritable=True,
+    multi_client=False,
+    proves_same_user=True,
+)
+
+
+def _pipe_max_size() -> int:
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024 * 1024
+
+
+def _grow(fd: int, size: int) -> None:
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, min(size, _pipe_max_size()))
+    except OSError:
+        pass  # best effort: an unprivileged user over pipe-user-pages-soft keeps the default
+
+
+def _dir_mode(mode: int) -> int:
+    return 0o700 | (0o050 if mode & 0o060 else 0) | (0o005 if mode & 0o006 else 0)
+
+
+def _private(mode: int) -> bool:
+    return not mode & 0o077
+
+
+def _open_fifo(path: str, flags: int) -> int:
+    """Open an existing FIFO without following symlinks; refuse anything else or a foreign one."""
+    fd = os.open(path, flags | _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISFIFO(st.st_mode):
+            raise PermissionDenied(errno.EPERM, f"{path!r} is not a FIFO; refusing to use it")
+        _paths.check_owned(path, st, "FIFO")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_endpoint_dir(path: str, mode: int) -> None:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise PermissionDenied(errno.ELOOP, f"{path!r} is a symlink; ipckit never follows one to an endpoint")
+    if not stat.S_ISDIR(st.st_mode):
+        raise PermissionDenied(errno.ENOTDIR, f"{path!r} exists and is not a fifo:// endpoint directory")
+    _paths.check_owned(path, st, "directory", private=_private(mode))
+
+
+def _translate(exc: OSError, what: str) -> IPCError:
+    if exc.errno == errno.ELOOP:
+        return PermissionDenied(errno.ELOOP, f"{what}: a symlink is in the way; refusing to follow it")
+    if exc.errno == errno.ENOTDIR:
+        return PermissionDenied(errno.ENOTDIR, f"{what}: not a fifo:// endpoint directory")
+    return from_oserror(exc, what)
+
+
+@final
+class FifoChannel(FdStreamChannel):
+    """One end of a ``fifo://`` channel."""
+
+    capabilities: ClassVar[Capabilities] = _CAPS
+
+    def __init__(self, url: str, options: Options, *, rfd: int, wfd: int, peer_trusted: bool,
+                 checksum: bool = False, lock_fd: int = -1) -> None:
+        self._lock_fd = lock_fd
+        super().__init__(url, options, rfd=rfd, wfd=wfd, peer_trusted=peer_trusted, checksum=checksum)
+        self._trusted = peer_trusted
+        self._hup_poll = select.poll()
+        self._hup_poll.register(rfd, select.POLLIN)
+
+    def _raw_readinto(self, view: memoryview) -> int:
+        got = os.readv(self._rfd, [view])
+        if got == 0 and not any(ev & select.POLLHUP for _, ev in self._hup_poll.poll(0)):
+            # No writer has opened the FIFO yet (no POLLHUP): that is "not connected yet", not EOF.
+            raise BlockingIOError(errno.EAGAIN, "no writer yet")
+        return got
+
+    def _release_fds(self) -> None:
+        lock, self._lock_fd = self._lock_fd, -1
+        try:
+            super()._release_fds()
+        finally:
+            if lock >= 0:
+                os.close(lock)
+
+    def __reduce__(self) -> Any:
+        from multiprocessing import context, reduction
+
+        if context.get_spawning_popen() is None:
+            raise TypeError(
+                f"a fifo:// channel ({self._url}) can only be passed to a child process as an argument of "
+                "multiprocessing.Process (it travels as duplicated descriptors); a FIFO endpoint has a "
+                "single peer, so it cannot be re-attached by URL while this end is open"
+            )
+        self._handed_off = True  # the child owns this end now; closing our copy must not say goodbye
+        lock = reduction.DupFd(self._lock_fd) if self._lock_fd >= 0 else None
+        state = (reduction.DupFd(self._rfd), reduction.DupFd(self._wfd), lock, self._url, self._options,
+                 self._trusted, self._handoff_state(), self._checksum)
+        return _rebuild_fifo_channel, state
+
+
+def _rebuild_fifo_channel(rdup: Any, wdup: Any, ldup: Any, url: str, options: Options, trusted: bool,
+                          handoff: tuple[int, int, bytes], checksum: bool) -> FifoChannel:
+    lock = ldup.detach() if ldup is not None else -1
+    ch = FifoChannel(url, options, rfd=rdup.detach(), wfd=wdup.detach(), peer_trusted=trusted,
+                     checksum=checksum, lock_fd=lock)
+    ch._resume(*handoff)
+    return ch
+
+
+@final
+class _FifoListener(Listener):
+    def __init__(self, url: str, opts: FifoOptions, path: str, lock_fd: int, peer_lock_fd: int,
+                 c2s_fd: int) -> None:
+        super().__init__(url, opts)
+        self._path = path
+        self._lock_fd = lock_fd
+        self._peer_lock_fd = peer_lock_fd
+        self._c2s = c2s_fd  # read end waiting for the next peer (-1 once handed out)
+        self._last: weakref.ref[FifoChannel] | None = None
+        self._accept_lock = threading.Lock()
+        self._trusted = _private(opts.mode)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self._path, name)
+
+    def _accept(self, deadline: Deadline) -> Channel:
+        if not self._accept_lock.acquire(True, -1 if deadline is None else remaining(deadline) or 0.0):
+            raise ChannelTimeout(f"accept on {self._url} timed out waiting for another accepting thread")
+        try:
+            return self._accept_locked(deadline)
+        finally:
+            self._accept_lock.release()
+
+    def _accept_locked(self, deadline: Deadline) -> Channel:
+        opts: FifoOptions = self._options  # type: ignore[assignment]
+        backoff = Backoff(0.0005, 0.02)
+        if self._c2s < 0:
+            last = self._last() if self._last is not None else None
+            if last is not None and not last.closed:
+                raise ChannelBusy(f"{self._url} serves one peer at a time; close the previous channel first")
+            self._reopen(deadline, backoff)
+        hup = select.poll()
+        hup.register(self._c2s, select.POLLIN)
+        while True:
+            if self._closed:
+                raise ChannelClosed(f"listener {self._url} was closed while accepting")
+            try:
+                wfd = _open_fifo(self._file(_S2C), os.O_WRONLY)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise _translate(exc, f"accept on {self._url}") from exc
+            # A client that attached and left before we got here: start over with a fresh FIFO.
+            if any(ev & select.POLLHUP for _, ev in hup.poll(0)):
+                hup.unregister(self._c2s)
+                os.close(self._c2s)
+                self._c2s = -1
+                self._reopen(deadline, backoff)
+                hup.register(self._c2s, select.POLLIN)
+            if not backoff.sleep(deadline):
+                raise ChannelTimeout(f"no peer attached to {self._url} before the timeout")
+        rfd, self._c2s = self._c2s, -1
+        try:
+            _grow(wfd, opts.pipe_size)
+            ch = FifoChannel(self._url, opts, rfd=rfd, wfd=wfd, peer_trusted=self._trusted, checksum=opts.checksum)
+        except BaseException:
+            os.close(rfd)
+            os.close(wfd)
+            raise
+        self._last = weakref.ref(ch)
+        return ch
+
+    def _reopen(self, deadline: Deadline, backoff: Backoff) -> None:
+        """Open a fresh read end once the previous peer has let go of ``peer.lock``.
+
+        While no read end is open no new client can open the write end (ENXIO), so once the lock
+        is free nobody can be writing into the FIFO we open next.
+        """
+        while not _paths.try_lock(self._peer_lock_fd):
+            if self._closed:
+                raise ChannelClosed(f"listener {self._url} was closed while accepting")
+            if not backoff.sleep(deadline):
+                raise ChannelTimeout(f"the previous peer of {self._url} is still attached")
+        _paths.release_lock(self._peer_lock_fd)
+        try:
+            self._c2s = _open_fifo(self._file(_C2S), os.O_RDONLY)
+        except OSError as exc:
+            raise _translate(exc, f"accept on {self._url}") from exc
+
+    def _close(self) -> None:
+        got = self._accept_lock.acquire(True, 2.0)
+        try:
+            if self._c2s >= 0:
+                os.close(self._c2s)
+                self._c2s = -1
+            for name in (_C2S, _S2C, _PEER_LOCK, _LOCK):
+                _paths.unlink_quiet(self._file(name))
+            _paths.rmdir_quiet(self._path)
+            for fd in (self._peer_lock_fd, self._lock_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._peer_lock_fd = self._lock_fd = -1
+        finally:
+            if got:
+                self._accept_lock.release()
+
+
+@final
+class FifoBackend(Backend):
+    scheme: ClassVar[str] = "fifo"
+    capabilities: ClassVar[Capabilities] = _CAPS
+    options_class: ClassVar[type[Options]] = FifoOptions
+
+    @classmethod
+    def is_available(cls) -> tuple[bool, str]:
+        if not hasattr(os, "mkfifo"):
+            return False, "needs os.mkfifo (POSIX)"
+        return True, ""
+
+    @staticmethod
+    def _path(endpoint: Endpoint) -> str:
+        if not endpoint.address:
+            raise InvalidAddress("fifo:// needs an endpoint path to connect to, e.g. fifo:///run/app/jobs")
+        return os.path.abspath(endpoint.address)
+
+    def listen(self, endpoint: Endpoint, options: Any) -> Listener:
+        opts: FifoOptions = options
+        if endpoint.address:
+            path = self._path(endpoint)
+            _paths.check_parent_dir(path)
+            try:
+                os.mkdir(path, 0o700)
+                os.chmod(path, _dir_mode(opts.mode))
+            except FileExistsError:
+                pass  # checked below: ours and private, or refused
+            except OSError as exc:
+                raise _translate(exc, f"creating {path!r}") from exc
+        else:
+            path = _paths.make_private_dir()
+            if _dir_mode(opts.mode) != 0o700:
+                os.chmod(path, _dir_mode(opts.mode))
+        return self._listen_in(path, opts)
+
+    def _listen_in(self, path: str, opts: FifoOptions) -> _FifoListener:
+        url = f"fifo://{path}"
+        fds: list[int] = []
+        made: list[str] = []
+        try:
+            try:
+                _check_endpoint_dir(path, opts.mode)
+            except FileNotFoundError as exc:
+                raise EndpointNotFound(errno.ENOENT, f"{path!r} vanished while creating the endpoint") from exc
+            lock_path = os.path.join(path, _LOCK)
+            lock_fd = _paths.lock_path_exclusively(lock_path)
+            fds.append(lock_fd)
+            # We hold the lock: whatever FIFOs are here belong to a creator that died.  Recreate them.
+            for name in (_C2S, _S2C):
+                fpath = os.path.join(path, name)
+                try:
+                    st = os.lstat(fpath)
+                except FileNotFoundError:
+                    pass
+                else:
+                    if not stat.S_ISFIFO(st.st_mode):
+                        raise PermissionDenied(errno.EPERM, f"{fpath!r} is not a FIFO; refusing to replace it")
+                    _paths.check_owned(fpath, st, "FIFO")
+                    os.unlink(fpath)
+                os.mkfifo(fpath, 0o600)
+                made.append(fpath)
+                os.chmod(fpath, opts.mode)
+            peer_lock_fd = _paths.open_lock(os.path.join(path, _PEER_LOCK))
+            fds.append(peer_lock_fd)
+            c2s = _open_fifo(os.path.join(path, _C2S), os.O_RDONLY)
+            fds.append(c2s)
+            return _FifoListener(url, opts, path, lock_fd, peer_lock_fd, c2s)
+        except BaseException as exc:
+            for fd in reversed(fds):
+                os.close(fd)
+            for fpath in made:
+                _paths.unlink_quiet(fpath)
+            if fds:  # we held the lock: the directory is ours to remove
+                _paths.unlink_quiet(os.path.join(path, _PEER_LOCK))
+                _paths.unlink_quiet(os.path.join(path, _LOCK))
+                _paths.rmdir_quiet(path)
+            if isinstance(exc, OSError) and not isinstance(exc, IPCError):
+                raise _translate(exc, f"listen on {url}") from exc
+            raise
+
+    def connect(self, endpoint: Endpoint, options: Any, deadline: Deadline) -> Channel:
+        opts: FifoOptions = options
+        path = self._path(endpoint)
+        url = f"fifo://{path}"
+        backoff = Backoff(0.0005, 0.02)
+        rfd = wfd = lock_fd = -1
+        try:
+            while True:
+                try:
+                    _check_endpoint_dir(path, opts.mode)
+                    if rfd < 0:
+                        rfd = _open_fifo(os.path.join(path, _S2C), os.O_RDONLY)
+                    wfd = _open_fifo(os.path.join(path, _C2S), os.O_WRONLY)
+                    break
+                except FileNotFoundError as exc:
+                    if not backoff.sleep(deadline):
+                        raise EndpointNotFound(errno.ENOENT, f"no fifo:// endpoint at {path!r}") from exc
+                except OSError as exc:
+                    if isinstance(exc, IPCError):
+                        raise
+                    if exc.errno != errno.ENXIO:
+                        raise _translate(exc, f"connect to {url}") from exc
+                    if not backoff.sleep(deadline):
+                        raise ChannelTimeout(
+                            f"no listener is accepting at {url} (it is not in accept() for a new peer, or it "
+                            "died)"
+                        ) from exc
+            lock_fd = _paths.open_lock(os.path.join(path, _PEER_LOCK))
+            if not _paths.try_lock(lock_fd):
+                raise EndpointExists(
+                    errno.EBUSY,
+                    f"{url} already has a peer; a FIFO endpoint takes one writer per direction",
+                )
+            _grow(wfd, opts.pipe_size)
+            return FifoChannel(url, opts, rfd=rfd, wfd=wfd, peer_trusted=_private(opts.mode),
+                               checksum=opts.checksum, lock_fd=lock_fd)
+        except BaseException:
+            for fd in (rfd, wfd, lock_fd):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+
+    def pair(self, endpoint: Endpoint, options: Any) -> tuple[Channel, Channel]:
+        opts: FifoOptions = options
+        if endpoint.address:
+            raise InvalidAddress("fifo:// pair() takes no address (use listen()/connect() for a named endpoint)")
+        path = _paths.make_private_dir()
+        listener = self._listen_in(path, opts)
+        try:
+            client = self.connect(Endpoint("fifo", path), opts, None)
+            try:
+                server = listener.accept(timeout=5.0)
+            except BaseException:
+                client.close()
+                raise
+        finally:
+            listener.close()  # removes the directory; the open descriptors keep working
+        client._url = server._url = "fifo://"
+        return server, client
