@@ -1,0 +1,113 @@
+"""Smoke test of the benchmark harness: every available backend and baseline, tiny counts.
+
+No timing assertions — only that the harness runs, verifies, and produces well-formed results,
+JSON, Markdown, comparisons and plots, so it cannot rot as backends are added.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ipckit import available_backends
+from ipckit.bench import BASELINES, BenchConfig, BenchReport, compare_reports, load_json, run, to_markdown
+from ipckit.bench.__main__ import main
+
+pytestmark = pytest.mark.timeout(120)
+
+PLACEMENT = "split" if len(os.sched_getaffinity(0)) >= 2 else "same"
+
+
+def _tiny(**kw: object) -> BenchConfig:
+    cfg = BenchConfig(sizes=[64, 4096], duration=0.005, warmup=2, min_count=3, verify_count=2,
+                      placements=[PLACEMENT], serializers=["pickle", "msgpack"])
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> BenchReport:
+    out = tmp_path_factory.mktemp("bench")
+    rc = main(["--sizes", "64,4KiB", "--duration", "0.005", "--placement", PLACEMENT, "--serializers",
+               "pickle,msgpack", "--no-progress", "--json", str(out / "r.json"), "--plot", str(out / "plots"),
+               "--markdown", str(out / "r.md")])
+    assert rc == 0, "some cell failed: see the output above"
+    rep = load_json(out / "r.json")
+    rep.meta["_out"] = str(out)
+    return rep
+
+
+def test_every_available_backend_is_measured_or_skipped_with_a_reason(report: BenchReport) -> None:
+    skipped = {s["name"]: s["reason"] for s in report.skipped}
+    measured = {c.subject for c in report.cells if c.kind == "ipckit"}
+    for scheme, ok in available_backends().items():
+        if ok:
+            assert scheme in measured or skipped.get(scheme), scheme
+        else:
+            assert scheme in skipped and skipped[scheme], scheme
+    assert "pipe" in measured
+
+
+def test_cells_are_complete_and_verified(report: BenchReport) -> None:
+    subjects = {c.subject for c in report.cells if c.workload in ("rtt", "stream")}
+    expected = {b for b in BASELINES if b != "faster-fifo" or not any(s["name"] == b for s in report.skipped)}
+    assert expected <= subjects
+    for subject in subjects:
+        for workload in ("rtt", "stream"):
+            for size in (64, 4096):
+                cell = report.find(subject, PLACEMENT, workload, size)
+                assert cell is not None, (subject, workload, size)
+                assert cell.error is None and cell.verified, cell
+                assert cell.count > 0 and cell.elapsed_s > 0
+                assert cell.cpu_us_per_msg is not None and cell.cpu_us_per_msg >= 0
+                if workload == "rtt":
+                    assert cell.p50_us is not None and cell.p99_us is not None and cell.max_us is not None
+                    assert 0 < cell.p50_us <= cell.p90_us <= cell.p99_us <= cell.max_us  # type: ignore[operator]
+                else:
+                    assert cell.mb_s and cell.msg_s
+    for size in (64, 4096):
+        memcpy = report.find("memcpy", PLACEMENT, "memcpy", size)
+        assert memcpy is not None and memcpy.mb_s
+    ser = [c for c in report.cells if c.workload == "serializer"]
+    assert {c.subject for c in ser} == {"pickle", "msgpack"}
+    assert all(c.error is None and c.extra["dumps_us"] > 0 and c.extra["loads_us"] > 0 for c in ser)
+
+
+def test_metadata_and_outputs(report: BenchReport) -> None:
+    meta = report.meta
+    for key in ("cpu_model", "kernel", "python", "versions", "placements", "steal_pct_run"):
+        assert key in meta
+    assert meta["versions"]["ipckit"]
+    out = Path(meta["_out"])
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == [f"latency-{PLACEMENT}.png",
+                                                                        f"throughput-{PLACEMENT}.png"]
+    md = (out / "r.md").read_text()
+    assert "mp.Pipe" in md and "| subject |" in md
+    data = json.loads((out / "r.json").read_text())
+    assert data["format"] == "ipckit-bench/1"
+
+
+def test_compare(report: BenchReport, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = compare_reports(report, report)
+    assert rows and all(r["p50"] in (None, 1.0) for r in rows)
+    path = Path(report.meta["_out"]) / "r.json"
+    assert main(["--compare", str(path), str(path)]) == 0
+    assert "after / before" in capsys.readouterr().out
+
+
+def test_api_subset_and_markdown() -> None:
+    rep = run(_tiny(backends=["pipe"], baselines=["os.pipe"], workloads=["rtt"], serializers=[]))
+    assert {c.subject for c in rep.cells} == {"pipe", "os.pipe"}
+    assert "pipe" in to_markdown(rep)
+
+
+def test_list_and_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--list"]) == 0
+    assert "mp.Pipe" in capsys.readouterr().out
+    assert main(["--backends", "no-such-scheme", "--no-progress"]) == 2
+    with pytest.raises(SystemExit):
+        main(["--sizes", "abc"])
