@@ -561,7 +561,7 @@ class ShmChannel(Channel):
             seg.close()
 
     def __reduce__(self) -> Any:
-        if not self._seg.names_linked:
+        if not os.path.exists("/dev/shm" + self._seg.name):
             raise TypeError(
                 f"{self._url}: this end can no longer be handed to another process (the peer attached "
                 "and the names were removed); pass it to the child before using the channel"
