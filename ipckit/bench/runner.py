@@ -51,6 +51,10 @@ __all__ = [
     "machine_metadata",
     "measure_memcpy",
     "measure_serializers",
+    "Peer",
+    "all_subjects",
+    "start_peer",
+    "placement_cpus",
 ]
 
 KiB = 1024
@@ -173,6 +177,10 @@ def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float | None:
     return 100.0 * (after[0] - before[0]) / total
 
 
+#: The CPUs this process may use, taken at import (before any placement pinned it).
+_INITIAL_AFFINITY = frozenset(os.sched_getaffinity(0))
+
+
 def _cpus_for(placement: str, allowed: set[int] | None = None) -> tuple[set[int] | None, set[int] | None]:
     """``(parent_cpus, child_cpus)`` for a placement; None leaves affinity alone.
 
@@ -180,7 +188,7 @@ def _cpus_for(placement: str, allowed: set[int] | None = None) -> tuple[set[int]
     """
     if placement == "none":
         return None, None
-    cpus = sorted(allowed if allowed is not None else os.sched_getaffinity(0))
+    cpus = sorted(allowed if allowed is not None else _INITIAL_AFFINITY)
     if placement == "same":
         return {cpus[0]}, {cpus[0]}
     if placement == "split":
@@ -251,7 +259,7 @@ def machine_metadata() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ peers
-class _Peer:
+class Peer:
     """One subject's spawned peer, its control pipe and the parent's link."""
 
     def __init__(self, subject: Subject, child_cpus: set[int] | None) -> None:
@@ -362,12 +370,12 @@ class _Peer:
 class _Watchdog:
     """Aborts a peer whose cell runs past its deadline, so a hung transport cannot hang the run."""
 
-    def __init__(self, peer: _Peer, seconds: float) -> None:
+    def __init__(self, peer: Peer, seconds: float) -> None:
         self.fired = False
         self._timer = threading.Timer(seconds, self._fire, args=(peer,))
         self._timer.daemon = True
 
-    def _fire(self, peer: _Peer) -> None:
+    def _fire(self, peer: Peer) -> None:
         self.fired = True
         peer.abort()
 
@@ -384,7 +392,7 @@ def _payload(size: int, rng: random.Random) -> bytes:
     return rng.randbytes(size)
 
 
-def _verify(peer: _Peer, cfg: BenchConfig, rng: random.Random) -> None:
+def _verify(peer: Peer, cfg: BenchConfig, rng: random.Random) -> None:
     """Echo random-size (and every cell size) random messages; compare byte for byte."""
     assert peer.link is not None
     top = max(cfg.sizes)
@@ -402,7 +410,7 @@ def _verify(peer: _Peer, cfg: BenchConfig, rng: random.Random) -> None:
     peer.control(cfg.cell_timeout)
 
 
-def _rtt(peer: _Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
+def _rtt(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
     assert peer.link is not None
     cell = Cell(peer.subject.name, peer.subject.kind, "rtt", placement, size)
     payload = _payload(size, rng)
@@ -452,7 +460,7 @@ def _rtt(peer: _Peer, cfg: BenchConfig, size: int, placement: str, rng: random.R
     return cell
 
 
-def _stream(peer: _Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
+def _stream(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
     assert peer.link is not None
     cell = Cell(peer.subject.name, peer.subject.kind, "stream", placement, size)
     payload = _payload(size, rng)
@@ -605,6 +613,31 @@ def _time_loop(fn: Callable[[], Any], duration: float) -> tuple[float, int]:
 ProgressFn = Callable[[str, int, int, "Cell | None"], None]
 
 
+def all_subjects(cfg: BenchConfig) -> tuple[list[Subject], list[SkippedSubject]]:
+    """The ipckit subjects then the baselines *cfg* selects, and the skipped ones with reasons."""
+    ipc, skipped = ipckit_subjects(cfg.backends, cfg.urls)
+    base, base_skipped = _select_baselines(cfg)
+    return [*ipc, *base], [*skipped, *base_skipped]
+
+
+def start_peer(subject: Subject, placement: str = "split", cfg: BenchConfig | None = None) -> Peer:
+    """Spawn, connect and verify one subject's peer (the caller pins itself; see ``placement_cpus``).
+
+    Check ``peer.error`` / ``peer.skip``; always ``peer.close()``.
+    """
+    cfg = cfg or BenchConfig()
+    peer = Peer(subject, placement_cpus(placement)[1])
+    peer.connect(cfg.cell_timeout)
+    if peer.error is None:
+        _guarded(peer, cfg, lambda: _verify(peer, cfg, random.Random(cfg.seed)))
+    return peer
+
+
+def placement_cpus(placement: str) -> tuple[set[int] | None, set[int] | None]:
+    """``(parent_cpus, child_cpus)`` for *placement* on this machine (None: leave alone)."""
+    return _cpus_for(placement)
+
+
 def _select_baselines(cfg: BenchConfig) -> tuple[list[Subject], list[SkippedSubject]]:
     subjects, skipped = baseline_subjects(max(cfg.sizes))
     if cfg.baselines is not None:
@@ -662,7 +695,7 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
             parent_cpus, child_cpus = _cpus_for(placement, original_affinity)
             os.sched_setaffinity(0, parent_cpus if parent_cpus is not None else original_affinity)
             tick(f"[{placement}] starting {len(subjects)} peers", None)
-            peers = [_Peer(s, child_cpus) for s in subjects]
+            peers = [Peer(s, child_cpus) for s in subjects]
             try:
                 for peer in peers:
                     peer.connect(cfg.cell_timeout)
@@ -717,7 +750,7 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
                        wall_s=time.perf_counter() - wall0)
 
 
-def _guarded(peer: _Peer, cfg: BenchConfig, fn: Callable[[], object]) -> None:
+def _guarded(peer: Peer, cfg: BenchConfig, fn: Callable[[], object]) -> None:
     watchdog = _Watchdog(peer, cfg.duration * 4 + cfg.cell_timeout)
     try:
         with watchdog:
@@ -727,7 +760,7 @@ def _guarded(peer: _Peer, cfg: BenchConfig, fn: Callable[[], object]) -> None:
         peer.fail(reason)
 
 
-def _run_cell(peer: _Peer, cfg: BenchConfig, workload: str, size: int, placement: str,
+def _run_cell(peer: Peer, cfg: BenchConfig, workload: str, size: int, placement: str,
               rng: random.Random) -> Cell:
     if peer.error is not None:
         return Cell(peer.subject.name, peer.subject.kind, workload, placement, size, error=peer.error)
