@@ -38,6 +38,7 @@ from typing import Any
 
 import ipckit
 from ipckit.registry import get_backend
+from ipckit.url import parse_url
 
 #: Preferred order for the default backend: fastest local mechanism first.
 PREFERRED = ("shm", "unix", "pipe")
@@ -111,10 +112,6 @@ def default_scheme() -> str:
     raise SystemExit("ping_pong: none of shm, unix, pipe works here (see `ipckit backends`)")
 
 
-def scheme_of(url: str) -> str:
-    return url.split("://", 1)[0].lower() if "://" in url else url.lower()
-
-
 def in_process_only(caps: ipckit.Capabilities) -> bool:
     """True for backends whose channels cannot leave the process (such as memory://)."""
     explicit = getattr(caps, "cross_process", None)
@@ -175,46 +172,72 @@ class Run:
             shutil.rmtree(self.private_dir, ignore_errors=True)
 
 
-def start_peer(run: Run, url: str, scheme: str, options: dict[str, Any], explicit_url: bool) -> str:
+def start_peer(run: Run, scheme: str, address: str, options: dict[str, Any], mode: str) -> str:
     """Connect a peer and return a sentence describing how it runs."""
     caps = get_backend(scheme).capabilities
-    ctx = multiprocessing.get_context("spawn")
+    url = f"{scheme}://{address}"
+    if mode == "auto":
+        # An address the user gave is one to listen on; otherwise a pair is the simplest.
+        can_pair = caps.anonymous_pair and (caps.inheritable or in_process_only(caps))
+        mode = "listen" if caps.named and (address or not can_pair) else "pair"
+    if mode == "listen":
+        if not caps.named:
+            raise ipckit.UnsupportedOperation(f"{scheme}:// has no named endpoints (listen/connect); try --mode pair")
+        listener = run.listener = listen_somewhere(run, scheme, address, options)
+        target = listener.url
+        if in_process_only(caps):
+            run.thread = threading.Thread(target=thread_connect, args=(target, options), name="ping_pong-peer",
+                                          daemon=True)
+            run.thread.start()
+            run.channel = listener.accept(timeout=CONNECT_TIMEOUT)
+            return f"peer: a thread that connected to {target} ({scheme}:// channels cannot leave the process)"
+        run.process = _spawn().Process(target=child_connect, args=(target, options), name="ping_pong-peer")
+        run.process.start()
+        run.channel = listener.accept(timeout=CONNECT_TIMEOUT)
+        return f"peer: a spawned child process that connected to {target}"
+    if not caps.anonymous_pair:
+        raise ipckit.UnsupportedOperation(f"{scheme}:// has no anonymous pair(); try --mode listen")
+    a, b = ipckit.pair(url, **options)
+    run.channel, run.peer_end = a, b
     if in_process_only(caps):
-        a, b = ipckit.pair(url, **options)
-        run.channel, run.peer_end = a, b
         run.thread = threading.Thread(target=serve, args=(b,), name="ping_pong-peer", daemon=True)
         run.thread.start()
         run.peer_end = None  # the thread owns it now
         return f"peer: a thread ({scheme}:// channels cannot leave the process)"
-    if caps.anonymous_pair and caps.inheritable:
-        a, b = ipckit.pair(url, **options)
-        run.channel, run.peer_end = a, b
-        run.process = ctx.Process(target=child_with_channel, args=(b,), name="ping_pong-peer")
-        run.process.start()
-        # The parent's copy of the child's end stays open until the child is joined: closing a
-        # handed-over fd-backed end still sends a goodbye frame into the shared stream in ipckit
-        # 0.1.  Dead peers are still caught: every wait below has a deadline.
-        return f"peer: a spawned child process, given one end of {scheme}:// pair()"
-    if caps.named:
-        if explicit_url:
-            run.listener = ipckit.listen(url, **options)
-        else:
-            run.private_dir = tempfile.mkdtemp(prefix="ipckit-pingpong-")
-            errors = []
-            for address in candidate_addresses(scheme, run.private_dir):
-                try:
-                    run.listener = ipckit.listen(address, **options)
-                    break
-                except ipckit.InvalidAddress as exc:
-                    errors.append(f"{address}: {exc}")
-            else:
-                raise ipckit.InvalidAddress(f"no generated address suits {scheme}://: " + "; ".join(errors))
-        target = run.listener.url
-        run.process = ctx.Process(target=child_connect, args=(target, options), name="ping_pong-peer")
-        run.process.start()
-        run.channel = run.listener.accept(timeout=CONNECT_TIMEOUT)
-        return f"peer: a spawned child process that connected to {target}"
-    raise ipckit.UnsupportedOperation(f"{scheme}:// offers neither an inheritable pair() nor listen()/connect()")
+    if not caps.inheritable:
+        raise ipckit.UnsupportedOperation(f"{scheme}:// pair() ends cannot be handed to a child; try --mode listen")
+    run.process = _spawn().Process(target=child_with_channel, args=(b,), name="ping_pong-peer")
+    run.process.start()
+    # The child has its own copy now.  Closing ours releases it without telling the peer
+    # "closed", and lets a crash of the child surface here as PeerDied.
+    b.close()
+    run.peer_end = None
+    return f"peer: a spawned child process, given one end of {scheme}:// pair()"
+
+
+def _spawn() -> Any:
+    return multiprocessing.get_context("spawn")
+
+
+def listen_somewhere(run: Run, scheme: str, address: str, options: dict[str, Any]) -> ipckit.Listener:
+    """Listen on *address*, or on the first generated address the scheme accepts."""
+    if address:
+        return ipckit.listen(f"{scheme}://{address}", **options)
+    run.private_dir = tempfile.mkdtemp(prefix="ipckit-pingpong-")
+    errors = []
+    for candidate in candidate_addresses(scheme, run.private_dir):
+        try:
+            return ipckit.listen(candidate, **options)
+        except ipckit.InvalidAddress as exc:
+            errors.append(f"{candidate}: {exc}")
+    raise ipckit.InvalidAddress(f"no generated address suits {scheme}://: " + "; ".join(errors))
+
+
+def thread_connect(url: str, options: dict[str, Any]) -> None:
+    try:
+        serve(ipckit.connect(url, timeout=CONNECT_TIMEOUT, **options))
+    except ipckit.IPCError as exc:
+        print(f"ping_pong peer: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def percentile(sorted_values: list[int], q: float) -> int:
@@ -257,6 +280,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-n", "--count", type=int, default=10000, help="round trips (default: %(default)s)")
     parser.add_argument("--size", type=int, default=64, help="payload bytes per ping (default: %(default)s)")
     parser.add_argument("--serializer", help="pickle, msgpack, json or raw (default: the backend's default)")
+    parser.add_argument("--mode", choices=["auto", "pair", "listen"], default="auto",
+                        help="how the peer gets its end: 'pair' hands it one end of pair(), 'listen' makes it "
+                             "connect() to a listener; 'auto' (default) listens when the URL names an address, "
+                             "else uses pair() where the backend can hand an end to a child")
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
@@ -267,21 +294,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    explicit_url = args.url is not None
-    if args.url:
-        url = args.url
-        scheme = scheme_of(url)
-    else:
-        scheme = (args.backend or default_scheme()).lower().removesuffix("://")
-        url = f"{scheme}://"
-    options: dict[str, Any] = {}
+    try:
+        endpoint = parse_url(args.url or args.backend or default_scheme())
+    except ipckit.IPCError as exc:
+        print(f"ping_pong: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    scheme, address = endpoint.scheme, endpoint.address
+    # Query options become keywords, so they also apply to generated addresses and to the peer.
+    options: dict[str, Any] = dict(endpoint.options)
     if args.serializer:
         options["serializer"] = args.serializer
     if args.size > 16 * 1024 * 1024:
-        options["max_message_size"] = 2 * args.size + 65536
+        options.setdefault("max_message_size", 2 * args.size + 65536)
     run = Run()
     try:
-        how = start_peer(run, url, scheme, options, explicit_url)
+        how = start_peer(run, scheme, address, options, args.mode)
         assert run.channel is not None
         print(f"ping_pong over {scheme}:// ({run.channel.url}), serializer {run.channel.serializer.name}; {how}")
         start = time.perf_counter()

@@ -35,6 +35,7 @@ ping_pong = _load_example()
 WORKING = sorted(s for s, ok in ipckit.available_backends().items() if ok)
 CROSS_PROCESS = [s for s in WORKING if not ping_pong.in_process_only(get_backend(s).capabilities)]
 IN_PROCESS = [s for s in WORKING if s not in CROSS_PROCESS]
+NAMED_CROSS_PROCESS = [s for s in CROSS_PROCESS if get_backend(s).capabilities.named]
 
 
 def run_example(*args: str) -> subprocess.CompletedProcess[str]:
@@ -74,6 +75,29 @@ def test_ping_pong_across_processes(scheme: str) -> None:
     assert _stale() - stale_before == set()
 
 
+@pytest.mark.parametrize("scheme", NAMED_CROSS_PROCESS)
+def test_ping_pong_listen_connect_across_processes(scheme: str) -> None:
+    dirs_before, stale_before = _pingpong_dirs(), _stale()
+    proc = run_example("--backend", scheme, "--mode", "listen", "-n", "50")
+    check_ran(proc, 50)
+    assert "child process that connected to" in proc.stdout
+    assert _pingpong_dirs() == dirs_before
+    assert _stale() - stale_before == set()
+
+
+def test_ping_pong_pair_only_backend_refuses_listen_mode() -> None:
+    proc = run_example("--backend", "pipe", "--mode", "listen", "-n", "1")
+    assert proc.returncode == 1
+    assert "UnsupportedOperation" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["pair", "listen"])
+def test_ping_pong_memory_runs_in_a_thread(mode: str) -> None:
+    proc = run_example("--backend", "memory", "--mode", mode, "-n", "50")
+    check_ran(proc, 50)
+    assert "a thread" in proc.stdout
+
+
 @pytest.mark.parametrize("scheme", IN_PROCESS)
 def test_ping_pong_in_process_backend_uses_a_thread(scheme: str) -> None:
     proc = run_example("--backend", scheme, "-n", "50")
@@ -102,7 +126,7 @@ def test_ping_pong_url_with_options() -> None:
 def test_ping_pong_help() -> None:
     proc = run_example("--help")
     assert proc.returncode == 0
-    for option in ("--backend", "--url", "--count", "--size", "--serializer"):
+    for option in ("--backend", "--url", "--count", "--size", "--serializer", "--mode"):
         assert option in proc.stdout
 
 
