@@ -32,7 +32,11 @@ def _tiny(**kw: object) -> BenchConfig:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> BenchReport:
     out = tmp_path_factory.mktemp("bench")
-    rc = main(["--sizes", "64,4KiB", "--duration", "0.005", "--placement", PLACEMENT, "--serializers",
+    # iceoryx2 (optional third-party baseline) keeps a global /dev/shm management segment by design,
+    # which the machine-wide leak guard would report on a fresh machine: not part of the smoke run.
+    baselines = ",".join(b for b in [*BASELINES, "memcpy"] if b != "iceoryx2")
+    rc = main(["--sizes", "64,4KiB", "--duration", "0.005", "--placement", PLACEMENT, "--baselines", baselines,
+               "--serializers",
                "pickle,msgpack", "--no-progress", "--json", str(out / "r.json"), "--plot", str(out / "plots"),
                "--markdown", str(out / "r.md")])
     assert rc == 0, "some cell failed: see the output above"
@@ -54,7 +58,8 @@ def test_every_available_backend_is_measured_or_skipped_with_a_reason(report: Be
 
 def test_cells_are_complete_and_verified(report: BenchReport) -> None:
     subjects = {c.subject for c in report.cells if c.workload in ("rtt", "stream")}
-    expected = {b for b in BASELINES if b != "faster-fifo" or not any(s["name"] == b for s in report.skipped)}
+    expected = {b for b in BASELINES
+                if b != "iceoryx2" and (b != "faster-fifo" or not any(s["name"] == b for s in report.skipped))}
     assert expected <= subjects
     for subject in subjects:
         for workload in ("rtt", "stream"):

@@ -270,8 +270,14 @@ class RawPipeSubject(Subject):
                     pass
         parent = _FdFraming(r1, w2, self.header20)
         child = _FdChild(InheritedFd(r2), InheritedFd(w1), self.header20)
-        return Prepared(child, lambda _t, _g: parent, after_start=lambda: _close_fds(r2, w1),
-                        cleanup=lambda: _close_fds(r2, w1))
+        pending = [r2, w1]
+
+        def close_child_ends() -> None:  # once: a second close could hit a reused descriptor number
+            fds = list(pending)
+            pending.clear()
+            _close_fds(*fds)
+
+        return Prepared(child, lambda _t, _g: parent, after_start=close_child_ends, cleanup=close_child_ends)
 
 
 class _SockFraming:
@@ -453,6 +459,82 @@ class FasterFifoSubject(Subject):
         return Prepared(_QueueChild(to_child, to_parent, kw), lambda _t, _g: parent)
 
 
+# --------------------------------------------------------------------------------- iceoryx2
+class _IceoryxLink:
+    """iceoryx2 Python bindings: two publish-subscribe services of ``Slice[c_uint8]``.
+
+    The receive side busy-polls ``Subscriber.receive()`` (no event service: the fastest way
+    across cores, which is what target T1 compares against); a full subscriber buffer makes the
+    publisher retry (``RetryUntilDelivered``), so streaming loses nothing.
+    """
+
+    def __init__(self, out_name: str, in_name: str, max_message: int) -> None:
+        import ctypes
+
+        import iceoryx2 as iox2  # type: ignore[import-untyped]
+
+        iox2.set_log_level(iox2.LogLevel.Error)
+        self._memmove = ctypes.memmove
+        self._node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+        services = []
+        for name in (out_name, in_name):
+            builder = self._node.service_builder(iox2.ServiceName.new(name)).publish_subscribe(
+                iox2.Slice[ctypes.c_uint8])
+            services.append(builder.subscriber_max_buffer_size(16).enable_safe_overflow(False).open_or_create())
+        self._services = services
+        self._pub = (services[0].publisher_builder().initial_max_slice_len(max(1, max_message))
+                     .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
+                     .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered).create())
+        self._sub = services[1].subscriber_builder().create()
+        self._aborted = False
+
+    def send(self, data: Buffer) -> None:
+        n = len(data)
+        sample = self._pub.loan_slice_uninit(n)
+        if n:
+            self._memmove(sample.payload_ptr, bytes(data) if not isinstance(data, bytes) else data, n)
+        sample.assume_init().send()
+
+    def recv(self) -> Buffer:
+        receive = self._sub.receive
+        while True:
+            sample = receive()
+            if sample is not None:
+                payload = sample.payload()
+                return bytes(payload.as_memory_view()) if payload.len() else b""
+            if self._aborted:
+                raise EOFError("aborted")
+
+    def close(self) -> None:
+        self._sub = self._pub = None
+        self._services = []
+        self._node = None
+
+    def abort(self) -> None:
+        self._aborted = True
+
+
+@dataclass
+class _IceoryxChild:
+    in_name: str
+    out_name: str
+    max_message: int
+
+    def open(self) -> Link:
+        return _IceoryxLink(self.out_name, self.in_name, self.max_message)
+
+
+@dataclass
+class IceoryxSubject(Subject):
+    max_message: int = 1 << 20
+
+    def prepare(self) -> Prepared:
+        tag = f"ipckit-bench/{os.getpid()}-{secrets.token_hex(4)}"
+        a2b, b2a = f"{tag}/a2b", f"{tag}/b2a"
+        parent = _IceoryxLink(a2b, b2a, self.max_message)
+        return Prepared(_IceoryxChild(a2b, b2a, self.max_message), lambda _t, _g: parent)
+
+
 # ----------------------------------------------------------------------------------- ipckit
 class _ChannelLink:
     def __init__(self, ch: ipckit.Channel) -> None:
@@ -613,16 +695,14 @@ def ipckit_subjects(backends: list[str] | None = None,
     return subjects, skipped
 
 
-def _have_faster_fifo() -> bool:
-    try:
-        import faster_fifo  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 #: Baseline names, in report order.
-BASELINES = ["mp.Pipe", "mp.Queue", "os.pipe", "os.pipe+hdr20", "unix.socket", "faster-fifo"]
+BASELINES = ["mp.Pipe", "mp.Queue", "os.pipe", "os.pipe+hdr20", "unix.socket", "faster-fifo", "iceoryx2"]
 
 
 def baseline_subjects(max_message: int) -> tuple[list[Subject], list[SkippedSubject]]:
@@ -637,9 +717,14 @@ def baseline_subjects(max_message: int) -> tuple[list[Subject], list[SkippedSubj
         RawUnixSubject("unix.socket", "baseline", "AF_UNIX SOCK_STREAM socketpair, 4-byte length prefix"),
     ]
     skipped: list[SkippedSubject] = []
-    if _have_faster_fifo():
+    if _importable("faster_fifo"):
         subjects.append(FasterFifoSubject("faster-fifo", "baseline", "faster_fifo.Queue put/get (two queues)",
                                           max_message=max_message))
     else:
         skipped.append(SkippedSubject("faster-fifo", "not installed (pip install faster-fifo)"))
+    if _importable("iceoryx2"):
+        subjects.append(IceoryxSubject("iceoryx2", "baseline", "iceoryx2 pub/sub Slice[u8], busy-poll receive",
+                                       max_message=max_message))
+    else:
+        skipped.append(SkippedSubject("iceoryx2", "not installed (pip install iceoryx2)"))
     return subjects, skipped
