@@ -140,3 +140,12 @@ def test_percentile_is_nearest_rank() -> None:
     assert ping_pong.percentile(values, 50) == 50
     assert ping_pong.percentile(values, 99) == 99
     assert ping_pong.percentile([7], 99) == 7
+
+
+def test_readme_backend_table_lists_every_registered_scheme() -> None:
+    from ipckit.registry import schemes
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    for scheme in schemes():
+        assert any(f"`{scheme}://" in row for row in rows), f"README's backend table has no row for {scheme}://"
