@@ -18,6 +18,7 @@ The classes carry no ``Test`` prefix, so pytest collects only the subclasses.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import secrets
@@ -28,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -58,6 +59,7 @@ from . import workers
 from .peers import spawn_peer
 from .signals import signal_storm
 
+_np: Any
 try:  # numpy is optional for users of the contract; the buffer tests skip without it
     import numpy as _np
 except ImportError:  # pragma: no cover
@@ -143,6 +145,11 @@ _SAMPLES: dict[str, list[Any]] = {
 _SIZES = [0, 1, 4095, 4096, 4097, 64 * KiB - 1, 64 * KiB, 64 * KiB + 1, 1 * MiB]
 
 
+def _send_each(ch: Channel, messages: Iterable[bytes], timeout: float = 20.0) -> None:
+    for m in messages:
+        ch.send_bytes(m, timeout=timeout)
+
+
 def _blob(n: int, seed: int = 0) -> bytes:
     return random.Random(seed * 7919 + n).randbytes(n)
 
@@ -168,7 +175,7 @@ class ChannelContract:
     def _contract_resources(self) -> Iterator[None]:
         assert self.scheme, f"{type(self).__name__} must set `scheme`"
         self._owned = []
-        self.tmpdir = tempfile.mkdtemp(prefix="ipckit-test-")
+        self.tmpdir = tempfile.mkdtemp(prefix=f"ipckit-test-{os.getpid()}-")
         try:
             yield
         finally:
@@ -248,7 +255,7 @@ class ChannelContract:
         for arr in arrays:
             if arr.nbytes > self.limit(arr.nbytes):
                 continue
-            sender = _Thread(lambda arr=arr: a.send({"x": arr, "tag": "t"}, timeout=10.0))
+            sender = _Thread(functools.partial(a.send, {"x": arr, "tag": "t"}, timeout=10.0))
             sender.start()
             got = b.recv(timeout=10.0)
             sender.outcome()
@@ -307,7 +314,7 @@ class ChannelContract:
             pytest.skip(f"{self.scheme} carries at most {self.caps.max_message_size} bytes per message")
         a, b = self.make_pair()
         data = _blob(size)
-        sender = _Thread(lambda: [a.send_bytes(data, timeout=10.0) for _ in range(3)])
+        sender = _Thread(lambda: _send_each(a, [data] * 3))
         sender.start()
         for _ in range(3):
             assert b.recv_bytes(timeout=10.0) == data
@@ -316,7 +323,7 @@ class ChannelContract:
     def test_ordering_10000_messages(self) -> None:
         a, b = self.make_pair()
         n = 10_000
-        sender = _Thread(lambda: [a.send_bytes(i.to_bytes(4, "little") * (i % 7), timeout=10.0) for i in range(n)])
+        sender = _Thread(lambda: _send_each(a, (i.to_bytes(4, "little") * (i % 7) for i in range(n))))
         sender.start()
         for i in range(n):
             assert b.recv_bytes(timeout=10.0) == i.to_bytes(4, "little") * (i % 7)
@@ -391,7 +398,7 @@ class ChannelContract:
 
     @pytest.mark.parametrize("timeout", [0.05, 0.5])
     def test_recv_timeout_under_signal_storm(self, timeout: float) -> None:
-        a, b = self.make_pair()
+        _a, b = self.make_pair()
         with signal_storm(hz=200) as storm:
             self._expect_timeout(lambda: b.recv(timeout=timeout), timeout, RecvTimeout)
             self._expect_timeout(lambda: b.poll(timeout) or (_ for _ in ()).throw(RecvTimeout()), timeout,
@@ -399,14 +406,14 @@ class ChannelContract:
         assert storm.count >= 3
 
     def test_recv_timeout_is_a_timeout_error(self) -> None:
-        a, b = self.make_pair()
+        _a, b = self.make_pair()
         with pytest.raises(TimeoutError):
             b.recv(timeout=0)
         with pytest.raises(ChannelTimeout):
             b.recv_bytes(timeout=0)
 
     def test_default_timeout_option(self) -> None:
-        a, b = self.make_pair(default_timeout=0.05)
+        _a, b = self.make_pair(default_timeout=0.05)
         self._expect_timeout(lambda: b.recv(), 0.05, RecvTimeout)
         with pytest.raises(RecvTimeout):
             b.recv(timeout=0)
@@ -450,7 +457,7 @@ class ChannelContract:
 
     # ------------------------------------------------------------------ close
     def test_close_is_idempotent_and_ops_after_close_raise(self) -> None:
-        a, b = self.make_pair()
+        a, _b = self.make_pair()
         assert not a.closed
         a.close()
         a.close()
@@ -465,13 +472,13 @@ class ChannelContract:
                 op()
 
     def test_context_manager_closes(self) -> None:
-        a, b = self.make_pair()
+        a, _b = self.make_pair()
         with a as entered:
             assert entered is a
         assert a.closed
 
     def test_close_from_another_thread_wakes_recv(self) -> None:
-        a, b = self.make_pair()
+        _a, b = self.make_pair()
         waiter = _Thread(lambda: b.recv(timeout=10.0), name="ipckit-blocked-recv")
         waiter.start()
         wait_until_blocked(waiter)
@@ -482,7 +489,7 @@ class ChannelContract:
         assert waiter.finished_at - start <= 0.5, f"woke after {waiter.finished_at - start:.3f} s"
 
     def test_close_from_another_thread_wakes_poll(self) -> None:
-        a, b = self.make_pair()
+        _a, b = self.make_pair()
         waiter = _Thread(lambda: b.poll(10.0), name="ipckit-blocked-poll")
         waiter.start()
         wait_until_blocked(waiter, ("_poll",))
@@ -499,7 +506,7 @@ class ChannelContract:
         stop = b"stop"
 
         def receive() -> list[int]:
-            got = []
+            got: list[int] = []
             while True:
                 data = b.recv_bytes(timeout=20.0)
                 if data == stop:
@@ -546,7 +553,7 @@ class ChannelContract:
             pickle_channel(a)
 
     def test_repr_and_url(self) -> None:
-        a, b = self.make_pair()
+        a, _b = self.make_pair()
         assert self.scheme in repr(a)
         assert a.url.startswith(f"{self.scheme}:")
 
@@ -622,7 +629,7 @@ class ChannelContract:
 
         Model.TestCase.settings = settings(max_examples=50, stateful_step_count=30, deadline=None, database=None,
                                            suppress_health_check=list(HealthCheck))
-        run_state_machine_as_test(Model, settings=Model.TestCase.settings)
+        run_state_machine_as_test(Model, settings=Model.TestCase.settings)  # type: ignore[no-untyped-call]
 
 
 def pickle_channel(ch: Channel) -> bytes:
@@ -654,7 +661,7 @@ class DuplexContract:
     def test_send_while_another_thread_receives(self) -> None:
         a, b = self.make_pair()
         n = 2000
-        echo = _Thread(lambda: [b.send_bytes(b.recv_bytes(timeout=10.0), timeout=10.0) for _ in range(n)])
+        echo = _Thread(lambda: _send_each(b, (b.recv_bytes(timeout=10.0) for _ in range(n))))
         echo.start()
         receiver = _Thread(lambda: [a.recv_bytes(timeout=10.0) for _ in range(n)])
         receiver.start()
@@ -667,8 +674,8 @@ class DuplexContract:
         # Both directions full at the same time must not deadlock the framing layer.
         a, b = self.make_pair()
         data = _blob(512 * KiB)
-        ta = _Thread(lambda: [a.send_bytes(data, timeout=10.0) for _ in range(4)])
-        tb = _Thread(lambda: [b.send_bytes(data, timeout=10.0) for _ in range(4)])
+        ta = _Thread(lambda: _send_each(a, [data] * 4))
+        tb = _Thread(lambda: _send_each(b, [data] * 4))
         ta.start()
         tb.start()
         for _ in range(4):
@@ -795,7 +802,7 @@ class LargeMessageContract:
     def test_large_recv_into_and_view(self) -> None:
         a, b = self.make_pair()
         data = _blob(3 * MiB)
-        sender = _Thread(lambda: [a.send_bytes(data, timeout=20.0) for _ in range(2)])
+        sender = _Thread(lambda: _send_each(a, [data] * 2))
         sender.start()
         buf = bytearray(4 * MiB)
         assert b.recv_bytes_into(buf, timeout=20.0) == len(data)
@@ -823,7 +830,7 @@ class CrossProcessContract:
     options: ClassVar[dict[str, Any]]
     fresh_url: Callable[[], str]
 
-    def child_end(self, **options: Any) -> tuple[Channel, Channel | workers.Dial, Callable[[], Channel]]:
+    def child_end(self, **options: Any) -> tuple[Channel | Listener, Channel | workers.Dial, Callable[[], Channel]]:
         """``(mine, theirs, finish)``: *theirs* goes to the child; call *finish()* after starting it.
 
         For a pair, *finish* closes this process's copy of the child's end and returns *mine*; for
@@ -845,7 +852,7 @@ class CrossProcessContract:
             ch: Channel = self.own(lst.accept(timeout=20.0))
             return ch
 
-        return lst, dial, accept  # type: ignore[return-value]
+        return lst, dial, accept
 
     @pytest.mark.parametrize("method", ["fork", "spawn"])
     def test_echo_in_child(self, method: str) -> None:
@@ -855,8 +862,7 @@ class CrossProcessContract:
             peer.wait_ready()
             n = 2000 if method == "fork" else 500
             sizes = [0, 1, 100, 4095, 4096, 70_000] + [i % 1500 for i in range(n - 6)]
-            sender = _Thread(lambda: [ch.send_bytes(workers.make_payload(i, s), timeout=20.0)
-                                      for i, s in enumerate(sizes)])
+            sender = _Thread(lambda: _send_each(ch, (workers.make_payload(i, s) for i, s in enumerate(sizes))))
             sender.start()
             for i in range(n):
                 assert workers.check_payload(ch.recv_bytes(timeout=20.0)) == i
@@ -885,7 +891,7 @@ class CrossProcessContract:
             assert peer.join() == [{"i": i} for i in range(50)]
 
     def test_plain_pickle_is_refused_with_advice(self) -> None:
-        a, b = self.make_pair()
+        a, _b = self.make_pair()
         import pickle
 
         with pytest.raises(TypeError):
@@ -895,7 +901,7 @@ class CrossProcessContract:
 class PeerDeathContract:
     """A SIGKILLed peer surfaces as PeerDied after its fully sent messages (contract P5)."""
 
-    child_end: Callable[..., tuple[Channel, Channel | workers.Dial, Callable[[], Channel]]]
+    child_end: Callable[..., tuple[Channel | Listener, Channel | workers.Dial, Callable[[], Channel]]]
 
     @pytest.mark.parametrize("count", [0, 3])
     def test_sender_killed_after_sending(self, count: int) -> None:

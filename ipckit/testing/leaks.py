@@ -90,7 +90,10 @@ def _sysv_rows() -> set[str]:
 
 def _tmp_entries() -> set[str]:
     tmp = tempfile.gettempdir()
-    return {os.path.join(tmp, n) for n in _listdir(tmp) if n.startswith(("ipckit", "ikt-"))}
+    mine = f"ipckit-test-{os.getpid()}-"
+    # Contract directories of other test runs (named by their pid) are theirs to check.
+    return {os.path.join(tmp, n) for n in _listdir(tmp)
+            if n.startswith(("ipckit", "ikt-")) and (not n.startswith("ipckit-test-") or n.startswith(mine))}
 
 
 @dataclass
@@ -128,6 +131,13 @@ def _foreign_holders(paths: set[str]) -> set[str]:
     """The subset of *paths* some process outside this process tree has open, mapped or bound."""
     if not paths:
         return set()
+    inside: dict[str, str] = {}  # entries of candidate directories -> the directory
+    for path in paths:
+        if os.path.isdir(path) and not os.path.islink(path):
+            for root, dirs, files in os.walk(path):
+                for n in dirs + files:
+                    inside[os.path.join(root, n)] = path
+            inside[path] = path
     mine = _my_tree()
     held: set[str] = set()
     bound = _bound_unix_paths()
@@ -142,8 +152,11 @@ def _foreign_holders(paths: set[str]) -> set[str]:
                     continue
                 if target in paths:
                     held.add(target)
+                elif target in inside:
+                    held.add(inside[target])
                 elif target.startswith("socket:[") and target[8:-1] in bound:
-                    held.add(bound[target[8:-1]])
+                    sock = bound[target[8:-1]]
+                    held.add(inside.get(sock, sock))
             with open(f"/proc/{name}/maps") as f:
                 for line in f:
                     path = line.rstrip("\n").split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
@@ -151,6 +164,8 @@ def _foreign_holders(paths: set[str]) -> set[str]:
                         continue
                     if path in paths:
                         held.add(path)
+                    elif path in inside:
+                        held.add(inside[path])
         except OSError:
             continue
     return held & paths

@@ -97,7 +97,7 @@ class Peer:
     """Handle of a peer process started by :func:`spawn_peer`; use it as a context manager."""
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], method: str) -> None:
-        ctx = multiprocessing.get_context(method)
+        ctx: Any = multiprocessing.get_context(method)
         self._name = getattr(fn, "__name__", "peer")
         self._status, child_status = ctx.Pipe(duplex=False)
         self._process = ctx.Process(target=_peer_main, args=(fn, args, child_status, os.getpid()), daemon=True,
@@ -121,14 +121,15 @@ class Peer:
 
     @property
     def pid(self) -> int:
-        pid = self._process.pid
+        pid: int | None = self._process.pid
         assert pid is not None
         return pid
 
     @property
     def exitcode(self) -> int | None:
         """Exit code once reaped (negative: killed by that signal)."""
-        return self._process.exitcode
+        code: int | None = self._process.exitcode
+        return code
 
     def _read(self, deadline: float) -> bool:
         """Read one status message; False on timeout. Records ready/result/error/EOF."""
@@ -190,7 +191,7 @@ class Peer:
     def wait_exit(self, timeout: float = 30.0) -> int:
         """Wait for the process to end however it ends (for peers that kill themselves); return the exit code."""
         self._process.join(timeout)
-        code = self._process.exitcode
+        code: int | None = self._process.exitcode
         if code is None:
             self.kill()
             self._process.join(5.0)

@@ -24,7 +24,7 @@ from .peers import kill_self, ready
 
 __all__ = ["Dial", "attach", "make_payload", "check_payload", "echo", "send_messages", "recv_messages",
            "send_then_kill", "recv_then_kill", "partial_frame_then_kill", "forge_header_then_wait", "frame_bytes",
-           "write_frames"]
+           "drain", "write_frames"]
 
 
 @dataclass(frozen=True)
@@ -152,3 +152,22 @@ def forge_header_then_wait(end: Channel, length: int) -> None:
     ready()
     signal.pause()
 
+
+
+def drain(end: Channel | Dial) -> tuple[list[int], str]:
+    """Receive self-checking payloads until an error; return their sequence numbers and the error's type name.
+
+    A corrupt or partial message fails the peer (AssertionError), so the test sees it.
+    """
+    from ..errors import IPCError
+
+    ch = attach(end)
+    seqs: list[int] = []
+    ready()
+    try:
+        while True:
+            seqs.append(check_payload(ch.recv_bytes(timeout=30.0)))
+    except IPCError as exc:
+        return seqs, type(exc).__name__
+    finally:
+        ch.close()
