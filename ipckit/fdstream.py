@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import select
 import sys
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -424,8 +425,12 @@ class FdStreamChannel(Channel):
 # multiprocessing's *spawn* pickles a channel end (the backend's __reduce__ marks it handed off),
 # but *fork* passes Process arguments without pickling.  So before a fork we look for the
 # multiprocessing Process being started on the caller's stack and mark the ends among its
-# arguments: the parent closing its copy afterwards must not tell the peer "closed".
+# arguments: the parent closing its copy afterwards must not tell the peer "closed".  In the
+# child, every other end is released at once: a copy of the peer's descriptors kept alive in a
+# child would hide the peer's death (no EOF, no EPIPE) and break contract P5 (reliability A-2).
 _marked_for_fork: list[FdStreamChannel] = []
+_open_at_fork: list[FdStreamChannel] = []
+_mp_fork: list[bool] = [False]
 
 
 def _find_ends(obj: Any, depth: int = 0) -> Iterator[FdStreamChannel]:
@@ -440,29 +445,44 @@ def _find_ends(obj: Any, depth: int = 0) -> Iterator[FdStreamChannel]:
 
 
 def _before_fork() -> None:
-    frame = sys._getframe(1)
+    from .channel import _live_channels
+
+    _open_at_fork[:] = [ch for ch in list(_live_channels) if isinstance(ch, FdStreamChannel)]
+    frame: types.FrameType | None = sys._getframe(1)
     for _ in range(30):
         if frame is None:
             return
         proc = frame.f_locals.get("process_obj") if frame.f_code.co_name == "_launch" else None
         if proc is not None:
+            _mp_fork[0] = True
             for ch in _find_ends((getattr(proc, "_args", ()), getattr(proc, "_kwargs", {}))):
-                if not ch._handed_off:
-                    ch._handed_off = True
-                    _marked_for_fork.append(ch)
+                ch._handed_off = True
+                _marked_for_fork.append(ch)
             return
         frame = frame.f_back
 
 
 def _after_fork_in_parent() -> None:
     _marked_for_fork.clear()
+    _open_at_fork.clear()
+    _mp_fork[0] = False
 
 
 def _after_fork_in_child() -> None:
-    # In the child these ends are the ones in use: they say goodbye when closed.
+    handed = set(map(id, _marked_for_fork))
+    # In the child the handed-over ends are the ones in use: they say goodbye when closed.
     for ch in _marked_for_fork:
         ch._handed_off = False
+    if _mp_fork[0]:
+        # A multiprocessing child: release the parent's other ends without a word (no locks: a
+        # parent thread may have held them at the fork).
+        for ch in _open_at_fork:
+            if id(ch) not in handed and not ch._closed:
+                ch._closed = True
+                ch._release_fds()
     _marked_for_fork.clear()
+    _open_at_fork.clear()
+    _mp_fork[0] = False
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
