@@ -130,7 +130,10 @@ def _cmd_bench(argv: list[str], out: TextIO) -> int:
         print(f"ipckit bench: {why}", file=sys.stderr)
         return 2
     bench_main: Callable[[list[str]], int] = bench.main
-    return int(bench_main(argv) or 0)
+    try:
+        return int(bench_main(argv) or 0)
+    except SystemExit as exc:  # argparse inside the harness (--help, usage errors)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
 
 
 # --------------------------------------------------------------------------- limits

@@ -126,6 +126,13 @@ def test_bench_passes_every_argument_to_the_harness(capsys: pytest.CaptureFixtur
     assert seen == [["--help", "--backend", "pipe"]]
 
 
+def test_bench_help_reaches_the_real_harness(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("ipckit.bench.__main__")
+    rc, out, _ = run_cli(capsys, "bench", "--help")
+    assert rc == 0
+    assert "usage:" in out
+
+
 def test_bench_missing_harness_is_a_clear_error(capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ipckit.bench.__main__", None)
