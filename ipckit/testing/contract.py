@@ -166,6 +166,9 @@ class ChannelContract:
     options: ClassVar[dict[str, Any]] = {}
     #: ``max_message_size`` the size-limit tests set (kept small so they stay fast).
     limit_size: ClassVar[int] = 256 * KiB
+    #: Capabilities of the variant under test when ``options`` change them (e.g. a seqpacket mode);
+    #: None: the backend's declared capabilities.  The meta-test reads this too.
+    variant_capabilities: ClassVar[Capabilities | None] = None
 
     tmpdir: str
     _owned: list[Channel | Listener]
@@ -187,7 +190,7 @@ class ChannelContract:
 
     @property
     def caps(self) -> Capabilities:
-        return get_backend(self.scheme).capabilities
+        return self.variant_capabilities or get_backend(self.scheme).capabilities
 
     def own(self, obj: Any) -> Any:
         """Close *obj* (a channel or listener) after the test."""
