@@ -418,11 +418,12 @@ class Channel:
         # (that would tell the peer "closed"); its descriptors go with the process.
         if getattr(self, "_closed", True) or self._pid != os.getpid():
             return
+        # Close first: under -W error the warning raises, and must not keep the resources open.
         try:
-            warnings.warn(f"unclosed ipckit channel {self._url}", ResourceWarning, stacklevel=2, source=self)
             self.close()
         except Exception:
             pass
+        warnings.warn(f"unclosed ipckit channel {self._url}", ResourceWarning, stacklevel=2, source=self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -559,11 +560,11 @@ class Listener:
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
             return
-        try:
-            warnings.warn(f"unclosed ipckit listener {self._url}", ResourceWarning, stacklevel=2, source=self)
+        try:  # close first: under -W error the warning raises
             self.close()
         except Exception:
             pass
+        warnings.warn(f"unclosed ipckit listener {self._url}", ResourceWarning, stacklevel=2, source=self)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._url} {'closed' if self._closed else 'listening'}>"
