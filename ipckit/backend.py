@@ -148,10 +148,10 @@ def _convert(name: str, hint: Any, value: Any) -> Any:
     return value
 
 
-O = TypeVar("O", bound=Options)
+OptionsT = TypeVar("OptionsT", bound=Options)
 
 
-def parse_options(cls: type[O], query: dict[str, str], kwargs: dict[str, Any]) -> O:
+def parse_options(cls: type[OptionsT], query: dict[str, str], kwargs: dict[str, Any]) -> OptionsT:
     """Build *cls* from URL *query* strings and *kwargs* (kwargs win).
 
     Raises:

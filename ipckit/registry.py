@@ -30,13 +30,16 @@ _SPECS: dict[str, BackendSpec] = {
     "pipe": BackendSpec("ipckit.backends.pipe:PipeBackend"),
     "fifo": BackendSpec("ipckit.backends.fifo:FifoBackend"),
     "unix": BackendSpec("ipckit.backends.unix:UnixBackend"),
+    "shm": BackendSpec("ipckit.backends.shm:ShmBackend", "pip install posix_ipc"),
 }
 _LOADED: dict[str, type[Backend]] = {}
 _lock = threading.Lock()
 _entry_points_loaded = False
 
 
-def register_backend(scheme: str, target: str | type[Backend], *, install_hint: str = "", replace: bool = False) -> None:
+def register_backend(
+    scheme: str, target: str | type[Backend], *, install_hint: str = "", replace: bool = False
+) -> None:
     """Register a backend class (or a lazy ``"module:Class"`` string) for *scheme*.
 
     Raises:
