@@ -22,3 +22,267 @@ class TestFifo(ChannelContract, DuplexContract, PeerCloseContract, SelectableCon
 
     def fresh_url(self) -> str:
         return f"fifo://{os.path.join(self.tmpdir, 'ep')}"
+
+
+# --------------------------------------------------------------------------- F-1 … F-8
+import stat  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+import ipckit  # noqa: E402
+from ipckit.errors import (  # noqa: E402
+    ChannelTimeout,
+    EndpointExists,
+    PeerDied,
+    PermissionDenied,
+    RecvTimeout,
+)
+from ipckit.testing import as_user, kill_self, ready, spawn_peer, timing_bounds, workers  # noqa: E402
+
+
+@pytest.fixture
+def tmp() -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="ipckit-test-")
+    try:
+        yield d
+    finally:
+        left = os.listdir(d)
+        if not left:
+            os.rmdir(d)
+        assert not left, f"left behind: {left}"
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[str]:
+    """A world-writable sticky directory (like /tmp) where another user can plant things."""
+    d = tempfile.mkdtemp(prefix="ipckit-test-shared-")
+    os.chmod(d, 0o1777)
+    try:
+        yield d
+    finally:
+        for name in os.listdir(d):
+            p = os.path.join(d, name)
+            if os.path.isdir(p) and not os.path.islink(p):
+                for sub in os.listdir(p):
+                    os.unlink(os.path.join(p, sub))
+                os.rmdir(p)
+            else:
+                os.unlink(p)
+        os.rmdir(d)
+
+
+def _listen_then_die(url: str) -> None:
+    lst = ipckit.listen(url)
+    ready()
+    assert not lst.closed
+    kill_self()
+
+
+def test_f1_no_reader_connect_times_out_never_hangs(tmp: str) -> None:
+    url = f"fifo://{tmp}/ep"
+    with spawn_peer(_listen_then_die, url) as peer:
+        peer.wait_ready()
+        assert peer.wait_exit() == -9
+    start = time.monotonic()
+    with pytest.raises(ChannelTimeout):
+        ipckit.connect(url, timeout=0.3)
+    low, high = timing_bounds(0.3)
+    assert low <= time.monotonic() - start <= high
+    ipckit.listen(url).close()  # the stale endpoint is recreated and removed
+
+
+def test_f2_reader_before_any_writer_is_not_end_of_channel(tmp: str) -> None:
+    with ipckit.listen(f"fifo://{tmp}/ep") as lst:
+        cl = ipckit.connect(lst.url, timeout=2.0)  # opens its read end before the server's write end exists
+        try:
+            assert not cl.poll(0.05)
+            with pytest.raises(RecvTimeout):
+                cl.recv(timeout=0.2)
+            with lst.accept(timeout=2.0) as ch:
+                with pytest.raises(RecvTimeout):  # the server's read end: writer not yet seen either
+                    ch.recv(timeout=0)
+                ch.send("late", timeout=2.0)
+                assert cl.recv(timeout=2.0) == "late"
+                cl.send("back", timeout=2.0)
+                assert ch.recv(timeout=2.0) == "back"
+        finally:
+            cl.close()
+
+
+def test_f2_raw_read_of_unconnected_fifo_is_not_eof(tmp: str) -> None:
+    with ipckit.listen(f"fifo://{tmp}/ep") as lst:
+        cl = ipckit.connect(lst.url, timeout=2.0)
+        try:
+            # Force the read path the poll normally guards: read() == 0 with no writer ever.
+            with pytest.raises(BlockingIOError):
+                cl._raw_readinto(memoryview(bytearray(16)))  # type: ignore[attr-defined]
+        finally:
+            cl.close()
+
+
+@pytest.mark.parametrize("cut", [10, 500])
+def test_f3_writer_killed_mid_frame(cut: int) -> None:
+    a, b = ipckit.pair("fifo://")
+    try:
+        with spawn_peer(workers.partial_frame_then_kill, b, [b"one", b"two"], b"x" * 1000, cut) as peer:
+            b.close()
+            peer.wait_ready()
+            assert peer.wait_exit() == -9
+            assert a.recv_bytes(timeout=5.0) == b"one"
+            assert a.recv_bytes(timeout=5.0) == b"two"
+            with pytest.raises(PeerDied):
+                a.recv_bytes(timeout=5.0)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_f4_second_writer_refused_never_interleaved(tmp: str) -> None:
+    with ipckit.listen(f"fifo://{tmp}/ep") as lst:
+        with ipckit.connect(lst.url, timeout=2.0) as first, lst.accept(timeout=2.0) as ch:
+            with pytest.raises(EndpointExists, match="already has a peer"):
+                ipckit.connect(lst.url, timeout=2.0)
+            big = os.urandom(300_000)  # > PIPE_BUF: would interleave with a second writer
+            sender = threading.Thread(target=first.send_bytes, args=(big,), kwargs={"timeout": 10.0})
+            sender.start()
+            assert ch.recv_bytes(timeout=10.0) == big
+            sender.join()
+        # After the first peer left, the next one is served.
+        nxt: list[Any] = []
+        t = threading.Thread(target=lambda: nxt.append(ipckit.connect(lst.url, timeout=5.0)))
+        t.start()
+        with lst.accept(timeout=5.0) as ch2:
+            t.join()
+            with nxt[0] as cl2:
+                cl2.send(2, timeout=2.0)
+                assert ch2.recv(timeout=2.0) == 2
+
+
+def test_f4_accept_while_previous_peer_open_is_busy(tmp: str) -> None:
+    with ipckit.listen(f"fifo://{tmp}/ep") as lst, ipckit.connect(lst.url, timeout=2.0), lst.accept(timeout=2.0):
+        with pytest.raises(ipckit.ChannelBusy):
+            lst.accept(timeout=0.1)
+
+
+def test_f5_stale_fifos_of_killed_creator_are_recreated(tmp: str) -> None:
+    url = f"fifo://{tmp}/ep"
+    with spawn_peer(_listen_then_die, url) as peer:
+        peer.wait_ready()
+        assert peer.wait_exit() == -9
+    assert sorted(os.listdir(f"{tmp}/ep")) == ["c2s", "lock", "peer.lock", "s2c"]
+    with ipckit.listen(url) as lst:
+        with pytest.raises(EndpointExists):
+            ipckit.listen(url)  # a live creator is never replaced
+        with ipckit.connect(url, timeout=2.0) as cl, lst.accept(timeout=2.0) as ch:
+            cl.send("fresh", timeout=2.0)
+            assert ch.recv(timeout=2.0) == "fresh"
+    assert os.listdir(tmp) == []
+
+
+def _plant(path: str, kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(path, 0o666)
+    elif kind == "file":
+        with open(path, "w") as f:
+            f.write("x")
+    elif kind == "symlink":
+        os.symlink("/etc", path)
+    else:
+        os.mkdir(path, 0o777)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "file", "symlink", "dir"])
+def test_f6_planted_path_is_refused(shared_dir: str, kind: str) -> None:
+    path = f"{shared_dir}/ep"
+    as_user(_plant, path, kind)
+    with pytest.raises(PermissionDenied):
+        ipckit.listen(f"fifo://{path}")
+    with pytest.raises(PermissionDenied):
+        ipckit.connect(f"fifo://{path}", timeout=0.2)
+    assert os.lstat(path).st_uid != 0  # untouched
+
+
+def test_f6_planted_symlink_inside_our_endpoint_is_not_followed(shared_dir: str, tmp: str) -> None:
+    with ipckit.listen(f"fifo://{tmp}/ep"):
+        pass
+    os.mkdir(f"{tmp}/ep", 0o700)
+    os.symlink("/etc/passwd", f"{tmp}/ep/lock")
+    try:
+        with pytest.raises(PermissionDenied):
+            ipckit.listen(f"fifo://{tmp}/ep")
+    finally:
+        os.unlink(f"{tmp}/ep/lock")
+        os.rmdir(f"{tmp}/ep")
+
+
+def _connect(url: str) -> None:
+    ipckit.connect(url, timeout=0.5, serializer="json").close()
+
+
+def test_f7_other_uid_cannot_open(shared_dir: str) -> None:
+    os.chmod(shared_dir, 0o755)
+    with ipckit.listen(f"fifo://{shared_dir}/ep") as lst:
+        ep = f"{shared_dir}/ep"
+        assert stat.S_IMODE(os.stat(ep).st_mode) == 0o700
+        assert all(stat.S_IMODE(os.stat(f"{ep}/{n}").st_mode) == 0o600 for n in ("c2s", "s2c"))
+        with pytest.raises(PermissionDenied):
+            as_user(_connect, lst.url)
+        with ipckit.connect(lst.url, timeout=2.0) as cl, lst.accept(timeout=2.0) as ch:  # unaffected
+            cl.send(1, timeout=2.0)
+            assert ch.recv(timeout=2.0) == 1
+
+
+def test_f7_modes_are_explicit_whatever_the_umask(tmp: str) -> None:
+    old = os.umask(0)
+    try:
+        with ipckit.listen(f"fifo://{tmp}/ep"):
+            assert stat.S_IMODE(os.stat(f"{tmp}/ep").st_mode) == 0o700
+            for n in ("c2s", "s2c", "lock", "peer.lock"):
+                assert stat.S_IMODE(os.stat(f"{tmp}/ep/{n}").st_mode) == 0o600
+        with ipckit.listen("fifo://") as lst:
+            assert os.path.basename(lst.url).startswith("ipckit-")
+    finally:
+        os.umask(old)
+
+
+def test_f8_descriptors_are_not_inherited_and_writer_sees_reader_death() -> None:
+    a, b = ipckit.pair("fifo://")
+    try:
+        for ch in (a, b):
+            for fd in (ch._rfd, ch._wfd):  # type: ignore[attr-defined]
+                assert not os.get_inheritable(fd)
+        # An unrelated child started now (fork + exec) must not keep the reader alive.
+        bystander = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                     stdin=subprocess.PIPE, close_fds=False)
+        try:
+            b._handed_off = True  # type: ignore[attr-defined]  # vanish without a goodbye
+            b.close()
+            with pytest.raises(PeerDied):
+                for _ in range(1000):
+                    a.send_bytes(b"x" * 4096, timeout=2.0)
+        finally:
+            assert bystander.stdin is not None
+            bystander.stdin.close()
+            bystander.wait(10)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_pair_is_cleaned_up_at_once() -> None:
+    a, b = ipckit.pair("fifo://")
+    try:
+        for fd in (a._rfd, a._wfd, b._rfd, b._wfd):  # type: ignore[attr-defined]
+            assert os.readlink(f"/proc/self/fd/{fd}").endswith("(deleted)")  # the directory is gone already
+        a.send([1, 2], timeout=2.0)
+        assert b.recv(timeout=2.0) == [1, 2]
+    finally:
+        a.close()
+        b.close()
