@@ -371,7 +371,7 @@ def _remove(obj: StaleObject) -> None:
         os.unlink(obj.path)
 
 
-def _backend_cleanups(prefix: str) -> Iterable[tuple[str, Callable[..., Any], dict[str, Any]]]:
+def _backend_cleanups() -> Iterable[tuple[str, Callable[..., Any], dict[str, Any]]]:
     """Backend modules that offer ``cleanup_stale()`` for objects only they can recognise (SysV)."""
     from .errors import ConfigurationError
     from .registry import get_backend, schemes
@@ -387,13 +387,7 @@ def _backend_cleanups(prefix: str) -> Iterable[tuple[str, Callable[..., Any], di
         if module is None or not callable(fn) or module.__name__ in seen:
             continue
         seen.add(module.__name__)
-        params = inspect.signature(fn).parameters
-        kwargs: dict[str, Any] = {}
-        if "prefix" in params:
-            kwargs["prefix"] = prefix
-        elif prefix != PREFIX:
-            continue  # it would clean more than the user asked for
-        yield scheme, fn, kwargs
+        yield scheme, fn, {}
 
 
 def _cmd_cleanup(args: argparse.Namespace, out: TextIO) -> int:
@@ -417,8 +411,10 @@ def _cmd_cleanup(args: argparse.Namespace, out: TextIO) -> int:
                 continue
         count += 1
         print(f"{verb} {obj.kind} {obj.path} ({obj.reason})", file=out)
-    if not args.dry_run:
-        for scheme, fn, kwargs in _backend_cleanups(prefix):
+    # Backends' own sweeps apply their own criteria to every ipckit object they recognise, so they
+    # run only for the full sweep, never for a narrowed --prefix or a dry run.
+    if not args.dry_run and prefix == PREFIX:
+        for scheme, fn, kwargs in _backend_cleanups():
             try:
                 names = fn(**kwargs)
             except Exception as exc:  # one backend's failure must not stop the rest
