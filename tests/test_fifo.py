@@ -166,9 +166,15 @@ def test_f4_second_writer_refused_never_interleaved(tmp: str) -> None:
 
 
 def test_f4_accept_while_previous_peer_open_is_busy(tmp: str) -> None:
-    with ipckit.listen(f"fifo://{tmp}/ep") as lst, ipckit.connect(lst.url, timeout=2.0), lst.accept(timeout=2.0):
-        with pytest.raises(ipckit.ChannelBusy):
-            lst.accept(timeout=0.1)
+    with ipckit.listen(f"fifo://{tmp}/ep") as lst:
+        cl = ipckit.connect(lst.url, timeout=2.0)
+        ch = lst.accept(timeout=2.0)
+        try:
+            with pytest.raises(ipckit.ChannelBusy):
+                lst.accept(timeout=0.1)
+        finally:
+            cl.close()
+            ch.close()
 
 
 def test_f5_stale_fifos_of_killed_creator_are_recreated(tmp: str) -> None:
