@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="payload RNG seed")
     p.add_argument("--json", metavar="FILE", help="write all cells and machine metadata as JSON")
     p.add_argument("--plot", metavar="DIR", help="write latency/throughput vs size PNGs into DIR")
-    p.add_argument("--markdown", metavar="FILE", help="write compact Markdown tables (for docs)")
+    p.add_argument("--markdown", metavar="FILE",
+                   help="write compact Markdown tables; in an existing file, only between the "
+                        "<!-- bench:begin --> / <!-- bench:end --> markers (docs/benchmarks.md)")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="compare two JSON files and exit")
     p.add_argument("--list", action="store_true", help="list what would be measured (and what is skipped)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -129,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         save_json(report, args.json)
         console.print(f"wrote {args.json}")
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(to_markdown(report))
+        _write_markdown(args.markdown, to_markdown(report))
         console.print(f"wrote {args.markdown}")
     if args.plot:
         from .plot import write_plots
@@ -142,6 +143,24 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         err.print(f"[yellow]{len(failed)} cell(s) failed; see the tables / JSON[/yellow]")
     return 1 if failed else 0
+
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def _write_markdown(path: str, text: str) -> None:
+    """Write *text*; if *path* has ``<!-- bench:begin -->``/``<!-- bench:end -->`` markers, replace between them."""
+    import os
+
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if BEGIN in old and END in old:
+            head, _, rest = old.partition(BEGIN)
+            _, _, tail = rest.partition(END)
+            text = f"{head}{BEGIN}\n{text}\n{END}{tail}"
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def _run_with_progress(cfg: Any, console: Any) -> Any:

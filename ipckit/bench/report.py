@@ -170,6 +170,7 @@ def _serializer_table(report: BenchReport) -> Table:
 
 def print_report(report: BenchReport, console: Console | None = None) -> None:
     from rich.console import Console
+    from rich.table import Table
 
     console = console or Console()
     m = report.meta
@@ -185,6 +186,16 @@ def print_report(report: BenchReport, console: Console | None = None) -> None:
             console.print(_stream_table(report, p))
     if any(c.workload == "serializer" for c in report.cells):
         console.print(_serializer_table(report))
+    from .targets import evaluate_targets
+
+    t = Table(title="Targets (docs/design/performance.md; ratios within this run)", title_justify="left")
+    for col in ("id", "target", "status", "measured"):
+        t.add_column(col, overflow="fold")
+    colors = {"met": "green", "not met": "red"}
+    for r in evaluate_targets(report):
+        color = colors.get(r.status, "yellow")
+        t.add_row(r.id, r.what, f"[{color}]{r.status}[/{color}]", r.detail)
+    console.print(t)
     for s in report.skipped:
         console.print(f"[yellow]skipped[/yellow] {s['name']}: {s['reason']}")
 
@@ -310,6 +321,11 @@ def to_markdown(report: BenchReport) -> str:
                 row.append("" if c is None else f"{fmt_us(c.mean_us)} ({c.extra.get('object', '')})")
             rows.append(row)
         out.append(_md_table(["serializer", *(fmt_size(s) for s in ssizes)], rows) + "\n")
+    from .targets import evaluate_targets
+
+    out.append("**Targets** (performance.md; ratios within this run)\n")
+    out.append(_md_table(["id", "target", "status", "measured"],
+                         [[r.id, r.what, f"**{r.status}**", r.detail] for r in evaluate_targets(report)]) + "\n")
     if report.skipped:
         out.append("Skipped: " + "; ".join(f"`{s['name']}` ({s['reason']})" for s in report.skipped) + "\n")
     return "\n".join(out)

@@ -62,7 +62,7 @@ MiB = 1024 * 1024
 DEFAULT_SIZES = [64, 4 * KiB, 64 * KiB, 1 * MiB]
 QUICK_SIZES = [64, 4 * KiB, 64 * KiB, 1 * MiB]
 PLACEMENTS = ("split", "same", "none")
-WORKLOADS = ("rtt", "stream", "memcpy", "serializer")
+WORKLOADS = ("rtt", "stream", "memcpy", "serializer", "import")
 
 
 @dataclass
@@ -741,9 +741,17 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
             for cell in measure_serializers(ser_names, cfg.sizes, min(cfg.duration, 0.5)):
                 cells.append(cell)
                 tick(f"serializer {cell.subject} {_fmt(cell.size)}", cell)
+        import_time = None
+        if "import" in cfg.workloads:
+            from .targets import measure_import_time
+
+            tick("import ipckit (T7)", None)
+            import_time = measure_import_time(runs=5 if cfg.duration < 0.5 else 11)
     finally:
         os.sched_setaffinity(0, original_affinity)
     meta = machine_metadata()
+    if import_time is not None:
+        meta["import_time"] = import_time
     meta["steal_pct_run"] = steal_pct(steal_run0, read_steal())
     meta["placements"] = list(cfg.placements)
     meta["subjects"] = {s.name: {"kind": s.kind, "note": s.note,
