@@ -6,23 +6,27 @@ Enable it with ``pytest_plugins = ["ipckit.testing.plugin"]`` in a ``conftest.py
   they are torn down (:mod:`ipckit.testing.leaks`); anything new — a descriptor, a child process,
   a non-daemon thread, a ``/dev/shm`` entry, a SysV object, an ``ipckit*`` temp file — fails the
   test with a list of what leaked.  Mark a test ``@pytest.mark.leaks_ok`` to exempt it.
-* Session end: ``ipckit*`` objects created during the run that nobody holds are removed, and the
-  run fails because it had to.
+* Session end: machine-wide objects a test was failed for and that still exist are removed, and
+  the run fails because it had to.  With ``IPCKIT_LEAK_SWEEP=all`` (a machine where nothing else
+  uses ipckit, e.g. CI) every ``ipckit*`` object created during the run that no process holds is
+  removed as well — never use that while other ipckit programs or test runs are active.
 * ``IPCKIT_LEAK_GUARD=local`` limits both to this process's own resources; ``off`` disables them.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .leaks import guard_mode, leaks, owned_names, remove_object, take_snapshot
+from .leaks import SHM_DIR, guard_mode, leaks, owned_names, remove_object, take_snapshot
 
 _session_start = time.time()
 _swept: list[str] = []
+_flagged: set[str] = set()  # machine-wide objects some test of this run was failed for
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,6 +54,8 @@ def _ipckit_leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     before = take_snapshot(machine_wide)
     yield
     found = leaks(before, machine_wide)
+    _flagged.update(os.path.join(SHM_DIR, n) for n in found.shm)
+    _flagged.update(found.tmp)
     if found:
         pytest.fail(f"{request.node.nodeid} leaked: {found.describe()}", pytrace=False)
 
@@ -57,7 +63,9 @@ def _ipckit_leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: Any) -> None:
     if guard_mode() != "full":
         return
-    leftovers = owned_names(_session_start)
+    leftovers = sorted(p for p in _flagged if os.path.lexists(p))
+    if os.environ.get("IPCKIT_LEAK_SWEEP", "").strip().lower() == "all":
+        leftovers = sorted(set(leftovers) | set(owned_names(_session_start)))
     for path in leftovers:
         remove_object(path)
     if leftovers:
