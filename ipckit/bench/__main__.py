@@ -7,6 +7,7 @@ Examples::
     ipckit bench --backends pipe,shm --baselines mp.Pipe,os.pipe --workloads rtt
     ipckit bench --url shm8=shm://?capacity=8MiB        # an extra variant, labelled shm8
     ipckit bench --compare before.json after.json
+    ipckit bench --show r.json --markdown docs/benchmarks.md --plot docs/img   # re-render, no measuring
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write compact Markdown tables; in an existing file, only between the "
                         "<!-- bench:begin --> / <!-- bench:end --> markers (docs/benchmarks.md)")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="compare two JSON files and exit")
+    p.add_argument("--show", metavar="FILE",
+                   help="render a saved JSON (tables, --markdown, --plot) without measuring")
     p.add_argument("--list", action="store_true", help="list what would be measured (and what is skipped)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -122,8 +125,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     try:
-        report = run(cfg) if args.no_progress else _run_with_progress(cfg, err)
-    except ValueError as exc:
+        if args.show:
+            report = load_json(args.show)
+        elif args.no_progress:
+            report = run(cfg)
+        else:
+            report = _run_with_progress(cfg, err)
+    except (OSError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
         return 2
     print_report(report, console)
