@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
+from ipckit.backends.unix import UnixSeqpacketChannel
 from ipckit.testing import (
     ChannelContract,
     CrossProcessContract,
@@ -35,6 +36,7 @@ class TestUnixSeqpacket(_UnixUrls, ChannelContract, DuplexContract, PeerCloseCon
 
     scheme = "unix"
     options: ClassVar[dict[str, Any]] = {"type": "seqpacket"}
+    variant_capabilities = UnixSeqpacketChannel.capabilities
 
 
 # --------------------------------------------------------------------------- U-1 … U-10
@@ -493,8 +495,10 @@ def test_foreign_uid_without_authkey_gets_msgpack_and_pickle_refused(shared_dir:
         client.start()
         with pytest.raises(ipckit.UnsafeSerializer):
             lst.accept(timeout=10.0)
-        with pytest.raises((PeerDied, ipckit.EndOfChannel)):
+        try:  # the client's one send may or may not beat the server hanging up
             client.outcome(20.0)
+        except (PeerDied, ipckit.EndOfChannel):
+            pass
 
 
 def test_selectable_listener(tmp: str) -> None:

@@ -130,6 +130,9 @@ _CAPS = Capabilities(
 _SEQ_CAPS = Capabilities(
     duplex=True,
     message_oriented=True,
+    # One packet per message: bounded by SO_SNDBUF and the kernel's packet allocation (about 4 MiB
+    # here as root; less where net.core.wmem_max is small).  ch.max_message_size has the real value.
+    max_message_size=4 * 1024 * 1024,
     selectable=True,
     detects_peer_close=True,
     named=True,
