@@ -1,7 +1,5 @@
-"""shm:// backend: lifecycle, cross-process use, peer death and leaks (reliability.md 2.6).
-
-The generic conformance contract (ipckit.testing) is added here once it exists; these tests
-cover what is specific to the shared-memory ring.
+"""shm:// backend: the whole conformance contract, plus lifecycle, cross-process use, peer death
+and the POSIX shared-memory fault rows S-1…S-14 of reliability.md §2.6.
 """
 
 from __future__ import annotations
@@ -28,6 +26,15 @@ from ipckit.errors import (
     SendTimeout,
 )
 from ipckit.registry import is_registered, register_backend
+from ipckit.testing import (
+    ChannelContract,
+    CrossProcessContract,
+    DuplexContract,
+    LargeMessageContract,
+    ListenerContract,
+    PeerCloseContract,
+    PeerDeathContract,
+)
 
 posix_ipc = pytest.importorskip("posix_ipc")
 
@@ -35,6 +42,11 @@ pytestmark = pytest.mark.timeout(60)
 
 if not is_registered("shm"):  # until the registry lists it
     register_backend("shm", "ipckit.backends.shm:ShmBackend")
+
+
+class TestShm(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, CrossProcessContract,
+              PeerDeathContract, ListenerContract):
+    scheme = "shm"
 
 
 def _ours() -> set[str]:
@@ -158,8 +170,9 @@ def test_stale_name_of_crashed_creator_is_reclaimed() -> None:
     name = "t" + secrets.token_hex(8)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
-        ipckit.listen(f"shm://{name}")
+        lst = ipckit.listen(f"shm://{name}")
         os.kill(os.getpid(), signal.SIGKILL)
+        print(lst)  # keeps the listener alive up to the kill
     os.waitpid(pid, 0)
     assert [e for e in os.listdir("/dev/shm") if name in e]  # leftovers of the crash
     lst = ipckit.listen(f"shm://{name}")

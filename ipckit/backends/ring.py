@@ -296,8 +296,8 @@ class RingWriter(Ring):
         pos = wp % cap
         if (
             rec > cap - pos
-            or rec > cap - (wp - self._rp)
-            and rec > self._free()
+            or (rec > cap - (wp - self._rp)
+            and rec > self._free())
             or self._abort_pending
             or self._pending is not None
             or n > self._maxmsg
