@@ -5,7 +5,7 @@
 * :mod:`ipckit.testing.peers` — real peer processes with a READY handshake, SIGKILL at chosen
   points, ``as_user`` (run as another uid).
 * :mod:`ipckit.testing.signals` — ``signal_storm``.
-* :mod:`ipckit.testing.leaks` and :mod:`ipckit.testing.plugin` — the leak guard
+* :mod:`ipckit.testing.snapshots` and :mod:`ipckit.testing.plugin` — the leak guard
   (``pytest_plugins = ["ipckit.testing.plugin"]``).
 
 Importing this package needs pytest (and Hypothesis for the model test); ``import ipckit`` never
@@ -27,9 +27,9 @@ from .contract import (
     timing_bounds,
     wait_until_blocked,
 )
-from .leaks import Snapshot, leaks, take_snapshot
 from .peers import NOBODY, Peer, PeerFailed, as_user, kill_self, ready, set_pdeathsig, spawn_peer
 from .signals import signal_storm
+from .snapshots import Snapshot, leaks, take_snapshot
 
 __all__ = [
     "ChannelContract",

@@ -3,7 +3,7 @@
 Enable it with ``pytest_plugins = ["ipckit.testing.plugin"]`` in a ``conftest.py``.
 
 * Per test: a snapshot is taken before the test's other fixtures are set up and compared after
-  they are torn down (:mod:`ipckit.testing.leaks`); anything new — a descriptor, a child process,
+  they are torn down (:mod:`ipckit.testing.snapshots`); anything new — a descriptor, a child process,
   a non-daemon thread, a ``/dev/shm`` entry, a SysV object, an ``ipckit*`` temp file — fails the
   test with a list of what leaked.  Mark a test ``@pytest.mark.leaks_ok`` to exempt it.
 * Session end: machine-wide objects a test was failed for and that still exist are removed, and
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from .leaks import SHM_DIR, guard_mode, leaks, owned_names, remove_object, take_snapshot
+from .snapshots import SHM_DIR, guard_mode, leaks, owned_names, remove_object, take_snapshot
 
 _session_start = time.time()
 _swept: list[str] = []
