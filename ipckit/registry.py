@@ -31,6 +31,7 @@ _SPECS: dict[str, BackendSpec] = {
     "fifo": BackendSpec("ipckit.backends.fifo:FifoBackend"),
     "unix": BackendSpec("ipckit.backends.unix:UnixBackend"),
     "shm": BackendSpec("ipckit.backends.shm:ShmBackend", "pip install posix_ipc"),
+    "sysv+shm": BackendSpec("ipckit.backends.sysv_shm:SysvShmBackend", "pip install sysv_ipc"),
 }
 _LOADED: dict[str, type[Backend]] = {}
 _lock = threading.Lock()

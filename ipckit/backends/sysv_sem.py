@@ -76,22 +76,23 @@ def _error(code: int, what: str) -> IPCError:
 
 
 class TimedSemaphore:
-    """Wait (with a timeout) on and post to semaphore 0 of the SysV set *semid*.
+    """Wait (with a timeout) on and post to semaphore *sem_num* (default 0) of the SysV set *semid*.
 
     Args:
-        semid: ``sysv_ipc.Semaphore(...).id``.
+        semid: ``sysv_ipc.Semaphore(...).id`` (or a ``semget`` id of a set of several).
         use_semtimedop: force the polling fallback with ``False`` (tests); default: auto.
+        sem_num: index of the semaphore in the set.
     """
 
     __slots__ = ("_down", "_timed", "_try", "_ts", "_up", "semid")
 
-    def __init__(self, semid: int, *, use_semtimedop: bool | None = None) -> None:
+    def __init__(self, semid: int, *, use_semtimedop: bool | None = None, sem_num: int = 0) -> None:
         if _semop is None:
             raise ChannelBroken("libc semop() is not available through ctypes")
         self.semid = semid
-        self._down = _Sembuf(0, -1, 0)
-        self._try = _Sembuf(0, -1, IPC_NOWAIT)
-        self._up = _Sembuf(0, 1, 0)
+        self._down = _Sembuf(sem_num, -1, 0)
+        self._try = _Sembuf(sem_num, -1, IPC_NOWAIT)
+        self._up = _Sembuf(sem_num, 1, 0)
         self._ts = _Timespec(0, 0)
         self._timed = (
             _semtimedop is not None if use_semtimedop is None else use_semtimedop and _semtimedop is not None
