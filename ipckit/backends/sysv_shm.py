@@ -649,7 +649,8 @@ class SysvShmChannel(Channel):
         self._hdr[_H_STATE[role]] = _ATTACHED
         peer_pid = int(self._hdr[_H_PID[1 - role]])
         self._wait.set_peer(peer_pid if peer_pid and peer_pid != os.getpid() else None)
-        self._peer_waker.post()  # a listener waiting in accept()
+        if role == 1:
+            self._peer_waker.post()  # a listener waiting in accept()
 
     def _release_alive(self) -> None:
         if self._alive_held:
@@ -824,6 +825,15 @@ class SysvShmChannel(Channel):
         return view
 
     def _poll(self, deadline: Deadline) -> bool:
+        # poll() runs without the receive lock, so close() may release the views under it.
+        try:
+            return self._poll_views(deadline)
+        except ValueError as exc:
+            if self._closed:
+                raise ChannelClosed(f"{self._url} was closed while polling") from exc
+            raise
+
+    def _poll_views(self, deadline: Deadline) -> bool:
         r = self._r
         while True:
             if r.peek() is not None or r.writer_closed() or self._peer_gone():
@@ -1005,13 +1015,17 @@ class SysvShmListener(Listener):
         if ch is None:
             raise UnsupportedOperation(f"{self._url} accepts a single peer, and it already connected")
         hdr = ch._hdr
-        while hdr[_H_STATE[1]] == _FREE:
-            if self._closed:
-                raise ChannelClosed(f"accept on closed listener {self._url}")
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise ChannelTimeout(f"no peer connected to {self._url} before the deadline")
-            ch._own_waker.wait(0.1 if left is None else min(0.1, left))
+        try:
+            while hdr[_H_STATE[1]] == _FREE:
+                if self._closed:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise ChannelTimeout(f"no peer connected to {self._url} before the deadline")
+                ch._own_waker.wait(0.1 if left is None else min(0.1, left))
+        except ValueError:  # close() from another thread released the views
+            if not self._closed:
+                raise
         if self._closed:
             raise ChannelClosed(f"accept on closed listener {self._url}")
         ch._wait.set_peer(int(hdr[_H_PID[1]]) or None)

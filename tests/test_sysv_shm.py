@@ -1,0 +1,536 @@
+"""sysv+shm:// runs the whole contract, plus the SysV ring rows V-1…V-9 of reliability.md (2.7).
+
+Crash tests kill real processes (fork) at chosen points; the leak guard checks /proc/sysvipc
+and the manifest directory after every test.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import ipckit
+from ipckit.backends import sysv_shm
+from ipckit.backends.sysv_sem import TimedSemaphore
+from ipckit.errors import (
+    EndOfChannel,
+    EndpointExists,
+    EndpointNotFound,
+    IncompatibleEndpoint,
+    PeerDied,
+    PermissionDenied,
+    ProtocolError,
+    RecvTimeout,
+)
+from ipckit.testing import (
+    ChannelContract,
+    CrossProcessContract,
+    DuplexContract,
+    LargeMessageContract,
+    ListenerContract,
+    PeerCloseContract,
+    PeerDeathContract,
+    as_user,
+    signal_storm,
+    spawn_peer,
+    timing_bounds,
+)
+from ipckit.testing.peers import kill_self, ready
+
+sysv_ipc = pytest.importorskip("sysv_ipc")
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class TestSysvShm(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, CrossProcessContract,
+                  PeerDeathContract, ListenerContract):
+    scheme = "sysv+shm"
+
+
+# --------------------------------------------------------------------------- helpers
+def _rows(kind: str) -> set[int]:
+    with open(f"/proc/sysvipc/{kind}") as f:
+        return {int(line.split()[1]) for line in f.read().splitlines()[1:]}
+
+
+@pytest.fixture
+def name() -> str:
+    return f"t{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _fork(fn: Any, *args: Any) -> int:
+    """Run ``fn(*args)`` in a forked child that ends with ``os._exit`` (or is killed); return its pid."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            fn(*args)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _status(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _listen_and_die(url: str, fault: str | None = None) -> None:
+    sysv_shm._FAULT = fault
+    lst = ipckit.listen(url)  # noqa: F841 - kept alive until the kill
+    kill_self()
+
+
+def _pair_parts(ch: Any) -> tuple[int, int]:
+    seg = ch._seg
+    return seg.shmid, seg.semid
+
+
+# --------------------------------------------------------------------------- timed waits on this build
+def test_installed_sysv_ipc_has_no_semaphore_timeouts_yet_waits_time_out() -> None:
+    """The trap of issue 4: the wheel blocks forever in acquire(timeout); our waits never do."""
+    a, b = ipckit.pair("sysv+shm", spin=False)
+    with a, b:
+        waker = b._own_waker  # type: ignore[attr-defined]
+        while waker.wait(0):  # hints left over from attaching
+            pass
+        t0 = time.monotonic()
+        assert waker.wait(0.2) is False
+        assert 0.19 <= time.monotonic() - t0 < 0.4
+        low, high = timing_bounds(0.3)
+        t0 = time.monotonic()
+        with pytest.raises(RecvTimeout):
+            b.recv_bytes(timeout=0.3)
+        assert low <= time.monotonic() - t0 <= high
+    assert isinstance(sysv_ipc.SEMAPHORE_TIMEOUT_SUPPORTED, bool)  # False on the PyPI 1.2.0 wheel
+
+
+# --------------------------------------------------------------------------- V-1 / V-2 semaphores
+def _post_and_exit(semid: int, num: int, count: int) -> None:
+    sem = TimedSemaphore(semid, sem_num=num)
+    for _ in range(count):
+        sem.post()
+
+
+def test_v2_wake_hints_posted_by_a_process_that_exits_normally_survive() -> None:
+    a, b = ipckit.pair("sysv+shm")
+    with a, b:
+        semid = a._seg.semid  # type: ignore[attr-defined]
+        before = sysv_shm._getval(semid, sysv_shm._WAKE[1])
+        assert _status(_fork(_post_and_exit, semid, sysv_shm._WAKE[1], 5)) == 0
+        assert sysv_shm._getval(semid, sysv_shm._WAKE[1]) == before + 5  # no SEM_UNDO on counting hints
+
+
+def _attach_end_then_die(url: str) -> None:
+    ch = ipckit.connect(url, timeout=5)
+    ch.send_bytes(b"committed")
+    kill_self()
+
+
+def test_v1_alive_semaphore_is_undone_when_its_holder_is_killed(name: str) -> None:
+    lst = ipckit.listen(f"sysv+shm://{name}")
+    with lst:
+        pid = _fork(_attach_end_then_die, f"sysv+shm://{name}")
+        ch = lst.accept(timeout=10)
+        with ch:
+            assert _status(pid) == -signal.SIGKILL
+            t0 = time.monotonic()
+            assert sysv_shm._getval(ch._seg.semid, sysv_shm._ALIVE[1]) == 0  # type: ignore[attr-defined]
+            assert ch.recv_bytes(timeout=5) == b"committed"
+            with pytest.raises(PeerDied):
+                ch.recv_bytes(timeout=5)
+            assert time.monotonic() - t0 < 1.5
+
+
+# --------------------------------------------------------------------------- V-3 orphans
+def test_v3_segment_is_marked_for_removal_once_both_are_attached(name: str) -> None:
+    a, b = ipckit.pair("sysv+shm")
+    with a, b:
+        shmid, _ = _pair_parts(a)
+        row = sysv_shm._proc_row("shm", shmid)
+        assert row is not None and row["key"] == 0 and row["perms"] & 0o1000  # IPC_RMID done
+    lst = ipckit.listen(f"sysv+shm://{name}")
+    with lst:
+        c = ipckit.connect(f"sysv+shm://{name}", timeout=5)
+        s = lst.accept(timeout=5)
+        with c, s:
+            row = sysv_shm._proc_row("shm", s._seg.shmid)  # type: ignore[attr-defined]
+            assert row is not None and row["key"] == 0
+            assert not os.path.exists(os.path.join(sysv_shm.registry_dir(), f"ep.{name}"))  # name freed
+            with pytest.raises(EndpointNotFound):
+                ipckit.connect(f"sysv+shm://{name}", timeout=0.05)
+            again = ipckit.listen(f"sysv+shm://{name}")  # reusable while the channel lives
+            again.close()
+
+
+def test_v3_kill_one_side_then_close_leaves_nothing() -> None:
+    before_shm, before_sem = _rows("shm"), _rows("sem")
+    a, b = ipckit.pair("sysv+shm")
+    with spawn_peer(_send_and_die, b) as peer:
+        b.close()
+        peer.wait_ready()
+        assert a.recv_bytes(timeout=10) == b"last"
+        with pytest.raises(PeerDied):
+            a.recv_bytes(timeout=10)
+        a.close()
+    assert _rows("shm") - before_shm == set()
+    assert _rows("sem") - before_sem == set()
+
+
+def _send_and_die(ch: Any) -> None:
+    ch.send_bytes(b"last")
+    ready()
+    kill_self()
+
+
+def test_v3_creator_killed_the_other_end_cleans_up(name: str) -> None:
+    before_shm, before_sem = _rows("shm"), _rows("sem")
+    url = f"sysv+shm://{name}"
+    with spawn_peer(_listen_accept_send_die, url) as peer:
+        ch = ipckit.connect(url, timeout=10)
+        peer.wait_ready()
+        assert ch.recv_bytes(timeout=10) == b"bye"
+        with pytest.raises(PeerDied):
+            ch.recv_bytes(timeout=10)
+        ch.close()
+    assert _rows("shm") - before_shm == set()
+    assert _rows("sem") - before_sem == set()
+    assert not [e for e in os.listdir(sysv_shm.registry_dir()) if e.startswith("reg.")] \
+        if os.path.isdir(sysv_shm.registry_dir()) else True
+
+
+def _listen_accept_send_die(url: str) -> None:
+    with ipckit.listen(url) as lst:
+        ch = lst.accept(timeout=10)
+        ch.send_bytes(b"bye")
+        ready()
+        kill_self()
+
+
+def _make_pair_and_die() -> None:
+    a, _b = ipckit.pair("sysv+shm")
+    a.send_bytes(b"never read")
+    kill_self()
+
+
+def test_v3_both_killed_cleanup_stale_removes_everything(name: str) -> None:
+    before_shm, before_sem = _rows("shm"), _rows("sem")
+    assert _status(_fork(_make_pair_and_die)) == -signal.SIGKILL
+    assert _status(_fork(_listen_and_die, f"sysv+shm://{name}")) == -signal.SIGKILL
+    leftovers = _rows("sem") - before_sem
+    assert len(leftovers) == 2  # semaphores persist after kill -9 (V6) ...
+    assert len(_rows("shm") - before_shm) == 1  # ... and so does the never-attached listener's segment
+    removed = sysv_shm.cleanup_stale()
+    assert any(e.startswith("reg.") for e in removed) and f"ep.{name}" in removed
+    assert _rows("sem") - before_sem == set()
+    assert _rows("shm") - before_shm == set()
+    assert not os.path.exists(sysv_shm.registry_dir())
+
+
+def test_cleanup_stale_leaves_live_channels_alone(name: str) -> None:
+    a, b = ipckit.pair("sysv+shm")
+    lst = ipckit.listen(f"sysv+shm://{name}")
+    with a, b, lst:
+        assert sysv_shm.cleanup_stale() == []
+        a.send_bytes(b"still here")
+        assert b.recv_bytes(timeout=5) == b"still here"
+        c = ipckit.connect(lst.url, timeout=5)
+        with c, lst.accept(timeout=5) as s:
+            s.send_bytes(b"ok")
+            assert c.recv_bytes(timeout=5) == b"ok"
+
+
+# --------------------------------------------------------------------------- V-4 keys
+def test_v4_taken_key_is_never_used_and_a_new_one_is_drawn(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken_shm = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, mode=0o600, size=4096)
+    taken_sem = sysv_ipc.Semaphore(None, sysv_ipc.IPC_CREX, mode=0o600)
+    try:
+        keys = iter([taken_sem.key, 0x5A5A0001 + secrets.randbelow(1 << 20), taken_shm.key,
+                     0x6B6B0001 + secrets.randbelow(1 << 20)])
+        monkeypatch.setattr(sysv_shm, "_random_key", lambda: next(keys))
+        a, b = ipckit.pair("sysv+shm")
+        with a, b:
+            seg = a._seg  # type: ignore[attr-defined]
+            assert seg.semkey != taken_sem.key and seg.shmkey != taken_shm.key
+            assert seg.semid != taken_sem.id and seg.shmid != taken_shm.id
+            a.send_bytes(b"fine")
+            assert b.recv_bytes(timeout=5) == b"fine"
+        # The other application's objects are untouched.
+        assert sysv_shm._proc_row("shm", taken_shm.id) is not None
+        assert sysv_shm._proc_row("sem", taken_sem.id) is not None
+    finally:
+        taken_shm.detach()
+        taken_shm.remove()
+        taken_sem.remove()
+
+
+# --------------------------------------------------------------------------- V-5 init race
+def _race_listen(url: str, w: int) -> None:
+    try:
+        lst = ipckit.listen(url)
+    except EndpointExists:
+        os.write(w, b"E")
+        return
+    os.write(w, b"L")
+    ch = lst.accept(timeout=10)
+    assert ch.recv_bytes(timeout=10) == b"hello"
+    ch.close()
+    lst.close()
+
+
+def test_v5_fifty_create_races_have_exactly_one_creator(name: str) -> None:
+    for i in range(50):
+        url = f"sysv+shm://{name}-{i}"
+        r, w = os.pipe()
+        pid = _fork(_race_listen, url, w)
+        try:
+            mine = ipckit.listen(url)
+        except EndpointExists:
+            mine = None
+        os.close(w)
+        theirs = os.read(r, 1)
+        os.close(r)
+        assert (mine is None) != (theirs == b"E"), f"race {i}: both or neither created the endpoint"
+        if mine is not None:
+            with mine:
+                pass
+        else:
+            with ipckit.connect(url, timeout=10) as c:
+                c.send_bytes(b"hello")
+                with pytest.raises(EndOfChannel):
+                    c.recv_bytes(timeout=10)
+        assert _status(pid) == 0
+
+
+# --------------------------------------------------------------------------- V-6 / S-8 foreign segments
+def _forge_rendezvous(name: str, shm: Any, sem_id: int, sem_key: int) -> str:
+    directory = sysv_shm.registry_dir()
+    sysv_shm._ensure_private_dir(directory)
+    path = os.path.join(directory, f"ep.{name}")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        sysv_shm._write_manifest(fd, {"semkey": sem_key, "semid": sem_id, "shmkey": shm.key, "shmid": shm.id,
+                                      "nonce": "0" * 31 + "1"}, True)
+    finally:
+        os.close(fd)
+    return path
+
+
+@pytest.fixture
+def foreign_sem() -> Iterator[tuple[int, int]]:
+    key = 0x7C000000 + secrets.randbelow(1 << 24)
+    semid = sysv_shm._semget(key, sysv_shm._NSEMS, sysv_shm._IPC_CREAT | sysv_shm._IPC_EXCL | 0o600)
+    assert semid >= 0
+    yield key, semid
+    sysv_shm._sem_remove(semid)
+
+
+@pytest.mark.parametrize("size", [4096, 64 * 4096])
+def test_v6_s8_smaller_or_zeroed_segment_is_incompatible(name: str, size: int,
+                                                          foreign_sem: tuple[int, int]) -> None:
+    shm = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, mode=0o600, size=size, init_character=b"\0")
+    path = _forge_rendezvous(name, shm, foreign_sem[1], foreign_sem[0])
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(IncompatibleEndpoint):
+            ipckit.connect(f"sysv+shm://{name}", timeout=5)
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))
+        shm.detach()
+        shm.remove()
+
+
+# --------------------------------------------------------------------------- V-8 other users
+def _connect_as_other(url: str) -> str:
+    try:
+        ipckit.connect(url, timeout=1)
+    except PermissionDenied:
+        return "PermissionDenied"
+    return "connected"
+
+
+def test_v8_other_uid_is_refused(tmp_path: Any) -> None:
+    os.chmod(tmp_path, 0o700)
+    url = f"sysv+shm://{tmp_path}/ep"
+    with ipckit.listen(url):
+        assert as_user(_connect_as_other, url) == "PermissionDenied"
+        assert oct(os.stat(f"{tmp_path}/ep").st_mode & 0o777) == "0o600"
+
+
+def _attach_as_other(shmid: int) -> str:
+    try:
+        sysv_ipc.attach(shmid)
+    except sysv_ipc.PermissionsError:
+        return "PermissionsError"
+    return "attached"
+
+
+def test_v8_objects_are_owner_only() -> None:
+    a, b = ipckit.pair("sysv+shm")
+    with a, b:
+        shmid, semid = _pair_parts(a)
+        for kind, ident in (("shm", shmid), ("sem", semid)):
+            row = sysv_shm._proc_row(kind, ident)
+            assert row is not None and row["perms"] & 0o777 == 0o600 and row["uid"] == row["cuid"] == os.geteuid()
+        assert as_user(_attach_as_other, shmid) == "PermissionsError"
+
+
+def _squat(size: int, mode: int) -> tuple[int, int]:
+    shm = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, mode=mode, size=size, init_character=b"\0")
+    return int(shm.key), int(shm.id)
+
+
+def test_v8_squatted_segment_of_another_uid_is_refused(name: str, foreign_sem: tuple[int, int]) -> None:
+    key, shmid = as_user(_squat, 16 * 4096, 0o666)
+    try:
+        shm = sysv_ipc.SharedMemory(key)
+        path = _forge_rendezvous(name, shm, foreign_sem[1], foreign_sem[0])
+        try:
+            with pytest.raises(PermissionDenied):
+                ipckit.connect(f"sysv+shm://{name}", timeout=1)
+            assert sysv_shm._proc_row("shm", shmid) is not None  # never removed
+        finally:
+            os.unlink(path)
+            os.rmdir(os.path.dirname(path))
+            shm.detach()
+    finally:
+        sysv_ipc.remove_shared_memory(shmid)
+
+
+def test_v8_group_readable_semaphore_set_is_refused(name: str) -> None:
+    shm = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, mode=0o600, size=4096)
+    key = 0x7D000000 + secrets.randbelow(1 << 24)
+    semid = sysv_shm._semget(key, sysv_shm._NSEMS, sysv_shm._IPC_CREAT | sysv_shm._IPC_EXCL | 0o640)
+    path = _forge_rendezvous(name, shm, semid, key)
+    try:
+        with pytest.raises(PermissionDenied):
+            ipckit.connect(f"sysv+shm://{name}", timeout=1)
+    finally:
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))
+        sysv_shm._sem_remove(semid)
+        shm.detach()
+        shm.remove()
+
+
+# --------------------------------------------------------------------------- V-7 signals
+def test_v7_signals_during_semtimedop_never_extend_the_deadline() -> None:
+    a, b = ipckit.pair("sysv+shm", spin=False)
+    with a, b, signal_storm(hz=200) as storm:
+        low, high = timing_bounds(0.5)
+        t0 = time.monotonic()
+        with pytest.raises(RecvTimeout):
+            b.recv_bytes(timeout=0.5)
+        assert low <= time.monotonic() - t0 <= high
+        assert storm.count >= 10
+
+
+# --------------------------------------------------------------------------- V-9: S-2, S-3, S-9, S-11
+def _half_write_then_die(ch: Any) -> None:
+    ch.send_bytes(b"whole")
+    w = ch._w
+    base = w._data + w._wp % w._cap
+    w._mv[base: base + 64] = b"\x01\x00\x00\x00\x05\x00\x00\x00" + b"\x05" + b"\x00" * 7 + b"HALF!" + bytes(43)
+    ready()
+    kill_self()  # payload and header written, write_pos never published
+
+
+def test_v9_s2_uncommitted_message_is_never_delivered() -> None:
+    a, b = ipckit.pair("sysv+shm")
+    with spawn_peer(_half_write_then_die, b) as peer:
+        b.close()
+        peer.wait_ready()
+        assert peer.wait_exit() == -signal.SIGKILL
+        assert a.recv_bytes(timeout=5) == b"whole"
+        with pytest.raises(PeerDied):
+            a.recv_bytes(timeout=5)
+    a.close()
+
+
+def _commit_without_wakeup(ch: Any) -> None:
+    ready()
+    ch._w.wake_peer = None  # killed "after commit, before post"
+    assert ch.recv_bytes(timeout=10) == b"go"
+    ch.send_bytes(b"committed, never posted")
+    kill_self()
+
+
+def test_v9_s3_committed_but_unposted_message_is_found() -> None:
+    a, b = ipckit.pair("sysv+shm", spin=False)
+    with spawn_peer(_commit_without_wakeup, b) as peer:
+        b.close()
+        peer.wait_ready()
+        a.send_bytes(b"go")
+        t0 = time.monotonic()
+        assert a.recv_bytes(timeout=5) == b"committed, never posted"
+        assert time.monotonic() - t0 < 1.0
+    a.close()
+
+
+def test_v9_s9_corrupt_shared_counters_are_a_protocol_error() -> None:
+    a, b = ipckit.pair("sysv+shm", capacity=8192)
+    with a, b:
+        a.send_bytes(b"x")
+        ctl = b._r._ctl  # type: ignore[attr-defined]
+        ctl[8] = 1 << 40  # write_pos far beyond the ring
+        with pytest.raises(ProtocolError):
+            b.recv_bytes(timeout=1)
+
+
+def test_v9_s11_creator_killed_before_init_then_reclaimed(name: str) -> None:
+    before_shm, before_sem = _rows("shm"), _rows("sem")
+    url = f"sysv+shm://{name}"
+    assert _status(_fork(_listen_and_die, url, "after_create_before_init")) == -signal.SIGKILL
+    t0 = time.monotonic()
+    with pytest.raises(IncompatibleEndpoint):
+        ipckit.connect(url, timeout=5)
+    assert time.monotonic() - t0 < 1.0
+    with ipckit.listen(url) as lst:  # the half-made endpoint of the dead creator is reclaimed
+        c = ipckit.connect(url, timeout=5)
+        with c, lst.accept(timeout=5) as s:
+            c.send_bytes(b"restarted")
+            assert s.recv_bytes(timeout=5) == b"restarted"
+    assert _rows("shm") - before_shm == set()
+    assert _rows("sem") - before_sem == set()
+
+
+def test_live_listener_is_never_reclaimed(name: str) -> None:
+    url = f"sysv+shm://{name}"
+    with ipckit.listen(url):
+        with pytest.raises(EndpointExists):
+            ipckit.listen(url)
+        with pytest.raises(EndpointExists):  # one peer per endpoint
+            c = ipckit.connect(url, timeout=5)
+            try:
+                ipckit.connect(url, timeout=5)
+            finally:
+                c.close()
+
+
+# --------------------------------------------------------------------------- zero-copy
+def test_recv_view_points_into_the_segment_and_numpy_goes_out_of_band() -> None:
+    np = pytest.importorskip("numpy")
+    a, b = ipckit.pair("sysv+shm", capacity=1 << 20)
+    with a, b:
+        a.send_bytes(b"zero-copy")
+        view = b.recv_view(timeout=5)
+        assert bytes(view) == b"zero-copy"
+        assert isinstance(view.obj, ctypes_array_type())
+        arr = np.arange(100_000, dtype=np.float64)
+        a.send(arr)
+        got = b.recv(timeout=5)
+        assert np.array_equal(got, arr)
+
+
+def ctypes_array_type() -> type:
+    import ctypes
+
+    return ctypes.Array
