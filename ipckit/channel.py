@@ -204,7 +204,7 @@ class Channel:
         """
         if self._closed:
             raise ChannelClosed(f"send on closed channel {self._url}")
-        self._send_view(as_byte_view(data), timeout)
+        self._send_view(memoryview(data) if type(data) is bytes else as_byte_view(data), timeout)
 
     def _too_large(self, n: int) -> str:
         return (f"message of {n} bytes exceeds max_message_size={self._max} on {self._url}; "
@@ -216,10 +216,14 @@ class Channel:
             raise MessageTooLarge(self._too_large(n))
         if timeout is USE_DEFAULT:
             timeout = self._default_timeout
-        deadline = None if timeout is None else deadline_from(timeout)
         lock = self._send_lock
-        if not lock.acquire(True, -1 if deadline is None else remaining(deadline) or 0.0):
-            raise SendTimeout(f"send timed out after {timeout} s waiting for another sending thread")
+        if timeout is None:
+            deadline = None
+            lock.acquire()
+        else:
+            deadline = deadline_from(timeout)
+            if not lock.acquire(True, remaining(deadline) or 0.0):
+                raise SendTimeout(f"send timed out after {timeout} s waiting for another sending thread")
         try:
             if self._closed:
                 raise ChannelClosed(f"send on closed channel {self._url}")
@@ -318,10 +322,14 @@ class Channel:
             raise ChannelClosed(f"recv on closed channel {self._url}")
         if timeout is USE_DEFAULT:
             timeout = self._default_timeout
-        deadline = None if timeout is None else deadline_from(timeout)
         lock = self._recv_lock
-        if not lock.acquire(True, -1 if deadline is None else remaining(deadline) or 0.0):
-            raise RecvTimeout(f"recv timed out after {timeout} s waiting for another receiving thread")
+        if timeout is None:
+            deadline = None
+            lock.acquire()
+        else:
+            deadline = deadline_from(timeout)
+            if not lock.acquire(True, remaining(deadline) or 0.0):
+                raise RecvTimeout(f"recv timed out after {timeout} s waiting for another receiving thread")
         try:
             if self._closed:
                 raise ChannelClosed(f"recv on closed channel {self._url}")

@@ -103,8 +103,8 @@ class SerializationError(IPCError):
     """A serializer failed; the channel stays usable."""
 
 
-class EncodeError(SerializationError):
-    """The object could not be serialized; nothing was sent."""
+class EncodeError(SerializationError, TypeError):
+    """The object could not be serialized (or is not bytes-like for ``send_bytes``); nothing was sent."""
 
 
 class DecodeError(SerializationError):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import select
+import struct
 import sys
 import types
 from collections.abc import Iterator
@@ -51,6 +52,15 @@ _POLLOUT = select.POLLOUT
 _SEQ_MASK = 0xFFFFFFFF
 _GOODBYE_LINGER = 0.1  # seconds close() may wait to fit the goodbye frame into a full pipe
 _pack = HEADER.pack
+# The header read as (u64 magic|version|flags|sequence, u64 length, u32 crc) for the fast path.
+_FAST_HEADER = struct.Struct("<QQI").unpack_from
+_SEQ_ONE = 1 << 32
+_U64_MASK = (1 << 64) - 1
+
+
+def _head_word(seq: int) -> int:
+    """The first 8 header bytes of an unflagged frame with sequence *seq*, as a little-endian u64."""
+    return int.from_bytes(MAGIC + bytes((VERSION, 0)) + (seq & _SEQ_MASK).to_bytes(4, "little"), "little")
 
 
 class FdStreamChannel(Channel):
@@ -82,6 +92,7 @@ class FdStreamChannel(Channel):
         self._read_first = False  # last read filled the buffer: more is probably waiting
         self._sseq = 0
         self._rseq = 0
+        self._expect_head = _head_word(0)
         self._send_error: IPCError | None = None
         self._recv_error: IPCError | None = None
         # A large message being received straight into its own buffer: [buffer, received, crc].
@@ -108,7 +119,18 @@ class FdStreamChannel(Channel):
             header = _pack(MAGIC, VERSION, FLAG_CHECKSUM, self._sseq & _SEQ_MASK, n, crc32(view))
         else:
             header = _pack(MAGIC, VERSION, 0, self._sseq & _SEQ_MASK, n, 0)
-        self._write_frame([memoryview(header), view], HEADER_SIZE + n, deadline)
+        bufs = [memoryview(header), view]
+        # Fast path inlined: one writev that takes the whole frame.
+        try:
+            written = self._raw_writev(bufs)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            raise self._send_failed(exc, 0) from exc
+        if written == HEADER_SIZE + n:
+            self._sseq += 1
+            return
+        self._write_rest(bufs, written, HEADER_SIZE + n, deadline)
 
     def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
         if self._send_error is not None:
@@ -194,6 +216,33 @@ class FdStreamChannel(Channel):
 
     # ---------------------------------------------------------------- receiving
     def _recv_message(self, deadline: Deadline) -> Buffer:
+        if self._recv_error is not None or self._pending is not None:
+            return self._recv_checked(deadline)
+        if self._rend - self._rpos < HEADER_SIZE:
+            self._fill(HEADER_SIZE, deadline)
+        pos = self._rpos
+        # Fast path: magic, version, no flags and the expected sequence number compare as one
+        # 64-bit word; anything else (flags, goodbye, errors) takes the fully checked path.
+        head, n, _ = _FAST_HEADER(self._rbuf, pos)
+        if head != self._expect_head or n > self._max:
+            return self._recv_checked(deadline)
+        start = pos + HEADER_SIZE
+        end = start + n
+        if end > self._rend:
+            if HEADER_SIZE + n > READ_BUFFER:
+                return self._recv_checked(deadline)
+            self._fill(HEADER_SIZE + n, deadline)
+            start = self._rpos + HEADER_SIZE
+            end = start + n
+        data = bytes(self._rmv[start:end])
+        self._rpos = end
+        self._rseq += 1
+        self._expect_head = (self._expect_head + _SEQ_ONE) & _U64_MASK
+        if self._epoll is not None:
+            self._sync_ready()
+        return data
+
+    def _recv_checked(self, deadline: Deadline) -> Buffer:
         if self._recv_error is not None:
             raise self._again(self._recv_error)
         if self._pending is not None:
@@ -212,12 +261,16 @@ class FdStreamChannel(Channel):
             end = start + n
         data = bytes(self._rmv[start:end])
         self._rpos = end
-        self._rseq += 1
+        self._advance_rseq()
         if flags & FLAG_CHECKSUM and crc32(data) != crc:
             raise self._break(ProtocolError(f"checksum mismatch in message {self._rseq - 1} on {self._url}"))
         if self._epoll is not None:
             self._sync_ready()
         return data
+
+    def _advance_rseq(self) -> None:
+        self._rseq += 1
+        self._expect_head = _head_word(self._rseq)
 
     def _header(self, pos: int) -> tuple[int, int, int]:
         try:
@@ -226,7 +279,7 @@ class FdStreamChannel(Channel):
             raise self._break(exc) from None
         if flags & FLAG_GOODBYE:
             self._rpos = pos + HEADER_SIZE
-            self._rseq += 1
+            self._advance_rseq()
             self._recv_error = EndOfChannel(f"the peer closed {self._url} and every message was received")
             if self._epoll is not None:
                 self._sync_ready()
@@ -267,7 +320,7 @@ class FdStreamChannel(Channel):
                 raise self._eof(f"the peer ended in the middle of a {n}-byte message ({have} bytes received)")
             have += got
         self._pending = None
-        self._rseq += 1
+        self._advance_rseq()
         if crc is not None and crc32(out) != crc:
             raise self._break(ProtocolError(f"checksum mismatch in message {self._rseq - 1} on {self._url}"))
         return out
@@ -282,7 +335,12 @@ class FdStreamChannel(Channel):
         read_first = self._read_first
         while self._rend - self._rpos < need:
             if not read_first:
-                self._wait_readable(deadline)
+                if not self._rpoll.poll(None if deadline is None else poll_ms(deadline)):
+                    if self._closed:
+                        raise ChannelClosed(f"channel {self._url} was closed while receiving")
+                    raise RecvTimeout(f"no message on {self._url} before the timeout")
+                if self._closed:
+                    raise ChannelClosed(f"channel {self._url} was closed while receiving")
             read_first = False
             try:
                 got = self._raw_readinto(self._rmv[self._rend :])
@@ -417,6 +475,7 @@ class FdStreamChannel(Channel):
     def _resume(self, sseq: int, rseq: int, buffered: bytes) -> None:
         self._sseq = sseq
         self._rseq = rseq
+        self._expect_head = _head_word(rseq)
         self._rmv[: len(buffered)] = buffered
         self._rend = len(buffered)
 
