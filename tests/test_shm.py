@@ -239,3 +239,494 @@ def test_close_from_other_thread_wakes_recv() -> None:
     assert time.monotonic() - t0 < 1.0
     assert len(errors) == 1
     a.close()
+
+
+# --------------------------------------------------------------------------- reliability rows S-1…S-14
+# Kill points are reached by driving the child's ring directly (no hooks in the library's hot path);
+# the creator's "after create, before init" point uses IPCKIT_FAULT, read once at import.
+from ipckit.backends import ring as ring_mod  # noqa: E402
+from ipckit.backends import shm as shm_mod  # noqa: E402
+from ipckit.errors import (  # noqa: E402
+    EndpointExists,
+    IncompatibleEndpoint,
+    ProtocolError,
+)
+from ipckit.testing import as_user, kill_self, ready, signal_storm, spawn_peer, timing_bounds  # noqa: E402
+
+_RSLEEP = 17  # reader_sleeping word of a ring's control area (ring.py layout)
+
+
+def _wait_for(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.0005)
+
+
+def _commit_without_post_then_die(ch: Any, payload: bytes) -> None:
+    """S-1/S-3: commit a message but skip the wake-up (the reader is asleep), then die."""
+    ready()
+    w = ch._w
+    _wait_for(lambda: w._ctl[_RSLEEP] != 0)  # the parent's recv() sleeps on its semaphore
+    w.wake_peer = None
+    assert w.try_write(memoryview(payload))
+    kill_self()
+
+
+def _payload_without_commit_then_die(ch: Any, good: bytes, torn: bytes) -> None:
+    """S-2: one whole message, then header + payload of the next written but never committed."""
+    ch.send_bytes(good, timeout=10)
+    w = ch._w
+    base = w._data + w._wp % w._cap
+    ring_mod._HDR.pack_into(w._mv, base, ring_mod._MSG, len(torn), len(torn))
+    w._mv[base + 16 : base + 16 + len(torn)] = torn
+    ready()
+    kill_self()
+
+
+def _half_streamed_then_die(ch: Any, big: bytes) -> None:
+    """S-2 for a message larger than the ring: some chunks committed, the rest never."""
+    w = ch._w
+    assert not w.write([memoryview(big)], len(big))  # pending: the ring filled up
+    ready()
+    kill_self()
+
+
+def _hold_unlink_lock_then_die(ch: Any) -> None:
+    """S-1 'holding_lock': die while holding the only cross-process lock (the unlink mutex)."""
+    shm_mod._lock_wait(ch._seg.shm_fd, shm_mod._UNLINK_BYTE)
+    ready()
+    kill_self()
+
+
+def test_s1_s3_killed_after_commit_before_post() -> None:
+    a, b = ipckit.pair("shm", capacity=64 * 1024)
+    with spawn_peer(_commit_without_post_then_die, b, b"committed") as peer:
+        b.close()
+        peer.wait_ready()
+        try:
+            start = time.monotonic()
+            assert a.recv_bytes(timeout=10) == b"committed"  # found by re-checking, not by a post
+            assert time.monotonic() - start < 1.0 + 0.5  # (includes the child's wait for our sleep)
+            assert peer.wait_exit() == -9
+            start = time.monotonic()
+            with pytest.raises(PeerDied):
+                a.recv_bytes(timeout=10)
+            assert time.monotonic() - start <= 1.5
+        finally:
+            a.close()
+
+
+def test_s1_killed_holding_the_unlink_lock() -> None:
+    a, b = ipckit.pair("shm")
+    with spawn_peer(_hold_unlink_lock_then_die, b) as peer:
+        b.close()
+        peer.wait_ready()
+        assert peer.wait_exit() == -9
+        start = time.monotonic()
+        with pytest.raises(PeerDied):
+            a.recv_bytes(timeout=10)
+        assert time.monotonic() - start <= 1.5
+        a.close()  # takes the unlink lock the dead child held: released by the kernel
+    # (the no_leaks fixture checks the names are gone)
+
+
+def test_s2_killed_after_payload_before_commit() -> None:
+    a, b = ipckit.pair("shm", capacity=64 * 1024)
+    with spawn_peer(_payload_without_commit_then_die, b, b"whole", b"torn" * 100) as peer:
+        b.close()
+        peer.wait_ready()
+        assert peer.wait_exit() == -9
+        try:
+            assert a.recv_bytes(timeout=10) == b"whole"
+            start = time.monotonic()
+            with pytest.raises(PeerDied):
+                a.recv_bytes(timeout=10)  # the uncommitted message is never delivered
+            assert time.monotonic() - start <= 1.5
+            with pytest.raises(PeerDied):
+                a.recv_bytes(timeout=0)
+        finally:
+            a.close()
+
+
+def test_s2_killed_in_the_middle_of_a_streamed_message() -> None:
+    a, b = ipckit.pair("shm", capacity=8192)
+    big = os.urandom(100_000)
+    with spawn_peer(_half_streamed_then_die, b, big) as peer:
+        b.close()
+        peer.wait_ready()
+        assert peer.wait_exit() == -9
+        try:
+            with pytest.raises(PeerDied):
+                a.recv_bytes(timeout=10)  # the committed chunks are discarded, never returned
+        finally:
+            a.close()
+
+
+def _pair_then_die() -> None:
+    a, b = ipckit.pair("shm")
+    print(a, b, flush=True)  # both ends stay referenced until the kill
+    ready()
+    kill_self()
+
+
+def _listen_then_die(url: str) -> None:
+    lst = ipckit.listen(url)
+    ready()
+    kill_self()
+    print(lst)
+
+
+def test_s4_orphans_of_a_killed_process_are_cleaned() -> None:
+    with spawn_peer(_pair_then_die) as peer:
+        peer.wait_ready()
+        assert peer.wait_exit() == -9
+    left = _ours()
+    assert left, "a pair inside one killed process leaves names behind (nothing attached elsewhere)"
+    removed = shm_mod.cleanup_stale()
+    assert removed
+    assert not (_ours() & left)
+
+
+def test_s4_stale_listener_is_reclaimed_on_reuse() -> None:
+    url = f"shm://s4-{secrets.token_hex(6)}"
+    with spawn_peer(_listen_then_die, url) as peer:
+        peer.wait_ready()
+        assert peer.wait_exit() == -9
+    lst = ipckit.listen(url)  # the crashed creator's objects are replaced, not reused
+    c = ipckit.connect(url, timeout=5)
+    s = lst.accept(timeout=5)
+    with c, s:
+        c.send_bytes(b"fresh")
+        assert s.recv_bytes(timeout=5) == b"fresh"
+    lst.close()
+
+
+def test_s5_double_close_never_removes_a_newer_object_of_the_same_name() -> None:
+    url = f"shm://s5-{secrets.token_hex(6)}"
+    old = ipckit.listen(url)
+    name = f"/ipckit.{url[6:]}"
+    # Someone removes the names behind the listener's back, and a new listener takes the name.
+    shm_mod._unlink_names(name)
+    new = ipckit.listen(url)
+    old.close()  # would unlink the newer object if it unlinked by name
+    old.close()
+    assert os.path.exists(f"/dev/shm{name}")
+    c = ipckit.connect(url, timeout=5)
+    s = new.accept(timeout=5)
+    with c, s:
+        c.send_bytes(b"still here")
+        assert s.recv_bytes(timeout=5) == b"still here"
+    new.close()
+    new.close()
+
+
+def _attach_say_hello_and_exit(ch: Any) -> None:
+    ready()
+    ch.send_bytes(b"hello", timeout=10)
+    # a normal exit: atexit closes the end; nothing may unlink or unmap the creator's segment
+
+
+def test_s6_attacher_exits_normally_creator_is_fine() -> None:
+    a, b = ipckit.pair("shm")
+    with spawn_peer(_attach_say_hello_and_exit, b, method="spawn") as peer:
+        b.close()
+        peer.wait_ready()
+        assert peer.join() is None
+    try:
+        assert a.recv_bytes(timeout=10) == b"hello"
+        with pytest.raises(EndOfChannel):
+            a.recv_bytes(timeout=10)
+        with pytest.raises(EndOfChannel):
+            a.send_bytes(b"x", timeout=1)
+        assert a._seg.mm is not None and a._seg.mm[:8] != b"\0" * 8  # still mapped, still ours
+    finally:
+        a.close()
+
+
+_S7_SCRIPT = r"""
+import os, subprocess, sys
+subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", "/dev/shm"], check=True)
+import ipckit
+from ipckit.errors import ResourceExhausted
+small = ipckit.pair("shm", capacity=4096)     # fits: the channel works
+small[0].send_bytes(b"ok"); assert small[1].recv_bytes(timeout=5) == b"ok"
+try:
+    ipckit.pair("shm", capacity=1 << 20)      # does not fit: refused at create, not SIGBUS later
+except ResourceExhausted as exc:
+    print("RESOURCE", exc)
+else:
+    print("CREATED")
+held = []
+try:
+    for _ in range(100):                       # fill the rest channel by channel
+        held.append(ipckit.pair("shm", capacity=8192))
+    print("NEVER FULL")
+except ResourceExhausted:
+    print("FULL", len(held))
+for a, b in held + [small]:
+    a.close(); b.close()
+print("LEFT", sorted(os.listdir("/dev/shm")))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare -m and a private tmpfs on /dev/shm")
+def test_s7_full_dev_shm_is_resource_exhausted_never_sigbus() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(["unshare", "-m", sys.executable, "-c", _S7_SCRIPT], capture_output=True, text=True,
+                          timeout=50, env=env)
+    assert proc.returncode == 0, proc.stderr  # a SIGBUS would be returncode -7
+    out = proc.stdout.splitlines()
+    assert out[0].startswith("RESOURCE") and "/dev/shm" in out[0]
+    assert out[1].startswith("FULL")
+    assert out[2] == "LEFT []"
+
+
+def test_s8_foreign_segment_with_the_same_name() -> None:
+    name = f"s8-{secrets.token_hex(6)}"
+    seg = posix_ipc.SharedMemory(f"/ipckit.{name}", posix_ipc.O_CREX, mode=0o600, size=4096)  # all zero
+    try:
+        start = time.monotonic()
+        with pytest.raises(IncompatibleEndpoint):
+            ipckit.connect(f"shm://{name}", timeout=5)
+        assert time.monotonic() - start < 1.0  # nobody holds it: no need to wait for the deadline
+        os.pwrite(seg.fd, b"NOTOURS!", 0)  # a foreign magic
+        with pytest.raises(IncompatibleEndpoint):
+            ipckit.connect(f"shm://{name}", timeout=5)
+        with pytest.raises(EndpointExists):
+            ipckit.listen(f"shm://{name}")  # never removes an object that is not an ipckit segment
+        assert os.path.exists(f"/dev/shm/ipckit.{name}")
+    finally:
+        seg.close_fd()
+        posix_ipc.unlink_shared_memory(f"/ipckit.{name}")
+
+
+def test_s8_other_version_or_layout() -> None:
+    url = f"shm://s8v-{secrets.token_hex(6)}"
+    lst = ipckit.listen(url, capacity=8192)
+    try:
+        hdr = lst._chan._hdr  # type: ignore[attr-defined]
+        hdr[1] = shm_mod.SEG_VERSION + 1
+        with pytest.raises(IncompatibleEndpoint):
+            ipckit.connect(url, timeout=2)
+        hdr[1] = shm_mod.SEG_VERSION
+        hdr[2] = 1 << 30  # capacity that does not match the segment's size
+        with pytest.raises(IncompatibleEndpoint):
+            ipckit.connect(url, timeout=2)
+    finally:
+        lst.close()
+
+
+@pytest.mark.parametrize("corrupt", ["write_pos_beyond", "write_pos_unaligned", "write_pos_backwards",
+                                     "bad_kind", "chunk_over_total", "total_over_max", "random_header"])
+def test_s9_corrupt_shared_header_is_protocol_error(corrupt: str) -> None:
+    a, b = ipckit.pair("shm", capacity=8192, max_message_size=1 << 20)
+    with a, b:
+        a.send_bytes(b"first")
+        assert b.recv_bytes(timeout=1) == b"first"
+        a.send_bytes(b"second")
+        w = a._w  # type: ignore[attr-defined]
+        ctl = w._ctl
+        base = w._data + (w._wp - 64) % w._cap  # the record of "second"
+        if corrupt == "write_pos_beyond":
+            ctl[8] = ctl[8] + 1 << 20
+        elif corrupt == "write_pos_unaligned":
+            ctl[8] = ctl[8] + 1
+        elif corrupt == "write_pos_backwards":
+            ctl[8] = 0
+        elif corrupt == "bad_kind":
+            ring_mod._HDR.pack_into(w._mv, base, 99, 6, 6)
+        elif corrupt == "chunk_over_total":
+            ring_mod._HDR.pack_into(w._mv, base, ring_mod._MSG, 40, 6)
+        elif corrupt == "total_over_max":
+            ring_mod._HDR.pack_into(w._mv, base, ring_mod._MSG, 6, 1 << 40)
+        else:
+            w._mv[base : base + 16] = os.urandom(16)
+            ctl[8] = ctl[8] | 0  # keep the counter
+        try:
+            with pytest.raises(ProtocolError):
+                b.recv_bytes(timeout=1)
+        finally:
+            if corrupt.startswith("write_pos"):
+                ctl[8] = w._wp  # let a.close() publish sanely
+
+
+def test_s9_garbage_in_the_segment_header_never_crashes() -> None:
+    a, b = ipckit.pair("shm", capacity=8192)
+    with a, b:
+        hdr = b._hdr  # type: ignore[attr-defined]
+        saved = hdr.tolist()
+        for word in (5, 6, 7, 8):
+            hdr[word] = 0xFFFFFFFFFFFFFFFF
+        try:
+            a.send_bytes(b"x")
+            assert b.recv_bytes(timeout=1) == b"x"
+            with pytest.raises(RecvTimeout):
+                b.recv_bytes(timeout=0.05)
+        finally:
+            for i, v in enumerate(saved):
+                hdr[i] = v
+
+
+def _race_listen(url: str, go: int, hold: int, done: int) -> None:
+    os.read(go, 1)
+    try:
+        lst = ipckit.listen(url)
+    except EndpointExists:
+        os.write(done, b"E")
+        return
+    except Exception as exc:  # anything else fails the test with its name
+        os.write(done, f"X{type(exc).__name__}:{exc}|".encode()[:200])
+        return
+    os.write(done, b"C")
+    os.read(hold, 1)  # hold the name until every racer answered
+    lst.close()
+
+
+def test_s10_create_races_have_exactly_one_creator() -> None:
+    racers = 3
+    for _ in range(50):
+        url = f"shm://s10-{secrets.token_hex(6)}"
+        go_r, go_w = os.pipe()
+        hold_r, hold_w = os.pipe()
+        done_r, done_w = os.pipe()
+        pids = []
+        for _ in range(racers):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                code = 0
+                try:
+                    for fd in (go_w, hold_w, done_r):
+                        os.close(fd)
+                    _race_listen(url, go_r, hold_r, done_w)
+                except BaseException:
+                    code = 1
+                os._exit(code)
+            pids.append(pid)
+        for fd in (go_r, hold_r, done_w):
+            os.close(fd)
+        os.write(go_w, b"g" * racers)  # release all racers at once
+        answers = b""
+        while len(answers) < racers:
+            chunk = os.read(done_r, 256)
+            if not chunk:
+                break
+            answers += chunk
+        os.write(hold_w, b"q" * racers)
+        for fd in (go_w, hold_w, done_r):
+            os.close(fd)
+        codes = [os.waitpid(pid, 0)[1] for pid in pids]
+        assert sorted(answers.decode()) == ["C"] + ["E"] * (racers - 1), answers
+        assert codes == [0] * racers
+
+
+_S11_SCRIPT = "import ipckit, sys; ipckit.listen(sys.argv[1]); print('not killed')"
+
+
+def test_s11_creator_killed_after_create_before_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The segment is built under a temporary name and published by link(2) only once initialised,
+    so a creator killed half-way leaves no object under the channel's name (connect: not found, a
+    new listen just works) and its temporary segment is reclaimed once it is older than a grace."""
+    import subprocess
+    import sys
+
+    url = f"shm://s11-{secrets.token_hex(6)}"
+    before = _ours()
+    env = {**os.environ, "IPCKIT_FAULT": "shm.after_create_before_init"}
+    proc = subprocess.run([sys.executable, "-c", _S11_SCRIPT, url], env=env, capture_output=True, timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    temps = {e for e in _ours() - before if e.startswith("ipckit.tmp.")}
+    assert len(temps) == 1 and not os.path.exists(f"/dev/shm/ipckit.{url[6:]}")
+    start = time.monotonic()
+    with pytest.raises(EndpointNotFound):
+        ipckit.connect(url, timeout=0.2)
+    assert time.monotonic() - start < 1.0
+    lst = ipckit.listen(url)  # restart works (the half-made segment is still within its grace)
+    c = ipckit.connect(url, timeout=5)
+    s = lst.accept(timeout=5)
+    with c, s:
+        s.send_bytes(b"restarted")
+        assert c.recv_bytes(timeout=5) == b"restarted"
+    lst.close()
+    assert temps <= _ours()
+    monkeypatch.setattr(shm_mod, "_TMP_GRACE", 0.0)
+    assert set(shm_mod.cleanup_stale()) >= temps
+    assert not temps & _ours()
+
+
+def test_s12_signal_storm_keeps_deadlines() -> None:
+    a, b = ipckit.pair("shm", capacity=4096)
+    with a, b:
+        a.send_bytes(b"x" * 4000)  # the ring is full now
+        for timeout in (0.05, 0.3):
+            with signal_storm(hz=200) as storm:
+                start = time.monotonic()
+                with pytest.raises(SendTimeout):
+                    a.send_bytes(b"y" * 1000, timeout=timeout)
+                elapsed = time.monotonic() - start
+            low, high = timing_bounds(timeout)
+            assert low <= elapsed <= high and storm.count >= 3
+        assert b.recv_bytes(timeout=1) == b"x" * 4000
+        url = f"shm://s12-{secrets.token_hex(6)}"
+        lst = ipckit.listen(url)
+        try:
+            with signal_storm(hz=200):
+                start = time.monotonic()
+                with pytest.raises(ipckit.errors.ChannelTimeout):
+                    lst.accept(timeout=0.3)
+                elapsed = time.monotonic() - start
+            low, high = timing_bounds(0.3)
+            assert low <= elapsed <= high
+        finally:
+            lst.close()
+
+
+def _connect_as_other_user(url: str) -> str:
+    try:
+        ipckit.connect(url, timeout=1)
+    except PermissionDenied as exc:
+        return f"PermissionDenied: {exc}"
+    return "attached"
+
+
+def test_s13_other_user_cannot_open_by_name() -> None:
+    url = f"shm://s13-{secrets.token_hex(6)}"
+    lst = ipckit.listen(url)
+    try:
+        assert as_user(_connect_as_other_user, url).startswith("PermissionDenied")
+        c = ipckit.connect(url, timeout=5)  # the listener is unaffected
+        s = lst.accept(timeout=5)
+        with c, s:
+            c.send_bytes(b"mine")
+            assert s.recv_bytes(timeout=5) == b"mine"
+    finally:
+        lst.close()
+
+
+def _squat(name: str) -> None:
+    posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o666, size=_SQUAT_SIZE).close_fd()
+
+
+_SQUAT_SIZE = 1 << 16
+
+
+def test_s14_name_squatted_by_another_user() -> None:
+    name = f"s14-{secrets.token_hex(6)}"
+    as_user(_squat, f"/ipckit.{name}")
+    try:
+        with pytest.raises(PermissionDenied):
+            ipckit.listen(f"shm://{name}")  # never attaches to (or removes) the squatter's object
+        with pytest.raises(PermissionDenied):
+            ipckit.connect(f"shm://{name}", timeout=1)
+        st = os.stat(f"/dev/shm/ipckit.{name}")
+        assert st.st_uid == 65534 and st.st_size == _SQUAT_SIZE
+    finally:
+        posix_ipc.unlink_shared_memory(f"/ipckit.{name}")

@@ -90,6 +90,8 @@ SEG_MAGIC: Final = 0x314D48534B435049  # b"IPCKSHM1"
 SEG_VERSION: Final = 2
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _PREFIX: Final = "/ipckit."
+_TMP_PREFIX: Final = "/ipckit.tmp."  # segments being built, before link(2) publishes them
+_TMP_GRACE: Final = 10.0  # seconds before an unlocked temporary segment counts as stale
 _SHM_DIR: Final = "/dev/shm"
 
 # Segment header words (u64) on page 0.
@@ -109,7 +111,8 @@ _F_OFD_SETLK: Final = getattr(fcntl, "F_OFD_SETLK", 37)
 _F_OFD_SETLKW: Final = getattr(fcntl, "F_OFD_SETLKW", 38)
 
 _LIVENESS_EVERY: Final = 64  # sends between checks of the reader's liveness lock
-_INIT_DEAD_CHECK: Final = 0.02  # an opener re-checks a lock-less uninitialised segment after this
+_INIT_DEAD_CHECK: Final = 0.02
+_PID_LIMIT: Final = 1 << 22  # Linux PID_MAX_LIMIT  # an opener re-checks a lock-less uninitialised segment after this
 
 #: Fault injection for tests (reliability.md kill points), read once: zero cost when unset.
 _FAULT: Final = os.environ.get("IPCKIT_FAULT", "")
@@ -244,27 +247,40 @@ class _Segment:
         self.mm: mmap.mmap | None = None
         self.sems: list[Any] = []
         self.unlink_done = False
+        self._made: list[tuple[Any, str]] = []  # names this handle created, for a failed create
         try:
             if create:
                 self._create(p, capacity, max_message_size, mode)
             else:
                 self._open(p, deadline)
         except BaseException:
+            for unlink, made in reversed(self._made):  # semaphores first, the segment's name last
+                try:
+                    unlink(made)
+                except p.Error:
+                    pass
             self.close()
             raise
+        self._made = []
 
     # -- creation / opening ------------------------------------------------------------------
     def _create(self, p: Any, capacity: int, maxmsg: int, mode: int) -> None:
+        """Build the segment under a private temporary name, then publish it with ``link(2)``.
+
+        ``link`` fails if the name exists, so it is the exclusive create (reliability S-10); and
+        a segment appears under its name only fully initialised and with its creator's liveness
+        lock held, so a racing creator never mistakes a segment being built for a stale one.
+        """
         cap, _region, size = _layout(capacity)
+        tmp = f"{_TMP_PREFIX}{secrets.token_hex(12)}"
         try:
-            shm = p.SharedMemory(self.name, p.O_CREX, mode=mode, size=0)
-        except p.ExistentialError as exc:
-            raise EndpointExists(errno.EEXIST, f"shared memory {self.name} already exists") from exc
-        except p.PermissionsError as exc:
-            raise PermissionDenied(errno.EACCES, f"cannot create {self.name}") from exc
+            shm = p.SharedMemory(tmp, p.O_CREX, mode=mode, size=0)
+        except p.Error as exc:
+            raise from_oserror(OSError(errno.EEXIST if isinstance(exc, p.ExistentialError) else errno.EACCES,
+                                       str(exc)), f"create {tmp}") from exc
+        self._made.append((p.unlink_shared_memory, tmp))
         self.shm_fd = shm.fd
         os.set_inheritable(self.shm_fd, False)
-        # Liveness first: a racing creator that finds this name must see it alive, never stale.
         self.lock_fd = os.open(f"/proc/self/fd/{self.shm_fd}", os.O_RDWR | os.O_CLOEXEC)
         _lock(self.lock_fd, 0)
         _fault("shm.after_create_before_init")
@@ -274,6 +290,29 @@ class _Segment:
             os.posix_fallocate(self.shm_fd, 0, size)
         except OSError as exc:
             raise from_oserror(exc, f"reserving {size} bytes for {self.name} in /dev/shm") from exc
+        self.mm = mmap.mmap(self.shm_fd, size)
+        words = memoryview(self.mm)[:_PAGE].cast("Q")
+        off_a, off_b = _PAGE, _PAGE + (size - _PAGE) // 2
+        _ring.initialize(memoryview(self.mm), off_a, cap, maxmsg)
+        _ring.initialize(memoryview(self.mm), off_b, cap, maxmsg)
+        words[_H_VERSION] = SEG_VERSION
+        words[_H_CAPACITY] = cap
+        words[_H_MAXMSG] = maxmsg
+        words[_H_UID] = os.geteuid()
+        words[_H_MAGIC] = SEG_MAGIC
+        words.release()
+        try:
+            os.link(_SHM_DIR + tmp, _SHM_DIR + self.name)
+        except FileExistsError as exc:
+            raise EndpointExists(errno.EEXIST, f"shared memory {self.name} already exists") from exc
+        except OSError as exc:
+            raise from_oserror(exc, f"publish {self.name} in /dev/shm") from exc
+        self._made.append((p.unlink_shared_memory, self.name))
+        try:
+            p.unlink_shared_memory(tmp)
+        except p.Error:
+            pass
+        del self._made[0]
         for suffix in (".a", ".b"):
             try:
                 sem = p.Semaphore(self.name + suffix, p.O_CREX, mode=mode, initial_value=0)
@@ -284,18 +323,8 @@ class _Segment:
                     sem = p.Semaphore(self.name + suffix, p.O_CREX, mode=mode, initial_value=0)
                 except p.Error as exc:
                     raise EndpointExists(errno.EEXIST, f"semaphore {self.name}{suffix} already exists") from exc
+            self._made.insert(1, (p.unlink_semaphore, self.name + suffix))
             self.sems.append(sem)
-        self.mm = mmap.mmap(self.shm_fd, size)
-        words = memoryview(self.mm)[:_PAGE].cast("Q")
-        off_a, off_b = _PAGE, _PAGE + (size - _PAGE) // 2
-        _ring.initialize(memoryview(self.mm), off_a, cap, maxmsg)
-        _ring.initialize(memoryview(self.mm), off_b, cap, maxmsg)
-        words[_H_VERSION] = SEG_VERSION
-        words[_H_CAPACITY] = cap
-        words[_H_MAXMSG] = maxmsg
-        words[_H_UID] = os.geteuid()
-        words[_H_MAGIC] = SEG_MAGIC  # last: openers wait for it (initialised handshake)
-        words.release()
 
     def _open(self, p: Any, deadline: Deadline) -> None:
         while True:
@@ -350,10 +379,16 @@ class _Segment:
                 raise IncompatibleEndpoint(f"{self.name} was never initialised (creator crashed?)")
             time.sleep(0.002)
         for suffix in (".a", ".b"):
-            try:
-                self.sems.append(p.Semaphore(self.name + suffix, 0))
-            except p.ExistentialError as exc:
-                raise IncompatibleEndpoint(f"semaphore {self.name}{suffix} is missing") from exc
+            while True:  # the creator makes its semaphores right after publishing the segment
+                try:
+                    self.sems.append(p.Semaphore(self.name + suffix, 0))
+                    break
+                except p.ExistentialError as exc:
+                    if not _lock_held(self.shm_fd, 0) or (deadline is not None and time.monotonic() >= deadline):
+                        raise IncompatibleEndpoint(f"semaphore {self.name}{suffix} is missing") from exc
+                    time.sleep(0.001)
+                except p.PermissionsError as exc:
+                    raise PermissionDenied(errno.EACCES, f"cannot open {self.name}{suffix}: not ours") from exc
 
     # -- accessors -------------------------------------------------------------------------
     def header(self) -> memoryview:
@@ -427,6 +462,8 @@ def _reclaim_stale(name: str) -> bool:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid():
             return False
+        if name.startswith(_TMP_PREFIX) and time.time() - st.st_ctime < _TMP_GRACE:
+            return False  # possibly a segment being built right now
         if st.st_size >= 8:
             magic = struct.unpack("Q", os.pread(fd, 8, 0))[0]
             if magic not in (0, SEG_MAGIC):
@@ -442,6 +479,35 @@ def _reclaim_stale(name: str) -> bool:
             _unlock(fd, _UNLINK_BYTE)
     finally:
         os.close(fd)
+
+
+def _sweep_temporaries() -> None:
+    """Remove temporary segments of creators that crashed before publishing (reliability S-11)."""
+    try:
+        entries = os.listdir(_SHM_DIR)
+    except OSError:
+        return
+    tmp = _TMP_PREFIX[1:]
+    for entry in entries:
+        if entry.startswith(tmp):
+            try:
+                _reclaim_stale("/" + entry)
+            except OSError:
+                pass
+
+
+def _refuse_foreign(name: str) -> None:
+    """Raise PermissionDenied when *name* exists but belongs to another user (a squatter)."""
+    try:
+        st = os.stat(_SHM_DIR + name, follow_symlinks=False)
+    except OSError:
+        return
+    if st.st_uid != os.geteuid():
+        raise PermissionDenied(
+            errno.EACCES,
+            f"{name} already exists and belongs to uid {st.st_uid} (mode {oct(stat.S_IMODE(st.st_mode))}); "
+            "refusing to use an object someone else created",
+        )
 
 
 def cleanup_stale(prefix: str = "ipckit") -> list[str]:
@@ -534,8 +600,8 @@ class ShmChannel(Channel):
     def _refresh_peer(self) -> None:
         pid = int(self._hdr[_H_PID[1 - self._role]])
         if pid != self._peer_pid:
-            self._peer_pid = pid
-            self._wait.set_peer(pid if pid and pid != os.getpid() else None)
+            self._peer_pid = pid  # untrusted: only a hint for the wait strategy
+            self._wait.set_peer(pid if 0 < pid < _PID_LIMIT and pid != os.getpid() else None)
 
     def _peer_gone(self) -> bool:
         """True when the peer end was attached and its lock is free (it died)."""
@@ -941,10 +1007,12 @@ class ShmBackend(Backend):
                 mode=opts.mode, deadline=None,
             )
 
+        _sweep_temporaries()
         try:
             return make()
         except EndpointExists:
             if not _reclaim_stale(name):  # a crashed creator's leftovers (ours, no live end)?
+                _refuse_foreign(name)
                 raise
             return make()
 
