@@ -334,6 +334,8 @@ def find_stale(prefix: str = PREFIX, *, in_use: _InUse | None = None) -> list[St
         for entry in entries:
             if not entry.startswith(prefix):
                 continue
+            if entry.startswith("ipckit-sysv-"):
+                continue  # sysv+shm manifests: liveness is in SysV semaphores; its cleanup_stale() judges them
             path = os.path.join(tmp, entry)
             try:
                 st = os.lstat(path)

@@ -534,3 +534,19 @@ def ctypes_array_type() -> type:
     import ctypes
 
     return ctypes.Array
+
+
+def test_ipckit_cleanup_command_keeps_live_manifests_and_reclaims_dead_ones(name: str,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from ipckit.cli import main
+
+    before_sem = _rows("sem")
+    assert _status(_fork(_make_pair_and_die)) == -signal.SIGKILL
+    url = f"sysv+shm://{name}"
+    with ipckit.listen(url) as lst:
+        assert main(["cleanup"]) == 0
+        assert "sysv+shm:// object reg." in capsys.readouterr().out
+        assert _rows("sem") - before_sem == {lst._chan._seg.semid}  # type: ignore[attr-defined]
+        with ipckit.connect(url, timeout=5) as c, lst.accept(timeout=5) as s:  # the rendezvous survived
+            c.send_bytes(b"alive")
+            assert s.recv_bytes(timeout=5) == b"alive"
