@@ -52,6 +52,8 @@ class Capabilities:
     anonymous_pair: bool = True
     #: a channel end can be handed to a child process (multiprocessing, fork and spawn)
     inheritable: bool = True
+    #: the two ends may live in different processes (False: threads of one process only)
+    cross_process: bool = True
     #: peers may be on different machines
     cross_host: bool = False
     #: a listener accepts many clients, one channel each

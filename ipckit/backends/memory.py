@@ -75,6 +75,7 @@ _CAPS = Capabilities(
     named=True,
     anonymous_pair=True,
     inheritable=False,
+    cross_process=False,
     multi_client=True,
     proves_same_user=True,
 )
