@@ -18,7 +18,9 @@ from __future__ import annotations
 import atexit
 import os
 import struct
+import sys
 import threading
+import types
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -138,6 +140,9 @@ class Channel:
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
         self._pid = os.getpid()
+        # True once this end was handed to a child process: closing this process's copy then only
+        # releases it; saying goodbye to the peer is the new owner's job.
+        self._handed_off = False
         self._closed = False
         _live_channels.add(self)
 
@@ -495,6 +500,17 @@ class Channel:
     def _fileno(self) -> int:
         raise UnsupportedOperation(f"{self._url} has no selectable descriptor")
 
+    def _fork_handed(self) -> None:
+        """Parent, before a fork: this end is an argument of the multiprocessing child being started."""
+        self._handed_off = True
+
+    def _fork_adopt(self) -> None:
+        """Child, after a fork: this end was handed over and is now this process's to use and close."""
+        self._handed_off = False
+
+    def _fork_release(self, multiprocessing_child: bool) -> None:
+        """Child, after a fork: this end was not handed over (default: keep the copy untouched)."""
+
 
 _VIEW = object()
 
@@ -603,11 +619,83 @@ def _close_all_at_exit() -> None:
 atexit.register(_close_all_at_exit)
 
 
+# ---------------------------------------------------------------- hand-off under fork
+# multiprocessing's *spawn* pickles a channel end (the backend's ``__reduce__`` marks it handed
+# off), but *fork* passes Process arguments without pickling.  So before a fork we look for the
+# multiprocessing Process being started on the caller's stack and tell the ends among its
+# arguments that they are handed over: the parent's later close of its copy must not tell the
+# peer "closed", and the child adopts them.  Every other end gets ``_fork_release`` in the child:
+# a multiprocessing child releases them at once, because a copy of the peer's descriptors or
+# liveness locks kept alive there would hide the peer's death (contract P5, reliability A-2).
+_fork_handed: list[Channel] = []
+_fork_open: list[Channel] = []
+_fork_mp: list[bool] = [False]
+
+
+def _channels_in(obj: Any, depth: int = 0) -> Iterator[Channel]:
+    if isinstance(obj, Channel):
+        yield obj
+    elif depth < 3 and isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _channels_in(item, depth + 1)
+    elif depth < 3 and isinstance(obj, dict):
+        for item in obj.values():
+            yield from _channels_in(item, depth + 1)
+
+
+def _process_being_started() -> Any:
+    """The multiprocessing Process whose fork is under way, found on the caller's stack, or None."""
+    frame: types.FrameType | None = sys._getframe(2)
+    for _ in range(30):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "_launch":
+            proc = frame.f_locals.get("process_obj")
+            if proc is not None:
+                return proc
+        frame = frame.f_back
+    return None
+
+
+def _before_fork() -> None:
+    _fork_open[:] = [ch for ch in list(_live_channels) if not ch._closed]
+    if not _fork_open:
+        return
+    proc = _process_being_started()
+    if proc is None:
+        return
+    _fork_mp[0] = True
+    for ch in _channels_in((getattr(proc, "_args", ()), getattr(proc, "_kwargs", {}))):
+        if not ch._closed:
+            ch._fork_handed()
+            _fork_handed.append(ch)
+
+
+def _after_fork_in_parent() -> None:
+    _fork_handed.clear()
+    _fork_open.clear()
+    _fork_mp[0] = False
+
+
 def _after_fork_in_child() -> None:
-    # The set belongs to the parent; a forked child closes only what it uses itself.
+    # The live set belongs to the parent; a forked child closes at exit only what it adopted.
     _live_channels.clear()
+    handed = {id(ch) for ch in _fork_handed}
+    for ch in _fork_handed:
+        ch._fork_adopt()
+        _live_channels.add(ch)
+    for ch in _fork_open:
+        if id(ch) not in handed and not ch._closed:
+            try:
+                ch._fork_release(_fork_mp[0])
+            except Exception:  # releasing a copy is best effort; the child must start regardless
+                pass
+    _fork_handed.clear()
+    _fork_open.clear()
+    _fork_mp[0] = False
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 _ = ConfigurationError  # re-exported for backends

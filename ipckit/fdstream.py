@@ -21,9 +21,6 @@ from __future__ import annotations
 import os
 import select
 import struct
-import sys
-import types
-from collections.abc import Iterator
 from typing import Any
 
 from .backend import Options
@@ -99,9 +96,6 @@ class FdStreamChannel(Channel):
         self._pending: list[Any] | None = None
         self._ready_fd = -1
         self._epoll: select.epoll | None = None
-        # True once this end was handed to a child process: closing this process's copy then only
-        # releases the descriptors; the goodbye frame is the new owner's to send.
-        self._handed_off = False
 
     # ---------------------------------------------------------------- raw I/O (overridable)
     def _raw_writev(self, bufs: list[memoryview]) -> int:
@@ -472,77 +466,16 @@ class FdStreamChannel(Channel):
         """Sequence numbers and read-ahead bytes a process taking this end over must continue from."""
         return self._sseq, self._rseq, bytes(self._rmv[self._rpos : self._rend])
 
+    def _fork_release(self, multiprocessing_child: bool) -> None:
+        # A multiprocessing child drops the parent's other ends without a word (and without the
+        # locks: a parent thread may have held them at the fork), so the peer still sees EOF.
+        if multiprocessing_child:
+            self._closed = True
+            self._release_fds()
+
     def _resume(self, sseq: int, rseq: int, buffered: bytes) -> None:
         self._sseq = sseq
         self._rseq = rseq
         self._expect_head = _head_word(rseq)
         self._rmv[: len(buffered)] = buffered
         self._rend = len(buffered)
-
-
-# ---------------------------------------------------------------- hand-off under fork
-# multiprocessing's *spawn* pickles a channel end (the backend's __reduce__ marks it handed off),
-# but *fork* passes Process arguments without pickling.  So before a fork we look for the
-# multiprocessing Process being started on the caller's stack and mark the ends among its
-# arguments: the parent closing its copy afterwards must not tell the peer "closed".  In the
-# child, every other end is released at once: a copy of the peer's descriptors kept alive in a
-# child would hide the peer's death (no EOF, no EPIPE) and break contract P5 (reliability A-2).
-_marked_for_fork: list[FdStreamChannel] = []
-_open_at_fork: list[FdStreamChannel] = []
-_mp_fork: list[bool] = [False]
-
-
-def _find_ends(obj: Any, depth: int = 0) -> Iterator[FdStreamChannel]:
-    if isinstance(obj, FdStreamChannel):
-        yield obj
-    elif depth < 3 and isinstance(obj, (tuple, list)):
-        for item in obj:
-            yield from _find_ends(item, depth + 1)
-    elif depth < 3 and isinstance(obj, dict):
-        for item in obj.values():
-            yield from _find_ends(item, depth + 1)
-
-
-def _before_fork() -> None:
-    from .channel import _live_channels
-
-    _open_at_fork[:] = [ch for ch in list(_live_channels) if isinstance(ch, FdStreamChannel)]
-    frame: types.FrameType | None = sys._getframe(1)
-    for _ in range(30):
-        if frame is None:
-            return
-        proc = frame.f_locals.get("process_obj") if frame.f_code.co_name == "_launch" else None
-        if proc is not None:
-            _mp_fork[0] = True
-            for ch in _find_ends((getattr(proc, "_args", ()), getattr(proc, "_kwargs", {}))):
-                ch._handed_off = True
-                _marked_for_fork.append(ch)
-            return
-        frame = frame.f_back
-
-
-def _after_fork_in_parent() -> None:
-    _marked_for_fork.clear()
-    _open_at_fork.clear()
-    _mp_fork[0] = False
-
-
-def _after_fork_in_child() -> None:
-    handed = set(map(id, _marked_for_fork))
-    # In the child the handed-over ends are the ones in use: they say goodbye when closed.
-    for ch in _marked_for_fork:
-        ch._handed_off = False
-    if _mp_fork[0]:
-        # A multiprocessing child: release the parent's other ends without a word (no locks: a
-        # parent thread may have held them at the fork).
-        for ch in _open_at_fork:
-            if id(ch) not in handed and not ch._closed:
-                ch._closed = True
-                ch._release_fds()
-    _marked_for_fork.clear()
-    _open_at_fork.clear()
-    _mp_fork[0] = False
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                    after_in_child=_after_fork_in_child)

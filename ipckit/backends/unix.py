@@ -553,6 +553,13 @@ class UnixSeqpacketChannel(Channel):
             if wake >= 0:
                 os.close(wake)
 
+    def _fork_release(self, multiprocessing_child: bool) -> None:
+        # As fdstream: a multiprocessing child drops the parent's other ends silently.
+        if multiprocessing_child:
+            self._closed = True
+            self._handed_off = True
+            self._close()
+
     def _say_goodbye(self, sock: socket.socket) -> None:
         try:
             try:
@@ -898,56 +905,3 @@ class UnixBackend(Backend):
             sock.close()
             raise
         return _make_channel(addr.url, opts, sock, trusted=key is not None or uid == os.geteuid(), reconnect=True)
-
-
-
-
-
-# ----------------------------------------------------------------------------- hand-off under fork
-# Like fdstream does for stream ends: multiprocessing's *fork* passes Process arguments without
-# pickling, so before a fork we mark the seqpacket ends among the arguments of the Process being
-# started; the parent closing its copy then does not send the goodbye packet into the shared socket.
-_marked_for_fork: list[UnixSeqpacketChannel] = []
-
-
-def _seqpacket_ends(obj: Any, depth: int = 0) -> list[UnixSeqpacketChannel]:
-    if isinstance(obj, UnixSeqpacketChannel):
-        return [obj]
-    items: list[Any] = []
-    if depth < 3 and isinstance(obj, (tuple, list)):
-        items = list(obj)
-    elif depth < 3 and isinstance(obj, dict):
-        items = list(obj.values())
-    return [ch for item in items for ch in _seqpacket_ends(item, depth + 1)]
-
-
-def _before_fork() -> None:
-    import sys
-    from types import FrameType
-
-    frame: FrameType | None = sys._getframe(1)
-    for _ in range(30):
-        if frame is None:
-            return
-        proc = frame.f_locals.get("process_obj") if frame.f_code.co_name == "_launch" else None
-        if proc is not None:
-            for ch in _seqpacket_ends((getattr(proc, "_args", ()), getattr(proc, "_kwargs", {}))):
-                if not ch._handed_off:
-                    ch._handed_off = True
-                    _marked_for_fork.append(ch)
-            return
-        frame = frame.f_back
-
-
-def _after_fork_in_parent() -> None:
-    _marked_for_fork.clear()
-
-
-def _after_fork_in_child() -> None:
-    for ch in _marked_for_fork:
-        ch._handed_off = False
-    _marked_for_fork.clear()
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                    after_in_child=_after_fork_in_child)
