@@ -231,7 +231,7 @@ def test_close_from_other_thread_wakes_recv() -> None:
 
     t = threading.Thread(target=blocked)
     t.start()
-    while not b._r._ctl[17]:  # the reader is asleep on its semaphore
+    while not b._r._ctl[ring_mod._W_RSLEEP]:  # the reader is asleep on its semaphore
         time.sleep(0.001)
     t0 = time.monotonic()
     b.close()
@@ -253,7 +253,7 @@ from ipckit.errors import (  # noqa: E402
 )
 from ipckit.testing import as_user, kill_self, ready, signal_storm, spawn_peer, timing_bounds  # noqa: E402
 
-_RSLEEP = 17  # reader_sleeping word of a ring's control area (ring.py layout)
+_RSLEEP = ring_mod._W_RSLEEP  # reader_sleeping word of a ring's control area
 
 
 def _wait_for(cond: Any, timeout: float = 10.0) -> None:

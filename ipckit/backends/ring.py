@@ -6,10 +6,17 @@ in one segment and plugs in the wait strategy of ``ipckit.backends.waiting``.
 
 Layout of one ring region (``offset`` must be a multiple of 64; all words native u64)::
 
-    +0    static line   magic, version, capacity, max_message_size   (written once)
-    +64   writer line   write_pos, writer_sleeping, writer_closed    (written by the writer)
-    +128  reader line   read_pos,  reader_sleeping, reader_closed    (written by the reader)
+    +0    flags line    magic, version, capacity, max_message_size   (written once)
+                        reader_sleeping, reader_closed, writer_sleeping, writer_closed
+    +64   writer line   write_pos                                    (written by the writer)
+    +128  reader line   read_pos                                     (written by the reader)
     +224  data area     ``capacity`` bytes (a multiple of 64)
+
+Each counter has a cache line to itself; the flags, read on every commit/publish but written
+only when a side goes to sleep or closes, share the read-mostly first line, so a streaming
+writer and reader do not bounce a line between cores per message just to look at a flag.
+A closed reader also sets ``reader_sleeping`` so the writer's one post-commit flag load
+notices it (see :meth:`RingWriter.try_send`).
 
 ``write_pos`` and ``read_pos`` are monotonically increasing 64-bit byte counters; the data
 position is ``counter % capacity``.  Each side keeps its own counter in a private variable and
@@ -44,6 +51,7 @@ bounds it with a short first timed wait (see ``waiting.py``).
 
 from __future__ import annotations
 
+import mmap
 import platform
 import struct
 from collections.abc import Callable, Sequence
@@ -63,6 +71,7 @@ __all__ = [
     "MAX_CAPACITY",
     "MIN_CAPACITY",
     "VERSION",
+    "WRITE_POS",
     "Ring",
     "RingReader",
     "RingWriter",
@@ -75,7 +84,7 @@ __all__ = [
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
 MAGIC: Final = 0x31474E524B435049  # b"IPCKRNG1" little-endian
-VERSION: Final = 1
+VERSION: Final = 2
 CONTROL_SIZE: Final = 224  # data area offset inside the region
 MIN_CAPACITY: Final = 256
 MAX_CAPACITY: Final = 1 << 31  # chunk lengths are u32
@@ -94,13 +103,14 @@ _W_MAGIC: Final = 0
 _W_VERSION: Final = 1
 _W_CAPACITY: Final = 2
 _W_MAXMSG: Final = 3
+_W_RSLEEP: Final = 4  # flags live in the read-mostly first line, away from the busy counters
+_W_RCLOSED: Final = 5
+_W_WSLEEP: Final = 6
+_W_WCLOSED: Final = 7
 _W_WPOS: Final = 8
-_W_WSLEEP: Final = 9
-_W_WCLOSED: Final = 10
 _W_RPOS: Final = 16
-_W_RSLEEP: Final = 17
-_W_RCLOSED: Final = 18
 _CONTROL_WORDS: Final = CONTROL_SIZE // 8
+WRITE_POS: Final = _W_WPOS  # index of write_pos in :attr:`RingReader.counters`
 
 _X86: Final = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 
@@ -167,7 +177,7 @@ class Ring:
         UnsupportedOperation: the CPU is not x86 (see the module docstring).
     """
 
-    __slots__ = ("_cap", "_ctl", "_data", "_detached", "_maxmsg", "_mv", "wake_peer")
+    __slots__ = ("_cap", "_ctl", "_data", "_detached", "_dq", "_maxmsg", "_mv", "_src", "wake_peer")
 
     def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
         if not ordering_supported():
@@ -189,6 +199,11 @@ class Ring:
         self._ctl = ctl
         self._cap: int = cap
         self._data: int = offset + CONTROL_SIZE
+        # Fast paths: record headers as two u64 words (``kind | chunk << 32``, ``total``) through a
+        # word view of the data area (8-aligned: the area starts 32 bytes into a 64-byte line), and
+        # payloads sliced straight into ``bytes`` when the buffer is an mmap (one step, one copy).
+        self._dq = mv[self._data : self._data + cap].cast("Q")
+        self._src: mmap.mmap | None = buf if isinstance(buf, mmap.mmap) else None
         self._maxmsg = max_message_size
         self._detached = False
         # Called (without arguments) when the peer may be asleep and needs a wake-up hint.
@@ -214,6 +229,8 @@ class Ring:
         """Drop this ring's views of the shared buffer (so the mapping can be closed); idempotent."""
         if not self._detached:
             self._detached = True
+            self._src = None
+            self._dq.release()
             self._ctl.release()
             self._mv.release()
 
@@ -221,7 +238,7 @@ class Ring:
 class RingWriter(Ring):
     """The producing end.  Not thread-safe; one writer per ring."""
 
-    __slots__ = ("_abort_pending", "_min_chunk", "_pending", "_rp", "_wp")
+    __slots__ = ("_abort_pending", "_fast_max", "_limit", "_min_chunk", "_pending", "_rp", "_wp")
 
     def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
         super().__init__(buf, offset, size, max_message_size)
@@ -229,6 +246,11 @@ class RingWriter(Ring):
         # (parts, part index, offset in part, bytes left, message started?)
         self._pending: list[object] | None = None
         self._abort_pending = False
+        # try_send's two checks: a counter bound below which a whole record fits without
+        # re-reading the reader's counter (always <= the true bound: recomputed on demand), and
+        # the size limit, -1 while a message is pending.
+        self._limit = 0
+        self._fast_max = max_message_size
         # Streamed chunks smaller than this are not worth a record unless at the ring's end.
         self._min_chunk = max(_ALIGN, (self._cap // 4) & ~(_ALIGN - 1))
 
@@ -296,19 +318,63 @@ class RingWriter(Ring):
         pos = wp % cap
         if (
             rec > cap - pos
-            or (rec > cap - (wp - self._rp)
-            and rec > self._free())
-            or self._abort_pending
+            or (rec > cap - (wp - self._rp) and rec > self._free())
             or self._pending is not None
+            or self._abort_pending
             or n > self._maxmsg
         ):
             return self._write_slow([data], n)
         base = self._data + pos
-        mv = self._mv
-        _HDR.pack_into(mv, base, _MSG, n, n)
-        mv[base + _HDR_SIZE : base + _HDR_SIZE + n] = data
-        self._commit(wp + rec)
+        self._mv[base + _HDR_SIZE : base + _HDR_SIZE + n] = data
+        i = pos >> 3
+        dq = self._dq
+        dq[i] = _MSG | (n << 32)
+        dq[i + 1] = n
+        self._wp = wp = wp + rec
+        ctl = self._ctl
+        ctl[_W_WPOS] = wp  # the publication store: everything before it is visible first
+        if ctl[_W_RSLEEP] and self.wake_peer is not None:
+            self.wake_peer()
         return True
+
+    def try_send(self, data: Buffer) -> bool:
+        """:meth:`try_write` for a channel's hot path, for one 1-D byte buffer.
+
+        True: committed.  False: not sent -- no room, a message pending, larger than
+        max_message_size, or the reader closed (then the message may have gone into the ring
+        nobody reads) -- and nothing is pending: the caller takes its general path, which
+        reports why.
+        """
+        n = len(data)
+        wp = self._wp
+        end = wp + ((n + 79) & ~63)  # _record_size(n)
+        if n > self._fast_max or (end > self._limit and not self._room_for(end)):
+            return False
+        base = wp % self._cap
+        i = base >> 3
+        base += self._data + 16
+        self._mv[base : base + n] = data
+        dq = self._dq
+        dq[i] = 1 | (n << 32)  # _MSG, chunk n
+        dq[i + 1] = n  # total n
+        self._wp = end
+        ctl = self._ctl
+        ctl[8] = end  # _W_WPOS: the publication store
+        if ctl[4]:  # _W_RSLEEP: the reader sleeps, or closed
+            if ctl[5]:  # _W_RCLOSED
+                return False
+            if self.wake_peer is not None:
+                self.wake_peer()
+        return True
+
+    def _room_for(self, end: int) -> bool:
+        """Refresh :attr:`_limit` from the reader's counter; True if a record ending at *end* fits
+        contiguously (without padding) and within the free space."""
+        self._free()
+        wp = self._wp
+        cap = self._cap
+        self._limit = limit = min(wp - wp % cap + cap, self._rp + cap)
+        return end <= limit
 
     def write(self, parts: Sequence[Buffer], total: int) -> bool:
         """Start writing one message made of *parts* (byte buffers summing to *total*).
@@ -366,6 +432,12 @@ class RingWriter(Ring):
 
     def pump(self) -> bool:
         """Make as much progress on the pending message as space allows; True when done."""
+        try:
+            return self._pump()
+        finally:
+            self._fast_max = -1 if self._pending is not None or self._abort_pending else self._maxmsg
+
+    def _pump(self) -> bool:
         cap = self._cap
         if self._abort_pending:
             if self._free() < _ALIGN:
@@ -442,6 +514,7 @@ class RingWriter(Ring):
         if pending[4]:
             self._abort_pending = True
             self.pump()
+        self._fast_max = -1 if self._abort_pending else self._maxmsg
         return True
 
     def close(self) -> None:
@@ -599,6 +672,52 @@ class RingReader(Ring):
                 self._asm_view = None
                 return asm_view
 
+    def try_read_bytes(self) -> bytes | None:
+        """Fast path: the next message as ``bytes`` if it is one whole record, else None.
+
+        None also when nothing is committed, or the next record is anything else (padding, a
+        streamed message, corruption): :meth:`peek` handles those and raises ProtocolError where
+        due.  Nothing is consumed when None is returned.
+        """
+        if self._cur is not None or self._asm is not None:
+            return None
+        rp = self._rp
+        wp = self._wp
+        if wp == rp:
+            wp = self._ctl[_W_WPOS]
+            if wp == rp:
+                return None
+            if wp < rp or wp - rp > self._cap or wp & (_ALIGN - 1):
+                return None  # corrupt: peek() raises
+            self._wp = wp
+        cap = self._cap
+        pos = rp % cap
+        i = pos >> 3
+        dq = self._dq
+        n = dq[i + 1]
+        rec = (n + _HDR_SIZE + _ALIGN - 1) & ~(_ALIGN - 1)
+        if dq[i] != _MSG | (n << 32) or rec > wp - rp or rec > cap - pos or n > self._maxmsg:
+            return None
+        start = self._data + pos + _HDR_SIZE
+        src = self._src
+        data = src[start : start + n] if src is not None else bytes(self._mv[start : start + n])
+        self._rp = rp = rp + rec
+        ctl = self._ctl
+        ctl[_W_RPOS] = rp
+        if ctl[_W_WSLEEP] and self.wake_peer is not None:
+            self.wake_peer()
+        return data
+
+    @property
+    def counters(self) -> memoryview:
+        """The ring's control words (u64); ``counters[WRITE_POS] != read_pos`` means data waits.
+        For spin loops only: read, never write."""
+        return self._ctl
+
+    @property
+    def read_pos(self) -> int:
+        return self._rp
+
     def _own_asm(self) -> None:
         """Move a half-reassembled message out of the caller's buffer before returning to it,
         so a timed-out ``recv_bytes_into`` never has its buffer written to later."""
@@ -661,6 +780,7 @@ class RingReader(Ring):
         self._drop_asm()
         if not self._detached:
             self._ctl[_W_RCLOSED] = 1
+            self._ctl[_W_RSLEEP] = 1  # routes the writer's post-commit flag check to "closed"
             if self._ctl[_W_WSLEEP] and self.wake_peer is not None:
                 self.wake_peer()
         self.detach()

@@ -120,6 +120,34 @@ class WaitStrategy:
         self.peer_pid = pid
         self._same_cpu = same_cpu(pid)
 
+    @property
+    def spins(self) -> bool:
+        """True when a wait would start with a spin (enabled, budget left, not sharing one CPU)."""
+        return self.spin_enabled and not self._same_cpu and self._budget > 0.0
+
+    def spin_while_equal(self, words: memoryview, index: int, value: int) -> bool:
+        """Phase 1 on its own, as tight as Python allows: spin while ``words[index] == value``.
+
+        For callers whose readiness is one shared word (a ring counter): no callback per
+        iteration.  Returns True when the word changed within the adaptive budget (which then
+        grows back), False on a miss (the budget halves) or when spinning is off; the caller
+        then falls back to :meth:`wait` with ``spin=False``.
+        """
+        budget = self._budget
+        if not self.spin_enabled or self._same_cpu or budget <= 0.0:
+            return False
+        end = _perf() + budget
+        n = 0
+        while words[index] == value:
+            n += 1
+            if not n & 15 and _perf() >= end:
+                budget *= 0.5
+                self._budget = budget if budget >= 1e-6 else 0.0
+                return False
+        self.spin_hits += 1
+        self._budget = min(self.spin_time, budget * 2.0)
+        return True
+
     def wait(
         self,
         ready: Callable[[], bool],
@@ -127,11 +155,13 @@ class WaitStrategy:
         waker: Waker,
         set_sleeping: Callable[[bool], None],
         check: Callable[[], None] | None = None,
+        spin: bool = True,
     ) -> bool:
         """Wait until ``ready()`` is true or *deadline* (monotonic seconds) passes.
 
         Returns ``ready()``'s final verdict: False means the deadline passed.  ``check`` is
         called before each blocking slice and may raise (closed channel, dead peer).
+        ``spin=False`` skips phase 1 (the caller spun already, see :meth:`spin_while_equal`).
         """
         if ready():
             return True
@@ -145,7 +175,7 @@ class WaitStrategy:
 
         # Phase 1: spin on the predicate (skipped on a shared CPU or when disabled).
         budget = self._budget
-        if self.spin_enabled and not self._same_cpu and budget > 0.0:
+        if spin and self.spin_enabled and not self._same_cpu and budget > 0.0:
             end = _perf() + budget
             while True:
                 for _ in range(8):
