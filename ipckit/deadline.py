@@ -9,6 +9,8 @@ from __future__ import annotations
 import select
 import time
 
+from .errors import ConfigurationError
+
 __all__ = ["Deadline", "deadline_from", "remaining", "poll_fd", "Backoff"]
 
 #: An absolute ``time.monotonic()`` value, or ``None`` for "wait forever".
@@ -21,8 +23,9 @@ def deadline_from(timeout: float | None) -> Deadline:
     """Turn a ``timeout`` (None = forever, 0 = poll, >0 seconds) into an absolute deadline."""
     if timeout is None:
         return None
-    if timeout != timeout or timeout < 0:  # NaN or negative
-        raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout or timeout < 0:
+        # Bool, non-numbers, NaN and negatives are caller errors, reported as ipckit's ValueError.
+        raise ConfigurationError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
     return _monotonic() + timeout
 
 
