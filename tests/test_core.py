@@ -332,3 +332,15 @@ def test_unclosed_channel_closes_even_when_warnings_are_errors() -> None:
         with pytest.raises(OSError):
             os.fstat(fd)
     b.close()
+
+
+@pytest.mark.parametrize("bad", [-1, -0.5, float("nan"), "1", True])
+def test_bad_timeout_is_a_configuration_error(bad: object) -> None:
+    a, b = ipckit.pair("memory://")
+    with a, b:
+        with pytest.raises(ipckit.ConfigurationError, match="timeout must be None or a number"):
+            b.recv(timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(ipckit.ConfigurationError):
+            a.send(1, timeout=bad)  # type: ignore[arg-type]
+        a.send(1)
+        assert b.recv(timeout=1) == 1
