@@ -157,6 +157,13 @@ def _layout(capacity: int) -> tuple[int, int, int]:
     return cap, region, _PAGE + 2 * region_pages
 
 
+def _map(fd: int, size: int) -> mmap.mmap:
+    """Map the segment with its pages populated up front: otherwise the first lap of each ring
+    takes a page fault per 4 KiB in each process (measured: 256 faults per MiB written)."""
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
+
 # ----------------------------------------------------------------------------- OFD locks
 def _lock(fd: int, byte: int) -> bool:
     """Take an OFD write lock on *byte* of *fd*; False if another description holds it."""
@@ -291,7 +298,7 @@ class _Segment:
             os.posix_fallocate(self.shm_fd, 0, size)
         except OSError as exc:
             raise from_oserror(exc, f"reserving {size} bytes for {self.name} in /dev/shm") from exc
-        self.mm = mmap.mmap(self.shm_fd, size)
+        self.mm = _map(self.shm_fd, size)
         words = memoryview(self.mm)[:_PAGE].cast("Q")
         off_a, off_b = _PAGE, _PAGE + (size - _PAGE) // 2
         _ring.initialize(memoryview(self.mm), off_a, cap, maxmsg)
@@ -353,7 +360,7 @@ class _Segment:
             magic = 0
             if size >= _PAGE:
                 if self.mm is None:
-                    self.mm = mmap.mmap(self.shm_fd, size)
+                    self.mm = _map(self.shm_fd, size)
                 words = memoryview(self.mm)[:64].cast("Q")
                 magic = words[_H_MAGIC]
                 good = words[_H_VERSION] == SEG_VERSION and words[_H_UID] == os.geteuid()
@@ -710,6 +717,8 @@ class ShmChannel(Channel):
 
     def _finish_send(self, deadline: Deadline) -> None:
         self._check_pid()
+        if self._wait.peer_pid is None:
+            self._refresh_peer()
         w = self._w
         while True:
             try:
@@ -757,6 +766,8 @@ class ShmChannel(Channel):
         view = r.peek(into)
         while view is None:
             self._check_pid()
+            if self._wait.peer_pid is None:  # learn where the peer runs (same CPU: never spin)
+                self._refresh_peer()
             if r.writer_closed():
                 view = r.peek(into)
                 if view is not None:

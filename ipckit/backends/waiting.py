@@ -80,6 +80,7 @@ class WaitStrategy:
     __slots__ = (
         "_budget",
         "_countdown",
+        "_hot",
         "_same_cpu",
         "blocks",
         "first_slice",
@@ -88,6 +89,7 @@ class WaitStrategy:
         "spin_enabled",
         "spin_hits",
         "spin_time",
+        "stream_yield_time",
         "yield_hits",
         "yield_time",
     )
@@ -101,10 +103,13 @@ class WaitStrategy:
         first_slice: float = 1e-3,
         max_slice: float = 0.1,
         peer_pid: int | None = None,
+        stream_yield_time: float = 2e-3,
     ) -> None:
         self.spin_enabled = spin is not False
         self.spin_time = spin_time
         self.yield_time = yield_time
+        self.stream_yield_time = stream_yield_time
+        self._hot = False
         self.first_slice = first_slice
         self.max_slice = max_slice
         self.peer_pid = peer_pid
@@ -146,6 +151,7 @@ class WaitStrategy:
                 return False
         self.spin_hits += 1
         self._budget = min(self.spin_time, budget * 2.0)
+        self._hot = True
         return True
 
     def wait(
@@ -168,6 +174,11 @@ class WaitStrategy:
         now = _monotonic()
         if deadline is not None and deadline <= now:
             return False
+        # If the last wait ended without sleeping, the peer is busy (a stream: it is copying, not
+        # idle), so yield for longer rather than fall asleep and make the peer pay a cross-core
+        # wake-up -- which cascades: the peer's next wait then misses its window too.  After a
+        # wait that had to sleep, the short window keeps an idle channel from burning CPU.
+        yield_time = self.stream_yield_time if self._hot else self.yield_time
         self._countdown -= 1
         if self._countdown <= 0:
             self._countdown = _REEVALUATE_EVERY
@@ -183,6 +194,7 @@ class WaitStrategy:
                         self.spin_hits += 1
                         # Success: grow the budget back towards its maximum.
                         self._budget = min(self.spin_time, budget * 2.0)
+                        self._hot = True
                         return True
                 if _perf() >= end:
                     break
@@ -193,13 +205,14 @@ class WaitStrategy:
             self._budget = self.spin_time / 8  # re-probe now and then
 
         # Phase 2: yield the CPU to the peer (wins when both share a core).
-        end = _perf() + self.yield_time
+        end = _perf() + yield_time
         if deadline is not None:
             end = min(end, _perf() + (deadline - _monotonic()))
         while True:
             _sched_yield()
             if ready():
                 self.yield_hits += 1
+                self._hot = True
                 return True
             if _perf() >= end:
                 break
@@ -214,6 +227,7 @@ class WaitStrategy:
             set_sleeping(True)
             try:
                 if ready():
+                    self._hot = False
                     return True
                 if deadline is None:
                     timeout = slice_
@@ -225,5 +239,6 @@ class WaitStrategy:
             finally:
                 set_sleeping(False)
             if ready():
+                self._hot = False
                 return True
             slice_ = min(slice_ * 4.0, self.max_slice)
