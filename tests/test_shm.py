@@ -730,3 +730,46 @@ def test_s14_name_squatted_by_another_user() -> None:
         assert st.st_uid == 65534 and st.st_size == _SQUAT_SIZE
     finally:
         posix_ipc.unlink_shared_memory(f"/ipckit.{name}")
+
+
+# --------------------------------------------------------------------------- T6: copies of a large array
+def _recv_array_measuring(ch: Any) -> tuple[int, int, int]:
+    import tracemalloc
+    import zlib
+
+    ready()
+    tracemalloc.start()
+    arr = ch.recv(timeout=60)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    crc = zlib.crc32(memoryview(arr).cast("B"))
+    ch.close()
+    return peak, arr.nbytes, crc
+
+
+def test_t6_64mib_numpy_array_crosses_with_one_copy_per_side() -> None:
+    """performance.md T6: pickle protocol 5 sends the array's buffer out of band, straight from its
+    memory into the ring (sender: no Python allocation of its size), and the receiver reassembles it
+    once into the buffer the new array uses (receiver: one allocation of its size, no second copy)."""
+    import tracemalloc
+    import zlib
+
+    np = pytest.importorskip("numpy")
+    size = 64 << 20
+    arr = np.random.default_rng(6).integers(0, 255, size, dtype=np.uint8).view(np.float64).reshape(1024, -1)
+    crc = zlib.crc32(memoryview(arr).cast("B"))
+    a, b = ipckit.pair("shm", max_message_size=size + (1 << 20))
+    with spawn_peer(_recv_array_measuring, b) as peer:
+        b.close()
+        peer.wait_ready()
+        try:
+            tracemalloc.start()
+            a.send(arr, timeout=60)
+            send_peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            recv_peak, nbytes, got_crc = peer.join(60)
+        finally:
+            a.close()
+    assert (nbytes, got_crc) == (size, crc)
+    assert send_peak < size // 16, f"the sender allocated {send_peak} bytes: the array was copied"
+    assert recv_peak < size + size // 16, f"the receiver allocated {recv_peak} bytes: more than one copy"
