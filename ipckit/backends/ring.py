@@ -71,6 +71,7 @@ __all__ = [
     "MAX_CAPACITY",
     "MIN_CAPACITY",
     "VERSION",
+    "WRITER_CLOSED",
     "WRITE_POS",
     "Ring",
     "RingReader",
@@ -111,6 +112,7 @@ _W_WPOS: Final = 8
 _W_RPOS: Final = 16
 _CONTROL_WORDS: Final = CONTROL_SIZE // 8
 WRITE_POS: Final = _W_WPOS  # index of write_pos in :attr:`RingReader.counters`
+WRITER_CLOSED: Final = _W_WCLOSED  # index of writer_closed in :attr:`RingReader.counters`
 
 _X86: Final = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 

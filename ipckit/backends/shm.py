@@ -683,8 +683,14 @@ class ShmChannel(Channel):
                     data = r.try_read_bytes()
                     if data is not None:
                         return data
-                    # Across cores the answer is microseconds away: spin on the counter itself.
-                    if self._wait.spin_while_equal(r.counters, _ring.WRITE_POS, r.read_pos):
+                    # The answer is usually microseconds away: across cores spin on the counter
+                    # itself, on a shared core hand the CPU over (sched_yield), no callbacks.
+                    ws = self._wait
+                    words = r.counters
+                    rp = r.read_pos
+                    if ws.spin_while_equal(words, _ring.WRITE_POS, rp) or ws.yield_while_equal(
+                        words, _ring.WRITE_POS, rp, _ring.WRITER_CLOSED
+                    ):
                         data = r.try_read_bytes()
                         if data is not None:
                             return data

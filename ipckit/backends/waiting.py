@@ -154,6 +154,24 @@ class WaitStrategy:
         self._hot = True
         return True
 
+    def yield_while_equal(self, words: memoryview, index: int, value: int, stop: int = -1) -> bool:
+        """Phase 2 on its own: ``sched_yield`` while ``words[index] == value`` (and, if *stop* is
+        a word index, while ``words[stop]`` is 0), for the yield window; True if the word changed.
+
+        On a CPU shared with the peer this hands the CPU straight to it, without a callback per
+        round; the caller falls back to :meth:`wait` (which then blocks) on False.
+        """
+        end = _perf() + (self.stream_yield_time if self._hot else self.yield_time)
+        while words[index] == value:
+            if stop >= 0 and words[stop]:
+                return False
+            _sched_yield()
+            if _perf() >= end:
+                return False
+        self.yield_hits += 1
+        self._hot = True
+        return True
+
     def wait(
         self,
         ready: Callable[[], bool],
