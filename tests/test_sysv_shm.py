@@ -27,6 +27,7 @@ from ipckit.errors import (
     PermissionDenied,
     ProtocolError,
     RecvTimeout,
+    UnsupportedOperation,
 )
 from ipckit.testing import (
     ChannelContract,
@@ -146,6 +147,31 @@ def test_v1_alive_semaphore_is_undone_when_its_holder_is_killed(name: str) -> No
             with pytest.raises(PeerDied):
                 ch.recv_bytes(timeout=5)
             assert time.monotonic() - t0 < 1.5
+
+
+def _use_and_close_inherited_end(ch: Any) -> None:
+    try:
+        ch.send_bytes(b"from a child that was not handed the end")
+    except UnsupportedOperation:
+        pass
+    else:
+        raise AssertionError("a plainly forked child wrote into its parent's ring")
+    ch.close()
+
+
+def test_plain_fork_child_neither_uses_nor_releases_the_parents_end() -> None:
+    """An end inherited through os.fork (not handed over) is unusable in the child, and closing it
+    there leaves the parent's alive count alone: the peer never sees a false death."""
+    a, b = ipckit.pair("sysv+shm")
+    with a, b:
+        semid = a._seg.semid  # type: ignore[attr-defined]
+        assert _status(_fork(_use_and_close_inherited_end, a)) == 0
+        assert sysv_shm._getval(semid, sysv_shm._ALIVE[0]) == 1
+        b.send_bytes(b"ping")
+        assert a.recv_bytes(timeout=5) == b"ping"
+        a.send_bytes(b"pong")
+        assert b.recv_bytes(timeout=5) == b"pong"
+        assert not b.poll(0)  # no PeerDied, nothing else queued
 
 
 # --------------------------------------------------------------------------- V-3 orphans

@@ -43,64 +43,60 @@ import errno
 import fcntl
 import mmap
 import os
-import re
 import secrets
 import signal
 import stat
 import struct
-import sys
-import threading
 import time
-import types
-import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, NoReturn, cast, final
+from typing import Any, ClassVar, Final, final
 
-from ..backend import Backend, Capabilities, Options
-from ..channel import USE_DEFAULT, Channel, Listener, as_byte_view
+from ..backend import Options
+from ..channel import Channel, Listener
 from ..deadline import Deadline
 from ..errors import (
-    BufferTooSmall,
     ChannelBusy,
-    ChannelClosed,
-    ChannelTimeout,
-    EndOfChannel,
     EndpointExists,
     EndpointNotFound,
     IncompatibleEndpoint,
     InvalidAddress,
     IPCError,
-    MessageTooLarge,
-    PeerDied,
     PermissionDenied,
-    RecvTimeout,
     ResourceExhausted,
-    SendTimeout,
-    UnsupportedOperation,
     from_oserror,
 )
 from ..url import Endpoint
-from . import ring as _ring
-from .waiting import WaitStrategy
+from .ringchannel import (
+    ATTACHED,
+    CLOSED,
+    FREE,
+    H_MAGIC,
+    H_PID,
+    H_STATE,
+    HANDOFF,
+    NAME_RE,
+    PAGE,
+    RingBackend,
+    RingChannel,
+    RingListener,
+    RingOptions,
+    header_matches,
+    initialize_segment,
+    layout,
+    open_end,
+)
 
 __all__ = ["ShmBackend", "ShmChannel", "ShmListener", "ShmOptions", "cleanup_stale"]
 
-_PAGE: Final = mmap.PAGESIZE
 SEG_MAGIC: Final = 0x314D48534B435049  # b"IPCKSHM1"
 SEG_VERSION: Final = 2
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _PREFIX: Final = "/ipckit."
 _TMP_PREFIX: Final = "/ipckit.tmp."  # segments being built, before link(2) publishes them
 _TMP_GRACE: Final = 10.0  # seconds before an unlocked temporary segment counts as stale
 _SHM_DIR: Final = "/dev/shm"
 
-# Segment header words (u64) on page 0.
-_H_MAGIC, _H_VERSION, _H_CAPACITY, _H_MAXMSG, _H_UID = 0, 1, 2, 3, 4
-_H_STATE: Final = (5, 6)  # per end: 0 free, 1 attached, 2 handing off, 3 closed
-_H_PID: Final = (7, 8)
+# Segment header words (u64) on page 0: the common ones of ringchannel (magic .. pid), then ours.
 _H_UNLINKED: Final = 9  # 1 once the names were removed (under the unlink lock)
-_FREE, _ATTACHED, _HANDOFF, _CLOSED = 0, 1, 2, 3
 
 # OFD lock bytes: 0 and 1 = liveness of each end, 2 = mutex around removing the names.
 _UNLINK_BYTE: Final = 2
@@ -111,9 +107,7 @@ _F_OFD_GETLK: Final = getattr(fcntl, "F_OFD_GETLK", 36)
 _F_OFD_SETLK: Final = getattr(fcntl, "F_OFD_SETLK", 37)
 _F_OFD_SETLKW: Final = getattr(fcntl, "F_OFD_SETLKW", 38)
 
-_LIVENESS_EVERY: Final = 64  # sends between checks of the reader's liveness lock
-_INIT_DEAD_CHECK: Final = 0.02
-_PID_LIMIT: Final = 1 << 22  # Linux PID_MAX_LIMIT  # an opener re-checks a lock-less uninitialised segment after this
+_INIT_DEAD_CHECK: Final = 0.02  # an opener re-checks a lock-less uninitialised segment after this
 
 #: Fault injection for tests (reliability.md kill points), read once: zero cost when unset.
 _FAULT: Final = os.environ.get("IPCKIT_FAULT", "")
@@ -125,36 +119,14 @@ def _fault(point: str) -> None:
 
 
 @dataclass
-class ShmOptions(Options):
-    capacity: int = 4 * 1024 * 1024
-    spin: bool = True
-
-
-_CAPS = Capabilities(
-    duplex=True,
-    message_oriented=True,
-    selectable=False,
-    detects_peer_close=True,
-    named=True,
-    anonymous_pair=True,
-    inheritable=True,
-    proves_same_user=True,
-)
+class ShmOptions(RingOptions):
+    """``capacity`` (bytes per direction) and ``spin`` plus the common options."""
 
 
 def _posix_ipc() -> Any:
     import posix_ipc
 
     return posix_ipc
-
-
-def _layout(capacity: int) -> tuple[int, int, int]:
-    """(rounded capacity, region size, segment size) -- rings start on page boundaries."""
-    cap = _ring.round_capacity(max(capacity, _ring.MIN_CAPACITY))
-    cap = (cap + _PAGE - 1) // _PAGE * _PAGE
-    region = _ring.region_size(cap)
-    region_pages = (region + _PAGE - 1) // _PAGE * _PAGE
-    return cap, region, _PAGE + 2 * region_pages
 
 
 def _map(fd: int, size: int) -> mmap.mmap:
@@ -279,7 +251,7 @@ class _Segment:
         a segment appears under its name only fully initialised and with its creator's liveness
         lock held, so a racing creator never mistakes a segment being built for a stale one.
         """
-        cap, _region, size = _layout(capacity)
+        cap, _region, size = layout(capacity)
         tmp = f"{_TMP_PREFIX}{secrets.token_hex(12)}"
         try:
             shm = p.SharedMemory(tmp, p.O_CREX, mode=mode, size=0)
@@ -299,15 +271,9 @@ class _Segment:
         except OSError as exc:
             raise from_oserror(exc, f"reserving {size} bytes for {self.name} in /dev/shm") from exc
         self.mm = _map(self.shm_fd, size)
-        words = memoryview(self.mm)[:_PAGE].cast("Q")
-        off_a, off_b = _PAGE, _PAGE + (size - _PAGE) // 2
-        _ring.initialize(memoryview(self.mm), off_a, cap, maxmsg)
-        _ring.initialize(memoryview(self.mm), off_b, cap, maxmsg)
-        words[_H_VERSION] = SEG_VERSION
-        words[_H_CAPACITY] = cap
-        words[_H_MAXMSG] = maxmsg
-        words[_H_UID] = os.geteuid()
-        words[_H_MAGIC] = SEG_MAGIC
+        initialize_segment(memoryview(self.mm), size, cap, maxmsg, SEG_VERSION)
+        words = memoryview(self.mm)[:PAGE].cast("Q")
+        words[H_MAGIC] = SEG_MAGIC  # last: openers wait for it
         words.release()
         try:
             os.link(_SHM_DIR + tmp, _SHM_DIR + self.name)
@@ -358,16 +324,15 @@ class _Segment:
         while True:
             size = os.fstat(self.shm_fd).st_size
             magic = 0
-            if size >= _PAGE:
+            if size >= PAGE:
                 if self.mm is None:
                     self.mm = _map(self.shm_fd, size)
                 words = memoryview(self.mm)[:64].cast("Q")
-                magic = words[_H_MAGIC]
-                good = words[_H_VERSION] == SEG_VERSION and words[_H_UID] == os.geteuid()
-                cap = words[_H_CAPACITY]
+                magic = words[H_MAGIC]
+                good = header_matches(words, SEG_MAGIC, SEG_VERSION, size)
                 words.release()
                 if magic == SEG_MAGIC:
-                    if not good or _layout(cap)[2] != size:
+                    if not good:
                         raise IncompatibleEndpoint(f"{self.name} has another layout, version or owner")
                     break
                 if magic != 0:
@@ -403,11 +368,6 @@ class _Segment:
         assert self.mm is not None
         return memoryview(self.mm)[:128].cast("Q")
 
-    def ring_offsets(self) -> tuple[int, int, int]:
-        assert self.mm is not None
-        size = len(self.mm)
-        return _PAGE, _PAGE + (size - _PAGE) // 2, (size - _PAGE) // 2
-
     def unlink(self) -> None:
         """Remove the names, once for the whole channel (both ends, all processes).
 
@@ -417,7 +377,7 @@ class _Segment:
         if self.unlink_done or self.shm_fd < 0 or self.mm is None:
             return
         self.unlink_done = True
-        words = memoryview(self.mm)[:_PAGE].cast("Q")
+        words = memoryview(self.mm)[:PAGE].cast("Q")
         try:
             _lock_wait(self.shm_fd, _UNLINK_BYTE)
             try:
@@ -531,61 +491,33 @@ def cleanup_stale(prefix: str = "ipckit") -> list[str]:
     return removed
 
 
-class _ForkedRing:
-    """Stands in for the rings of an end a forked child inherited but was not handed."""
-
-    __slots__ = ("_msg",)
-
-    def __init__(self, url: str) -> None:
-        self._msg = (
-            f"{url} was inherited through fork without being handed over; pass the end to the child "
-            "as a multiprocessing.Process argument (or connect by name)"
-        )
-
-    def detach(self) -> None:
-        pass
-
-    def __getattr__(self, name: str) -> NoReturn:
-        raise UnsupportedOperation(self._msg)
-
-
 @final
-class ShmChannel(Channel):
+class ShmChannel(RingChannel):
     """One end of a ``shm://`` channel.  Role 0 created the segment, role 1 attached to it."""
 
-    capabilities: ClassVar[Capabilities] = _CAPS
+    liveness_every: ClassVar[int] = 64  # sends between checks of the reader's liveness lock (one fcntl)
 
     def __init__(self, url: str, options: ShmOptions, seg: _Segment, role: int) -> None:
-        super().__init__(url, options, peer_trusted=True)
-        self._seg = seg
-        self._role = role
-        self._handed_off = False
-        self._lock_fd = -1
         mm = seg.mm
         assert mm is not None
-        off_a, off_b, size = seg.ring_offsets()
-        out_off, in_off = (off_a, off_b) if role == 0 else (off_b, off_a)
         hdr = seg.header()
-        # Receive limit: the smaller of ours and the creator's (the peer's sends are checked by it).
-        maxmsg = min(options.max_message_size, int(hdr[_H_MAXMSG]))
-        self._hdr = hdr
-        # A private open file description for this end's liveness lock (the creator's is ready).
-        if seg.lock_fd >= 0 and role == 0:
-            self._lock_fd, seg.lock_fd = seg.lock_fd, -1
-        else:
-            self._lock_fd = os.open(f"/proc/self/fd/{seg.shm_fd}", os.O_RDWR | os.O_CLOEXEC)
-        self._w = _ring.RingWriter(mm, out_off, size, maxmsg)
-        self._r = _ring.RingReader(mm, in_off, size, maxmsg)
-        self._own_waker = _PosixWaker(seg.sems[role])
-        peer_waker = _PosixWaker(seg.sems[1 - role])
-        self._w.wake_peer = peer_waker.post
-        self._r.wake_peer = peer_waker.post
-        self._wait = WaitStrategy(spin=options.spin)
-        self._peer_pid = 0
-        self._peer_dead = False
-        self._view_out = False
-        self._live_countdown = _LIVENESS_EVERY
-        _live.add(self)
+        try:
+            super().__init__(url, options, role, mm, hdr, len(mm), _PosixWaker(seg.sems[role]),
+                             _PosixWaker(seg.sems[1 - role]))
+            self._seg = seg
+            self._lock_fd = -1
+            # A private open file description for this end's liveness lock (the creator's is ready).
+            if seg.lock_fd >= 0 and role == 0:
+                self._lock_fd, seg.lock_fd = seg.lock_fd, -1
+            else:
+                self._lock_fd = os.open(f"/proc/self/fd/{seg.shm_fd}", os.O_RDWR | os.O_CLOEXEC)
+        except BaseException:
+            self._closed = True  # half-built: the caller releases the segment
+            for ring in (getattr(self, "_w", None), getattr(self, "_r", None)):
+                if ring is not None:
+                    ring.detach()
+            hdr.release()
+            raise
 
     # -- attach / liveness --------------------------------------------------------------------
     def _claim(self, deadline: Deadline) -> None:
@@ -595,34 +527,25 @@ class ShmChannel(Channel):
                 raise ChannelBusy(f"end {self._role} of {self._url} is attached elsewhere")
             time.sleep(0.002)
         self._attached_here()
-        self._seg.sems[1 - self._role].release()  # a listener waiting in accept()
+        self._peer_waker.post()  # a listener waiting in accept()
 
     def _attached_here(self) -> None:
         """Publish this process as the end's holder; remove the names once both ends are placed."""
-        hdr = self._hdr
-        hdr[_H_PID[self._role]] = os.getpid()
-        hdr[_H_STATE[self._role]] = _ATTACHED
-        self._refresh_peer()
+        self._mark_attached()
         self._maybe_unlink()
-
-    def _refresh_peer(self) -> None:
-        pid = int(self._hdr[_H_PID[1 - self._role]])
-        if pid != self._peer_pid:
-            self._peer_pid = pid  # untrusted: only a hint for the wait strategy
-            self._wait.set_peer(pid if 0 < pid < _PID_LIMIT and pid != os.getpid() else None)
 
     def _peer_gone(self) -> bool:
         """True when the peer end was attached and its lock is free (it died)."""
         if self._peer_dead:
             return True
         peer = 1 - self._role
-        state = self._hdr[_H_STATE[peer]]
-        if state != _ATTACHED:
+        state = self._hdr[H_STATE[peer]]
+        if state != ATTACHED:
             return False
         if _lock_held(self._seg.shm_fd, peer):
             return False
         # Re-read: a clean close sets CLOSED before dropping the lock.
-        self._peer_dead = self._hdr[_H_STATE[peer]] == _ATTACHED
+        self._peer_dead = self._hdr[H_STATE[peer]] == ATTACHED
         return self._peer_dead
 
     def _maybe_unlink(self) -> None:
@@ -631,428 +554,87 @@ class ShmChannel(Channel):
         if seg.unlink_done:
             return
         hdr = self._hdr
-        peer_state = hdr[_H_STATE[1 - self._role]]
-        peer_pid = hdr[_H_PID[1 - self._role]]
-        if peer_state == _CLOSED or (peer_state == _ATTACHED and peer_pid and peer_pid != os.getpid()):
+        peer_state = hdr[H_STATE[1 - self._role]]
+        peer_pid = hdr[H_PID[1 - self._role]]
+        if peer_state == CLOSED or (peer_state == ATTACHED and peer_pid and peer_pid != os.getpid()):
             seg.unlink()
 
     def _check(self) -> None:
-        if self._closed:
-            raise ChannelClosed(f"{self._url} was closed")
-        self._refresh_peer()
+        super()._check()
         self._maybe_unlink()
 
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            raise UnsupportedOperation(
-                f"{self._url} was inherited through fork; pass it to the child as a multiprocessing "
-                "argument (it is handed over) or connect by name"
-            )
+    def _both_attached(self) -> None:
+        self._seg.unlink()
 
-    # -- hot paths ----------------------------------------------------------------------------
-    # send_bytes / recv_bytes keep the base class's semantics (Channel's docstrings) but skip its
-    # layers when the call completes at once: no deadline arithmetic, one non-blocking lock try,
-    # one ring call.  Anything unusual (contention, a full ring, the peer closed, a streamed
-    # message, a pending recv_view) goes through the general path in Channel.
-    def send_bytes(self, data: Any, timeout: float | None = USE_DEFAULT) -> None:
-        if self._closed:
-            raise ChannelClosed(f"send on closed channel {self._url}")
-        if type(data) is not bytes:
-            data = as_byte_view(data)
-        n = len(data)
-        if n > self._max:
-            raise MessageTooLarge(self._too_large(n))
-        lock = self._send_lock
-        if lock.acquire(False):
-            try:
-                if self._live_countdown > 0 and self._w.try_send(data):
-                    self._live_countdown -= 1
-                    return
-            finally:
-                lock.release()
-        Channel.send_bytes(self, data, timeout)
+    # -- closing / hand-off ------------------------------------------------------------------
+    def _end_closed(self, mine: bool) -> None:
+        # Names are no longer needed, unless the peer end is on its way to another process.
+        if mine and self._hdr[H_STATE[1 - self._role]] != HANDOFF:
+            self._seg.unlink()
 
-    def recv_bytes(self, timeout: float | None = USE_DEFAULT) -> bytes:
-        if self._closed:
-            raise ChannelClosed(f"recv on closed channel {self._url}")
-        lock = self._recv_lock
-        if lock.acquire(False):
-            try:
-                if not self._view_out:
-                    r = self._r
-                    data = r.try_read_bytes()
-                    if data is not None:
-                        return data
-                    # The answer is usually microseconds away: across cores spin on the counter
-                    # itself, on a shared core hand the CPU over (sched_yield), no callbacks.
-                    ws = self._wait
-                    words = r.counters
-                    rp = r.read_pos
-                    if ws.spin_while_equal(words, _ring.WRITE_POS, rp) or ws.yield_while_equal(
-                        words, _ring.WRITE_POS, rp, _ring.WRITER_CLOSED
-                    ):
-                        data = r.try_read_bytes()
-                        if data is not None:
-                            return data
-            finally:
-                lock.release()
-        return Channel.recv_bytes(self, timeout)
+    def _release_segment(self) -> None:
+        self._hdr.release()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # drops the OFD lock
+            self._lock_fd = -1
+        self._seg.close()
 
-    # -- hooks ------------------------------------------------------------------------------
-    def _send_message(self, view: memoryview, deadline: Deadline) -> None:
-        w = self._w
-        if w.peer_closed():
-            self._check_pid()
-            raise EndOfChannel(f"the peer closed {self._url}")
-        self._live_countdown -= 1
-        if self._live_countdown < 0:
-            self._send_liveness()
-        if w.try_write(view):
-            return
-        self._finish_send(deadline)
-
-    def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
-        w = self._w
-        if w.peer_closed():
-            self._check_pid()
-            raise EndOfChannel(f"the peer closed {self._url}")
-        self._send_liveness()
-        if w.write(views, total):
-            return
-        self._finish_send(deadline)
-
-    def _finish_send(self, deadline: Deadline) -> None:
-        self._check_pid()
-        if self._wait.peer_pid is None:
-            self._refresh_peer()
-        w = self._w
-        while True:
-            try:
-                ok = self._wait.wait(w.can_progress, deadline, self._own_waker, w.set_sleeping, self._send_check)
-            except IPCError:
-                w.abort()
-                raise
-            if w.peer_closed():
-                w.abort()
-                raise EndOfChannel(f"the peer closed {self._url}")
-            if w.pump():
-                return
-            if not ok:
-                w.abort()
-                if self._peer_gone():
-                    raise PeerDied(f"the peer of {self._url} died")
-                raise SendTimeout(f"send on {self._url} timed out (the ring is full)")
-
-    def _send_liveness(self) -> None:
-        # A dead reader never frees space, but a large ring would accept many messages first:
-        # check its lock every _LIVENESS_EVERY sends (one fcntl), and before every multi-part send.
-        self._live_countdown = _LIVENESS_EVERY
-        self._check_pid()
-        if self._peer_gone():
-            raise PeerDied(f"the peer of {self._url} died")
-
-    def _send_check(self) -> None:
-        self._check()
-        if self._peer_gone():
-            raise PeerDied(f"the peer of {self._url} died")
-
-    def _recv_ready(self) -> bool:
-        return self._r.has_data() or self._r.writer_closed()
-
-    def _recv_check(self) -> None:
-        self._check()
-        if self._peer_gone() and not self._r.has_data():
-            raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
-
-    def _next(self, deadline: Deadline, into: memoryview | None = None) -> memoryview:
-        r = self._r
-        if self._view_out:  # the previous recv_view's message: consumed now
-            self._view_out = False
-            r.release()
-        view = r.peek(into)
-        while view is None:
-            self._check_pid()
-            if self._wait.peer_pid is None:  # learn where the peer runs (same CPU: never spin)
-                self._refresh_peer()
-            if r.writer_closed():
-                view = r.peek(into)
-                if view is not None:
-                    break
-                raise EndOfChannel(f"the peer closed {self._url} and every message was received")
-            if self._peer_dead:
-                raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
-            ok = self._wait.wait(self._recv_ready, deadline, self._own_waker, r.set_sleeping, self._recv_check)
-            view = r.peek(into)
-            if view is None and not ok:
-                if self._peer_gone() and not r.has_data():
-                    raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
-                raise RecvTimeout(f"no message on {self._url} before the deadline")
-        return view
-
-    def _recv_message(self, deadline: Deadline) -> Any:
-        view = self._next(deadline)
-        obj = view.obj
-        if obj is not self._seg.mm and isinstance(obj, bytearray) and len(obj) == len(view):
-            self._r.release()  # a streamed message: its reassembly buffer is already a copy
-            return obj
-        data = bytes(view)
-        self._r.release()
-        return data
-
-    def _recv_message_into(self, view: memoryview, deadline: Deadline) -> int:
-        msg = self._next(deadline, view)
-        n = len(msg)
-        if n > len(view):
-            data = bytes(msg)
-            self._r.release()
-            raise BufferTooSmall(f"message of {n} bytes does not fit the {len(view)}-byte buffer", data)
-        if msg.obj is not view.obj:
-            view[:n] = msg
-        self._r.release()
-        return n
-
-    def _recv_view(self, deadline: Deadline) -> Any:
-        view = self._next(deadline)
-        self._view_out = True
-        return view
-
-    def _poll(self, deadline: Deadline) -> bool:
-        # Under the receive lock, so close() waits for a poll blocked in another thread.
-        lock = self._recv_lock
-        if deadline is None:
-            lock.acquire()
-        elif not lock.acquire(True, max(0.0, deadline - time.monotonic())):
-            return False
-        try:
-            if self._closed:
-                raise ChannelClosed(f"poll on closed channel {self._url}")
-            self._check_pid()
-            r = self._r
-            while True:
-                if r.peek() is not None or r.writer_closed() or self._peer_gone():
-                    return True
-                if not self._wait.wait(self._recv_ready, deadline, self._own_waker, r.set_sleeping, self._check):
-                    return r.peek() is not None or r.writer_closed() or self._peer_gone()
-        finally:
-            lock.release()
-
-    def _wakeup(self) -> None:
-        if self._pid == os.getpid() and not self._handed_off:
-            self._own_waker.post()
-            self._own_waker.post()
-
-    def _close(self) -> None:
-        seg = self._seg
-        mine = self._pid == os.getpid() and not self._handed_off
-        try:
-            if mine:
-                self._hdr[_H_STATE[self._role]] = _CLOSED  # before dropping the lock: not a crash
-                self._w.close()
-                self._r.close()
-                seg.sems[1 - self._role].release()
-                # Names are no longer needed, unless the peer end is on its way to another process.
-                if self._hdr[_H_STATE[1 - self._role]] != _HANDOFF:
-                    seg.unlink()
-            else:
-                self._w.detach()
-                self._r.detach()
-        finally:
-            self._hdr.release()
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)  # drops the OFD lock
-                self._lock_fd = -1
-            seg.close()
-
-    def __reduce__(self) -> Any:
-        from multiprocessing import context
-
-        if context.get_spawning_popen() is None:
-            return Channel.__reduce__(self)  # plain pickling: refused, with advice
-        if self._closed:
-            raise TypeError(f"{self._url} is closed")
+    def _check_handoff(self) -> None:
         if not self._seg.names_exist():
             raise TypeError(
                 f"{self._url}: this end can no longer be handed to another process (the peer attached "
                 "and the names were removed); pass it to the child before using the channel"
             )
-        self._r.release()
-        self._hdr[_H_STATE[self._role]] = _HANDOFF
-        self._handed_off = True
+
+    def _handoff_args(self) -> tuple[Any, ...]:
         if self._lock_fd >= 0:  # hand the liveness lock over: the receiving process takes it
             os.close(self._lock_fd)
             self._lock_fd = -1
         return _rebuild, (self._url, self._seg.name, self._role, self._options)
 
-    # -- fork hand-off ---------------------------------------------------------------------
-    def _adopt_after_fork(self) -> None:
-        """In a multiprocessing fork child that was handed this end: it is ours now.  The lock
-        descriptor is a copy of the parent's, so the liveness lock stays held across the fork."""
-        self._pid = os.getpid()
-        self._handed_off = False
+    def _take_over_after_fork(self) -> None:
+        # The lock descriptor is a copy of the parent's, so the liveness lock stays held.
         self._attached_here()
 
-    def _disown_after_fork(self) -> None:
-        """In a forked child that was not handed this end: never touch the shared rings."""
+    def _drop_liveness_copy(self) -> None:
         if self._lock_fd >= 0:
             try:
                 os.close(self._lock_fd)  # the parent's death must stay visible to the peer
             except OSError:
                 pass
             self._lock_fd = -1
-        forked = cast(Any, _ForkedRing(self._url))
-        self._w = forked
-        self._r = forked
-
-
-_live: weakref.WeakSet[ShmChannel] = weakref.WeakSet()
-
-# ---------------------------------------------------------------- hand-off under fork
-# multiprocessing's *spawn* pickles an end (``__reduce__``); *fork* passes Process arguments
-# without pickling.  Before a fork, find the multiprocessing Process being started on the
-# caller's stack and mark the ends among its arguments as handed over: the parent's later close
-# of its copy must not tell the peer "closed", and the child adopts them.
-_fork_handed: list[ShmChannel] = []
-
-
-def _ends_in(obj: Any, depth: int = 0) -> Iterator[ShmChannel]:
-    if isinstance(obj, ShmChannel):
-        yield obj
-    elif depth < 3 and isinstance(obj, (tuple, list)):
-        for item in obj:
-            yield from _ends_in(item, depth + 1)
-    elif depth < 3 and isinstance(obj, dict):
-        for item in obj.values():
-            yield from _ends_in(item, depth + 1)
-
-
-def _before_fork() -> None:
-    _fork_handed.clear()
-    if not _live:
-        return
-    frame: types.FrameType | None = sys._getframe(1)
-    for _ in range(30):
-        if frame is None:
-            return
-        proc = frame.f_locals.get("process_obj") if frame.f_code.co_name == "_launch" else None
-        if proc is not None:
-            for ch in _ends_in((getattr(proc, "_args", ()), getattr(proc, "_kwargs", {}))):
-                if not ch._closed and ch._pid == os.getpid():
-                    ch._handed_off = True
-                    _fork_handed.append(ch)
-            return
-        frame = frame.f_back
-
-
-def _after_fork_in_parent() -> None:
-    _fork_handed.clear()
-
-
-def _after_fork_in_child() -> None:
-    handed = {id(ch) for ch in _fork_handed}
-    for ch in list(_live):
-        if ch._closed:
-            continue
-        try:
-            if id(ch) in handed:
-                ch._adopt_after_fork()
-            else:
-                ch._disown_after_fork()
-        except Exception:  # never fail the fork; a broken end raises on use instead
-            pass
-    _fork_handed.clear()
-
-
-os.register_at_fork(
-    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-)
 
 
 def _rebuild(url: str, name: str, role: int, options: ShmOptions) -> ShmChannel:
     deadline = time.monotonic() + 10.0
     seg = _Segment(name, create=False, capacity=0, max_message_size=0, mode=0, deadline=deadline)
-    try:
-        ch = ShmChannel(url, options, seg, role)
-    except BaseException:
-        seg.close()
-        raise
-    try:
-        ch._claim(deadline)
-    except BaseException:
-        ch._handed_off = True  # a failed take-over must not mark the end closed
-        ch.close()
-        raise
-    return ch
+    return open_end(lambda: ShmChannel(url, options, seg, role), seg.close, lambda ch: ch._claim(deadline))
 
 
 @final
-class ShmListener(Listener):
+class ShmListener(RingListener):
     """Owns ``shm://name`` until one peer attached (then the names are removed)."""
 
     def __init__(self, url: str, options: ShmOptions, seg: _Segment) -> None:
-        super().__init__(url, options)
-        self._busy = threading.Lock()
-        self._chan: ShmChannel | None = None
         ch = ShmChannel(url, options, seg, 0)
-        self._chan = ch
+        super().__init__(url, options, ch)
         ch._claim(None)
-
-    def _accept(self, deadline: Deadline) -> Channel:
-        if not self._busy.acquire(False):
-            raise ChannelBusy(f"another thread is accepting on {self._url}")
-        try:
-            ch = self._chan
-            if self._closed:
-                raise ChannelClosed(f"accept on closed listener {self._url}")
-            if ch is None:
-                raise UnsupportedOperation(f"{self._url} accepts a single peer, and it already connected")
-            hdr = ch._hdr
-            waker = ch._own_waker
-            while hdr[_H_STATE[1]] in (_FREE, _HANDOFF):
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise ChannelTimeout(f"no peer connected to {self._url} before the deadline")
-                waker.wait(0.1 if left is None else min(0.1, left))
-                if self._closed:
-                    raise ChannelClosed(f"accept on closed listener {self._url}")
-            ch._refresh_peer()
-            ch._seg.unlink()  # both attached: nothing can be left behind from now on
-            self._chan = None
-            return ch
-        finally:
-            self._busy.release()
-
-    def _close(self) -> None:
-        ch = self._chan
-        if ch is None:
-            return
-        ch._own_waker.post()  # wake a blocked accept(); it sees _closed and leaves
-        got = self._busy.acquire(True, 2.0)
-        try:
-            if self._chan is not None:
-                self._chan = None
-                ch.close()
-        finally:
-            if got:
-                self._busy.release()
 
 
 def _check_name(address: str) -> str:
     name = address.strip("/")
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise InvalidAddress(f"shm name {address!r} must match [A-Za-z0-9._-]{{1,200}}")
     return _PREFIX + name
 
 
 @final
-class ShmBackend(Backend):
+class ShmBackend(RingBackend):
     scheme: ClassVar[str] = "shm"
-    capabilities: ClassVar[Capabilities] = _CAPS
     options_class: ClassVar[type[Options]] = ShmOptions
 
     @classmethod
-    def is_available(cls) -> tuple[bool, str]:
-        if not _ring.ordering_supported():
-            return False, "the shm ring needs an x86-64 CPU (total store order)"
+    def _provider_available(cls) -> tuple[bool, str]:
         try:
             _posix_ipc()
         except ImportError:
@@ -1092,12 +674,7 @@ class ShmBackend(Backend):
             seg_b = _Segment(
                 name, create=False, capacity=0, max_message_size=0, mode=0, deadline=time.monotonic() + 5
             )
-            try:
-                b = ShmChannel("shm://", opts, seg_b, 1)
-            except BaseException:
-                seg_b.close()
-                raise
-            b._claim(None)
+            b = open_end(lambda: ShmChannel("shm://", opts, seg_b, 1), seg_b.close, lambda ch: ch._claim(None))
         except BaseException:
             a.close()
             raise
@@ -1123,20 +700,14 @@ class ShmBackend(Backend):
             if isinstance(exc, IPCError):
                 raise
             raise from_oserror(exc, f"open {name}") from exc
-        try:
-            ch = ShmChannel(f"shm://{name[len(_PREFIX) :]}", opts, seg, 1)
-        except BaseException:
-            seg.close()
-            raise
-        try:
-            if not _lock(ch._lock_fd, 1) or ch._hdr[_H_STATE[1]] != _FREE:
-                raise EndpointExists(errno.EEXIST, f"shm://{name[len(_PREFIX) :]} already has a peer")
+        url = f"shm://{name[len(_PREFIX) :]}"
+
+        def claim(ch: ShmChannel) -> None:
+            if not _lock(ch._lock_fd, 1) or ch._hdr[H_STATE[1]] != FREE:
+                raise EndpointExists(errno.EEXIST, f"{url} already has a peer")
             ch._claim(deadline)
-        except BaseException:
-            ch._handed_off = True  # never mark the listener's segment closed for a failed attach
-            ch.close()
-            raise
-        return ch
+
+        return open_end(lambda: ShmChannel(url, opts, seg, 1), seg.close, claim)
 
 
 _ = ResourceExhausted

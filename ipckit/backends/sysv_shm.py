@@ -49,57 +49,54 @@ import os
 import secrets
 import signal
 import stat
-import sys
-import threading
 import time
-import types
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, final
 
-from ..backend import Backend, Capabilities, Options
-from ..channel import Channel, Listener, _live_channels
+from ..backend import Options
+from ..channel import Channel, Listener
 from ..deadline import Deadline
 from ..errors import (
-    BufferTooSmall,
     ChannelBroken,
-    ChannelClosed,
-    ChannelTimeout,
-    EndOfChannel,
     EndpointExists,
     EndpointNotFound,
     IncompatibleEndpoint,
     InvalidAddress,
     IPCError,
-    PeerDied,
     PermissionDenied,
-    RecvTimeout,
     ResourceExhausted,
-    SendTimeout,
-    UnsupportedOperation,
     from_oserror,
 )
 from ..url import Endpoint
 from . import _paths
-from . import ring as _ring
-from .shm import _NAME_RE, ShmOptions, _layout
+from .ringchannel import (
+    ATTACHED,
+    FREE,
+    H_MAGIC,
+    H_STATE,
+    HANDOFF,
+    NAME_RE,
+    PAGE,
+    RingBackend,
+    RingChannel,
+    RingListener,
+    header_matches,
+    initialize_segment,
+    layout,
+    open_end,
+)
+from .shm import ShmOptions
 from .sysv_sem import TimedSemaphore, _Sembuf, _semop
-from .waiting import WaitStrategy
 
 __all__ = ["SysvShmBackend", "SysvShmChannel", "SysvShmListener", "SysvShmOptions", "cleanup_stale"]
 
 SEG_MAGIC: Final = 0x31565953484B4349  # b"ICKHSYV1"
 SEG_VERSION: Final = 1
-_PAGE: Final = 4096
 
-# Segment header words (u64) on page 0.
-_H_MAGIC, _H_VERSION, _H_CAPACITY, _H_MAXMSG, _H_UID = 0, 1, 2, 3, 4
-_H_STATE: Final = (5, 6)  # per end: 0 free, 1 attached, 2 handing off, 3 closed
-_H_PID: Final = (7, 8)
+# Segment header words (u64) on page 0: the common ones of ringchannel (magic .. pid), then ours.
 _H_NONCE: Final = (9, 10)
 _H_SEMID, _H_SEMKEY, _H_PUBLISHED, _H_SEMS_GONE = 11, 12, 13, 14
-_FREE, _ATTACHED, _HANDOFF, _CLOSED = 0, 1, 2, 3
 
 # The semaphore set: two wake-up hints (counting), two "alive" semaphores (SEM_UNDO).
 _WAKE: Final = (0, 1)
@@ -122,18 +119,6 @@ _KEY_TRIES: Final = 64
 @dataclass
 class SysvShmOptions(ShmOptions):
     """Same options as ``shm://``: ``capacity`` and ``spin`` plus the common ones."""
-
-
-_CAPS = Capabilities(
-    duplex=True,
-    message_oriented=True,
-    selectable=False,
-    detects_peer_close=True,
-    named=True,
-    anonymous_pair=True,
-    inheritable=True,
-    proves_same_user=True,
-)
 
 
 def _sysv_ipc() -> Any:
@@ -422,10 +407,6 @@ class _Segment:
     def current_manifest(self) -> str:
         return self.registry_file if self.hdr[_H_PUBLISHED] else self.manifest
 
-    def ring_offsets(self) -> tuple[int, int, int]:
-        size = int(self.shm.size)
-        return _PAGE, _PAGE + (size - _PAGE) // 2, (size - _PAGE) // 2
-
     def ref(self) -> tuple[int, int, int, int, int, str]:
         return self.shmid, self.semid, self.semkey, self.shmkey, self.nonce, self.manifest
 
@@ -473,7 +454,7 @@ def _create_segment(manifest: str, capacity: int, maxmsg: int, mode: int, *, ren
     Raises:
         FileExistsError: *manifest* exists (the caller checks for a stale one).
     """
-    cap, _region, size = _layout(capacity)
+    cap, _region, size = layout(capacity)
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(manifest, flags, 0o600)
@@ -499,20 +480,14 @@ def _create_segment(manifest: str, capacity: int, maxmsg: int, mode: int, *, ren
         seg = _Segment(shm, semid, semkey, shmkey, nonce, manifest)
         buf = seg.buf
         assert buf is not None
-        off_a, off_b, _ = seg.ring_offsets()
-        _ring.initialize(buf, off_a, cap, maxmsg)
-        _ring.initialize(buf, off_b, cap, maxmsg)
+        initialize_segment(buf, size, cap, maxmsg, SEG_VERSION)
         hdr = seg.hdr
-        hdr[_H_VERSION] = SEG_VERSION
-        hdr[_H_CAPACITY] = cap
-        hdr[_H_MAXMSG] = maxmsg
-        hdr[_H_UID] = os.geteuid()
         hdr[_H_NONCE[0]] = nonce & 0xFFFFFFFFFFFFFFFF
         hdr[_H_NONCE[1]] = nonce >> 64
         hdr[_H_SEMID] = semid
         hdr[_H_SEMKEY] = semkey
         hdr[_H_PUBLISHED] = 0 if rendezvous else 1
-        hdr[_H_MAGIC] = SEG_MAGIC  # last: openers check it (initialised handshake)
+        hdr[H_MAGIC] = SEG_MAGIC  # last: openers check it (initialised handshake)
         _write_manifest(fd, fields, True)
         return seg
     except BaseException:
@@ -542,7 +517,7 @@ def _attach(shm: Any, semid: int, semkey: int, shmkey: int, nonce: int | None, m
                 errno.EACCES,
                 f"{what}: segment belongs to uid {shm.uid} (creator {shm.cuid}) with mode {int(shm.mode) & 0o777:o}",
             )
-        if int(shm.size) < _PAGE:
+        if int(shm.size) < PAGE:
             raise IncompatibleEndpoint(f"{what}: segment of {shm.size} bytes is not an ipckit ring")
         _check_sem_set(semid, semkey, what)
         seg = _Segment(shm, semid, semkey, shmkey, 0, manifest)
@@ -550,14 +525,11 @@ def _attach(shm: Any, semid: int, semkey: int, shmkey: int, nonce: int | None, m
         _detach_quiet(shm)
         raise
     hdr = seg.hdr
-    ok = hdr[_H_MAGIC] == SEG_MAGIC and hdr[_H_VERSION] == SEG_VERSION
     found = int(hdr[_H_NONCE[0]]) | int(hdr[_H_NONCE[1]]) << 64
     if (
-        not ok
-        or hdr[_H_UID] != euid
+        not header_matches(hdr, SEG_MAGIC, SEG_VERSION, int(shm.size))
         or (nonce is not None and found != nonce)
         or hdr[_H_SEMID] != semid
-        or _layout(int(hdr[_H_CAPACITY]))[2] != int(shm.size)
     ):
         seg.close()
         raise IncompatibleEndpoint(f"{what}: the segment has another layout, version, size or owner (foreign?)")
@@ -594,36 +566,20 @@ class _SysvWaker:
 
 # --------------------------------------------------------------------------- the channel
 @final
-class SysvShmChannel(Channel):
+class SysvShmChannel(RingChannel):
     """One end of a ``sysv+shm://`` channel.  Role 0 created the segment, role 1 attached."""
 
-    capabilities: ClassVar[Capabilities] = _CAPS
+    liveness_every: ClassVar[int] = 32  # sends between checks of the reader's alive semaphore (one semctl)
 
     def __init__(self, url: str, options: SysvShmOptions, seg: _Segment, role: int) -> None:
-        super().__init__(url, options, peer_trusted=True)
-        self._seg = seg
-        self._role = role
-        self._handed_off = False
-        self._alive_held = False
         buf = seg.buf
         assert buf is not None
-        off_a, off_b, size = seg.ring_offsets()
-        out_off, in_off = (off_a, off_b) if role == 0 else (off_b, off_a)
         hdr = seg.hdr
-        self._hdr = hdr
-        maxmsg = min(options.max_message_size, int(hdr[_H_MAXMSG]))
-        self._w = _ring.RingWriter(buf, out_off, size, maxmsg)
-        self._r = _ring.RingReader(buf, in_off, size, maxmsg)
-        self._own_waker = _SysvWaker(seg.semid, _WAKE[role], hdr)
-        self._peer_waker = _SysvWaker(seg.semid, _WAKE[1 - role], hdr)
-        self._w.wake_peer = self._peer_waker.post
-        self._r.wake_peer = self._peer_waker.post
-        self._wait = WaitStrategy(spin=options.spin)
-        self._peer_dead = False
-        self._sends = 0
+        super().__init__(url, options, role, buf, hdr, int(seg.shm.size), _SysvWaker(seg.semid, _WAKE[role], hdr),
+                         _SysvWaker(seg.semid, _WAKE[1 - role], hdr))
+        self._seg = seg
+        self._alive_held = False
         self._handoff_since: float | None = None
-        self._view_out = False
-        _live.add(self)
 
     # -- attach / liveness --------------------------------------------------------------------
     def _claim(self, *, exclusive: bool, adopt: bool = False) -> None:
@@ -639,16 +595,9 @@ class SysvShmChannel(Channel):
             if code:
                 raise ChannelBroken(f"cannot attach to {self._url}: {os.strerror(code)} (the peer closed it?)")
         self._alive_held = True
-        if exclusive and self._hdr[_H_STATE[role]] != _FREE:
+        if exclusive and self._hdr[H_STATE[role]] != FREE:
             raise EndpointExists(errno.EEXIST, f"{self._url} already had a peer")
-        self._take_over()
-
-    def _take_over(self) -> None:
-        role = self._role
-        self._hdr[_H_PID[role]] = os.getpid()
-        self._hdr[_H_STATE[role]] = _ATTACHED
-        peer_pid = int(self._hdr[_H_PID[1 - role]])
-        self._wait.set_peer(peer_pid if peer_pid and peer_pid != os.getpid() else None)
+        self._mark_attached()
         if role == 1:
             self._peer_waker.post()  # a listener waiting in accept()
 
@@ -664,8 +613,8 @@ class SysvShmChannel(Channel):
             return True
         peer = 1 - self._role
         hdr = self._hdr
-        state = hdr[_H_STATE[peer]]
-        if state not in (_ATTACHED, _HANDOFF) or hdr[_H_SEMS_GONE]:
+        state = hdr[H_STATE[peer]]
+        if state not in (ATTACHED, HANDOFF) or hdr[_H_SEMS_GONE]:
             return False
         try:
             alive = _getval(self._seg.semid, _ALIVE[peer])
@@ -674,10 +623,10 @@ class SysvShmChannel(Channel):
         if alive:
             self._handoff_since = None
             return False
-        state = hdr[_H_STATE[peer]]  # a clean close sets CLOSED before releasing
-        if state == _ATTACHED:
+        state = hdr[H_STATE[peer]]  # a clean close sets CLOSED before releasing
+        if state == ATTACHED:
             self._peer_dead = True
-        elif state == _HANDOFF:
+        elif state == HANDOFF:
             now = time.monotonic()
             if self._handoff_since is None:
                 self._handoff_since = now
@@ -710,179 +659,30 @@ class SysvShmChannel(Channel):
         seg.hdr[_H_PUBLISHED] = 1
         _unlink_ours(seg.manifest, seg.nonce)
 
-    def _check(self) -> None:
-        if self._closed:
-            raise ChannelClosed(f"{self._url} was closed")
+    def _both_attached(self) -> None:
+        self._publish()  # nothing can be left behind from now on
 
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            raise UnsupportedOperation(
-                f"{self._url} was inherited through a plain fork; pass it to the child as a multiprocessing "
-                "argument (it re-attaches), or connect from the child"
-            )
+    # -- closing / hand-off ------------------------------------------------------------------
+    def _end_closed(self, mine: bool) -> None:
+        self._release_alive()
+        # The creator removes everything; the other end only what a dead creator left.
+        if mine and (self._role == 0 or self._peer_gone()):
+            _remove_all(self._seg)
 
-    # -- hooks ------------------------------------------------------------------------------
-    def _send_message(self, view: memoryview, deadline: Deadline) -> None:
-        w = self._w
-        if w.peer_closed():
-            self._check_pid()
-            raise EndOfChannel(f"the peer closed {self._url}")
-        self._sends += 1
-        if not self._sends & 31 and self._peer_gone():  # a dead reader, even while the ring has room
-            raise PeerDied(f"the peer of {self._url} died")
-        if w.try_write(view):
-            return
-        self._finish_send(deadline)
+    def _release_segment(self) -> None:
+        self._seg.close()
 
-    def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
-        w = self._w
-        if w.peer_closed():
-            raise EndOfChannel(f"the peer closed {self._url}")
-        self._sends += 1
-        if not self._sends & 31 and self._peer_gone():
-            raise PeerDied(f"the peer of {self._url} died")
-        if w.write(views, total):
-            return
-        self._finish_send(deadline)
-
-    def _finish_send(self, deadline: Deadline) -> None:
-        self._check_pid()
-        w = self._w
-        while True:
-            try:
-                ok = self._wait.wait(w.can_progress, deadline, self._own_waker, w.set_sleeping, self._send_check)
-            except IPCError:
-                w.abort()
-                raise
-            if w.peer_closed():
-                w.abort()
-                raise EndOfChannel(f"the peer closed {self._url}")
-            if w.pump():
-                return
-            if not ok:
-                w.abort()
-                raise SendTimeout(f"send on {self._url} timed out (the ring is full)")
-
-    def _send_check(self) -> None:
-        self._check()
-        if self._peer_gone():
-            raise PeerDied(f"the peer of {self._url} died")
-
-    def _recv_ready(self) -> bool:
-        return self._r.has_data() or self._r.writer_closed()
-
-    def _recv_check(self) -> None:
-        self._check()
-        if self._peer_gone() and not self._r.has_data():
-            raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
-
-    def _next(self, deadline: Deadline, into: memoryview | None = None) -> memoryview:
-        r = self._r
-        if self._view_out:  # the previous recv_view's message: consumed now
-            self._view_out = False
-            r.release()
-        view = r.peek(into)
-        while view is None:
-            self._check_pid()
-            if r.writer_closed():
-                view = r.peek(into)
-                if view is not None:
-                    break
-                raise EndOfChannel(f"the peer closed {self._url} and every message was received")
-            ok = self._wait.wait(self._recv_ready, deadline, self._own_waker, r.set_sleeping, self._recv_check)
-            view = r.peek(into)
-            if view is None and not ok:
-                if self._peer_gone() and not r.has_data():
-                    raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
-                raise RecvTimeout(f"no message on {self._url} before the deadline")
-        return view
-
-    def _recv_message(self, deadline: Deadline) -> Any:
-        view = self._next(deadline)
-        obj = view.obj
-        if isinstance(obj, bytearray) and len(obj) == len(view):
-            self._r.release()  # a streamed message: its reassembly buffer is already a copy
-            return obj
-        data = bytes(view)
-        self._r.release()
-        return data
-
-    def _recv_message_into(self, view: memoryview, deadline: Deadline) -> int:
-        msg = self._next(deadline, view)
-        n = len(msg)
-        if n > len(view):
-            data = bytes(msg)
-            self._r.release()
-            raise BufferTooSmall(f"message of {n} bytes does not fit the {len(view)}-byte buffer", data)
-        if msg.obj is not view.obj:
-            view[:n] = msg
-        self._r.release()
-        return n
-
-    def _recv_view(self, deadline: Deadline) -> Any:
-        view = self._next(deadline)
-        self._view_out = True
-        return view
-
-    def _poll(self, deadline: Deadline) -> bool:
-        # poll() runs without the receive lock, so close() may release the views under it.
-        try:
-            return self._poll_views(deadline)
-        except ValueError as exc:
-            if self._closed:
-                raise ChannelClosed(f"{self._url} was closed while polling") from exc
-            raise
-
-    def _poll_views(self, deadline: Deadline) -> bool:
-        r = self._r
-        while True:
-            if r.peek() is not None or r.writer_closed() or self._peer_gone():
-                return True
-            self._check_pid()
-            if not self._wait.wait(self._recv_ready, deadline, self._own_waker, r.set_sleeping, self._check):
-                return r.peek() is not None or self._peer_gone()
-
-    def _wakeup(self) -> None:
-        self._own_waker.post()
-        self._own_waker.post()
-
-    def _close(self) -> None:
-        seg = self._seg
-        hdr = self._hdr
-        mine = self._pid == os.getpid() and not self._handed_off
-        try:
-            if mine:
-                hdr[_H_STATE[self._role]] = _CLOSED  # before releasing alive: not a crash
-                self._w.close()
-                self._r.close()
-                self._peer_waker.post()
-                self._release_alive()
-                # The creator removes everything; the other end only what a dead creator left.
-                if self._role == 0 or self._peer_gone():
-                    _remove_all(seg)
-            else:
-                self._w.detach()
-                self._r.detach()
-                self._release_alive()
-        finally:
-            seg.close()
-
-    def __reduce__(self) -> Any:
-        from multiprocessing import context
-
-        if context.get_spawning_popen() is None:
-            raise TypeError(
-                f"a {self._url} channel end can only be passed to a child process as an argument of "
-                "multiprocessing.Process (it re-attaches there); connect to a named endpoint otherwise"
-            )
-        if self._closed:
-            raise TypeError(f"{self._url} is closed")
-        if self._view_out:
-            self._view_out = False
-            self._r.release()
-        self._hdr[_H_STATE[self._role]] = _HANDOFF
-        self._handed_off = True  # our copy keeps its alive count until it is closed
+    def _handoff_args(self) -> tuple[Any, ...]:
+        # Our copy keeps its alive count until it is closed, so the peer never sees a false death.
         return _rebuild, (self._url, self._seg.ref(), self._role, self._options)
+
+    def _take_over_after_fork(self) -> None:
+        # A fresh alive count: SEM_UNDO adjustments are not inherited by fork.
+        self._alive_held = False
+        self._claim(exclusive=False)
+
+    def _drop_liveness_copy(self) -> None:
+        self._alive_held = False  # the parent's count is the parent's (and undone at its exit)
 
 
 def _unlink_ours(path: str, nonce: int) -> None:
@@ -914,8 +714,6 @@ def _remove_all(seg: _Segment) -> None:
     _paths.rmdir_quiet(registry_dir())
 
 
-_live: weakref.WeakSet[SysvShmChannel] = weakref.WeakSet()
-
 
 def _rebuild(url: str, ref: tuple[int, int, int, int, int, str], role: int, options: SysvShmOptions) -> SysvShmChannel:
     shmid, semid, semkey, shmkey, nonce, manifest = ref
@@ -927,116 +725,16 @@ def _rebuild(url: str, ref: tuple[int, int, int, int, int, str], role: int, opti
     except sysv_ipc.PermissionsError as exc:
         raise PermissionDenied(errno.EACCES, f"{url}: the segment is not ours") from exc
     seg = _attach(shm, semid, semkey, shmkey, nonce, manifest, url)
-    try:
-        ch = SysvShmChannel(url, options, seg, role)
-    except BaseException:
-        seg.close()
-        raise
-    try:
-        ch._claim(exclusive=False)
-    except BaseException:
-        ch._handed_off = True
-        ch.close()
-        raise
-    return ch
+    return open_end(lambda: SysvShmChannel(url, options, seg, role), seg.close,
+                    lambda ch: ch._claim(exclusive=False))
 
 
-# --------------------------------------------------------------------------- hand-off under fork
-# multiprocessing's *fork* passes Process arguments without pickling: the ends among them are
-# found on the stack (as ``ipckit.fdstream`` does), and the child takes them over (its own alive
-# count: SEM_UNDO adjustments are not inherited by fork).  Ends not handed over stay unusable in
-# the child, and their liveness never leaks into it.
-_marked: list[SysvShmChannel] = []
-
-
-def _find_ends(obj: Any, depth: int = 0) -> Iterator[SysvShmChannel]:
-    if isinstance(obj, SysvShmChannel):
-        yield obj
-    elif depth < 3 and isinstance(obj, (tuple, list)):
-        for item in obj:
-            yield from _find_ends(item, depth + 1)
-    elif depth < 3 and isinstance(obj, dict):
-        for item in obj.values():
-            yield from _find_ends(item, depth + 1)
-
-
-def _before_fork() -> None:
-    if not _live:
-        return
-    frame: types.FrameType | None = sys._getframe(1)
-    for _ in range(30):
-        if frame is None:
-            return
-        proc = frame.f_locals.get("process_obj") if frame.f_code.co_name == "_launch" else None
-        if proc is not None:
-            _marked.extend(ch for ch in _find_ends((getattr(proc, "_args", ()), getattr(proc, "_kwargs", {})))
-                           if not ch._closed)
-            return
-        frame = frame.f_back
-
-
-def _after_fork_in_parent() -> None:
-    for ch in _marked:
-        ch._handed_off = True  # the child uses it now; closing our copy only detaches
-    _marked.clear()
-
-
-def _after_fork_in_child() -> None:
-    handed = list(_marked)
-    _marked.clear()
-    _live.clear()
-    for ch in handed:
-        ch._pid = os.getpid()
-        ch._send_lock = threading.Lock()  # a parent thread may have held them at the fork
-        ch._recv_lock = threading.Lock()
-        ch._alive_held = False
-        try:
-            ch._claim(exclusive=False)
-        except IPCError:
-            continue
-        _live.add(ch)
-        _live_channels.add(ch)
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 # --------------------------------------------------------------------------- listener & backend
 @final
-class SysvShmListener(Listener):
+class SysvShmListener(RingListener):
     """Owns ``sysv+shm://name`` until one peer attached (then the name is freed)."""
-
-    def __init__(self, url: str, options: SysvShmOptions, chan: SysvShmChannel) -> None:
-        super().__init__(url, options)
-        self._chan: SysvShmChannel | None = chan
-
-    def _accept(self, deadline: Deadline) -> Channel:
-        ch = self._chan
-        if ch is None:
-            raise UnsupportedOperation(f"{self._url} accepts a single peer, and it already connected")
-        hdr = ch._hdr
-        try:
-            while hdr[_H_STATE[1]] == _FREE:
-                if self._closed:
-                    break
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise ChannelTimeout(f"no peer connected to {self._url} before the deadline")
-                ch._own_waker.wait(0.1 if left is None else min(0.1, left))
-        except ValueError:  # close() from another thread released the views
-            if not self._closed:
-                raise
-        if self._closed:
-            raise ChannelClosed(f"accept on closed listener {self._url}")
-        ch._wait.set_peer(int(hdr[_H_PID[1]]) or None)
-        ch._publish()  # both attached: nothing can be left behind from now on
-        self._chan = None
-        return ch
-
-    def _close(self) -> None:
-        if self._chan is not None:
-            self._chan.close()
-            self._chan = None
 
 
 def _rendezvous(address: str) -> tuple[str, str]:
@@ -1044,11 +742,11 @@ def _rendezvous(address: str) -> tuple[str, str]:
     if address.startswith("/"):
         path = os.path.normpath(address)
         directory, name = os.path.split(path)
-        if not _NAME_RE.match(name):
+        if not NAME_RE.match(name):
             raise InvalidAddress(f"sysv+shm endpoint file name {name!r} must match [A-Za-z0-9._-]{{1,200}}")
         return directory, path
     name = address.strip("/")
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise InvalidAddress(f"sysv+shm name {address!r} must match [A-Za-z0-9._-]{{1,200}} (or be an absolute path)")
     directory = registry_dir()
     return directory, os.path.join(directory, f"ep.{name}")
@@ -1099,15 +797,12 @@ def _connect_segment(url: str, path: str, deadline: Deadline) -> _Segment:
 
 
 @final
-class SysvShmBackend(Backend):
+class SysvShmBackend(RingBackend):
     scheme: ClassVar[str] = "sysv+shm"
-    capabilities: ClassVar[Capabilities] = _CAPS
     options_class: ClassVar[type[Options]] = SysvShmOptions
 
     @classmethod
-    def is_available(cls) -> tuple[bool, str]:
-        if not _ring.ordering_supported():
-            return False, "the shm ring needs an x86-64 CPU (total store order)"
+    def _provider_available(cls) -> tuple[bool, str]:
         try:
             _sysv_ipc()
         except ImportError:
@@ -1139,17 +834,8 @@ class SysvShmBackend(Backend):
         try:
             seg_b = _attach(_sysv_ipc().attach(seg.shmid), seg.semid, seg.semkey, seg.shmkey, seg.nonce,
                             seg.manifest, "sysv+shm://")
-            try:
-                b = SysvShmChannel("sysv+shm://", opts, seg_b, 1)
-            except BaseException:
-                seg_b.close()
-                raise
-            try:
-                b._claim(exclusive=True)
-            except BaseException:
-                b._handed_off = True
-                b.close()
-                raise
+            b = open_end(lambda: SysvShmChannel("sysv+shm://", opts, seg_b, 1), seg_b.close,
+                         lambda ch: ch._claim(exclusive=True))
             seg.mark_removed()  # both attached: the kernel frees it at the last detach
         except BaseException:
             a.close()
@@ -1198,15 +884,5 @@ class SysvShmBackend(Backend):
         if os.path.lexists(directory):
             _check_private_dir(directory)
         seg = _connect_segment(url, path, deadline)
-        try:
-            ch = SysvShmChannel(url, opts, seg, 1)
-        except BaseException:
-            seg.close()
-            raise
-        try:
-            ch._claim(exclusive=True)
-        except BaseException:
-            ch._handed_off = True  # never mark the listener's segment closed for a failed attach
-            ch.close()
-            raise
-        return ch
+        # A failed attach never marks the listener's segment closed.
+        return open_end(lambda: SysvShmChannel(url, opts, seg, 1), seg.close, lambda ch: ch._claim(exclusive=True))

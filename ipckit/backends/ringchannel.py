@@ -1,0 +1,574 @@
+"""The channel end both shared-memory ring backends share (``shm://`` and ``sysv+shm://``).
+
+A provider (``shm.py``: POSIX shared memory + posix_ipc semaphores, OFD-lock liveness;
+``sysv_shm.py``: SysV shared memory + a SysV semaphore set, ``SEM_UNDO`` liveness) makes the
+segment and its two wake-up hints; :class:`RingChannel` runs the two rings in it
+(``ipckit.backends.ring``, one per direction) with the wait strategy of
+``ipckit.backends.waiting``: the send/receive hooks and their fast paths, the waits, the
+peer-death checks, copy-free ``recv_view``, pickle protocol 5 out-of-band parts, closing, and the
+skeleton of the hand-off to a child process (spawn: ``__reduce__``; fork: the Channel base's
+``_fork_handed``/``_fork_adopt``/``_fork_release`` hooks).  :class:`RingListener` is the
+single-peer listener both use.
+
+What a provider supplies (see each hook's docstring): ``_peer_gone`` (its liveness test),
+``_end_closed`` / ``_release_segment`` (what closing leaves or removes), ``_check_handoff`` /
+``_handoff_args`` (spawn hand-off), ``_take_over_after_fork`` / ``_drop_liveness_copy`` (fork),
+``_both_attached`` (a listener's peer arrived).
+
+The segment's page 0 starts with the header words of :data:`H_MAGIC` .. :data:`H_PID`; a
+provider adds its own words after them.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, NoReturn, TypeVar
+
+from ..backend import Backend, Capabilities, Options
+from ..channel import USE_DEFAULT, Channel, Listener, as_byte_view
+from ..deadline import Deadline
+from ..errors import (
+    BufferTooSmall,
+    ChannelBusy,
+    ChannelClosed,
+    ChannelTimeout,
+    EndOfChannel,
+    IPCError,
+    MessageTooLarge,
+    PeerDied,
+    RecvTimeout,
+    SendTimeout,
+    UnsupportedOperation,
+)
+from . import ring as _ring
+from .waiting import WaitStrategy, Waker
+
+__all__ = [
+    "RING_CAPS",
+    "RingBackend",
+    "RingChannel",
+    "RingListener",
+    "RingOptions",
+    "header_matches",
+    "initialize_segment",
+    "layout",
+    "open_end",
+]
+
+PAGE: Final = mmap.PAGESIZE
+NAME_RE: Final = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+# Segment header words (u64) on page 0, common to both providers.
+H_MAGIC, H_VERSION, H_CAPACITY, H_MAXMSG, H_UID = 0, 1, 2, 3, 4
+H_STATE: Final = (5, 6)  # per end: FREE, ATTACHED, HANDOFF, CLOSED
+H_PID: Final = (7, 8)  # per end: the pid that holds it (untrusted: a hint for the wait strategy)
+FREE, ATTACHED, HANDOFF, CLOSED = 0, 1, 2, 3
+
+_PID_LIMIT: Final = 1 << 22  # Linux PID_MAX_LIMIT
+
+RING_CAPS: Final = Capabilities(
+    duplex=True,
+    message_oriented=True,
+    selectable=False,
+    detects_peer_close=True,
+    named=True,
+    anonymous_pair=True,
+    inheritable=True,
+    proves_same_user=True,
+)
+
+
+@dataclass
+class RingOptions(Options):
+    capacity: int = 4 * 1024 * 1024
+    spin: bool = True
+
+
+def layout(capacity: int) -> tuple[int, int, int]:
+    """(rounded capacity, region size, segment size) -- rings start on page boundaries."""
+    cap = _ring.round_capacity(max(capacity, _ring.MIN_CAPACITY))
+    cap = (cap + PAGE - 1) // PAGE * PAGE
+    region = _ring.region_size(cap)
+    region_pages = (region + PAGE - 1) // PAGE * PAGE
+    return cap, region, PAGE + 2 * region_pages
+
+
+def ring_offsets(segment_size: int) -> tuple[int, int, int]:
+    """(offset of ring A, offset of ring B, region size) in a segment of *segment_size* bytes."""
+    half = (segment_size - PAGE) // 2
+    return PAGE, PAGE + half, half
+
+
+def initialize_segment(buf: memoryview, segment_size: int, capacity: int, max_message_size: int,
+                       version: int) -> None:
+    """Initialise both rings and the common header words of a new segment (the creator writes
+    its own words, then the magic, last)."""
+    off_a, off_b, _ = ring_offsets(segment_size)
+    _ring.initialize(buf, off_a, capacity, max_message_size)
+    _ring.initialize(buf, off_b, capacity, max_message_size)
+    hdr = buf[:PAGE].cast("Q")
+    hdr[H_VERSION] = version
+    hdr[H_CAPACITY] = capacity
+    hdr[H_MAXMSG] = max_message_size
+    hdr[H_UID] = os.geteuid()
+    hdr.release()
+
+
+def header_matches(hdr: memoryview, magic: int, version: int, segment_size: int) -> bool:
+    """True when an initialised header is ours: magic, version, owner, and a layout of this size."""
+    return (
+        hdr[H_MAGIC] == magic
+        and hdr[H_VERSION] == version
+        and hdr[H_UID] == os.geteuid()
+        and layout(int(hdr[H_CAPACITY]))[2] == segment_size
+    )
+
+
+class _ForkedRing:
+    """Stands in for the rings of an end a forked child inherited but was not handed."""
+
+    __slots__ = ("_msg",)
+
+    def __init__(self, url: str) -> None:
+        self._msg = (
+            f"{url} was inherited through fork without being handed over; pass the end to the child "
+            "as a multiprocessing.Process argument (or connect by name)"
+        )
+
+    def detach(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise UnsupportedOperation(self._msg)
+
+
+class RingChannel(Channel):
+    """One end of a ring channel.  Role 0 created the segment, role 1 attached to it."""
+
+    capabilities: ClassVar[Capabilities] = RING_CAPS
+    #: Sends between two checks of the reader's liveness (a dead reader never frees space, but a
+    #: large ring would accept many messages first); every multi-part send checks too.
+    liveness_every: ClassVar[int] = 64
+
+    def __init__(
+        self,
+        url: str,
+        options: RingOptions,
+        role: int,
+        buf: object,
+        hdr: memoryview,
+        segment_size: int,
+        own_waker: Waker,
+        peer_waker: Waker,
+    ) -> None:
+        super().__init__(url, options, peer_trusted=True)
+        self._role = role
+        self._hdr = hdr
+        off_a, off_b, size = ring_offsets(segment_size)
+        out_off, in_off = (off_a, off_b) if role == 0 else (off_b, off_a)
+        # Receive limit: the smaller of ours and the creator's (the peer's sends are checked by it).
+        maxmsg = min(options.max_message_size, int(hdr[H_MAXMSG]))
+        self._w = _ring.RingWriter(buf, out_off, size, maxmsg)
+        self._r = _ring.RingReader(buf, in_off, size, maxmsg)
+        self._own_waker = own_waker
+        self._peer_waker = peer_waker
+        self._w.wake_peer = peer_waker.post
+        self._r.wake_peer = peer_waker.post
+        self._wait = WaitStrategy(spin=options.spin)
+        self._peer_pid = 0
+        self._peer_dead = False
+        self._view_out = False
+        self._live_countdown = self.liveness_every
+
+    # -- provider hooks ------------------------------------------------------------------------
+    def _peer_gone(self) -> bool:
+        """True when the peer end was attached and its process died (sets ``_peer_dead``)."""
+        raise NotImplementedError
+
+    def _end_closed(self, mine: bool) -> None:
+        """After the rings were closed (*mine*: this process owned the end) or only detached."""
+
+    def _release_segment(self) -> None:
+        """Release this end's hold on the segment (mapping, descriptors); always called last."""
+        raise NotImplementedError
+
+    def _check_handoff(self) -> None:
+        """Raise TypeError if this end can no longer be handed to a spawned process."""
+
+    def _handoff_args(self) -> tuple[Any, ...]:
+        """The ``__reduce__`` value that rebuilds this end in the spawned process."""
+        raise NotImplementedError
+
+    def _take_over_after_fork(self) -> None:
+        """Child of a fork that was handed this end: hold its liveness from this process."""
+        raise NotImplementedError
+
+    def _drop_liveness_copy(self) -> None:
+        """Child of a fork that was not handed this end: never keep the parent's liveness."""
+
+    def _both_attached(self) -> None:
+        """Creator's end, a listener's peer attached: the rendezvous names are not needed any more."""
+
+    # -- attach / liveness ---------------------------------------------------------------------
+    def _mark_attached(self) -> None:
+        """Publish this process as the end's holder."""
+        hdr = self._hdr
+        hdr[H_PID[self._role]] = os.getpid()
+        hdr[H_STATE[self._role]] = ATTACHED
+        self._refresh_peer()
+
+    def _refresh_peer(self) -> None:
+        pid = int(self._hdr[H_PID[1 - self._role]])
+        if pid != self._peer_pid:
+            self._peer_pid = pid  # untrusted: only a hint for the wait strategy
+            self._wait.set_peer(pid if 0 < pid < _PID_LIMIT and pid != os.getpid() else None)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ChannelClosed(f"{self._url} was closed")
+        self._refresh_peer()
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            raise UnsupportedOperation(
+                f"{self._url} was inherited through fork; pass it to the child as a multiprocessing "
+                "argument (it is handed over) or connect by name"
+            )
+
+    # -- hot paths ------------------------------------------------------------------------------
+    # send_bytes / recv_bytes keep the base class's semantics (Channel's docstrings) but skip its
+    # layers when the call completes at once: no deadline arithmetic, one non-blocking lock try,
+    # one ring call.  Anything unusual (contention, a full ring, the peer closed, a streamed
+    # message, a pending recv_view) goes through the general path in Channel.
+    def send_bytes(self, data: Any, timeout: float | None = USE_DEFAULT) -> None:
+        if self._closed:
+            raise ChannelClosed(f"send on closed channel {self._url}")
+        if type(data) is not bytes:
+            data = as_byte_view(data)
+        n = len(data)
+        if n > self._max:
+            raise MessageTooLarge(self._too_large(n))
+        lock = self._send_lock
+        if lock.acquire(False):
+            try:
+                if self._live_countdown > 0 and self._w.try_send(data):
+                    self._live_countdown -= 1
+                    return
+            finally:
+                lock.release()
+        Channel.send_bytes(self, data, timeout)
+
+    def recv_bytes(self, timeout: float | None = USE_DEFAULT) -> bytes:
+        if self._closed:
+            raise ChannelClosed(f"recv on closed channel {self._url}")
+        lock = self._recv_lock
+        if lock.acquire(False):
+            try:
+                if not self._view_out:
+                    r = self._r
+                    data = r.try_read_bytes()
+                    if data is not None:
+                        return data
+                    # The answer is usually microseconds away: across cores spin on the counter
+                    # itself, on a shared core hand the CPU over (sched_yield), no callbacks.
+                    ws = self._wait
+                    words = r.counters
+                    rp = r.read_pos
+                    if ws.spin_while_equal(words, _ring.WRITE_POS, rp) or ws.yield_while_equal(
+                        words, _ring.WRITE_POS, rp, _ring.WRITER_CLOSED
+                    ):
+                        data = r.try_read_bytes()
+                        if data is not None:
+                            return data
+            finally:
+                lock.release()
+        return Channel.recv_bytes(self, timeout)
+
+    # -- sending --------------------------------------------------------------------------------
+    def _send_message(self, view: memoryview, deadline: Deadline) -> None:
+        w = self._w
+        if w.peer_closed():
+            self._check_pid()
+            raise EndOfChannel(f"the peer closed {self._url}")
+        self._live_countdown -= 1
+        if self._live_countdown < 0:
+            self._send_liveness()
+        if w.try_write(view):
+            return
+        self._finish_send(deadline)
+
+    def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
+        # pickle protocol 5: the object's out-of-band buffers are copied straight into the ring.
+        w = self._w
+        if w.peer_closed():
+            self._check_pid()
+            raise EndOfChannel(f"the peer closed {self._url}")
+        self._send_liveness()
+        if w.write(views, total):
+            return
+        self._finish_send(deadline)
+
+    def _finish_send(self, deadline: Deadline) -> None:
+        self._check_pid()
+        if self._wait.peer_pid is None:
+            self._refresh_peer()
+        w = self._w
+        while True:
+            try:
+                ok = self._wait.wait(w.can_progress, deadline, self._own_waker, w.set_sleeping, self._send_check)
+            except IPCError:
+                w.abort()
+                raise
+            if w.peer_closed():
+                w.abort()
+                raise EndOfChannel(f"the peer closed {self._url}")
+            if w.pump():
+                return
+            if not ok:
+                w.abort()
+                if self._peer_gone():
+                    raise PeerDied(f"the peer of {self._url} died")
+                raise SendTimeout(f"send on {self._url} timed out (the ring is full)")
+
+    def _send_liveness(self) -> None:
+        self._live_countdown = self.liveness_every
+        self._check_pid()
+        if self._peer_gone():
+            raise PeerDied(f"the peer of {self._url} died")
+
+    def _send_check(self) -> None:
+        self._check()
+        if self._peer_gone():
+            raise PeerDied(f"the peer of {self._url} died")
+
+    # -- receiving ------------------------------------------------------------------------------
+    def _recv_ready(self) -> bool:
+        return self._r.has_data() or self._r.writer_closed()
+
+    def _recv_check(self) -> None:
+        self._check()
+        if self._peer_gone() and not self._r.has_data():
+            raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
+
+    def _next(self, deadline: Deadline, into: memoryview | None = None) -> memoryview:
+        r = self._r
+        if self._view_out:  # the previous recv_view's message: consumed now
+            self._view_out = False
+            r.release()
+        view = r.peek(into)
+        while view is None:
+            self._check_pid()
+            if self._wait.peer_pid is None:  # learn where the peer runs (same CPU: never spin)
+                self._refresh_peer()
+            if r.writer_closed():
+                view = r.peek(into)
+                if view is not None:
+                    break
+                raise EndOfChannel(f"the peer closed {self._url} and every message was received")
+            if self._peer_dead:
+                raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
+            ok = self._wait.wait(self._recv_ready, deadline, self._own_waker, r.set_sleeping, self._recv_check)
+            view = r.peek(into)
+            if view is None and not ok:
+                if self._peer_gone() and not r.has_data():
+                    raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
+                raise RecvTimeout(f"no message on {self._url} before the deadline")
+        return view
+
+    def _recv_message(self, deadline: Deadline) -> Any:
+        view = self._next(deadline)
+        obj = view.obj
+        if isinstance(obj, bytearray) and len(obj) == len(view):
+            self._r.release()  # a streamed message: its reassembly buffer is already a copy
+            return obj
+        data = bytes(view)
+        self._r.release()
+        return data
+
+    def _recv_message_into(self, view: memoryview, deadline: Deadline) -> int:
+        msg = self._next(deadline, view)
+        n = len(msg)
+        if n > len(view):
+            data = bytes(msg)
+            self._r.release()
+            raise BufferTooSmall(f"message of {n} bytes does not fit the {len(view)}-byte buffer", data)
+        if msg.obj is not view.obj:
+            view[:n] = msg
+        self._r.release()
+        return n
+
+    def _recv_view(self, deadline: Deadline) -> Any:
+        # A view into the ring itself: the message stays in place until the next receive.
+        view = self._next(deadline)
+        self._view_out = True
+        return view
+
+    def _poll(self, deadline: Deadline) -> bool:
+        # Under the receive lock, so close() waits for a poll blocked in another thread.
+        lock = self._recv_lock
+        if deadline is None:
+            lock.acquire()
+        elif not lock.acquire(True, max(0.0, deadline - time.monotonic())):
+            return False
+        try:
+            if self._closed:
+                raise ChannelClosed(f"poll on closed channel {self._url}")
+            self._check_pid()
+            r = self._r
+            while True:
+                if r.peek() is not None or r.writer_closed() or self._peer_gone():
+                    return True
+                if not self._wait.wait(self._recv_ready, deadline, self._own_waker, r.set_sleeping, self._check):
+                    return r.peek() is not None or r.writer_closed() or self._peer_gone()
+        finally:
+            lock.release()
+
+    # -- closing --------------------------------------------------------------------------------
+    def _wakeup(self) -> None:
+        if self._pid == os.getpid() and not self._handed_off:
+            self._own_waker.post()
+            self._own_waker.post()
+
+    def _close(self) -> None:
+        mine = self._pid == os.getpid() and not self._handed_off
+        try:
+            if mine:
+                self._hdr[H_STATE[self._role]] = CLOSED  # before the liveness goes: not a crash
+                self._w.close()
+                self._r.close()
+                self._peer_waker.post()
+            else:
+                self._w.detach()
+                self._r.detach()
+            self._end_closed(mine)
+        finally:
+            self._release_segment()
+
+    # -- hand-off ---------------------------------------------------------------------------------
+    def __reduce__(self) -> Any:
+        from multiprocessing import context
+
+        if context.get_spawning_popen() is None:
+            return Channel.__reduce__(self)  # plain pickling: refused, with advice
+        if self._closed:
+            raise TypeError(f"{self._url} is closed")
+        self._check_handoff()
+        if self._view_out:
+            self._view_out = False
+            self._r.release()
+        self._hdr[H_STATE[self._role]] = HANDOFF
+        self._handed_off = True  # our copy only detaches when closed
+        return self._handoff_args()
+
+    def _fork_adopt(self) -> None:
+        """In a multiprocessing fork child that was handed this end: it is ours now."""
+        super()._fork_adopt()
+        self._pid = os.getpid()
+        self._send_lock = threading.Lock()  # a parent thread may have held them at the fork
+        self._recv_lock = threading.Lock()
+        try:
+            self._take_over_after_fork()
+        except Exception:  # never fail the fork; a broken end raises on use instead
+            pass
+
+    def _fork_release(self, multiprocessing_child: bool) -> None:
+        """In any forked child that was not handed this end: never touch the shared rings, and
+        never keep the parent's liveness (its death must stay visible to the peer)."""
+        self._drop_liveness_copy()
+        forked: Any = _ForkedRing(self._url)
+        self._w = forked
+        self._r = forked
+
+
+class RingBackend(Backend):
+    """What both ring backends' factories share: capabilities and the CPU check."""
+
+    capabilities: ClassVar[Capabilities] = RING_CAPS
+
+    @classmethod
+    def is_available(cls) -> tuple[bool, str]:
+        if not _ring.ordering_supported():
+            return False, "the shm ring needs an x86-64 CPU (total store order)"
+        return cls._provider_available()
+
+    @classmethod
+    def _provider_available(cls) -> tuple[bool, str]:
+        """The provider's own probe (its library, its kernel interface)."""
+        return True, ""
+
+
+_C = TypeVar("_C", bound=RingChannel)
+
+
+def open_end(make: Callable[[], _C], release_segment: Callable[[], object], claim: Callable[[_C], object]) -> _C:
+    """Build an end on an attached segment (``make``) and take it over (``claim``).
+
+    If building fails, the segment is released; if the take-over fails, the end is closed without
+    being marked closed in the segment (it may be a listener's, or on its way to another process).
+    """
+    try:
+        ch = make()
+    except BaseException:
+        release_segment()
+        raise
+    try:
+        claim(ch)
+    except BaseException:
+        ch._handed_off = True
+        ch.close()
+        raise
+    return ch
+
+
+class RingListener(Listener):
+    """Owns a named ring endpoint (its creator's end) until one peer attached."""
+
+    def __init__(self, url: str, options: RingOptions, chan: RingChannel) -> None:
+        super().__init__(url, options)
+        self._busy = threading.Lock()
+        self._chan: RingChannel | None = chan
+
+    def _accept(self, deadline: Deadline) -> Channel:
+        if not self._busy.acquire(False):
+            raise ChannelBusy(f"another thread is accepting on {self._url}")
+        try:
+            ch = self._chan
+            if self._closed:
+                raise ChannelClosed(f"accept on closed listener {self._url}")
+            if ch is None:
+                raise UnsupportedOperation(f"{self._url} accepts a single peer, and it already connected")
+            hdr = ch._hdr
+            waker = ch._own_waker
+            while hdr[H_STATE[1]] in (FREE, HANDOFF):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise ChannelTimeout(f"no peer connected to {self._url} before the deadline")
+                waker.wait(0.1 if left is None else min(0.1, left))
+                if self._closed:
+                    raise ChannelClosed(f"accept on closed listener {self._url}")
+            ch._refresh_peer()
+            ch._both_attached()  # nothing can be left behind from now on
+            self._chan = None
+            return ch
+        finally:
+            self._busy.release()
+
+    def _close(self) -> None:
+        ch = self._chan
+        if ch is None:
+            return
+        ch._own_waker.post()  # wake a blocked accept(); it sees _closed and leaves
+        got = self._busy.acquire(True, 2.0)
+        try:
+            if self._chan is not None:
+                self._chan = None
+                ch.close()
+        finally:
+            if got:
+                self._busy.release()
