@@ -219,6 +219,10 @@ class Channel:
         n = view.nbytes
         if n > self._max:
             raise MessageTooLarge(self._too_large(n))
+        self._locked_send(view, n, timeout)
+
+    def _locked_send(self, payload: memoryview | list[memoryview], n: int, timeout: float | None) -> None:
+        """Run the send hook under the send lock: one view (``_send_message``) or parts (``_send_parts``)."""
         if timeout is USE_DEFAULT:
             timeout = self._default_timeout
         lock = self._send_lock
@@ -232,33 +236,16 @@ class Channel:
         try:
             if self._closed:
                 raise ChannelClosed(f"send on closed channel {self._url}")
-            self._send_message(view, deadline)
+            if type(payload) is list:
+                self._send_parts(payload, n, deadline)
+            else:
+                self._send_message(payload, deadline)  # type: ignore[arg-type]
         except IPCError:
             raise
         except OSError as exc:
             raise from_oserror(exc, f"send on {self._url}") from exc
         except MemoryError as exc:
             raise ResourceExhausted(f"out of memory sending {n} bytes on {self._url}") from exc
-        finally:
-            lock.release()
-
-    def _locked_send(self, views: list[memoryview], total: int, timeout: float | None) -> None:
-        if timeout is USE_DEFAULT:
-            timeout = self._default_timeout
-        deadline = deadline_from(timeout)
-        lock = self._send_lock
-        if not lock.acquire(True, -1 if deadline is None else remaining(deadline) or 0.0):
-            raise SendTimeout(f"send timed out after {timeout} s waiting for another sending thread")
-        try:
-            if self._closed:
-                raise ChannelClosed(f"send on closed channel {self._url}")
-            self._send_parts(views, total, deadline)
-        except IPCError:
-            raise
-        except OSError as exc:
-            raise from_oserror(exc, f"send on {self._url}") from exc
-        except MemoryError as exc:
-            raise ResourceExhausted(f"out of memory sending {total} bytes on {self._url}") from exc
         finally:
             lock.release()
 
