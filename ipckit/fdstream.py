@@ -71,10 +71,12 @@ class FdStreamChannel(Channel):
         super().__init__(url, options, peer_trusted=peer_trusted)
         self._rfd = rfd
         self._wfd = wfd
-        os.set_blocking(rfd, False)
-        if wfd != rfd:
-            os.set_blocking(wfd, False)
+        if not self._blocking_reads:
+            os.set_blocking(rfd, False)
+            if wfd != rfd:
+                os.set_blocking(wfd, False)
         self._checksum = checksum
+        self._blocked = False  # a thread is inside _raw_read_blocking
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._rpoll = select.poll()
         self._rpoll.register(rfd, _POLLIN)
@@ -103,6 +105,17 @@ class FdStreamChannel(Channel):
 
     def _raw_readinto(self, view: memoryview) -> int:
         return os.readv(self._rfd, [view])
+
+    #: Subclasses whose reads can block and still be woken by close() set this and implement
+    #: ``_raw_read_blocking`` and ``_unblock_reader`` (sockets: shutdown(SHUT_RD)).  Pipes cannot:
+    #: nothing but the peer wakes a blocked read on a pipe, so they always wait in poll().
+    _blocking_reads = False
+
+    def _raw_read_blocking(self, view: memoryview) -> int:
+        raise NotImplementedError
+
+    def _unblock_reader(self) -> None:
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- sending
     def _send_message(self, view: memoryview, deadline: Deadline) -> None:
@@ -328,18 +341,16 @@ class FdStreamChannel(Channel):
             self._rend = have
         read_first = self._read_first
         while self._rend - self._rpos < need:
-            if not read_first:
-                if not self._rpoll.poll(None if deadline is None else poll_ms(deadline)):
-                    if self._closed:
-                        raise ChannelClosed(f"channel {self._url} was closed while receiving")
-                    raise RecvTimeout(f"no message on {self._url} before the timeout")
-                if self._closed:
-                    raise ChannelClosed(f"channel {self._url} was closed while receiving")
-            read_first = False
-            try:
-                got = self._raw_readinto(self._rmv[self._rend :])
-            except BlockingIOError:
-                continue
+            if deadline is None and self._blocking_reads:
+                got = self._read_blocking(self._rmv[self._rend :])
+            else:
+                if not read_first:
+                    self._wait_for_data(deadline)
+                read_first = False
+                try:
+                    got = self._raw_readinto(self._rmv[self._rend :])
+                except BlockingIOError:
+                    continue
             if got == 0:
                 partial = self._rend - self._rpos
                 if partial:
@@ -347,6 +358,29 @@ class FdStreamChannel(Channel):
                 raise self._eof(f"the peer of {self._url} ended without closing the channel")
             self._rend += got
             self._read_first = self._rend == READ_BUFFER
+
+    def _read_blocking(self, view: memoryview) -> int:
+        # One system call instead of poll + read.  close() from another thread sees _blocked and
+        # wakes the call with _unblock_reader(); the closed/blocked checks on both sides are
+        # ordered by the GIL, so one of them always sees the other.
+        self._blocked = True
+        try:
+            if self._closed:
+                raise ChannelClosed(f"channel {self._url} was closed while receiving")
+            got = self._raw_read_blocking(view)
+        finally:
+            self._blocked = False
+        if self._closed:
+            raise ChannelClosed(f"channel {self._url} was closed while receiving")
+        return got
+
+    def _wait_for_data(self, deadline: Deadline) -> None:
+        if not self._rpoll.poll(None if deadline is None else poll_ms(deadline)):
+            if self._closed:
+                raise ChannelClosed(f"channel {self._url} was closed while receiving")
+            raise RecvTimeout(f"no message on {self._url} before the timeout")
+        if self._closed:
+            raise ChannelClosed(f"channel {self._url} was closed while receiving")
 
     def _eof(self, why: str) -> IPCError:
         self._recv_error = PeerDied(why)
@@ -424,6 +458,8 @@ class FdStreamChannel(Channel):
     def _wakeup(self) -> None:
         if self._wake >= 0:
             os.eventfd_write(self._wake, 1)
+        if self._blocked:
+            self._unblock_reader()
 
     def _close(self) -> None:
         try:

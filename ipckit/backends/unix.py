@@ -261,11 +261,13 @@ class UnixStreamChannel(FdStreamChannel):
     def __init__(self, url: str, options: Options, sock: socket.socket, *, peer_trusted: bool,
                  reconnect: bool = False, checksum: bool = False) -> None:
         self._sock: socket.socket | None = None
-        sock.setblocking(False)
+        # The socket stays in blocking mode: a receive with no deadline blocks in recv() itself
+        # (close() wakes it with shutdown), and every other call passes MSG_DONTWAIT.
+        sock.setblocking(True)
         super().__init__(url, options, rfd=sock.fileno(), wfd=sock.fileno(), peer_trusted=peer_trusted,
                          checksum=checksum)
         self._sock = sock
-        self._send_flags = socket.MSG_NOSIGNAL
+        self._send_flags = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
         self._sendmsg = sock.sendmsg
         self._recv_into = sock.recv_into
         self._trusted = peer_trusted
@@ -274,11 +276,28 @@ class UnixStreamChannel(FdStreamChannel):
     def _raw_writev(self, bufs: list[memoryview]) -> int:
         return self._sendmsg(bufs, (), self._send_flags)
 
+    _blocking_reads = True
+
     def _raw_readinto(self, view: memoryview) -> int:
+        try:
+            return self._recv_into(view, 0, socket.MSG_DONTWAIT)
+        except ConnectionResetError:
+            return 0  # the peer closed with unread data: end of stream (without goodbye → PeerDied)
+
+    def _raw_read_blocking(self, view: memoryview) -> int:
         try:
             return self._recv_into(view)
         except ConnectionResetError:
-            return 0  # the peer closed with unread data: end of stream (without goodbye → PeerDied)
+            return 0
+
+    def _unblock_reader(self) -> None:
+        # Makes a recv() blocked in another thread return 0 at once; we are closing anyway.
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
 
     def _release_fds(self) -> None:
         sock = self._sock

@@ -480,9 +480,12 @@ class ChannelContract:
             assert entered is a
         assert a.closed
 
-    def test_close_from_another_thread_wakes_recv(self) -> None:
+    @pytest.mark.parametrize("timeout", [10.0, None], ids=["deadline", "forever"])
+    def test_close_from_another_thread_wakes_recv(self, timeout: float | None) -> None:
+        # Both waits: with a deadline, and without one (where a backend may block in the
+        # system call itself and must still be woken).
         _a, b = self.make_pair()
-        waiter = _Thread(lambda: b.recv(timeout=10.0), name="ipckit-blocked-recv")
+        waiter = _Thread(lambda: b.recv(timeout=timeout), name="ipckit-blocked-recv")
         waiter.start()
         wait_until_blocked(waiter)
         start = time.monotonic()
