@@ -134,6 +134,28 @@ def region_size(capacity: int) -> int:
     return CONTROL_SIZE + capacity
 
 
+# Packers of a whole small MSG record (header and payload, one call) by payload size, made on
+# first use: ``pack_into(buf, offset, _MSG, n, n, payload)``.
+_PACK_MAX: Final = 1024
+_PACKERS: list[Callable[..., None] | None] = [None] * (_PACK_MAX + 1)
+
+
+def _packer(n: int) -> Callable[..., None]:
+    pack = struct.Struct(f"<IIQ{n}s").pack_into
+    _PACKERS[n] = pack
+    return pack
+
+
+_UNPACKERS: list[Callable[..., tuple[int, int, int, bytes]] | None] = [None] * (_PACK_MAX + 1)
+
+
+def _unpacker(n: int) -> Callable[..., tuple[int, int, int, bytes]]:
+    unpack = _UNPACKERS[n]
+    if unpack is None:
+        unpack = _UNPACKERS[n] = struct.Struct(f"<IIQ{n}s").unpack_from
+    return unpack
+
+
 def _record_size(chunk: int) -> int:
     return (chunk + _HDR_SIZE + _ALIGN - 1) & ~(_ALIGN - 1)
 
@@ -369,6 +391,37 @@ class RingWriter(Ring):
                 self.wake_peer()
         return True
 
+    def try_send_bytes(self, data: bytes) -> bool:
+        """:meth:`try_send` for a ``bytes`` object (the caller checked ``type(data) is bytes``):
+        header and payload go into the ring with one ``pack_into`` when the message is small."""
+        n = len(data)
+        wp = self._wp
+        end = wp + ((n + 79) & ~63)  # _record_size(n)
+        if n > self._fast_max or (end > self._limit and not self._room_for(end)):
+            return False
+        if n <= _PACK_MAX:
+            pack = _PACKERS[n]
+            if pack is None:
+                pack = _packer(n)
+            pack(self._mv, self._data + wp % self._cap, 1, n, n, data)  # _MSG, chunk n, total n, payload
+        else:
+            base = wp % self._cap
+            i = base >> 3
+            base += self._data + 16
+            self._mv[base : base + n] = data
+            dq = self._dq
+            dq[i] = 1 | (n << 32)
+            dq[i + 1] = n
+        self._wp = end
+        ctl = self._ctl
+        ctl[8] = end  # _W_WPOS: the publication store, after the header and payload
+        if ctl[4]:  # _W_RSLEEP: the reader sleeps, or closed
+            if ctl[5]:  # _W_RCLOSED
+                return False
+            if self.wake_peer is not None:
+                self.wake_peer()
+        return True
+
     def _room_for(self, end: int) -> bool:
         """Refresh :attr:`_limit` from the reader's counter; True if a record ending at *end* fits
         contiguously (without padding) and within the free space."""
@@ -535,7 +588,9 @@ class RingWriter(Ring):
 class RingReader(Ring):
     """The consuming end.  Not thread-safe; one reader per ring."""
 
-    __slots__ = ("_asm", "_asm_got", "_asm_total", "_asm_view", "_cur", "_cur_end", "_into", "_rp", "_wp")
+    __slots__ = (
+        "_asm", "_asm_got", "_asm_total", "_asm_view", "_cur", "_cur_end", "_into", "_rbuf", "_rp", "_wp",
+    )
 
     def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
         super().__init__(buf, offset, size, max_message_size)
@@ -547,6 +602,12 @@ class RingReader(Ring):
         self._asm_total = 0
         self._asm_got = 0
         self._into: memoryview | None = None
+        # What try_read_bytes unpacks small messages from (an mmap is a little faster to read).
+        self._rbuf: mmap.mmap | memoryview = self._src if self._src is not None else self._mv
+
+    def detach(self) -> None:
+        self._rbuf = self._mv  # released below: no reference to the mapping is kept
+        super().detach()
 
     # -- queries -------------------------------------------------------------------------
     def has_data(self) -> bool:
@@ -686,27 +747,36 @@ class RingReader(Ring):
         rp = self._rp
         wp = self._wp
         if wp == rp:
-            wp = self._ctl[_W_WPOS]
+            wp = self._ctl[8]  # _W_WPOS
             if wp == rp:
                 return None
-            if wp < rp or wp - rp > self._cap or wp & (_ALIGN - 1):
+            if wp < rp or wp - rp > self._cap or wp & 63:
                 return None  # corrupt: peek() raises
             self._wp = wp
         cap = self._cap
         pos = rp % cap
-        i = pos >> 3
-        dq = self._dq
-        n = dq[i + 1]
-        rec = (n + _HDR_SIZE + _ALIGN - 1) & ~(_ALIGN - 1)
-        if dq[i] != _MSG | (n << 32) or rec > wp - rp or rec > cap - pos or n > self._maxmsg:
+        n = self._dq[(pos >> 3) + 1]  # the header's total
+        rec = (n + 79) & ~63  # _record_size(n)
+        if rec > wp - rp or rec > cap - pos or n > self._maxmsg:
             return None
-        start = self._data + pos + _HDR_SIZE
-        src = self._src
-        data = src[start : start + n] if src is not None else bytes(self._mv[start : start + n])
+        if n <= _PACK_MAX:
+            # One call reads the header again and the payload (as bytes); checked below.
+            unpack = _UNPACKERS[n]
+            if unpack is None:
+                unpack = _unpacker(n)
+            kind, chunk, total, data = unpack(self._rbuf, self._data + pos)
+            if kind != 1 or chunk != n or total != n:  # _MSG, chunk n, total n
+                return None
+        else:
+            if self._dq[pos >> 3] != 1 | (n << 32):  # _MSG, chunk n
+                return None
+            start = self._data + pos + 16
+            src = self._src
+            data = src[start : start + n] if src is not None else self._mv[start : start + n].tobytes()
         self._rp = rp = rp + rec
         ctl = self._ctl
-        ctl[_W_RPOS] = rp
-        if ctl[_W_WSLEEP] and self.wake_peer is not None:
+        ctl[16] = rp  # _W_RPOS
+        if ctl[6] and self.wake_peer is not None:  # _W_WSLEEP
             self.wake_peer()
         return data
 

@@ -40,7 +40,6 @@ from ..errors import (
     ChannelTimeout,
     EndOfChannel,
     IPCError,
-    MessageTooLarge,
     PeerDied,
     RecvTimeout,
     SendTimeout,
@@ -247,45 +246,47 @@ class RingChannel(Channel):
     # one ring call.  Anything unusual (contention, a full ring, the peer closed, a streamed
     # message, a pending recv_view) goes through the general path in Channel.
     def send_bytes(self, data: Any, timeout: float | None = USE_DEFAULT) -> None:
-        if self._closed:
-            raise ChannelClosed(f"send on closed channel {self._url}")
-        if type(data) is not bytes:
-            data = as_byte_view(data)
-        n = len(data)
-        if n > self._max:
-            raise MessageTooLarge(self._too_large(n))
         lock = self._send_lock
         if lock.acquire(False):
             try:
-                if self._live_countdown > 0 and self._w.try_send(data):
-                    self._live_countdown -= 1
-                    return
+                # _closed is read under the lock: close() sets it, then takes this lock before it
+                # detaches the rings.  The size limit is the ring's (never above self._max): a
+                # message above it is refused here and reported by the general path.
+                c = self._live_countdown
+                if c > 0 and not self._closed:
+                    if type(data) is bytes:
+                        sent = self._w.try_send_bytes(data)
+                    else:
+                        data = as_byte_view(data)
+                        sent = self._w.try_send(data)
+                    if sent:
+                        self._live_countdown = c - 1
+                        return
             finally:
                 lock.release()
         Channel.send_bytes(self, data, timeout)
 
     def recv_bytes(self, timeout: float | None = USE_DEFAULT) -> bytes:
-        if self._closed:
-            raise ChannelClosed(f"recv on closed channel {self._url}")
         lock = self._recv_lock
         if lock.acquire(False):
             try:
-                if not self._view_out:
+                if not self._closed:  # under the lock, as in send_bytes
                     r = self._r
-                    data = r.try_read_bytes()
+                    data = r.try_read_bytes()  # None while a recv_view's message is out
                     if data is not None:
                         return data
-                    # The answer is usually microseconds away: across cores spin on the counter
-                    # itself, on a shared core hand the CPU over (sched_yield), no callbacks.
-                    ws = self._wait
-                    words = r.counters
-                    rp = r.read_pos
-                    if ws.spin_while_equal(words, _ring.WRITE_POS, rp) or ws.yield_while_equal(
-                        words, _ring.WRITE_POS, rp, _ring.WRITER_CLOSED
-                    ):
-                        data = r.try_read_bytes()
-                        if data is not None:
-                            return data
+                    if not self._view_out:
+                        # The answer is usually microseconds away: across cores spin on the
+                        # counter itself, on a shared core hand the CPU over (sched_yield).
+                        ws = self._wait
+                        words = r.counters
+                        rp = r.read_pos
+                        if ws.spin_while_equal(words, _ring.WRITE_POS, rp) or ws.yield_while_equal(
+                            words, _ring.WRITE_POS, rp, _ring.WRITER_CLOSED
+                        ):
+                            data = r.try_read_bytes()
+                            if data is not None:
+                                return data
             finally:
                 lock.release()
         return Channel.recv_bytes(self, timeout)
