@@ -226,6 +226,8 @@ class Ring:
         # Fast paths: record headers as two u64 words (``kind | chunk << 32``, ``total``) through a
         # word view of the data area (8-aligned: the area starts 32 bytes into a 64-byte line), and
         # payloads sliced straight into ``bytes`` when the buffer is an mmap (one step, one copy).
+        # Records of at most _PACK_MAX payload bytes are written / read whole (header and payload)
+        # with one cached struct call instead (try_send_bytes, try_read_bytes).
         self._dq = mv[self._data : self._data + cap].cast("Q")
         self._src: mmap.mmap | None = buf if isinstance(buf, mmap.mmap) else None
         self._maxmsg = max_message_size
