@@ -43,7 +43,6 @@ Platform notes:
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import select
 import stat
@@ -69,10 +68,10 @@ from ..errors import (
 from ..fdstream import FdStreamChannel
 from ..url import Endpoint
 from . import _paths
+from .pipe import PipeOptions, grow_pipe
 
 __all__ = ["FifoBackend", "FifoChannel", "FifoOptions"]
 
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _C2S = "c2s"
 _S2C = "s2c"
 _LOCK = "lock"
@@ -81,9 +80,8 @@ _OPEN_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 @dataclass
-class FifoOptions(Options):
-    pipe_size: int = 1024 * 1024
-    checksum: bool = False
+class FifoOptions(PipeOptions):
+    """Same options as ``pipe://``: ``pipe_size`` and ``checksum``."""
 
 
 _CAPS = Capabilities(
@@ -97,21 +95,6 @@ _CAPS = Capabilities(
     multi_client=False,
     proves_same_user=True,
 )
-
-
-def _pipe_max_size() -> int:
-    try:
-        with open("/proc/sys/fs/pipe-max-size") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 1024 * 1024
-
-
-def _grow(fd: int, size: int) -> None:
-    try:
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, min(size, _pipe_max_size()))
-    except OSError:
-        pass  # best effort: an unprivileged user over pipe-user-pages-soft keeps the default
 
 
 def _dir_mode(mode: int) -> int:
@@ -265,7 +248,7 @@ class _FifoListener(Listener):
                 raise ChannelTimeout(f"no peer attached to {self._url} before the timeout")
         rfd, self._c2s = self._c2s, -1
         try:
-            _grow(wfd, opts.pipe_size)
+            grow_pipe(wfd, opts.pipe_size)
             ch = FifoChannel(self._url, opts, rfd=rfd, wfd=wfd, peer_trusted=self._trusted, checksum=opts.checksum)
         except BaseException:
             os.close(rfd)
@@ -423,7 +406,7 @@ class FifoBackend(Backend):
                     errno.EBUSY,
                     f"{url} already has a peer; a FIFO endpoint takes one writer per direction",
                 )
-            _grow(wfd, opts.pipe_size)
+            grow_pipe(wfd, opts.pipe_size)
             return FifoChannel(url, opts, rfd=rfd, wfd=wfd, peer_trusted=_private(opts.mode),
                                checksum=opts.checksum, lock_fd=lock_fd)
         except BaseException:

@@ -33,7 +33,7 @@ from ..channel import Channel
 from ..fdstream import FdStreamChannel
 from ..url import Endpoint
 
-__all__ = ["PipeBackend", "PipeChannel", "PipeOptions"]
+__all__ = ["PipeBackend", "PipeChannel", "PipeOptions", "grow_pipe"]
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -52,7 +52,8 @@ def _pipe_max_size() -> int:
         return 1024 * 1024
 
 
-def _grow(fd: int, size: int) -> None:
+def grow_pipe(fd: int, size: int) -> None:
+    """Raise the kernel buffer of the pipe or FIFO *fd* towards *size* (capped by pipe-max-size)."""
     # Best effort: an unprivileged user over pipe-user-pages-soft gets EPERM; the pipe still works.
     try:
         fcntl.fcntl(fd, _F_SETPIPE_SZ, min(size, _pipe_max_size()))
@@ -114,8 +115,8 @@ class PipeBackend(Backend):
         r2, w2 = os.pipe2(os.O_CLOEXEC)
         fds = [r1, w1, r2, w2]
         try:
-            _grow(w1, opts.pipe_size)
-            _grow(w2, opts.pipe_size)
+            grow_pipe(w1, opts.pipe_size)
+            grow_pipe(w2, opts.pipe_size)
             a = PipeChannel("pipe://", opts, rfd=r1, wfd=w2, peer_trusted=True, checksum=opts.checksum)
             fds = [r2, w1]
             b = PipeChannel("pipe://", opts, rfd=r2, wfd=w1, peer_trusted=True, checksum=opts.checksum)
