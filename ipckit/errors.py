@@ -41,6 +41,7 @@ __all__ = [
     "BackendUnavailable",
     "SerializerUnavailable",
     "from_oserror",
+    "again",
 ]
 
 
@@ -212,3 +213,14 @@ def from_oserror(exc: OSError, what: str) -> IPCError:
         err: IPCError = cls(code, text)
         return err
     return cls(text)
+
+
+def again(err: IPCError) -> IPCError:
+    """A fresh copy of a sticky error (same type, message and cause) to raise once more.
+
+    Channels that stay broken raise the recorded error on every later call; a new instance each
+    time keeps tracebacks from piling up on one object.
+    """
+    fresh = type(err)(*err.args)
+    fresh.__cause__ = err.__cause__
+    return fresh

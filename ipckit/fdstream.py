@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import select
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from .backend import Options
@@ -36,6 +37,7 @@ from .errors import (
     ProtocolError,
     RecvTimeout,
     SendTimeout,
+    again,
     from_oserror,
 )
 from .framing import FLAG_CHECKSUM, FLAG_GOODBYE, HEADER, HEADER_SIZE, MAGIC, VERSION, crc32, decode_header
@@ -58,6 +60,23 @@ _U64_MASK = (1 << 64) - 1
 def _head_word(seq: int) -> int:
     """The first 8 header bytes of an unflagged frame with sequence *seq*, as a little-endian u64."""
     return int.from_bytes(MAGIC + bytes((VERSION, 0)) + (seq & _SEQ_MASK).to_bytes(4, "little"), "little")
+
+
+def write_with_linger(fd: int, write: Callable[[], int], linger: float = _GOODBYE_LINGER) -> int:
+    """Run the non-blocking *write* once; if *fd* is full, wait up to *linger* s for room and retry.
+
+    For close(): a last word to the peer must not block a close for long, nor fail only because
+    the buffer is momentarily full.  Returns bytes written (0 if it never fit or the peer is gone).
+    """
+    try:
+        try:
+            return write()
+        except BlockingIOError:
+            poller = select.poll()
+            poller.register(fd, _POLLOUT)
+            return write() if poller.poll(int(linger * 1000)) else 0
+    except OSError:
+        return 0  # the peer is gone already; nothing to tell it
 
 
 class FdStreamChannel(Channel):
@@ -120,7 +139,7 @@ class FdStreamChannel(Channel):
     # ---------------------------------------------------------------- sending
     def _send_message(self, view: memoryview, deadline: Deadline) -> None:
         if self._send_error is not None:
-            raise self._again(self._send_error)
+            raise again(self._send_error)
         n = view.nbytes
         if self._checksum:
             header = _pack(MAGIC, VERSION, FLAG_CHECKSUM, self._sseq & _SEQ_MASK, n, crc32(view))
@@ -141,7 +160,7 @@ class FdStreamChannel(Channel):
 
     def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
         if self._send_error is not None:
-            raise self._again(self._send_error)
+            raise again(self._send_error)
         crc = 0
         flags = 0
         if self._checksum:
@@ -214,13 +233,6 @@ class FdStreamChannel(Channel):
             self._send_error = ChannelBroken(f"send failed part-way through a message on {self._url}: {exc}")
         return failure
 
-    @staticmethod
-    def _again(err: IPCError) -> IPCError:
-        # Raise a fresh instance each time so tracebacks do not accumulate on one object.
-        fresh = type(err)(*err.args)
-        fresh.__cause__ = err.__cause__
-        return fresh
-
     # ---------------------------------------------------------------- receiving
     def _recv_message(self, deadline: Deadline) -> Buffer:
         if self._recv_error is not None or self._pending is not None:
@@ -251,7 +263,7 @@ class FdStreamChannel(Channel):
 
     def _recv_checked(self, deadline: Deadline) -> Buffer:
         if self._recv_error is not None:
-            raise self._again(self._recv_error)
+            raise again(self._recv_error)
         if self._pending is not None:
             return self._finish_large(deadline)
         if self._rend - self._rpos < HEADER_SIZE:
@@ -290,7 +302,7 @@ class FdStreamChannel(Channel):
             self._recv_error = EndOfChannel(f"the peer closed {self._url} and every message was received")
             if self._epoll is not None:
                 self._sync_ready()
-            raise self._again(self._recv_error)
+            raise again(self._recv_error)
         return flags, n, crc
 
     def _break(self, exc: IPCError) -> IPCError:
@@ -384,7 +396,7 @@ class FdStreamChannel(Channel):
 
     def _eof(self, why: str) -> IPCError:
         self._recv_error = PeerDied(why)
-        return self._again(self._recv_error)
+        return again(self._recv_error)
 
     def _wait_readable(self, deadline: Deadline) -> None:
         events = self._rpoll.poll(poll_ms(deadline))
@@ -470,19 +482,8 @@ class FdStreamChannel(Channel):
 
     def _say_goodbye(self) -> None:
         frame = memoryview(_pack(MAGIC, VERSION, FLAG_GOODBYE, self._sseq & _SEQ_MASK, 0, 0))
-        try:
-            try:
-                written = self._raw_writev([frame])
-            except BlockingIOError:
-                written = 0
-                poller = select.poll()
-                poller.register(self._wfd, _POLLOUT)
-                if poller.poll(int(_GOODBYE_LINGER * 1000)):
-                    written = self._raw_writev([frame])
-            if 0 < written < HEADER_SIZE:
-                pass  # the peer will see a truncated frame: PeerDied, the honest answer
-        except OSError:
-            pass  # the peer is gone already; nothing to tell it
+        # A goodbye cut short leaves the peer a truncated frame: PeerDied, the honest answer.
+        write_with_linger(self._wfd, lambda: self._raw_writev([frame]))
 
     def _release_fds(self) -> None:
         fds = {self._rfd, self._wfd, self._wake, self._ready_fd}

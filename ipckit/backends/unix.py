@@ -84,9 +84,10 @@ from ..errors import (
     ProtocolError,
     RecvTimeout,
     SendTimeout,
+    again,
     from_oserror,
 )
-from ..fdstream import FdStreamChannel
+from ..fdstream import FdStreamChannel, write_with_linger
 from ..serializers import Buffer
 from ..url import Endpoint
 from . import _auth, _paths
@@ -100,7 +101,6 @@ _PEERCRED = struct.Struct("3i")
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _TAG_DATA = b"\x00"
 _TAG_GOODBYE = b"\x01"
-_GOODBYE_LINGER = 0.1
 
 
 @dataclass
@@ -439,19 +439,13 @@ class UnixSeqpacketChannel(Channel):
                     "use type=stream for larger messages")
         return super()._too_large(n)
 
-    @staticmethod
-    def _again(err: IPCError) -> IPCError:
-        fresh = type(err)(*err.args)
-        fresh.__cause__ = err.__cause__
-        return fresh
-
     # ---------------------------------------------------------------- sending
     def _send_message(self, view: memoryview, deadline: Deadline) -> None:
         self._send_parts([view], view.nbytes, deadline)
 
     def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
         if self._send_error is not None:
-            raise self._again(self._send_error)
+            raise again(self._send_error)
         sock = self._sock
         assert sock is not None
         bufs: list[Any] = [_TAG_DATA, *views]
@@ -468,7 +462,7 @@ class UnixSeqpacketChannel(Channel):
                 else:
                     err = PeerDied(f"the peer of {self._url} is gone (its socket closed)")
                 self._send_error = err
-                raise self._again(err) from exc
+                raise again(err) from exc
             except OSError as exc:
                 if exc.errno in (errno.EMSGSIZE, errno.ENOBUFS):
                     raise MessageTooLarge(self._too_large(total)) from exc
@@ -490,7 +484,7 @@ class UnixSeqpacketChannel(Channel):
     def _next_length(self, deadline: Deadline) -> int:
         """Wait for the next data packet and return its payload length (handles goodbye and EOF)."""
         if self._recv_error is not None:
-            raise self._again(self._recv_error)
+            raise again(self._recv_error)
         sock = self._sock
         assert sock is not None
         while True:
@@ -503,14 +497,14 @@ class UnixSeqpacketChannel(Channel):
                 n = 0
             if n == 0:
                 self._recv_error = PeerDied(f"the peer of {self._url} ended without closing the channel")
-                raise self._again(self._recv_error)
+                raise again(self._recv_error)
             tag = self._peek[0]
             if tag == _TAG_DATA[0]:
                 return n - 1
             sock.recv_into(self._tag, 1)  # consume it
             if tag == _TAG_GOODBYE[0]:
                 self._recv_error = EndOfChannel(f"the peer closed {self._url} and every message was received")
-                raise self._again(self._recv_error)
+                raise again(self._recv_error)
             raise ProtocolError(f"unknown packet tag 0x{tag:02x} on {self._url}; the packet was discarded")
 
     def _discard(self) -> None:
@@ -580,16 +574,7 @@ class UnixSeqpacketChannel(Channel):
             self._close()
 
     def _say_goodbye(self, sock: socket.socket) -> None:
-        try:
-            try:
-                sock.send(_TAG_GOODBYE, socket.MSG_NOSIGNAL)
-            except BlockingIOError:
-                poller = select.poll()
-                poller.register(sock, select.POLLOUT)
-                if poller.poll(int(_GOODBYE_LINGER * 1000)):
-                    sock.send(_TAG_GOODBYE, socket.MSG_NOSIGNAL)
-        except OSError:
-            pass  # the peer is gone already
+        write_with_linger(sock.fileno(), lambda: sock.send(_TAG_GOODBYE, socket.MSG_NOSIGNAL))
 
     def __reduce__(self) -> Any:
         return _reduce(self, self._fd, _rebuild_seqpacket, ())
