@@ -350,16 +350,19 @@ class RawUnixSubject(Subject):
 
 # ------------------------------------------------------------------------- multiprocessing
 class _ConnLink:
-    def __init__(self, conn: Connection) -> None:
+    """A Link over anything with ``send_bytes``/``recv_bytes``/``close`` (Connection, ipckit Channel)."""
+
+    def __init__(self, conn: Any) -> None:
         self.conn = conn
-        self.send = conn.send_bytes  # type: ignore[method-assign,assignment]
+        self.send = conn.send_bytes  # type: ignore[method-assign]
         self.recv = conn.recv_bytes  # type: ignore[method-assign]
 
     def send(self, data: Buffer) -> None:  # replaced per instance by the bound method
         self.conn.send_bytes(data)
 
     def recv(self) -> Buffer:
-        return self.conn.recv_bytes()
+        data: Buffer = self.conn.recv_bytes()
+        return data
 
     def close(self) -> None:
         self.conn.close()
@@ -536,23 +539,8 @@ class IceoryxSubject(Subject):
 
 
 # ----------------------------------------------------------------------------------- ipckit
-class _ChannelLink:
-    def __init__(self, ch: ipckit.Channel) -> None:
-        self.ch = ch
-        self.send = ch.send_bytes  # type: ignore[method-assign]
-        self.recv = ch.recv_bytes  # type: ignore[method-assign]
-
-    def send(self, data: Buffer) -> None:
-        self.ch.send_bytes(data)
-
-    def recv(self) -> Buffer:
-        return self.ch.recv_bytes()
-
-    def close(self) -> None:
-        self.ch.close()
-
-    def abort(self) -> None:
-        self.ch.close()
+# An ipckit channel has the same send_bytes/recv_bytes/close surface as a Connection.
+_ChannelLink = _ConnLink
 
 
 @dataclass
