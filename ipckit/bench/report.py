@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -247,6 +247,30 @@ def print_compare(before: BenchReport, after: BenchReport, console: Console | No
 
 
 # ---------------------------------------------------------------------------------- markdown
+def _md_rows(report: BenchReport, subjects: list[str], sizes: list[int], placement: str,
+             workloads: tuple[str, ...], cell_text: Callable[[Cell], str]) -> list[list[str]]:
+    """One Markdown row per subject with a cell of one of *workloads*: ``text (x mp.Pipe, x os.pipe)``."""
+    rows = []
+    for s in subjects:
+        row = [s if s != "memcpy" else "memcpy (1 process)"]
+        present = False
+        for size in sizes:
+            c = next((c for w in workloads if (c := report.find(s, placement, w, size)) is not None), None)
+            if c is None:
+                row.append("")
+                continue
+            present = True
+            if c.error:
+                row.append("error")
+                continue
+            r1 = _ref_ratio(report, c, "mp.Pipe")
+            r2 = _ref_ratio(report, c, "os.pipe")
+            row.append(f"{cell_text(c)} ({fmt_ratio(r1)}, {fmt_ratio(r2)})")
+        if present:
+            rows.append(row)
+    return rows
+
+
 def _md_table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
     header = list(header)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -263,46 +287,14 @@ def to_markdown(report: BenchReport) -> str:
         if any(c.workload == "rtt" and c.placement == p for c in report.cells):
             out.append(f"**Round trip p50 / p99 (µs), placement `{p}`** — ratio is p50 ÷ mp.Pipe p50, "
                        "(÷ os.pipe p50)\n")
-            rows = []
-            for s in subjects:
-                row = [s]
-                present = False
-                for size in sizes:
-                    c = report.find(s, p, "rtt", size)
-                    if c is None:
-                        row.append("")
-                        continue
-                    present = True
-                    if c.error:
-                        row.append("error")
-                        continue
-                    r1 = _ref_ratio(report, c, "mp.Pipe")
-                    r2 = _ref_ratio(report, c, "os.pipe")
-                    row.append(f"{fmt_us(c.p50_us)} / {fmt_us(c.p99_us)} ({fmt_ratio(r1)}, {fmt_ratio(r2)})")
-                if present:
-                    rows.append(row)
+            rows = _md_rows(report, subjects, sizes, p, ("rtt",),
+                            lambda c: f"{fmt_us(c.p50_us)} / {fmt_us(c.p99_us)}")
             out.append(_md_table(["subject", *(fmt_size(s) for s in sizes)], rows) + "\n")
         if any(c.workload == "stream" and c.placement == p for c in report.cells):
             out.append(f"**One-way streaming MB/s (CPU µs/msg), placement `{p}`** — ratio is ÷ mp.Pipe, "
                        "(÷ os.pipe)\n")
-            rows = []
-            for s in subjects:
-                row = [s if s != "memcpy" else "memcpy (1 process)"]
-                present = False
-                for size in sizes:
-                    c = report.find(s, p, "stream", size) or report.find(s, p, "memcpy", size)
-                    if c is None:
-                        row.append("")
-                        continue
-                    present = True
-                    if c.error:
-                        row.append("error")
-                        continue
-                    r1 = _ref_ratio(report, c, "mp.Pipe")
-                    r2 = _ref_ratio(report, c, "os.pipe")
-                    row.append(f"{fmt_num(c.mb_s)} ({fmt_us(c.cpu_us_per_msg)}) ({fmt_ratio(r1)}, {fmt_ratio(r2)})")
-                if present:
-                    rows.append(row)
+            rows = _md_rows(report, subjects, sizes, p, ("stream", "memcpy"),
+                            lambda c: f"{fmt_num(c.mb_s)} ({fmt_us(c.cpu_us_per_msg)})")
             out.append(_md_table(["subject", *(fmt_size(s) for s in sizes)], rows) + "\n")
         steals = [c.steal_pct for c in report.cells if c.placement == p and c.steal_pct is not None]
         if steals:
