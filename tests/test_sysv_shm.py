@@ -361,15 +361,17 @@ def foreign_sem() -> Iterator[tuple[int, int]]:
 def test_v6_s8_smaller_or_zeroed_segment_is_incompatible(name: str, size: int,
                                                           foreign_sem: tuple[int, int]) -> None:
     shm = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, mode=0o600, size=size, init_character=b"\0")
-    path = _forge_rendezvous(name, shm, foreign_sem[1], foreign_sem[0])
     try:
-        t0 = time.monotonic()
-        with pytest.raises(IncompatibleEndpoint):
-            ipckit.connect(f"sysv+shm://{name}", timeout=5)
-        assert time.monotonic() - t0 < 1.0
-    finally:
-        os.unlink(path)
-        os.rmdir(os.path.dirname(path))
+        path = _forge_rendezvous(name, shm, foreign_sem[1], foreign_sem[0])
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(IncompatibleEndpoint):
+                ipckit.connect(f"sysv+shm://{name}", timeout=5)
+            assert time.monotonic() - t0 < 1.0
+        finally:
+            os.unlink(path)
+            os.rmdir(os.path.dirname(path))
+    finally:  # the segment goes even if forging the rendezvous failed
         shm.detach()
         shm.remove()
 
