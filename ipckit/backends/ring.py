@@ -55,8 +55,9 @@ import mmap
 import platform
 import struct
 from collections.abc import Callable, Sequence
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
+from ipckit.backends import ringcursor as _cursor
 from ipckit.errors import (
     BufferTooSmall,
     IncompatibleEndpoint,
@@ -136,26 +137,6 @@ def region_size(capacity: int) -> int:
 
 # Packers of a whole small MSG record (header and payload, one call) by payload size, made on
 # first use: ``pack_into(buf, offset, _MSG, n, n, payload)``.
-_PACK_MAX: Final = 1024
-_PACKERS: list[Callable[..., None] | None] = [None] * (_PACK_MAX + 1)
-
-
-def _packer(n: int) -> Callable[..., None]:
-    pack = struct.Struct(f"<IIQ{n}s").pack_into
-    _PACKERS[n] = pack
-    return pack
-
-
-_UNPACKERS: list[Callable[..., tuple[int, int, int, bytes]] | None] = [None] * (_PACK_MAX + 1)
-
-
-def _unpacker(n: int) -> Callable[..., tuple[int, int, int, bytes]]:
-    unpack = _UNPACKERS[n]
-    if unpack is None:
-        unpack = _UNPACKERS[n] = struct.Struct(f"<IIQ{n}s").unpack_from
-    return unpack
-
-
 def _record_size(chunk: int) -> int:
     return (chunk + _HDR_SIZE + _ALIGN - 1) & ~(_ALIGN - 1)
 
@@ -201,7 +182,8 @@ class Ring:
         UnsupportedOperation: the CPU is not x86 (see the module docstring).
     """
 
-    __slots__ = ("_cap", "_ctl", "_data", "_detached", "_dq", "_maxmsg", "_mv", "_src", "wake_peer")
+    __slots__ = ("_c", "_cap", "_ctl", "_data", "_detached", "_dq", "_maxmsg", "_mv", "_wake")
+    _cursor_type: type[Any]
 
     def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
         if not ordering_supported():
@@ -223,17 +205,35 @@ class Ring:
         self._ctl = ctl
         self._cap: int = cap
         self._data: int = offset + CONTROL_SIZE
-        # Fast paths: record headers as two u64 words (``kind | chunk << 32``, ``total``) through a
-        # word view of the data area (8-aligned: the area starts 32 bytes into a 64-byte line), and
-        # payloads sliced straight into ``bytes`` when the buffer is an mmap (one step, one copy).
-        # Records of at most _PACK_MAX payload bytes are written / read whole (header and payload)
-        # with one cached struct call instead (try_send_bytes, try_read_bytes).
+        # Record headers as two u64 words (``kind | chunk << 32``, ``total``) through a word view of
+        # the data area (8-aligned: the area starts 32 bytes into a 64-byte line).
         self._dq = mv[self._data : self._data + cap].cast("Q")
-        self._src: mmap.mmap | None = buf if isinstance(buf, mmap.mmap) else None
         self._maxmsg = max_message_size
         self._detached = False
-        # Called (without arguments) when the peer may be asleep and needs a wake-up hint.
-        self.wake_peer: Callable[[], None] | None = None
+        # The per-message fast path and the hot counters (ringcursor.py: C or pure Python).
+        # (A fresh view of its own: both rings may share *mv*, and each releases its export alone.)
+        try:
+            self._c = self._cursor_type(buf if isinstance(buf, mmap.mmap) else mv[:], offset, cap, max_message_size)
+        except BaseException:
+            self._dq.release()
+            ctl.release()
+            raise
+        self._wake: Callable[[], None] | None = None
+
+    @property
+    def wake_peer(self) -> Callable[[], None] | None:
+        """Called (without arguments) when the peer may be asleep and needs a wake-up hint."""
+        return self._wake
+
+    @wake_peer.setter
+    def wake_peer(self, fn: Callable[[], None] | None) -> None:
+        self._wake = fn
+        self._c.wake = fn
+
+    @property
+    def cursor(self) -> Any:
+        """The fast-path cursor (``ringcursor``); a channel sets its ``lock`` and ``budget``."""
+        return self._c
 
     @property
     def capacity(self) -> int:
@@ -255,7 +255,7 @@ class Ring:
         """Drop this ring's views of the shared buffer (so the mapping can be closed); idempotent."""
         if not self._detached:
             self._detached = True
-            self._src = None
+            self._c.detach()
             self._dq.release()
             self._ctl.release()
             self._mv.release()
@@ -264,21 +264,57 @@ class Ring:
 class RingWriter(Ring):
     """The producing end.  Not thread-safe; one writer per ring."""
 
-    __slots__ = ("_abort_pending", "_fast_max", "_limit", "_min_chunk", "_pending", "_rp", "_wp")
+    __slots__ = ("_abort_pending", "_min_chunk", "_pending")
+    _cursor_type = _cursor.Writer
 
     def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
         super().__init__(buf, offset, size, max_message_size)
-        self._wp, self._rp = self._positions()
+        try:
+            self._c.own, self._c.peer = self._positions()
+        except BaseException:
+            self.detach()
+            raise
         # (parts, part index, offset in part, bytes left, message started?)
         self._pending: list[object] | None = None
         self._abort_pending = False
-        # try_send's two checks: a counter bound below which a whole record fits without
-        # re-reading the reader's counter (always <= the true bound: recomputed on demand), and
-        # the size limit, -1 while a message is pending.
-        self._limit = 0
-        self._fast_max = max_message_size
         # Streamed chunks smaller than this are not worth a record unless at the ring's end.
         self._min_chunk = max(_ALIGN, (self._cap // 4) & ~(_ALIGN - 1))
+
+    # The hot state lives in the cursor: this writer's counter (_wp), the reader's as last seen
+    # (_rp), the bound below which a whole record fits without re-reading it (_limit, always <=
+    # the true bound: recomputed on demand) and the fast path's size limit (_fast_max, -1 while
+    # a message is pending).
+    @property
+    def _wp(self) -> int:
+        return int(self._c.own)
+
+    @_wp.setter
+    def _wp(self, value: int) -> None:
+        self._c.own = value
+
+    @property
+    def _rp(self) -> int:
+        return int(self._c.peer)
+
+    @_rp.setter
+    def _rp(self, value: int) -> None:
+        self._c.peer = value
+
+    @property
+    def _limit(self) -> int:
+        return int(self._c.limit)
+
+    @_limit.setter
+    def _limit(self, value: int) -> None:
+        self._c.limit = value
+
+    @property
+    def _fast_max(self) -> int:
+        return int(self._c.fast_max)
+
+    @_fast_max.setter
+    def _fast_max(self, value: int) -> None:
+        self._c.fast_max = value
 
     # -- queries -------------------------------------------------------------------------
     def _free(self) -> int:
@@ -364,65 +400,16 @@ class RingWriter(Ring):
         return True
 
     def try_send(self, data: Buffer) -> bool:
-        """:meth:`try_write` for a channel's hot path, for one 1-D byte buffer.
+        """:meth:`try_write` for a channel's hot path (the cursor's ``send``), for one byte buffer.
 
-        True: committed.  False: not sent -- no room, a message pending, larger than
-        max_message_size, or the reader closed (then the message may have gone into the ring
-        nobody reads) -- and nothing is pending: the caller takes its general path, which
+        True: committed.  False: not sent -- no room without padding, a message pending, larger
+        than max_message_size, or the reader closed (then the message may have gone into the
+        ring nobody reads) -- and nothing is pending: the caller takes its general path, which
         reports why.
         """
-        n = len(data)
-        wp = self._wp
-        end = wp + ((n + 79) & ~63)  # _record_size(n)
-        if n > self._fast_max or (end > self._limit and not self._room_for(end)):
-            return False
-        base = wp % self._cap
-        i = base >> 3
-        base += self._data + 16
-        self._mv[base : base + n] = data
-        dq = self._dq
-        dq[i] = 1 | (n << 32)  # _MSG, chunk n
-        dq[i + 1] = n  # total n
-        self._wp = end
-        ctl = self._ctl
-        ctl[8] = end  # _W_WPOS: the publication store
-        if ctl[4]:  # _W_RSLEEP: the reader sleeps, or closed
-            if ctl[5]:  # _W_RCLOSED
-                return False
-            if self.wake_peer is not None:
-                self.wake_peer()
-        return True
+        return bool(self._c.send(data))
 
-    def try_send_bytes(self, data: bytes) -> bool:
-        """:meth:`try_send` for a ``bytes`` object (the caller checked ``type(data) is bytes``):
-        header and payload go into the ring with one ``pack_into`` when the message is small."""
-        n = len(data)
-        wp = self._wp
-        end = wp + ((n + 79) & ~63)  # _record_size(n)
-        if n > self._fast_max or (end > self._limit and not self._room_for(end)):
-            return False
-        if n <= _PACK_MAX:
-            pack = _PACKERS[n]
-            if pack is None:
-                pack = _packer(n)
-            pack(self._mv, self._data + wp % self._cap, 1, n, n, data)  # _MSG, chunk n, total n, payload
-        else:
-            base = wp % self._cap
-            i = base >> 3
-            base += self._data + 16
-            self._mv[base : base + n] = data
-            dq = self._dq
-            dq[i] = 1 | (n << 32)
-            dq[i + 1] = n
-        self._wp = end
-        ctl = self._ctl
-        ctl[8] = end  # _W_WPOS: the publication store, after the header and payload
-        if ctl[4]:  # _W_RSLEEP: the reader sleeps, or closed
-            if ctl[5]:  # _W_RCLOSED
-                return False
-            if self.wake_peer is not None:
-                self.wake_peer()
-        return True
+    try_send_bytes = try_send
 
     def _room_for(self, end: int) -> bool:
         """Refresh :attr:`_limit` from the reader's counter; True if a record ending at *end* fits
@@ -590,26 +577,61 @@ class RingWriter(Ring):
 class RingReader(Ring):
     """The consuming end.  Not thread-safe; one reader per ring."""
 
-    __slots__ = (
-        "_asm", "_asm_got", "_asm_total", "_asm_view", "_cur", "_cur_end", "_into", "_rbuf", "_rp", "_wp",
-    )
+    __slots__ = ("_asm_", "_asm_got", "_asm_total", "_asm_view", "_cur_", "_cur_end", "_into")
+    _cursor_type = _cursor.Reader
 
     def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
         super().__init__(buf, offset, size, max_message_size)
-        self._wp, self._rp = self._positions()
-        self._cur: memoryview | None = None  # message handed out by peek(), until release()
+        try:
+            self._c.peer, self._c.own = self._positions()
+        except BaseException:
+            self.detach()
+            raise
+        self._cur_: memoryview | None = None
         self._cur_end = 0
-        self._asm: bytearray | None = None  # reassembly of a streamed message
+        self._asm_: bytearray | None = None
         self._asm_view: memoryview | None = None
         self._asm_total = 0
         self._asm_got = 0
         self._into: memoryview | None = None
-        # What try_read_bytes unpacks small messages from (an mmap is a little faster to read).
-        self._rbuf: mmap.mmap | memoryview = self._src if self._src is not None else self._mv
 
-    def detach(self) -> None:
-        self._rbuf = self._mv  # released below: no reference to the mapping is kept
-        super().detach()
+    # The hot state lives in the cursor: this reader's counter (_rp), the writer's as last seen
+    # (_wp), and whether a message is held, which stops the cursor's fast path (hold).
+    @property
+    def _rp(self) -> int:
+        return int(self._c.own)
+
+    @_rp.setter
+    def _rp(self, value: int) -> None:
+        self._c.own = value
+
+    @property
+    def _wp(self) -> int:
+        return int(self._c.peer)
+
+    @_wp.setter
+    def _wp(self, value: int) -> None:
+        self._c.peer = value
+
+    @property
+    def _cur(self) -> memoryview | None:
+        """The message handed out by peek(), until release()."""
+        return self._cur_
+
+    @_cur.setter
+    def _cur(self, view: memoryview | None) -> None:
+        self._cur_ = view
+        self._c.hold = view is not None or self._asm_ is not None
+
+    @property
+    def _asm(self) -> bytearray | None:
+        """The reassembly buffer of a streamed message (empty: reassembling into the caller's)."""
+        return self._asm_
+
+    @_asm.setter
+    def _asm(self, buf: bytearray | None) -> None:
+        self._asm_ = buf
+        self._c.hold = buf is not None or self._cur_ is not None
 
     # -- queries -------------------------------------------------------------------------
     def has_data(self) -> bool:
@@ -738,48 +760,14 @@ class RingReader(Ring):
                 return asm_view
 
     def try_read_bytes(self) -> bytes | None:
-        """Fast path: the next message as ``bytes`` if it is one whole record, else None.
+        """Fast path (the cursor's ``recv``): the next message as ``bytes`` if it is one whole
+        record, else None.
 
         None also when nothing is committed, or the next record is anything else (padding, a
         streamed message, corruption): :meth:`peek` handles those and raises ProtocolError where
         due.  Nothing is consumed when None is returned.
         """
-        if self._cur is not None or self._asm is not None:
-            return None
-        rp = self._rp
-        wp = self._wp
-        if wp == rp:
-            wp = self._ctl[8]  # _W_WPOS
-            if wp == rp:
-                return None
-            if wp < rp or wp - rp > self._cap or wp & 63:
-                return None  # corrupt: peek() raises
-            self._wp = wp
-        cap = self._cap
-        pos = rp % cap
-        n = self._dq[(pos >> 3) + 1]  # the header's total
-        rec = (n + 79) & ~63  # _record_size(n)
-        if rec > wp - rp or rec > cap - pos or n > self._maxmsg:
-            return None
-        if n <= _PACK_MAX:
-            # One call reads the header again and the payload (as bytes); checked below.
-            unpack = _UNPACKERS[n]
-            if unpack is None:
-                unpack = _unpacker(n)
-            kind, chunk, total, data = unpack(self._rbuf, self._data + pos)
-            if kind != 1 or chunk != n or total != n:  # _MSG, chunk n, total n
-                return None
-        else:
-            if self._dq[pos >> 3] != 1 | (n << 32):  # _MSG, chunk n
-                return None
-            start = self._data + pos + 16
-            src = self._src
-            data = src[start : start + n] if src is not None else self._mv[start : start + n].tobytes()
-        self._rp = rp = rp + rec
-        ctl = self._ctl
-        ctl[16] = rp  # _W_RPOS
-        if ctl[6] and self.wake_peer is not None:  # _W_WSLEEP
-            self.wake_peer()
+        data: bytes | None = self._c.recv()
         return data
 
     @property

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final, NoReturn, TypeVar
 
 from ..backend import Backend, Capabilities, Options
-from ..channel import USE_DEFAULT, Channel, Listener, as_byte_view
+from ..channel import USE_DEFAULT, Channel, Listener
 from ..deadline import Deadline
 from ..errors import (
     BufferTooSmall,
@@ -179,11 +179,18 @@ class RingChannel(Channel):
         self._peer_waker = peer_waker
         self._w.wake_peer = peer_waker.post
         self._r.wake_peer = peer_waker.post
+        # The rings' per-message fast paths (ringcursor: C or pure Python), run by send_bytes /
+        # recv_bytes while this direction's lock is free; the writer's budget counts sends until
+        # the next liveness check of the reader.
+        self._wc: Any = self._w.cursor
+        self._rc: Any = self._r.cursor
+        self._wc.lock = self._send_lock
+        self._rc.lock = self._recv_lock
+        self._wc.budget = self.liveness_every
         self._wait = WaitStrategy(spin=options.spin)
         self._peer_pid = 0
         self._peer_dead = False
         self._view_out = False
-        self._live_countdown = self.liveness_every
 
     # -- provider hooks ------------------------------------------------------------------------
     def _peer_gone(self) -> bool:
@@ -242,51 +249,34 @@ class RingChannel(Channel):
 
     # -- hot paths ------------------------------------------------------------------------------
     # send_bytes / recv_bytes keep the base class's semantics (Channel's docstrings) but skip its
-    # layers when the call completes at once: no deadline arithmetic, one non-blocking lock try,
-    # one ring call.  Anything unusual (contention, a full ring, the peer closed, a streamed
-    # message, a pending recv_view) goes through the general path in Channel.
+    # layers when the call completes at once: one cursor call, which runs only while this
+    # direction's lock is free, on an attached ring, within the liveness budget.  Anything unusual
+    # (contention, a full ring, the peer closed, a streamed message, a pending recv_view, the
+    # channel closed) goes through the general path in Channel, which reports it.
     def send_bytes(self, data: Any, timeout: float | None = USE_DEFAULT) -> None:
-        lock = self._send_lock
-        if lock.acquire(False):
-            try:
-                # _closed is read under the lock: close() sets it, then takes this lock before it
-                # detaches the rings.  The size limit is the ring's (never above self._max): a
-                # message above it is refused here and reported by the general path.
-                c = self._live_countdown
-                if c > 0 and not self._closed:
-                    if type(data) is bytes:
-                        sent = self._w.try_send_bytes(data)
-                    else:
-                        data = as_byte_view(data)
-                        sent = self._w.try_send(data)
-                    if sent:
-                        self._live_countdown = c - 1
-                        return
-            finally:
-                lock.release()
-        Channel.send_bytes(self, data, timeout)
+        if not self._wc.send(data):
+            Channel.send_bytes(self, data, timeout)
 
     def recv_bytes(self, timeout: float | None = USE_DEFAULT) -> bytes:
+        data: bytes | None = self._rc.recv()
+        if data is not None:
+            return data
         lock = self._recv_lock
         if lock.acquire(False):
             try:
-                if not self._closed:  # under the lock, as in send_bytes
+                if not self._closed and not self._view_out:
+                    # The answer is usually microseconds away: across cores spin on the counter
+                    # itself, on a shared core hand the CPU over (sched_yield).
                     r = self._r
-                    data = r.try_read_bytes()  # None while a recv_view's message is out
-                    if data is not None:
-                        return data
-                    if not self._view_out:
-                        # The answer is usually microseconds away: across cores spin on the
-                        # counter itself, on a shared core hand the CPU over (sched_yield).
-                        ws = self._wait
-                        words = r.counters
-                        rp = r.read_pos
-                        if ws.spin_while_equal(words, _ring.WRITE_POS, rp) or ws.yield_while_equal(
-                            words, _ring.WRITE_POS, rp, _ring.WRITER_CLOSED
-                        ):
-                            data = r.try_read_bytes()
-                            if data is not None:
-                                return data
+                    ws = self._wait
+                    words = r.counters
+                    rp = r.read_pos
+                    if ws.spin_while_equal(words, _ring.WRITE_POS, rp) or ws.yield_while_equal(
+                        words, _ring.WRITE_POS, rp, _ring.WRITER_CLOSED
+                    ):
+                        data = self._rc.recv_held()
+                        if data is not None:
+                            return data
             finally:
                 lock.release()
         return Channel.recv_bytes(self, timeout)
@@ -297,9 +287,14 @@ class RingChannel(Channel):
         if w.peer_closed():
             self._check_pid()
             raise EndOfChannel(f"the peer closed {self._url}")
-        self._live_countdown -= 1
-        if self._live_countdown < 0:
+        wc = self._wc
+        if wc.budget <= 0:
             self._send_liveness()
+        if wc.send_held(view):
+            return
+        if w.peer_closed():  # the cursor committed it, then found the reader gone
+            raise EndOfChannel(f"the peer closed {self._url}")
+        wc.budget -= 1
         if w.try_write(view):
             return
         self._finish_send(deadline)
@@ -338,7 +333,7 @@ class RingChannel(Channel):
                 raise SendTimeout(f"send on {self._url} timed out (the ring is full)")
 
     def _send_liveness(self) -> None:
-        self._live_countdown = self.liveness_every
+        self._wc.budget = self.liveness_every
         self._check_pid()
         if self._peer_gone():
             raise PeerDied(f"the peer of {self._url} died")
@@ -383,6 +378,9 @@ class RingChannel(Channel):
         return view
 
     def _recv_message(self, deadline: Deadline) -> Any:
+        data = self._rc.recv_held()  # None for anything but one whole record ready now
+        if data is not None:
+            return data
         view = self._next(deadline)
         obj = view.obj
         if isinstance(obj, bytearray) and len(obj) == len(view):
@@ -473,6 +471,8 @@ class RingChannel(Channel):
         self._pid = os.getpid()
         self._send_lock = threading.Lock()  # a parent thread may have held them at the fork
         self._recv_lock = threading.Lock()
+        self._wc.lock = self._send_lock
+        self._rc.lock = self._recv_lock
         try:
             self._take_over_after_fork()
         except Exception:  # never fail the fork; a broken end raises on use instead
@@ -485,6 +485,8 @@ class RingChannel(Channel):
         forked: Any = _ForkedRing(self._url)
         self._w = forked
         self._r = forked
+        self._wc = forked  # the fast paths raise UnsupportedOperation too
+        self._rc = forked
 
 
 class RingBackend(Backend):

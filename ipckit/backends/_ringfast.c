@@ -1,0 +1,436 @@
+/* Hot paths of the shm ring (ipckit/backends/ring.py) in C: one whole-record send and one
+ * whole-record receive per call.
+ *
+ * ring.py holds the algorithm and every slow path; this module only replaces the two
+ * per-message fast paths that dominate small-message streaming, where Python spends most of
+ * its time on attribute loads and struct calls.  ringcursor.py has the same two cursors in pure
+ * Python (used when this extension is not built, or with IPCKIT_PURE_PYTHON=1); the test suite
+ * checks both against the same segment images.
+ *
+ * Contract of both cursors (see ringcursor.py for the reference implementation):
+ *   (send_held / recv_held: the same for a caller that holds the channel's lock itself.)
+ *   Writer.send(data) -> bool   True: one MSG record committed.  False: nothing written (no room
+ *                               without padding, too large, a message pending, budget spent, the
+ *                               lock held by another thread, detached) -- or the record was
+ *                               committed but the reader has closed; the caller's general path
+ *                               reports why.
+ *   Reader.recv() -> bytes|None the next message if it is one whole MSG record; None otherwise
+ *                               (nothing committed, padding, a streamed message, corruption, a
+ *                               held message, the lock held, detached); nothing is consumed then.
+ *
+ * Thread safety: every method runs with the GIL held and never releases it before its
+ * commit/publish store, so "the channel's lock is not held" (checked with lock.locked()) means no
+ * other thread is inside the channel's slow path for this direction for the whole call.  The
+ * module therefore does not declare free-threading support (the interpreter keeps the GIL on).
+ *
+ * Untrusted memory: the peer can write any value into the segment at any time.  Every word is
+ * loaded exactly once into a local, bounds-checked, and only then used; payload copies are
+ * bounded by checked lengths inside the mapping.  Counter stores are release stores and counter
+ * loads acquire loads (on x86 plain moves; the compiler may not reorder around them).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include "structmember.h"
+
+/* Control words (u64 indices), as in ring.py. */
+#define W_RSLEEP 4
+#define W_RCLOSED 5
+#define W_WSLEEP 6
+#define W_WPOS 8
+#define W_RPOS 16
+#define CONTROL_SIZE 224
+#define KIND_MSG 1ULL
+
+static PyObject *ProtocolError = NULL;
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define LOAD_RELAXED(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;      /* export of the mapping, held until detach() */
+    int attached;
+    char *data;          /* the ring's data area */
+    uint64_t *ctl;       /* the ring's control words */
+    unsigned long long cap;
+    unsigned long long maxmsg;
+    unsigned long long own;   /* writer: write_pos; reader: read_pos (private, published) */
+    unsigned long long peer;  /* writer: last read_pos seen; reader: last write_pos seen */
+    unsigned long long limit; /* writer: a record ending at or below this fits without a reload */
+    long long fast_max;       /* writer: largest message for send(); -1 while one is pending */
+    long long budget;         /* writer: sends left before the caller wants its general path */
+    int hold;                 /* reader: a message is held (peek) or being reassembled */
+    PyObject *lock;           /* the channel's lock for this direction, or None */
+    PyObject *locked;         /* its bound .locked, or None */
+    PyObject *wake;           /* callable posting the peer's wake-up hint, or None */
+} Cursor;
+
+static int
+cursor_init(Cursor *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "offset", "capacity", "max_message_size", NULL};
+    PyObject *buf;
+    Py_ssize_t offset;
+    unsigned long long cap, maxmsg;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnKK", kwlist, &buf, &offset, &cap, &maxmsg))
+        return -1;
+    if (self->attached) {
+        PyErr_SetString(PyExc_RuntimeError, "cursor already initialised");
+        return -1;
+    }
+    if (PyObject_GetBuffer(buf, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    Py_ssize_t len = self->view.len;
+    if (offset < 0 || offset % 64 || cap < 256 || cap % 64 || cap > ((unsigned long long)1 << 31) ||
+        (unsigned long long)len < (unsigned long long)offset + CONTROL_SIZE + cap ||
+        ((uintptr_t)self->view.buf + (uintptr_t)offset) % 8) {
+        PyBuffer_Release(&self->view);
+        PyErr_SetString(PyExc_ValueError, "bad ring region for this buffer");
+        return -1;
+    }
+    self->attached = 1;
+    self->ctl = (uint64_t *)((char *)self->view.buf + offset);
+    self->data = (char *)self->view.buf + offset + CONTROL_SIZE;
+    self->cap = cap;
+    self->maxmsg = maxmsg;
+    self->own = self->peer = self->limit = 0;
+    self->fast_max = maxmsg > (unsigned long long)LLONG_MAX ? LLONG_MAX : (long long)maxmsg;
+    self->budget = LLONG_MAX;
+    self->hold = 0;
+    Py_INCREF(Py_None);
+    Py_XSETREF(self->lock, Py_None);
+    Py_INCREF(Py_None);
+    Py_XSETREF(self->locked, Py_None);
+    Py_INCREF(Py_None);
+    Py_XSETREF(self->wake, Py_None);
+    return 0;
+}
+
+static void
+cursor_release(Cursor *self)
+{
+    if (self->attached) {
+        self->attached = 0;
+        self->ctl = NULL;
+        self->data = NULL;
+        PyBuffer_Release(&self->view);
+    }
+}
+
+static int
+cursor_traverse(Cursor *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->lock);
+    Py_VISIT(self->locked);
+    Py_VISIT(self->wake);
+    if (self->attached)
+        Py_VISIT(self->view.obj);
+    return 0;
+}
+
+static int
+cursor_clear(Cursor *self)
+{
+    cursor_release(self);
+    Py_CLEAR(self->lock);
+    Py_CLEAR(self->locked);
+    Py_CLEAR(self->wake);
+    return 0;
+}
+
+static void
+cursor_dealloc(Cursor *self)
+{
+    PyObject_GC_UnTrack(self);
+    cursor_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+cursor_detach(Cursor *self, PyObject *Py_UNUSED(ignored))
+{
+    cursor_release(self);
+    Py_RETURN_NONE;
+}
+
+/* 1 when another thread holds the channel's lock for this direction, 0 if not, -1 on error. */
+static int
+lock_busy(Cursor *self)
+{
+    if (self->locked == NULL || self->locked == Py_None)
+        return 0;
+    PyObject *r = PyObject_CallNoArgs(self->locked);
+    if (r == NULL)
+        return -1;
+    int busy = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return busy;
+}
+
+static int
+call_wake(Cursor *self)
+{
+    if (self->wake == NULL || self->wake == Py_None)
+        return 0;
+    PyObject *r = PyObject_CallNoArgs(self->wake);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* ---- Writer ------------------------------------------------------------------------------- */
+
+static PyObject *
+writer_send_held(Cursor *self, PyObject *data)
+{
+    if (!self->attached || self->budget <= 0)
+        Py_RETURN_FALSE;
+
+    Py_buffer pb;
+    const char *src;
+    unsigned long long n;
+    int have_pb = 0;
+    if (PyBytes_CheckExact(data)) {
+        src = PyBytes_AS_STRING(data);
+        n = (unsigned long long)PyBytes_GET_SIZE(data);
+    }
+    else {
+        if (PyObject_GetBuffer(data, &pb, PyBUF_C_CONTIGUOUS) < 0) {
+            PyErr_Clear(); /* not a contiguous buffer: the general path explains */
+            Py_RETURN_FALSE;
+        }
+        have_pb = 1;
+        src = pb.buf;
+        n = (unsigned long long)pb.len;
+    }
+    PyObject *result = Py_False;
+    if (self->fast_max < 0 || n > (unsigned long long)self->fast_max)
+        goto done;
+
+    const unsigned long long cap = self->cap;
+    const unsigned long long wp = self->own;
+    const unsigned long long end = wp + ((n + 79) & ~63ULL);
+    if (end > self->limit) {
+        /* Reload the reader's counter (untrusted) and recompute the bound, as ring.py's _room_for. */
+        unsigned long long rp = LOAD(&self->ctl[W_RPOS]);
+        if (rp > wp || wp - rp > cap || (rp & 63) || rp < self->peer) {
+            PyErr_Format(ProtocolError, "corrupt read counter %llu (write %llu, capacity %llu)", rp, wp, cap);
+            result = NULL;
+            goto done;
+        }
+        self->peer = rp;
+        unsigned long long a = wp - wp % cap + cap, b = rp + cap;
+        self->limit = a < b ? a : b;
+        if (end > self->limit)
+            goto done;
+    }
+    {
+        char *rec = self->data + wp % cap;
+        uint64_t w0 = KIND_MSG | (n << 32), w1 = n;
+        memcpy(rec, &w0, 8);
+        memcpy(rec + 8, &w1, 8);
+        if (n)
+            memcpy(rec + 16, src, (size_t)n);
+        self->own = end;
+        STORE(&self->ctl[W_WPOS], (uint64_t)end); /* publication: the record is visible first */
+        self->budget--;
+        result = Py_True;
+        if (LOAD_RELAXED(&self->ctl[W_RSLEEP])) {
+            if (LOAD_RELAXED(&self->ctl[W_RCLOSED]))
+                result = Py_False; /* committed into a ring nobody reads: the caller reports it */
+            else if (call_wake(self) < 0)
+                result = NULL;
+        }
+    }
+done:
+    if (have_pb)
+        PyBuffer_Release(&pb);
+    return Py_XNewRef(result);
+}
+
+static PyObject *
+writer_send(Cursor *self, PyObject *data)
+{
+    int busy = lock_busy(self);
+    if (busy)
+        return busy < 0 ? NULL : Py_NewRef(Py_False);
+    return writer_send_held(self, data);
+}
+
+/* ---- Reader ------------------------------------------------------------------------------- */
+
+static PyObject *
+reader_recv_held(Cursor *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->attached || self->hold)
+        Py_RETURN_NONE;
+
+    const unsigned long long cap = self->cap;
+    const unsigned long long rp = self->own;
+    unsigned long long wp = self->peer;
+    if (wp == rp) {
+        wp = LOAD(&self->ctl[W_WPOS]);
+        if (wp == rp || wp < rp || wp - rp > cap || (wp & 63))
+            Py_RETURN_NONE; /* empty, or corrupt: the general path raises */
+        self->peer = wp;
+    }
+    const unsigned long long pos = rp % cap;
+    const char *rec = self->data + pos;
+    uint64_t w0, w1;
+    memcpy(&w0, rec, 8);
+    memcpy(&w1, rec + 8, 8);
+    const unsigned long long n = w1;
+    if ((w0 & 0xFFFFFFFFULL) != KIND_MSG || (w0 >> 32) != n || n > self->maxmsg || n > cap)
+        Py_RETURN_NONE;
+    const unsigned long long size = (n + 79) & ~63ULL;
+    if (size > wp - rp || size > cap - pos)
+        Py_RETURN_NONE;
+    PyObject *out = PyBytes_FromStringAndSize(rec + 16, (Py_ssize_t)n);
+    if (out == NULL)
+        return NULL;
+    self->own = rp + size;
+    STORE(&self->ctl[W_RPOS], (uint64_t)(rp + size));
+    if (LOAD_RELAXED(&self->ctl[W_WSLEEP]) && call_wake(self) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+static PyObject *
+reader_recv(Cursor *self, PyObject *Py_UNUSED(ignored))
+{
+    int busy = lock_busy(self);
+    if (busy)
+        return busy < 0 ? NULL : Py_NewRef(Py_None);
+    return reader_recv_held(self, NULL);
+}
+
+/* ---- types -------------------------------------------------------------------------------- */
+
+static PyMemberDef cursor_members[] = {
+    {"capacity", T_ULONGLONG, offsetof(Cursor, cap), READONLY, "ring capacity in bytes"},
+    {"max_message_size", T_ULONGLONG, offsetof(Cursor, maxmsg), READONLY, "receive/send limit"},
+    {"own", T_ULONGLONG, offsetof(Cursor, own), 0, "this side's counter (private copy)"},
+    {"peer", T_ULONGLONG, offsetof(Cursor, peer), 0, "the peer's counter as last seen"},
+    {"limit", T_ULONGLONG, offsetof(Cursor, limit), 0, "writer: records ending below fit"},
+    {"fast_max", T_LONGLONG, offsetof(Cursor, fast_max), 0, "writer: send() size limit, -1 off"},
+    {"budget", T_LONGLONG, offsetof(Cursor, budget), 0, "writer: sends before the general path"},
+    {"hold", T_INT, offsetof(Cursor, hold), 0, "reader: recv() returns None while nonzero"},
+    {"wake", T_OBJECT_EX, offsetof(Cursor, wake), 0, "the peer's wake-up callable, or None"},
+    {NULL}
+};
+
+static PyObject *
+cursor_get_attached(Cursor *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->attached);
+}
+
+static PyObject *
+cursor_get_lock(Cursor *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->lock ? self->lock : Py_None);
+}
+
+static int
+cursor_set_lock(Cursor *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    PyObject *locked;
+    if (value == NULL || value == Py_None) {
+        value = Py_None;
+        locked = Py_NewRef(Py_None);
+    }
+    else if ((locked = PyObject_GetAttrString(value, "locked")) == NULL)
+        return -1;
+    Py_XSETREF(self->lock, Py_NewRef(value));
+    Py_XSETREF(self->locked, locked);
+    return 0;
+}
+
+static PyGetSetDef cursor_getset[] = {
+    {"lock", (getter)cursor_get_lock, (setter)cursor_set_lock,
+     "the channel's lock for this direction (a fast call runs only while it is free), or None", NULL},
+    {"attached", (getter)cursor_get_attached, NULL, "False once detached", NULL},
+    {NULL}
+};
+
+static PyMethodDef writer_methods[] = {
+    {"send", (PyCFunction)writer_send, METH_O, "Commit one whole MSG record; see the module docs."},
+    {"send_held", (PyCFunction)writer_send_held, METH_O, "send() for a caller that holds the lock."},
+    {"detach", (PyCFunction)cursor_detach, METH_NOARGS, "Release the buffer export; idempotent."},
+    {NULL}
+};
+
+static PyMethodDef reader_methods[] = {
+    {"recv", (PyCFunction)reader_recv, METH_NOARGS, "Consume one whole MSG record as bytes, or None."},
+    {"recv_held", (PyCFunction)reader_recv_held, METH_NOARGS, "recv() for a caller that holds the lock."},
+    {"detach", (PyCFunction)cursor_detach, METH_NOARGS, "Release the buffer export; idempotent."},
+    {NULL}
+};
+
+static PyTypeObject WriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipckit.backends._ringfast.Writer",
+    .tp_doc = "C fast path of a ring writer: Writer(buffer, offset, capacity, max_message_size)",
+    .tp_basicsize = sizeof(Cursor),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)cursor_init,
+    .tp_dealloc = (destructor)cursor_dealloc,
+    .tp_traverse = (traverseproc)cursor_traverse,
+    .tp_clear = (inquiry)cursor_clear,
+    .tp_members = cursor_members,
+    .tp_getset = cursor_getset,
+    .tp_methods = writer_methods,
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipckit.backends._ringfast.Reader",
+    .tp_doc = "C fast path of a ring reader: Reader(buffer, offset, capacity, max_message_size)",
+    .tp_basicsize = sizeof(Cursor),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)cursor_init,
+    .tp_dealloc = (destructor)cursor_dealloc,
+    .tp_traverse = (traverseproc)cursor_traverse,
+    .tp_clear = (inquiry)cursor_clear,
+    .tp_members = cursor_members,
+    .tp_getset = cursor_getset,
+    .tp_methods = reader_methods,
+};
+
+static struct PyModuleDef ringfast_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "ipckit.backends._ringfast",
+    .m_doc = "C fast paths of the shm ring (see ringcursor.py for the pure-Python reference).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__ringfast(void)
+{
+    if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&ReaderType) < 0)
+        return NULL;
+    PyObject *errors = PyImport_ImportModule("ipckit.errors");
+    if (errors == NULL)
+        return NULL;
+    ProtocolError = PyObject_GetAttrString(errors, "ProtocolError");
+    Py_DECREF(errors);
+    if (ProtocolError == NULL)
+        return NULL;
+    PyObject *m = PyModule_Create(&ringfast_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0 ||
+        PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,225 @@
+"""The ring's per-message fast paths: one whole-record send, one whole-record receive.
+
+:class:`RingWriter` / :class:`RingReader` (``ring.py``) keep the algorithm and every slow path;
+their hot state (the private counters, the cached peer counter, the writer's room bound) lives in
+a *cursor* so that one call can commit or consume a small message.  Two implementations share one
+interface:
+
+* ``ipckit.backends._ringfast`` (C, built when a compiler is present at install time);
+* :class:`PyWriter` / :class:`PyReader` below, the reference, used when the extension is missing
+  or ``IPCKIT_PURE_PYTHON=1`` is set.
+
+:data:`Writer` / :data:`Reader` are whichever is in use; :data:`IMPLEMENTATION` names it.
+
+Interface (both implementations; ``offset`` is the ring region's start, as in ``ring.py``)::
+
+    Writer(buffer, offset, capacity, max_message_size)
+        .send(data) -> bool     True: one MSG record committed.  False: nothing written (no room
+                                without padding, larger than fast_max, budget spent, lock held by
+                                another thread, detached) -- or committed but the reader closed.
+    Reader(buffer, offset, capacity, max_message_size)
+        .recv() -> bytes | None the next message if it is one whole MSG record, else None (nothing
+                                consumed): empty, padding, streamed, corrupt, hold set, lock held.
+    .send_held(data) / .recv_held()   the same, for a caller holding ``lock`` itself
+    .own .peer .limit .fast_max .budget .hold .lock .wake .attached .detach()
+
+A cursor never raises for what it reads from the peer except ``ProtocolError`` for a corrupt read
+counter met by ``send`` (as ``RingWriter._free``); the reader's general path (``peek``) reports
+corrupt records.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any, Final
+
+from ipckit.errors import ProtocolError
+
+__all__ = ["IMPLEMENTATION", "PyReader", "PyWriter", "Reader", "Writer"]
+
+_CONTROL_SIZE: Final = 224
+_PACK_MAX: Final = 1024  # one struct call moves header and payload up to this size
+_PACKERS: list[Callable[..., None] | None] = [None] * (_PACK_MAX + 1)
+_UNPACKERS: list[Callable[..., tuple[int, int, int, bytes]] | None] = [None] * (_PACK_MAX + 1)
+
+
+def _packer(n: int) -> Callable[..., None]:
+    pack = _PACKERS[n] = struct.Struct(f"<IIQ{n}s").pack_into
+    return pack
+
+
+def _unpacker(n: int) -> Callable[..., tuple[int, int, int, bytes]]:
+    unpack = _UNPACKERS[n] = struct.Struct(f"<IIQ{n}s").unpack_from
+    return unpack
+
+
+class _PyCursor:
+    """State and checks common to the pure-Python cursors."""
+
+    def __init__(self, buffer: Any, offset: int, capacity: int, max_message_size: int) -> None:
+        mv = memoryview(buffer)
+        if mv.format != "B" or mv.ndim != 1:
+            mv = mv.cast("B")
+        if (
+            mv.readonly
+            or offset < 0
+            or offset % 64
+            or capacity < 256
+            or capacity % 64
+            or capacity > 1 << 31
+            or len(mv) < offset + _CONTROL_SIZE + capacity
+        ):
+            mv.release()
+            raise ValueError("bad ring region for this buffer")
+        self._mv = mv
+        self._ctl = mv[offset : offset + _CONTROL_SIZE].cast("Q")
+        self._dq = mv[offset + _CONTROL_SIZE : offset + _CONTROL_SIZE + capacity].cast("Q")
+        self._data = offset + _CONTROL_SIZE
+        self.capacity = capacity
+        self.max_message_size = max_message_size
+        self.own = 0
+        self.peer = 0
+        self.limit = 0
+        self.fast_max = max_message_size
+        self.budget = 1 << 62
+        self.hold = 0
+        self.lock: threading.Lock | None = None
+        self.wake: Callable[[], object] | None = None
+        self.attached = True
+
+    def detach(self) -> None:
+        if self.attached:
+            self.attached = False
+            self._dq.release()
+            self._ctl.release()
+            self._mv.release()
+
+
+class PyWriter(_PyCursor):
+    def send(self, data: Any) -> bool:
+        lock = self.lock
+        if lock is not None:
+            if not lock.acquire(False):
+                return False
+            try:
+                return self.send_held(data)
+            finally:
+                lock.release()
+        return self.send_held(data)
+
+    def send_held(self, data: Any) -> bool:
+        if not self.attached or self.budget <= 0:
+            return False
+        if type(data) is not bytes:
+            try:
+                view = memoryview(data)
+            except TypeError:
+                return False
+            if not view.c_contiguous:
+                return False
+            data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        n = len(data)
+        if n > self.fast_max:
+            return False
+        cap = self.capacity
+        wp = self.own
+        end = wp + ((n + 79) & ~63)
+        if end > self.limit:
+            rp = self._ctl[16]  # read_pos: untrusted
+            if rp > wp or wp - rp > cap or rp & 63 or rp < self.peer:
+                raise ProtocolError(f"corrupt read counter {rp} (write {wp}, capacity {cap})")
+            self.peer = rp
+            self.limit = min(wp - wp % cap + cap, rp + cap)
+            if end > self.limit:
+                return False
+        pos = wp % cap
+        if n <= _PACK_MAX and type(data) is bytes:
+            pack = _PACKERS[n] or _packer(n)
+            pack(self._mv, self._data + pos, 1, n, n, data)  # MSG, chunk n, total n, payload
+        else:
+            base = self._data + pos + 16
+            self._mv[base : base + n] = data
+            i = pos >> 3
+            self._dq[i] = 1 | (n << 32)
+            self._dq[i + 1] = n
+        self.own = end
+        ctl = self._ctl
+        ctl[8] = end  # write_pos: the publication store, after header and payload
+        self.budget -= 1
+        if ctl[4]:  # reader_sleeping (also set by a closed reader)
+            if ctl[5]:  # reader_closed
+                return False
+            if self.wake is not None:
+                self.wake()
+        return True
+
+
+class PyReader(_PyCursor):
+    def __init__(self, buffer: Any, offset: int, capacity: int, max_message_size: int) -> None:
+        super().__init__(buffer, offset, capacity, max_message_size)
+        self._src: Any = buffer if not isinstance(buffer, memoryview) else self._mv
+
+    def detach(self) -> None:
+        self._src = None
+        super().detach()
+
+    def recv(self) -> bytes | None:
+        lock = self.lock
+        if lock is not None:
+            if not lock.acquire(False):
+                return None
+            try:
+                return self.recv_held()
+            finally:
+                lock.release()
+        return self.recv_held()
+
+    def recv_held(self) -> bytes | None:
+        if not self.attached or self.hold:
+            return None
+        rp = self.own
+        wp = self.peer
+        cap = self.capacity
+        if wp == rp:
+            wp = self._ctl[8]  # write_pos: untrusted
+            if wp == rp or wp < rp or wp - rp > cap or wp & 63:
+                return None
+            self.peer = wp
+        pos = rp % cap
+        w0 = self._dq[pos >> 3]
+        n = self._dq[(pos >> 3) + 1]
+        if w0 != 1 | (n << 32) or n > self.max_message_size or n > cap:  # MSG, chunk == total
+            return None
+        size = (n + 79) & ~63
+        if size > wp - rp or size > cap - pos:
+            return None
+        start = self._data + pos
+        if n <= _PACK_MAX:
+            unpack = _UNPACKERS[n] or _unpacker(n)
+            kind, chunk, total, data = unpack(self._src, start)
+            if kind != 1 or chunk != n or total != n:  # changed under us: the general path decides
+                return None
+        else:
+            data = self._mv[start + 16 : start + 16 + n].tobytes()
+        self.own = rp = rp + size
+        ctl = self._ctl
+        ctl[16] = rp  # read_pos
+        if ctl[6] and self.wake is not None:  # writer_sleeping
+            self.wake()
+        return data
+
+
+def _load() -> tuple[type[Any], type[Any], str]:
+    if os.environ.get("IPCKIT_PURE_PYTHON", "") not in ("", "0"):
+        return PyWriter, PyReader, "python"
+    try:
+        from . import _ringfast  # type: ignore[attr-defined]
+    except ImportError:
+        return PyWriter, PyReader, "python"
+    return _ringfast.Writer, _ringfast.Reader, "c"
+
+
+Writer, Reader, IMPLEMENTATION = _load()
