@@ -176,7 +176,8 @@ def print_report(report: BenchReport, console: Console | None = None) -> None:
     m = report.meta
     console.print(f"[bold]ipckit bench[/bold]  {m.get('cpu_model', '?')} x {m.get('cpu_count', '?')}, "
                   f"Linux {m.get('kernel', '?')}, Python {m.get('python', '?')}, "
-                  f"ipckit {m.get('versions', {}).get('ipckit', '?')}, run steal "
+                  f"ipckit {m.get('versions', {}).get('ipckit', '?')} "
+                  f"(ring fast path: {m.get('ring_fast_path', '?')}), run steal "
                   f"{_pct(m.get('steal_pct_run'))}, wall {report.wall_s:.1f} s")
     placements = [p for p in m.get("placements", []) if any(c.placement == p for c in report.cells)]
     for p in placements:
@@ -283,6 +284,9 @@ def to_markdown(report: BenchReport) -> str:
     out: list[str] = []
     sizes = sorted({c.size for c in report.cells if c.workload in ("rtt", "stream")})
     subjects = report.subjects()
+    fast_path = report.meta.get("ring_fast_path")
+    if fast_path:
+        out.append(f"The shm rings ran their `{fast_path}` per-message fast path (see shm.md).\n")
     for p in report.meta.get("placements", []):
         if any(c.workload == "rtt" and c.placement == p for c in report.cells):
             out.append(f"**Round trip p50 / p99 (µs), placement `{p}`** — ratio is p50 ÷ mp.Pipe p50, "

@@ -237,6 +237,13 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _ring_fast_path() -> str:
+    """Which cursor the shm rings run ("c" or "python"): runs are only comparable within one."""
+    from ipckit.backends import ringcursor
+
+    return str(ringcursor.IMPLEMENTATION)
+
+
 def machine_metadata() -> dict[str, Any]:
     try:
         with open("/proc/sys/fs/pipe-max-size") as f:
@@ -254,6 +261,7 @@ def machine_metadata() -> dict[str, Any]:
         "versions": _versions(),
         "git_commit": _git_commit(),
         "pipe_max_size": pipe_max,
+        "ring_fast_path": _ring_fast_path(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
