@@ -216,7 +216,7 @@ def _load() -> tuple[type[Any], type[Any], str]:
     if os.environ.get("IPCKIT_PURE_PYTHON", "") not in ("", "0"):
         return PyWriter, PyReader, "python"
     try:
-        from . import _ringfast  # type: ignore[attr-defined]
+        from . import _ringfast
     except ImportError:
         return PyWriter, PyReader, "python"
     return _ringfast.Writer, _ringfast.Reader, "c"
