@@ -3,6 +3,11 @@
 The ring is tested on its own: over an anonymous mmap in one process, across a real fork
 over posix_ipc shared memory, and with Hypothesis over arbitrary segment images (target R of
 reliability.md: only ProtocolError/IncompatibleEndpoint escape, nothing uncommitted is read).
+
+Every ring test runs once per cursor implementation (``ringcursor``: the C extension and the
+pure-Python reference; the ``cursor_impl`` fixture swaps ``RingWriter/RingReader._cursor_type``);
+the cross-process test also pairs a writer of one implementation with a reader of the other.
+The cursors themselves are tested directly in test_ringcursor.py.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipckit.backends import ring as R
+from ipckit.backends import ringcursor as RC
 from ipckit.backends.waiting import WaitStrategy, same_cpu
 from ipckit.errors import (
     BufferTooSmall,
@@ -33,6 +39,45 @@ from ipckit.errors import (
 pytestmark = pytest.mark.timeout(30)
 
 MAXMSG = 1 << 20
+
+IMPLS = ("c", "python")
+
+
+def cursor_types(impl: str) -> tuple[type, type]:
+    """(writer, reader) cursor classes of one implementation; skips "c" if the extension is not built."""
+    if impl == "python":
+        return RC.PyWriter, RC.PyReader
+    fast = pytest.importorskip("ipckit.backends._ringfast", reason="C cursor extension not built")
+    return fast.Writer, fast.Reader
+
+
+def use_cursors(writer_impl: str, reader_impl: str) -> None:
+    """Make RingWriter / RingReader of this process build cursors of the given implementations."""
+    R.RingWriter._cursor_type = cursor_types(writer_impl)[0]
+    R.RingReader._cursor_type = cursor_types(reader_impl)[1]
+
+
+def cursor_free(fn: Callable[..., None]) -> Callable[..., None]:
+    """Mark a test that never builds a ring: it runs once, not once per cursor implementation."""
+    fn.cursor_free = True  # type: ignore[attr-defined]
+    return fn
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "cursor_impl" in metafunc.fixturenames and not getattr(metafunc.function, "cursor_free", False):
+        metafunc.parametrize("cursor_impl", IMPLS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def cursor_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The cursor implementation this test runs with (None: a ring-free test, or one choosing its own)."""
+    impl: str | None = getattr(request, "param", None)
+    # Restored after the test, whatever it switches them to (use_cursors).
+    monkeypatch.setattr(R.RingWriter, "_cursor_type", R.RingWriter._cursor_type)
+    monkeypatch.setattr(R.RingReader, "_cursor_type", R.RingReader._cursor_type)
+    if impl is not None:
+        use_cursors(impl, impl)
+    return impl
 
 
 def make(cap: int = 4096, maxmsg: int = MAXMSG) -> tuple[mmap.mmap, R.RingWriter, R.RingReader]:
@@ -51,18 +96,108 @@ def ring() -> Iterator[tuple[R.RingWriter, R.RingReader]]:
 
 
 def drain(r: R.RingReader) -> list[bytes]:
+    """Everything readable now: the cursor's fast path first, the general path (peek) when it declines."""
     out = []
-    while (x := r.try_read()) is not None:
+    while True:
+        x = r.try_read_bytes()
+        if x is None:
+            x = r.try_read()
+            if x is None:
+                return out
         out.append(x)
-    return out
 
 
 def send(w: R.RingWriter, r: R.RingReader, data: bytes, sink: list[bytes]) -> None:
-    """Write one message, draining the reader whenever the writer needs space."""
-    done = w.try_write(data)
+    """Write one message (the cursor's fast path first), draining the reader whenever the writer needs space."""
+    done = w.try_send(data) or w.try_write(data)
     while not done:
         sink.extend(drain(r))
         done = w.pump()
+
+
+def test_rings_use_the_selected_cursor(ring: tuple[R.RingWriter, R.RingReader], cursor_impl: str) -> None:
+    w, r = ring
+    wtype, rtype = cursor_types(cursor_impl)
+    assert type(w.cursor) is wtype
+    assert type(r.cursor) is rtype
+
+
+def test_fast_paths_round_trip_and_fall_back(ring: tuple[R.RingWriter, R.RingReader]) -> None:
+    w, r = ring
+    assert w.try_send(b"one")
+    assert w.try_send(bytearray(b"two"))
+    assert w.try_send(memoryview(b"three"))
+    assert not w.try_send(memoryview(b"abcdef")[::2])  # not contiguous: the general path's business
+    assert not w.try_send(b"x" * 5000)  # larger than the ring: streamed by the general path
+    assert r.try_read_bytes() == b"one"
+    assert r.try_read() == b"two"
+    assert r.try_read_bytes() == b"three"
+    assert r.try_read_bytes() is None
+    big = os.urandom(5000)
+    assert not w.write([big], len(big))  # streamed: the cursor never returns part of it
+    assert r.try_read_bytes() is None
+    got: list[bytes] = []
+    while not w.pump():
+        got.extend(drain(r))
+    got.extend(drain(r))
+    assert got == [big]
+
+
+def test_peek_holds_the_fast_path(ring: tuple[R.RingWriter, R.RingReader]) -> None:
+    w, r = ring
+    assert w.try_send(b"first")
+    assert w.try_send(b"second")
+    view = r.peek()
+    assert view is not None and bytes(view) == b"first"
+    assert r.try_read_bytes() is None  # a message is held: the cursor must not skip past it
+    r.release()
+    assert r.try_read_bytes() == b"second"
+
+
+def test_pending_message_blocks_fast_sends(ring: tuple[R.RingWriter, R.RingReader]) -> None:
+    w, r = ring
+    big = os.urandom(10_000)
+    assert not w.write([big], len(big))
+    assert not w.try_send(b"later")  # must not overtake the pending message
+    got: list[bytes] = []
+    while not w.pump():
+        got.extend(drain(r))
+    assert w.try_send(b"later")
+    got.extend(drain(r))
+    assert got == [big, b"later"]
+
+
+def test_fast_send_wakes_sleeping_reader_and_sees_close(ring: tuple[R.RingWriter, R.RingReader]) -> None:
+    w, r = ring
+    posts: list[str] = []
+    w.wake_peer = lambda: posts.append("w")
+    r.wake_peer = lambda: posts.append("r")
+    assert w.try_send(b"a")
+    assert posts == []
+    r.set_sleeping(True)
+    assert w.try_send(b"b")
+    assert posts == ["w"]
+    r.set_sleeping(False)
+    w.set_sleeping(True)
+    assert r.try_read_bytes() == b"a"
+    assert posts == ["w", "r"]
+    w.set_sleeping(False)
+    assert r.try_read_bytes() == b"b"
+    r.close()
+    wp = w._wp
+    assert not w.try_send(b"into the void")  # committed, but the reader is gone: the caller reports it
+    assert w._wp > wp and w.peer_closed()
+    assert posts == ["w", "r"]
+
+
+def test_detached_cursors_decline(ring: tuple[R.RingWriter, R.RingReader]) -> None:
+    w, r = ring
+    assert w.try_send(b"x")
+    w.detach()
+    r.detach()
+    assert not w.cursor.attached and not r.cursor.attached
+    assert not w.try_send(b"y")
+    assert r.try_read_bytes() is None
 
 
 @pytest.mark.parametrize(
@@ -307,10 +442,15 @@ def _run_reader(image: bytes) -> tuple[list[bytes], str | None]:
     try:
         rd = R.RingReader(m, 0, FREGION, FMAX)
         for _ in range(64):  # each read consumes >= 64 bytes of at most FCAP committed
-            into = bytearray(FMAX) if len(out) % 2 else None
-            if into is not None:
+            mode = len(out) % 3
+            if mode == 1:
+                into = bytearray(FMAX)
                 n = rd.try_read_into(memoryview(into))
                 msg = None if n is None else bytes(into[:n])
+            elif mode == 2:  # the cursor's fast path; it declines (None) whatever peek must judge
+                msg = rd.try_read_bytes()
+                if msg is None:
+                    msg = rd.try_read()
             else:
                 msg = rd.try_read()
             if msg is None:
@@ -355,8 +495,9 @@ def _valid_header(wp: int, rp: int) -> bytes:
     return bytes(m[: R.CONTROL_SIZE])
 
 
+# Examples per cursor implementation (each test runs once per implementation).
 FUZZ = settings(
-    max_examples=800,
+    max_examples=500,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -417,7 +558,7 @@ def test_fuzz_structured_records(
     _check_image(_valid_header(rp + used * 64, rp) + data)
 
 
-@settings(max_examples=600, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.integers(0, 1500), min_size=1, max_size=6),
     st.integers(0, 40),
@@ -428,11 +569,16 @@ def test_fuzz_mutated_real_ring(sizes: list[int], skip: int, mutations: list[tup
     R.initialize(memoryview(m), 0, FCAP, FMAX)
     w = R.RingWriter(m, 0, FREGION, FMAX)
     r = R.RingReader(m, 0, FREGION, FMAX)
-    for _ in range(skip):  # move the counters around the ring first
-        assert w.try_write(b"s" * 30)
-        assert r.try_read() == b"s" * 30
-    for n in sizes:
-        if not w.write([bytes([n % 251]) * n], n):
+    for k in range(skip):  # move the counters around the ring first (PAD records at its end)
+        msg = b"s" * 30
+        assert w.try_send(msg) or w.try_write(msg)
+        got = r.try_read_bytes() if k % 2 else None
+        assert (got if got is not None else r.try_read()) == msg
+    for i, n in enumerate(sizes):
+        msg = bytes([n % 251]) * n
+        if i % 2 and w.try_send(msg):  # the cursor's fast path for every other message
+            continue
+        if not w.write([msg], n):
             break  # ring full / stream started: leave it half written
     r.detach()
     w.detach()
@@ -461,6 +607,7 @@ class EventWaker:
         self.sem.release()
 
 
+@cursor_free
 def test_wait_times_out_on_deadline_and_checks() -> None:
     ws = WaitStrategy()
     checks = []
@@ -472,6 +619,7 @@ def test_wait_times_out_on_deadline_and_checks() -> None:
     assert len(checks) >= 2  # sliced: the callback ran more than once
 
 
+@cursor_free
 def test_wait_zero_timeout_never_blocks() -> None:
     ws = WaitStrategy()
     t0 = time.monotonic()
@@ -479,6 +627,7 @@ def test_wait_zero_timeout_never_blocks() -> None:
     assert time.monotonic() - t0 < 0.01
 
 
+@cursor_free
 def test_wait_check_exception_propagates() -> None:
     class Closed(Exception):
         pass
@@ -490,8 +639,10 @@ def test_wait_check_exception_propagates() -> None:
         WaitStrategy(spin=False).wait(lambda: False, None, EventWaker(), lambda f: None, check)
 
 
-def test_blocked_waiter_woken_by_post_only_when_sleeping() -> None:
+@pytest.mark.parametrize("fast", [True, False], ids=["cursor", "try_write"])
+def test_blocked_waiter_woken_by_post_only_when_sleeping(fast: bool) -> None:
     _m, w, r = make()
+    write = w.try_send if fast else w.try_write
     waker = EventWaker()
     w.wake_peer = waker.post
     ws = WaitStrategy(spin=False, yield_time=0.0)
@@ -508,17 +659,18 @@ def test_blocked_waiter_woken_by_post_only_when_sleeping() -> None:
     )
     t.start()
     assert sleeping.wait(5)
-    assert w.try_write(b"wake")
+    assert write(b"wake")
     t.join(5)
     assert result == [True]
     assert waker.posts >= 1
     assert ws.blocks == 1 and ws.spin_hits == 0
     posts = waker.posts
-    assert w.try_write(b"no sleeper")  # reader not sleeping: no syscall-side post
+    assert write(b"no sleeper")  # reader not sleeping: no syscall-side post
     assert waker.posts == posts
     assert drain(r) == [b"wake", b"no sleeper"]
 
 
+@cursor_free
 def test_same_cpu_detection() -> None:
     mine = os.sched_getaffinity(0)
     try:
@@ -551,19 +703,22 @@ class PosixWaker:
         self.sem.release()  # type: ignore[attr-defined]
 
 
-def _child_producer(name: str, cap: int, seed: int, count: int, spin: bool) -> int:
+def _child_producer(name: str, cap: int, seed: int, count: int, spin: bool, impl: str) -> int:
+    use_cursors(impl, impl)  # explicit, not inherited: the child's writer runs this implementation
     shm = posix_ipc.SharedMemory("/" + name)
     mm = mmap.mmap(shm.fd, shm.size)
     shm.close_fd()
     data_sem = PosixWaker(posix_ipc.Semaphore("/" + name + "-d"))
     space_sem = PosixWaker(posix_ipc.Semaphore("/" + name + "-s"))
     w = R.RingWriter(mm, 0, len(mm), MAXMSG)
+    if type(w.cursor) is not cursor_types(impl)[0]:
+        return 4
     w.wake_peer = data_sem.post
     ws = WaitStrategy(spin=spin)
     rnd = random.Random(seed)
     for _ in range(count):
         msg = rnd.randbytes(rnd.choice([0, 10, 64, 500, 3000, cap * 3]))
-        done = w.try_write(msg)
+        done = w.try_send(msg) or w.try_write(msg)
         while not done:
             if not ws.wait(w.can_progress, time.monotonic() + 10, space_sem, w.set_sleeping):
                 return 3
@@ -573,8 +728,15 @@ def _child_producer(name: str, cap: int, seed: int, count: int, spin: bool) -> i
     return 0
 
 
+@cursor_free
+@pytest.mark.parametrize(
+    ("writer_impl", "reader_impl"),
+    [("c", "c"), ("python", "python"), ("c", "python"), ("python", "c")],
+    ids=["c-c", "py-py", "c-writer-py-reader", "py-writer-c-reader"],
+)
 @pytest.mark.parametrize("spin", [True, False])
-def test_cross_process_producer_consumer(spin: bool) -> None:
+def test_cross_process_producer_consumer(spin: bool, writer_impl: str, reader_impl: str) -> None:
+    use_cursors(writer_impl, reader_impl)  # skips if the C extension is missing; the child sets its own
     name = "ipckit-t-" + secrets.token_hex(8)
     cap, count, seed = 4096, 400, 11
     shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, mode=0o600, size=R.region_size(cap))
@@ -588,10 +750,11 @@ def test_cross_process_producer_consumer(spin: bool) -> None:
         if pid == 0:  # pragma: no cover - child
             code = 1
             try:
-                code = _child_producer(name, cap, seed, count, spin)
+                code = _child_producer(name, cap, seed, count, spin, writer_impl)
             finally:
                 os._exit(code)
         r = R.RingReader(mm, 0, len(mm), MAXMSG)
+        assert type(r.cursor) is cursor_types(reader_impl)[1]
         r.wake_peer = PosixWaker(sems[1]).post
         ws = WaitStrategy(spin=spin, peer_pid=pid)
         waker = PosixWaker(sems[0])
@@ -599,7 +762,9 @@ def test_cross_process_producer_consumer(spin: bool) -> None:
         received = 0
         deadline = time.monotonic() + 20
         while True:
-            msg = r.try_read()
+            msg = r.try_read_bytes() if received % 2 else None
+            if msg is None:
+                msg = r.try_read()
             if msg is None:
                 if r.at_eof():
                     break
