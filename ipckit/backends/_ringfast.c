@@ -18,14 +18,16 @@
  *                               (nothing committed, padding, a streamed message, corruption, a
  *                               held message, the lock held, detached); nothing is consumed then.
  *
- * Thread safety: every method runs with the GIL held and never releases it before its
- * commit/publish store, so "the channel's lock is not held" (checked with lock.locked()) means no
+ * Thread safety: every method runs with the GIL held and runs no Python code between its lock
+ * check and its commit/publish store (the payload's buffer is exported before the check; the lock
+ * must be a threading.Lock, whose locked() is C), so "the channel's lock is not held" means no
  * other thread is inside the channel's slow path for this direction for the whole call.  The
  * module therefore does not declare free-threading support (the interpreter keeps the GIL on).
  *
  * Untrusted memory: the peer can write any value into the segment at any time.  Every word is
  * loaded exactly once into a local, bounds-checked, and only then used; payload copies are
- * bounded by checked lengths inside the mapping.  Counter stores are release stores and counter
+ * bounded by checked lengths inside the data area, whatever the cursor's own fields say (they
+ * are settable from Python: counters >= 2**63 or unaligned ones make the fast path decline).  Counter stores are release stores and counter
  * loads acquire loads (on x86 plain moves; the compiler may not reorder around them).
  */
 #define PY_SSIZE_T_CLEAN
@@ -44,6 +46,11 @@
 #define KIND_MSG 1ULL
 
 static PyObject *ProtocolError = NULL;
+static PyObject *LockType = NULL; /* _thread.LockType: the only lock accepted (its locked() is C) */
+
+/* Counters at or above this are refused by the fast paths (the general path handles them): no
+ * sum of a counter and a record size can wrap.  2**63 bytes is ~9 years at 30 GB/s. */
+#define COUNTER_MAX ((unsigned long long)1 << 63)
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define LOAD_RELAXED(p) __atomic_load_n((p), __ATOMIC_RELAXED)
@@ -56,7 +63,7 @@ typedef struct {
     char *data;          /* the ring's data area */
     uint64_t *ctl;       /* the ring's control words */
     unsigned long long cap;
-    unsigned long long maxmsg;
+    unsigned long long maxmsg;  /* <= LLONG_MAX */
     unsigned long long own;   /* writer: write_pos; reader: read_pos (private, published) */
     unsigned long long peer;  /* writer: last read_pos seen; reader: last write_pos seen */
     unsigned long long limit; /* writer: a record ending at or below this fits without a reload */
@@ -74,9 +81,14 @@ cursor_init(Cursor *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"buffer", "offset", "capacity", "max_message_size", NULL};
     PyObject *buf;
     Py_ssize_t offset;
-    unsigned long long cap, maxmsg;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnKK", kwlist, &buf, &offset, &cap, &maxmsg))
+    unsigned long long cap;
+    long long maxmsg;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnKL", kwlist, &buf, &offset, &cap, &maxmsg))
         return -1;
+    if (maxmsg < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_message_size must be >= 0");
+        return -1;
+    }
     if (self->attached) {
         PyErr_SetString(PyExc_RuntimeError, "cursor already initialised");
         return -1;
@@ -95,10 +107,10 @@ cursor_init(Cursor *self, PyObject *args, PyObject *kwds)
     self->ctl = (uint64_t *)((char *)self->view.buf + offset);
     self->data = (char *)self->view.buf + offset + CONTROL_SIZE;
     self->cap = cap;
-    self->maxmsg = maxmsg;
+    self->maxmsg = (unsigned long long)maxmsg;
     self->own = self->peer = self->limit = 0;
-    self->fast_max = maxmsg > (unsigned long long)LLONG_MAX ? LLONG_MAX : (long long)maxmsg;
-    self->budget = LLONG_MAX;
+    self->fast_max = maxmsg;
+    self->budget = (long long)1 << 62;
     self->hold = 0;
     Py_INCREF(Py_None);
     Py_XSETREF(self->lock, Py_None);
@@ -184,81 +196,106 @@ call_wake(Cursor *self)
 
 /* ---- Writer ------------------------------------------------------------------------------- */
 
-static PyObject *
-writer_send_held(Cursor *self, PyObject *data)
+/* The payload of *data*: bytes directly, else a C-contiguous buffer export (*pb*, to release).
+ * 0: got it; 1: not a usable buffer (the general path explains); -1 never (errors are cleared). */
+static int
+get_payload(PyObject *data, Py_buffer *pb, int *have_pb, const char **src, unsigned long long *n)
 {
-    if (!self->attached || self->budget <= 0)
-        Py_RETURN_FALSE;
-
-    Py_buffer pb;
-    const char *src;
-    unsigned long long n;
-    int have_pb = 0;
     if (PyBytes_CheckExact(data)) {
-        src = PyBytes_AS_STRING(data);
-        n = (unsigned long long)PyBytes_GET_SIZE(data);
+        *src = PyBytes_AS_STRING(data);
+        *n = (unsigned long long)PyBytes_GET_SIZE(data);
+        return 0;
     }
-    else {
-        if (PyObject_GetBuffer(data, &pb, PyBUF_C_CONTIGUOUS) < 0) {
-            PyErr_Clear(); /* not a contiguous buffer: the general path explains */
-            Py_RETURN_FALSE;
-        }
-        have_pb = 1;
-        src = pb.buf;
-        n = (unsigned long long)pb.len;
+    if (PyObject_GetBuffer(data, pb, PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        return 1;
     }
-    PyObject *result = Py_False;
-    if (self->fast_max < 0 || n > (unsigned long long)self->fast_max)
-        goto done;
+    *have_pb = 1;
+    *src = pb->buf;
+    *n = (unsigned long long)pb->len;
+    return 0;
+}
 
+/* Commit one MSG record of n bytes from src.  Runs no Python code before the publication store
+ * (the lock argument in the module comment depends on it); the wake-up call comes last. */
+static PyObject *
+writer_commit(Cursor *self, const char *src, unsigned long long n)
+{
+    if (!self->attached || self->budget <= 0 || self->fast_max < 0 || n > (unsigned long long)self->fast_max)
+        return Py_NewRef(Py_False);
     const unsigned long long cap = self->cap;
     const unsigned long long wp = self->own;
-    const unsigned long long end = wp + ((n + 79) & ~63ULL);
+    if (n > cap || wp >= COUNTER_MAX || (wp & 63))
+        return Py_NewRef(Py_False);
+    const unsigned long long size = (n + 79) & ~63ULL;
+    const unsigned long long pos = wp % cap;
+    const unsigned long long end = wp + size; /* no wrap: wp < 2**63, size <= 2**31 + 64 */
     if (end > self->limit) {
         /* Reload the reader's counter (untrusted) and recompute the bound, as ring.py's _room_for. */
-        unsigned long long rp = LOAD(&self->ctl[W_RPOS]);
+        const unsigned long long rp = LOAD(&self->ctl[W_RPOS]);
         if (rp > wp || wp - rp > cap || (rp & 63) || rp < self->peer) {
             PyErr_Format(ProtocolError, "corrupt read counter %llu (write %llu, capacity %llu)", rp, wp, cap);
-            result = NULL;
-            goto done;
+            return NULL;
         }
         self->peer = rp;
-        unsigned long long a = wp - wp % cap + cap, b = rp + cap;
+        const unsigned long long a = wp - pos + cap, b = rp + cap;
         self->limit = a < b ? a : b;
         if (end > self->limit)
-            goto done;
+            return Py_NewRef(Py_False);
     }
-    {
-        char *rec = self->data + wp % cap;
-        uint64_t w0 = KIND_MSG | (n << 32), w1 = n;
-        memcpy(rec, &w0, 8);
-        memcpy(rec + 8, &w1, 8);
-        if (n)
-            memcpy(rec + 16, src, (size_t)n);
-        self->own = end;
-        STORE(&self->ctl[W_WPOS], (uint64_t)end); /* publication: the record is visible first */
-        self->budget--;
-        result = Py_True;
-        if (LOAD_RELAXED(&self->ctl[W_RSLEEP])) {
-            if (LOAD_RELAXED(&self->ctl[W_RCLOSED]))
-                result = Py_False; /* committed into a ring nobody reads: the caller reports it */
-            else if (call_wake(self) < 0)
-                result = NULL;
-        }
+    if (size > cap - pos) /* records never wrap; also keeps every store inside the data area */
+        return Py_NewRef(Py_False);
+    char *rec = self->data + pos;
+    /* Payload first (memmove: a source inside the ring itself stays intact), then the header. */
+    if (n)
+        memmove(rec + 16, src, (size_t)n);
+    const uint64_t w0 = KIND_MSG | (n << 32), w1 = n;
+    memcpy(rec, &w0, 8);
+    memcpy(rec + 8, &w1, 8);
+    self->own = end;
+    STORE(&self->ctl[W_WPOS], (uint64_t)end); /* publication: the record is visible first */
+    self->budget--;
+    if (LOAD_RELAXED(&self->ctl[W_RSLEEP])) {
+        if (LOAD_RELAXED(&self->ctl[W_RCLOSED]))
+            return Py_NewRef(Py_False); /* committed into a ring nobody reads: the caller reports it */
+        if (call_wake(self) < 0)
+            return NULL;
     }
-done:
+    return Py_NewRef(Py_True);
+}
+
+/* send (check_lock) / send_held.  The buffer is exported before anything else: on Python 3.12+ an
+ * exporter may run Python code (__buffer__), which could switch threads or detach this cursor. */
+static PyObject *
+writer_send_impl(Cursor *self, PyObject *data, int check_lock)
+{
+    Py_buffer pb;
+    int have_pb = 0;
+    const char *src = NULL;
+    unsigned long long n = 0;
+    if (get_payload(data, &pb, &have_pb, &src, &n))
+        Py_RETURN_FALSE;
+    PyObject *result;
+    int busy = check_lock ? lock_busy(self) : 0;
+    if (busy)
+        result = busy < 0 ? NULL : Py_NewRef(Py_False);
+    else
+        result = writer_commit(self, src, n);
     if (have_pb)
         PyBuffer_Release(&pb);
-    return Py_XNewRef(result);
+    return result;
 }
 
 static PyObject *
 writer_send(Cursor *self, PyObject *data)
 {
-    int busy = lock_busy(self);
-    if (busy)
-        return busy < 0 ? NULL : Py_NewRef(Py_False);
-    return writer_send_held(self, data);
+    return writer_send_impl(self, data, 1);
+}
+
+static PyObject *
+writer_send_held(Cursor *self, PyObject *data)
+{
+    return writer_send_impl(self, data, 0);
 }
 
 /* ---- Reader ------------------------------------------------------------------------------- */
@@ -272,7 +309,9 @@ reader_recv_held(Cursor *self, PyObject *Py_UNUSED(ignored))
     const unsigned long long cap = self->cap;
     const unsigned long long rp = self->own;
     unsigned long long wp = self->peer;
-    if (wp == rp) {
+    if (rp & 63)
+        Py_RETURN_NONE; /* never so from ring.py; keeps the header read inside the data area */
+    if (wp <= rp) {
         wp = LOAD(&self->ctl[W_WPOS]);
         if (wp == rp || wp < rp || wp - rp > cap || (wp & 63))
             Py_RETURN_NONE; /* empty, or corrupt: the general path raises */
@@ -280,9 +319,9 @@ reader_recv_held(Cursor *self, PyObject *Py_UNUSED(ignored))
     }
     const unsigned long long pos = rp % cap;
     const char *rec = self->data + pos;
-    uint64_t w0, w1;
-    memcpy(&w0, rec, 8);
-    memcpy(&w1, rec + 8, 8);
+    /* One load per header word (the peer may rewrite it): checked values are never re-read. */
+    const uint64_t w0 = LOAD_RELAXED((const uint64_t *)rec);
+    const uint64_t w1 = LOAD_RELAXED((const uint64_t *)(rec + 8));
     const unsigned long long n = w1;
     if ((w0 & 0xFFFFFFFFULL) != KIND_MSG || (w0 >> 32) != n || n > self->maxmsg || n > cap)
         Py_RETURN_NONE;
@@ -315,12 +354,6 @@ reader_recv(Cursor *self, PyObject *Py_UNUSED(ignored))
 static PyMemberDef cursor_members[] = {
     {"capacity", T_ULONGLONG, offsetof(Cursor, cap), READONLY, "ring capacity in bytes"},
     {"max_message_size", T_ULONGLONG, offsetof(Cursor, maxmsg), READONLY, "receive/send limit"},
-    {"own", T_ULONGLONG, offsetof(Cursor, own), 0, "this side's counter (private copy)"},
-    {"peer", T_ULONGLONG, offsetof(Cursor, peer), 0, "the peer's counter as last seen"},
-    {"limit", T_ULONGLONG, offsetof(Cursor, limit), 0, "writer: records ending below fit"},
-    {"fast_max", T_LONGLONG, offsetof(Cursor, fast_max), 0, "writer: send() size limit, -1 off"},
-    {"budget", T_LONGLONG, offsetof(Cursor, budget), 0, "writer: sends before the general path"},
-    {"hold", T_INT, offsetof(Cursor, hold), 0, "reader: recv() returns None while nonzero"},
     {"wake", T_OBJECT_EX, offsetof(Cursor, wake), 0, "the peer's wake-up callable, or None"},
     {NULL}
 };
@@ -329,6 +362,65 @@ static PyObject *
 cursor_get_attached(Cursor *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(self->attached);
+}
+
+/* Validated state setters (structmember's would store a wrapped value before reporting an error). */
+static int
+set_u64(unsigned long long *field, PyObject *value)
+{
+    if (value == NULL || !PyLong_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, value == NULL ? "cannot delete a ring cursor counter" : "an int is required");
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(value);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    *field = v;
+    return 0;
+}
+
+static int
+set_i64(long long *field, PyObject *value, long long min)
+{
+    if (value == NULL || !PyLong_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, value == NULL ? "cannot delete a ring cursor field" : "an int is required");
+        return -1;
+    }
+    long long v = PyLong_AsLongLong(value);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < min) {
+        PyErr_Format(PyExc_OverflowError, "must be >= %lld", min);
+        return -1;
+    }
+    *field = v;
+    return 0;
+}
+
+static PyObject *get_own(Cursor *self, void *Py_UNUSED(c)) { return PyLong_FromUnsignedLongLong(self->own); }
+static PyObject *get_peer(Cursor *self, void *Py_UNUSED(c)) { return PyLong_FromUnsignedLongLong(self->peer); }
+static PyObject *get_limit(Cursor *self, void *Py_UNUSED(c)) { return PyLong_FromUnsignedLongLong(self->limit); }
+static PyObject *get_fast_max(Cursor *self, void *Py_UNUSED(c)) { return PyLong_FromLongLong(self->fast_max); }
+static PyObject *get_budget(Cursor *self, void *Py_UNUSED(c)) { return PyLong_FromLongLong(self->budget); }
+static PyObject *get_hold(Cursor *self, void *Py_UNUSED(c)) { return PyBool_FromLong(self->hold); }
+static int set_own(Cursor *self, PyObject *v, void *Py_UNUSED(c)) { return set_u64(&self->own, v); }
+static int set_peer(Cursor *self, PyObject *v, void *Py_UNUSED(c)) { return set_u64(&self->peer, v); }
+static int set_limit(Cursor *self, PyObject *v, void *Py_UNUSED(c)) { return set_u64(&self->limit, v); }
+static int set_fast_max(Cursor *self, PyObject *v, void *Py_UNUSED(c)) { return set_i64(&self->fast_max, v, -1); }
+static int set_budget(Cursor *self, PyObject *v, void *Py_UNUSED(c)) { return set_i64(&self->budget, v, LLONG_MIN); }
+
+static int
+set_hold(Cursor *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "cannot delete hold");
+        return -1;
+    }
+    int t = PyObject_IsTrue(value);
+    if (t < 0)
+        return -1;
+    self->hold = t;
+    return 0;
 }
 
 static PyObject *
@@ -345,6 +437,11 @@ cursor_set_lock(Cursor *self, PyObject *value, void *Py_UNUSED(closure))
         value = Py_None;
         locked = Py_NewRef(Py_None);
     }
+    else if (!Py_IS_TYPE(value, (PyTypeObject *)LockType)) {
+        /* Only a threading.Lock: its locked() is C code, which cannot switch threads mid-call. */
+        PyErr_Format(PyExc_TypeError, "lock must be a threading.Lock or None, not %.100s", Py_TYPE(value)->tp_name);
+        return -1;
+    }
     else if ((locked = PyObject_GetAttrString(value, "locked")) == NULL)
         return -1;
     Py_XSETREF(self->lock, Py_NewRef(value));
@@ -356,6 +453,12 @@ static PyGetSetDef cursor_getset[] = {
     {"lock", (getter)cursor_get_lock, (setter)cursor_set_lock,
      "the channel's lock for this direction (a fast call runs only while it is free), or None", NULL},
     {"attached", (getter)cursor_get_attached, NULL, "False once detached", NULL},
+    {"own", (getter)get_own, (setter)set_own, "this side's counter (private copy)", NULL},
+    {"peer", (getter)get_peer, (setter)set_peer, "the peer's counter as last seen", NULL},
+    {"limit", (getter)get_limit, (setter)set_limit, "writer: records ending at or below fit", NULL},
+    {"fast_max", (getter)get_fast_max, (setter)set_fast_max, "writer: send() size limit, -1 off", NULL},
+    {"budget", (getter)get_budget, (setter)set_budget, "writer: sends before the general path", NULL},
+    {"hold", (getter)get_hold, (setter)set_hold, "reader: recv() returns None while true", NULL},
     {NULL}
 };
 
@@ -423,6 +526,13 @@ PyInit__ringfast(void)
     ProtocolError = PyObject_GetAttrString(errors, "ProtocolError");
     Py_DECREF(errors);
     if (ProtocolError == NULL)
+        return NULL;
+    PyObject *thread = PyImport_ImportModule("_thread");
+    if (thread == NULL)
+        return NULL;
+    LockType = PyObject_GetAttrString(thread, "LockType");
+    Py_DECREF(thread);
+    if (LockType == NULL || !PyType_Check(LockType))
         return NULL;
     PyObject *m = PyModule_Create(&ringfast_module);
     if (m == NULL)

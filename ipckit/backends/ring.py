@@ -93,6 +93,9 @@ MAX_CAPACITY: Final = 1 << 31  # chunk lengths are u32
 _ALIGN: Final = 64
 _HDR: Final = struct.Struct("<IIQ")
 _HDR_SIZE: Final = 16
+# A ring starts at 0; counters this high at attach are forged (2**62 bytes: ~5 years at 30 GB/s).
+# The fast paths leave counters >= 2**63 to the general path, so no sum can wrap 64 bits.
+_COUNTER_LIMIT: Final = 1 << 62
 
 # Record kinds; 0 is deliberately invalid so zeroed memory is never a message.
 _MSG: Final = 1
@@ -247,7 +250,7 @@ class Ring:
         """Read both counters from shared memory and bounds-check their relation."""
         ctl = self._ctl
         wp, rp = ctl[_W_WPOS], ctl[_W_RPOS]
-        if rp > wp or wp - rp > self._cap or wp % _ALIGN or rp % _ALIGN:
+        if rp > wp or wp - rp > self._cap or wp % _ALIGN or rp % _ALIGN or wp >= _COUNTER_LIMIT:
             raise ProtocolError(f"corrupt ring counters (write {wp}, read {rp}, capacity {self._cap})")
         return wp, rp
 

@@ -23,6 +23,10 @@ Interface (both implementations; ``offset`` is the ring region's start, as in ``
     .send_held(data) / .recv_held()   the same, for a caller holding ``lock`` itself
     .own .peer .limit .fast_max .budget .hold .lock .wake .attached .detach()
 
+``lock`` must be a ``threading.Lock`` (or None): the C cursor only *observes* it (``locked()``,
+C code, under the GIL), the Python one takes it with ``acquire(False)``.  Counters at or above
+2**63 make both fast paths decline, so no counter arithmetic wraps.
+
 A cursor never raises for what it reads from the peer except ``ProtocolError`` for a corrupt read
 counter met by ``send`` (as ``RingWriter._free``); the reader's general path (``peek``) reports
 corrupt records.
@@ -30,9 +34,9 @@ corrupt records.
 
 from __future__ import annotations
 
+import _thread
 import os
 import struct
-import threading
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -41,6 +45,7 @@ from ipckit.errors import ProtocolError
 __all__ = ["IMPLEMENTATION", "PyReader", "PyWriter", "Reader", "Writer"]
 
 _CONTROL_SIZE: Final = 224
+_COUNTER_MAX: Final = 1 << 63  # counters at or above are left to the general path (no wrap-around)
 _PACK_MAX: Final = 1024  # one struct call moves header and payload up to this size
 _PACKERS: list[Callable[..., None] | None] = [None] * (_PACK_MAX + 1)
 _UNPACKERS: list[Callable[..., tuple[int, int, int, bytes]] | None] = [None] * (_PACK_MAX + 1)
@@ -74,6 +79,9 @@ class _PyCursor:
         ):
             mv.release()
             raise ValueError("bad ring region for this buffer")
+        if max_message_size < 0:
+            mv.release()
+            raise ValueError("max_message_size must be >= 0")
         self._mv = mv
         self._ctl = mv[offset : offset + _CONTROL_SIZE].cast("Q")
         self._dq = mv[offset + _CONTROL_SIZE : offset + _CONTROL_SIZE + capacity].cast("Q")
@@ -86,9 +94,20 @@ class _PyCursor:
         self.fast_max = max_message_size
         self.budget = 1 << 62
         self.hold = 0
-        self.lock: threading.Lock | None = None
+        self._lock: Any = None
         self.wake: Callable[[], object] | None = None
         self.attached = True
+
+    @property
+    def lock(self) -> Any:
+        """The channel's lock for this direction (fast calls run only while it is free), or None."""
+        return self._lock
+
+    @lock.setter
+    def lock(self, lock: Any) -> None:
+        if lock is not None and type(lock) is not _thread.LockType:
+            raise TypeError(f"lock must be a threading.Lock or None, not {type(lock).__name__}")
+        self._lock = lock
 
     def detach(self) -> None:
         if self.attached:
@@ -100,7 +119,7 @@ class _PyCursor:
 
 class PyWriter(_PyCursor):
     def send(self, data: Any) -> bool:
-        lock = self.lock
+        lock = self._lock
         if lock is not None:
             if not lock.acquire(False):
                 return False
@@ -116,7 +135,7 @@ class PyWriter(_PyCursor):
         if type(data) is not bytes:
             try:
                 view = memoryview(data)
-            except TypeError:
+            except (TypeError, ValueError, BufferError):  # not a buffer, released, closed
                 return False
             if not view.c_contiguous:
                 return False
@@ -126,7 +145,11 @@ class PyWriter(_PyCursor):
             return False
         cap = self.capacity
         wp = self.own
-        end = wp + ((n + 79) & ~63)
+        if n > cap or wp >= _COUNTER_MAX or wp & 63:
+            return False
+        size = (n + 79) & ~63
+        pos = wp % cap
+        end = wp + size
         if end > self.limit:
             rp = self._ctl[16]  # read_pos: untrusted
             if rp > wp or wp - rp > cap or rp & 63 or rp < self.peer:
@@ -135,7 +158,8 @@ class PyWriter(_PyCursor):
             self.limit = min(wp - wp % cap + cap, rp + cap)
             if end > self.limit:
                 return False
-        pos = wp % cap
+        if size > cap - pos:  # records never wrap
+            return False
         if n <= _PACK_MAX and type(data) is bytes:
             pack = _PACKERS[n] or _packer(n)
             pack(self._mv, self._data + pos, 1, n, n, data)  # MSG, chunk n, total n, payload
@@ -167,7 +191,7 @@ class PyReader(_PyCursor):
         super().detach()
 
     def recv(self) -> bytes | None:
-        lock = self.lock
+        lock = self._lock
         if lock is not None:
             if not lock.acquire(False):
                 return None
@@ -183,7 +207,9 @@ class PyReader(_PyCursor):
         rp = self.own
         wp = self.peer
         cap = self.capacity
-        if wp == rp:
+        if rp & 63:
+            return None
+        if wp <= rp:
             wp = self._ctl[8]  # write_pos: untrusted
             if wp == rp or wp < rp or wp - rp > cap or wp & 63:
                 return None
