@@ -48,6 +48,27 @@ class TestShm(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageCo
     scheme = "shm"
 
 
+class TestShmPurePython(TestShm):
+    """The whole contract again on the pure-Python ring cursors, what runs where the C fast path was
+    not built; spawned peers get ``IPCKIT_PURE_PYTHON=1``, forked ones inherit the patch."""
+
+    @pytest.fixture(autouse=True)
+    def _pure_python_cursors(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from ipckit.backends import ring, ringcursor
+
+        monkeypatch.setattr(ring.RingWriter, "_cursor_type", ringcursor.PyWriter)
+        monkeypatch.setattr(ring.RingReader, "_cursor_type", ringcursor.PyReader)
+        monkeypatch.setenv("IPCKIT_PURE_PYTHON", "1")
+
+    def test_runs_the_python_cursors(self) -> None:
+        a, b = self.make_pair()
+        from ipckit.backends import ringcursor
+
+        assert isinstance(a._wc, ringcursor.PyWriter) and isinstance(b._rc, ringcursor.PyReader)
+        a.send_bytes(b"pure")
+        assert b.recv_bytes(timeout=5) == b"pure"
+
+
 def _ours() -> set[str]:
     return {e for e in os.listdir("/dev/shm") if e.startswith(("ipckit.", "sem.ipckit."))}
 
