@@ -476,37 +476,28 @@ static PyMethodDef reader_methods[] = {
     {NULL}
 };
 
-static PyTypeObject WriterType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "ipckit.backends._ringfast.Writer",
-    .tp_doc = "C fast path of a ring writer: Writer(buffer, offset, capacity, max_message_size)",
-    .tp_basicsize = sizeof(Cursor),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)cursor_init,
-    .tp_dealloc = (destructor)cursor_dealloc,
-    .tp_traverse = (traverseproc)cursor_traverse,
-    .tp_clear = (inquiry)cursor_clear,
-    .tp_members = cursor_members,
-    .tp_getset = cursor_getset,
-    .tp_methods = writer_methods,
-};
+/* Writer and Reader share the object layout and everything but their methods. */
+#define CURSOR_TYPE(NAME, DOC, METHODS)                                \
+    {                                                                  \
+        PyVarObject_HEAD_INIT(NULL, 0)                                 \
+        .tp_name = "ipckit.backends._ringfast." NAME,                  \
+        .tp_doc = DOC,                                                 \
+        .tp_basicsize = sizeof(Cursor),                                \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,           \
+        .tp_new = PyType_GenericNew,                                   \
+        .tp_init = (initproc)cursor_init,                              \
+        .tp_dealloc = (destructor)cursor_dealloc,                      \
+        .tp_traverse = (traverseproc)cursor_traverse,                  \
+        .tp_clear = (inquiry)cursor_clear,                             \
+        .tp_members = cursor_members,                                  \
+        .tp_getset = cursor_getset,                                    \
+        .tp_methods = METHODS,                                         \
+    }
 
-static PyTypeObject ReaderType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "ipckit.backends._ringfast.Reader",
-    .tp_doc = "C fast path of a ring reader: Reader(buffer, offset, capacity, max_message_size)",
-    .tp_basicsize = sizeof(Cursor),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)cursor_init,
-    .tp_dealloc = (destructor)cursor_dealloc,
-    .tp_traverse = (traverseproc)cursor_traverse,
-    .tp_clear = (inquiry)cursor_clear,
-    .tp_members = cursor_members,
-    .tp_getset = cursor_getset,
-    .tp_methods = reader_methods,
-};
+static PyTypeObject WriterType = CURSOR_TYPE(
+    "Writer", "C fast path of a ring writer: Writer(buffer, offset, capacity, max_message_size)", writer_methods);
+static PyTypeObject ReaderType = CURSOR_TYPE(
+    "Reader", "C fast path of a ring reader: Reader(buffer, offset, capacity, max_message_size)", reader_methods);
 
 static struct PyModuleDef ringfast_module = {
     PyModuleDef_HEAD_INIT,

@@ -171,6 +171,19 @@ def initialize(buf: memoryview, offset: int, capacity: int, max_message_size: in
     ctl.release()
 
 
+class _CursorField:
+    """An int attribute of RingWriter/RingReader kept in its cursor (the one copy of the hot state)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __get__(self, ring: Ring, owner: object = None) -> int:
+        return int(getattr(ring._c, self._name))
+
+    def __set__(self, ring: Ring, value: int) -> None:
+        setattr(ring._c, self._name, value)
+
+
 class Ring:
     """Common part of both ends: validated view of one ring region.
 
@@ -287,37 +300,10 @@ class RingWriter(Ring):
     # (_rp), the bound below which a whole record fits without re-reading it (_limit, always <=
     # the true bound: recomputed on demand) and the fast path's size limit (_fast_max, -1 while
     # a message is pending).
-    @property
-    def _wp(self) -> int:
-        return int(self._c.own)
-
-    @_wp.setter
-    def _wp(self, value: int) -> None:
-        self._c.own = value
-
-    @property
-    def _rp(self) -> int:
-        return int(self._c.peer)
-
-    @_rp.setter
-    def _rp(self, value: int) -> None:
-        self._c.peer = value
-
-    @property
-    def _limit(self) -> int:
-        return int(self._c.limit)
-
-    @_limit.setter
-    def _limit(self, value: int) -> None:
-        self._c.limit = value
-
-    @property
-    def _fast_max(self) -> int:
-        return int(self._c.fast_max)
-
-    @_fast_max.setter
-    def _fast_max(self, value: int) -> None:
-        self._c.fast_max = value
+    _wp = _CursorField("own")
+    _rp = _CursorField("peer")
+    _limit = _CursorField("limit")
+    _fast_max = _CursorField("fast_max")
 
     # -- queries -------------------------------------------------------------------------
     def _free(self) -> int:
@@ -600,21 +586,8 @@ class RingReader(Ring):
 
     # The hot state lives in the cursor: this reader's counter (_rp), the writer's as last seen
     # (_wp), and whether a message is held, which stops the cursor's fast path (hold).
-    @property
-    def _rp(self) -> int:
-        return int(self._c.own)
-
-    @_rp.setter
-    def _rp(self, value: int) -> None:
-        self._c.own = value
-
-    @property
-    def _wp(self) -> int:
-        return int(self._c.peer)
-
-    @_wp.setter
-    def _wp(self, value: int) -> None:
-        self._c.peer = value
+    _rp = _CursorField("own")
+    _wp = _CursorField("peer")
 
     @property
     def _cur(self) -> memoryview | None:
