@@ -115,7 +115,19 @@ def _cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
         table_rows.append([r["scheme"], status, r["reason"] or "", caps_text])
     _table("ipckit backends", ["scheme", "works here", "why not", "capabilities"], table_rows,
            plain=args.plain, out=out)
+    print(_ring_fast_path_note(), file=out)
     return 0
+
+
+def _ring_fast_path_note() -> str:
+    from .backends import ringcursor
+
+    if ringcursor.IMPLEMENTATION == "c":
+        return "shm rings: C per-message fast path"
+    if os.environ.get("IPCKIT_PURE_PYTHON", "") not in ("", "0"):
+        return "shm rings: pure-Python fast path (IPCKIT_PURE_PYTHON is set)"
+    return ("shm rings: pure-Python fast path -- the C extension was not built; reinstall ipckit with a C "
+            "compiler and the Python headers (gcc, python3-dev) for several times faster small messages")
 
 
 # --------------------------------------------------------------------------- bench

@@ -69,6 +69,20 @@ def test_backends_plain_table_lists_memory_and_pipe(capsys: pytest.CaptureFixtur
     assert "inheritable" not in rows["memory"]
 
 
+def test_backends_names_the_ring_fast_path(capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipckit.backends import ringcursor
+
+    rc, out, _ = run_cli(capsys, "backends", "--plain")
+    assert rc == 0
+    expected = "C per-message" if ringcursor.IMPLEMENTATION == "c" else "pure-Python"
+    assert f"shm rings: {expected}" in out
+    monkeypatch.setattr(ringcursor, "IMPLEMENTATION", "python")
+    monkeypatch.delenv("IPCKIT_PURE_PYTHON", raising=False)
+    rc, out, _ = run_cli(capsys, "backends", "--plain")
+    assert "the C extension was not built; reinstall" in out
+
+
 def test_backends_json_matches_capabilities(capsys: pytest.CaptureFixture[str]) -> None:
     from ipckit.registry import get_backend, schemes
 
