@@ -18,6 +18,7 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import struct
@@ -34,13 +35,24 @@ from .errors import (
     IPCError,
     MessageTooLarge,
     PeerDied,
+    PeerRejected,
     ProtocolError,
     RecvTimeout,
     SendTimeout,
     again,
     from_oserror,
 )
-from .framing import FLAG_CHECKSUM, FLAG_GOODBYE, HEADER, HEADER_SIZE, MAGIC, VERSION, crc32, decode_header
+from .framing import (
+    FLAG_CHECKSUM,
+    FLAG_GOODBYE,
+    FLAG_REJECTED,
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    VERSION,
+    crc32,
+    decode_header,
+)
 from .serializers import Buffer
 
 __all__ = ["FdStreamChannel", "READ_BUFFER"]
@@ -60,6 +72,12 @@ _U64_MASK = (1 << 64) - 1
 def _head_word(seq: int) -> int:
     """The first 8 header bytes of an unflagged frame with sequence *seq*, as a little-endian u64."""
     return int.from_bytes(MAGIC + bytes((VERSION, 0)) + (seq & _SEQ_MASK).to_bytes(4, "little"), "little")
+
+
+def rejection_error(url: str, reason: bytes) -> PeerRejected:
+    """The PeerRejected a client raises for the server's REJECTED frame (or packet) on *url*."""
+    text = reason.decode("utf-8", "replace") or "no reason given"
+    return PeerRejected(errno.EACCES, f"the server of {url} refused this connection: {text}")
 
 
 def write_with_linger(fd: int, write: Callable[[], int], linger: float = _GOODBYE_LINGER) -> int:
@@ -219,10 +237,17 @@ class FdStreamChannel(Channel):
         if done:
             self._send_error = ChannelBroken(f"{why}; the peer can no longer find message boundaries on {self._url}")
 
+    def _pending_rejection(self) -> PeerRejected | None:
+        """A REJECTED frame waiting to be read, if the transport can look without consuming."""
+        return None
+
     def _send_failed(self, exc: OSError, done: int) -> IPCError:
         if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
             err: IPCError
-            if isinstance(self._recv_error, EndOfChannel):
+            rejected = self._recv_error if isinstance(self._recv_error, PeerRejected) else self._pending_rejection()
+            if rejected is not None:
+                err = rejected
+            elif isinstance(self._recv_error, EndOfChannel):
                 err = EndOfChannel(f"the peer closed {self._url}")
             else:
                 err = PeerDied(f"the peer of {self._url} is gone (its receiving end closed)")
@@ -281,6 +306,9 @@ class FdStreamChannel(Channel):
         data = bytes(self._rmv[start:end])
         self._rpos = end
         self._advance_rseq()
+        if flags & FLAG_REJECTED:
+            self._recv_error = rejection_error(self._url, data)
+            raise again(self._recv_error)
         if flags & FLAG_CHECKSUM and crc32(data) != crc:
             raise self._break(ProtocolError(f"checksum mismatch in message {self._rseq - 1} on {self._url}"))
         if self._epoll is not None:

@@ -8,7 +8,10 @@ Header (20 bytes, little endian)::
 direction from 0, which exposes interleaved writers and lost or replayed frames.  ``crc32`` covers
 the payload when the ``CHECKSUM`` flag is set (the ``checksum=True`` option) and is 0 otherwise.
 A ``GOODBYE`` frame (no payload) is written by ``close()``: end of stream after it is a clean close
-(EndOfChannel), end of stream without it is a crash (PeerDied).
+(EndOfChannel), end of stream without it is a crash (PeerDied).  A ``REJECTED`` frame (sequence 0,
+a short UTF-8 reason of at most :data:`REJECT_REASON_MAX` bytes) is what a server writes to a
+client it refuses before closing the connection: the client's receive raises PeerRejected with
+the reason instead of reporting a crash.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ import zlib
 
 from .errors import MessageTooLarge, ProtocolError
 
-__all__ = ["HEADER", "HEADER_SIZE", "MAGIC", "VERSION", "FLAG_CHECKSUM", "FLAG_GOODBYE", "encode_header",
-           "decode_header", "crc32"]
+__all__ = ["HEADER", "HEADER_SIZE", "MAGIC", "VERSION", "FLAG_CHECKSUM", "FLAG_GOODBYE", "FLAG_REJECTED",
+           "REJECT_REASON_MAX", "encode_header", "encode_rejection", "decode_header", "crc32"]
 
 MAGIC = b"\xa9K"
 VERSION = 1
 FLAG_CHECKSUM = 0x01
 FLAG_GOODBYE = 0x02
-_KNOWN_FLAGS = FLAG_CHECKSUM | FLAG_GOODBYE
+FLAG_REJECTED = 0x04
+_KNOWN_FLAGS = FLAG_CHECKSUM | FLAG_GOODBYE | FLAG_REJECTED
+REJECT_REASON_MAX = 512
 HEADER = struct.Struct("<2sBBIQI")
 HEADER_SIZE = HEADER.size
 _SEQ_MASK = 0xFFFFFFFF
@@ -36,6 +41,12 @@ crc32 = zlib.crc32
 def encode_header(seq: int, length: int, flags: int = 0, crc: int = 0) -> bytes:
     """Pack one frame header."""
     return HEADER.pack(MAGIC, VERSION, flags, seq & _SEQ_MASK, length, crc)
+
+
+def encode_rejection(reason: str) -> bytes:
+    """The whole REJECTED frame a server sends a refused client as its first and only frame."""
+    payload = reason.encode("utf-8", "replace")[:REJECT_REASON_MAX]
+    return encode_header(0, len(payload), FLAG_REJECTED) + payload
 
 
 def decode_header(data: bytes | bytearray | memoryview, offset: int, expected_seq: int,
@@ -58,6 +69,10 @@ def decode_header(data: bytes | bytearray | memoryview, offset: int, expected_se
     if seq != expected_seq & _SEQ_MASK:
         raise ProtocolError(f"frame sequence {seq}, expected {expected_seq & _SEQ_MASK}: frames were lost, "
                             "replayed or interleaved by a second writer")
+    if flags & FLAG_REJECTED:  # checked before max_size: a small client limit still hears the reason
+        if length > REJECT_REASON_MAX or flags & FLAG_GOODBYE:
+            raise ProtocolError(f"malformed rejection frame ({length} bytes)")
+        return flags, length, crc
     if length > max_size:
         raise MessageTooLarge(f"peer announced a {length}-byte message, over max_message_size={max_size}; "
                               "the stream cannot be resynchronised and is now broken")

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipckit.errors import MessageTooLarge, ProtocolError
+import ipckit
+from ipckit.errors import MessageTooLarge, PeerRejected, ProtocolError
 from ipckit.framing import (
     FLAG_CHECKSUM,
     FLAG_GOODBYE,
+    FLAG_REJECTED,
     HEADER,
     HEADER_SIZE,
     MAGIC,
+    REJECT_REASON_MAX,
     VERSION,
     decode_header,
     encode_header,
+    encode_rejection,
 )
 
 BIG = 1 << 62
@@ -78,3 +84,29 @@ def test_garbage_never_escapes_as_other_errors(data: bytes) -> None:
         decode_header(data, 0, 0, 1 << 20)
     except (ProtocolError, MessageTooLarge):
         pass
+
+
+def test_rejection_frame() -> None:
+    frame = encode_rejection("uid 7 is not allowed")
+    flags, n, _ = decode_header(frame, 0, 0, 1)  # a tiny max_message_size still hears the reason
+    assert flags == FLAG_REJECTED and frame[HEADER_SIZE:] == b"uid 7 is not allowed" and n == 20
+    long = encode_rejection("x" * 10_000)
+    assert len(long) == HEADER_SIZE + REJECT_REASON_MAX
+    with pytest.raises(ProtocolError, match="rejection"):
+        decode_header(encode_header(0, REJECT_REASON_MAX + 1, FLAG_REJECTED), 0, 0, BIG)
+    with pytest.raises(ProtocolError, match="rejection"):
+        decode_header(encode_header(0, 0, FLAG_REJECTED | FLAG_GOODBYE), 0, 0, BIG)
+
+
+def test_rejection_frame_on_a_stream_is_peer_rejected_on_recv_and_send() -> None:
+    """What a refused client sees, on the stream machinery every framed backend shares."""
+    a, b = ipckit.pair("pipe://")
+    try:
+        os.write(b._wfd, encode_rejection("not you"))
+        with pytest.raises(PeerRejected, match="not you"):
+            a.recv_bytes(timeout=5)
+        with pytest.raises(PeerRejected, match="not you"):  # sticky
+            a.recv_bytes(timeout=5)
+    finally:
+        a.close()
+        b.close()

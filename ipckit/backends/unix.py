@@ -87,7 +87,8 @@ from ..errors import (
     again,
     from_oserror,
 )
-from ..fdstream import FdStreamChannel, write_with_linger
+from ..fdstream import FdStreamChannel, rejection_error, write_with_linger
+from ..framing import FLAG_REJECTED, HEADER_SIZE, REJECT_REASON_MAX, decode_header, encode_rejection
 from ..serializers import Buffer
 from ..url import Endpoint
 from . import _auth, _paths
@@ -101,6 +102,7 @@ _PEERCRED = struct.Struct("3i")
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _TAG_DATA = b"\x00"
 _TAG_GOODBYE = b"\x01"
+_TAG_REJECTED = b"\x02"  # + a short reason: the server refused this client (its first and only packet)
 
 
 @dataclass
@@ -251,6 +253,17 @@ def _peer_uid(sock: socket.socket, allowed: frozenset[int], who: str) -> int:
     return int(uid)
 
 
+def _refuse(conn: socket.socket, seqpacket: bool) -> None:
+    """Tell a client the server refused it (a REJECTED frame or packet) before closing; best effort."""
+    try:
+        _pid, uid, _gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        reason = f"uid {uid} is not in the server's allow_uids"
+        data = _TAG_REJECTED + reason.encode()[:REJECT_REASON_MAX] if seqpacket else encode_rejection(reason)
+        conn.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+    except OSError:
+        pass  # the client is gone or its buffer is full: it sees the close instead
+
+
 # ----------------------------------------------------------------------------- stream channel
 @final
 class UnixStreamChannel(FdStreamChannel):
@@ -289,6 +302,27 @@ class UnixStreamChannel(FdStreamChannel):
             return self._recv_into(view)
         except ConnectionResetError:
             return 0
+
+    def _pending_rejection(self) -> PeerRejected | None:
+        # A refused client's send fails before it read anything: look (without consuming) for the
+        # server's REJECTED frame, the first frame of the stream, so the send reports it too.
+        sock = self._sock
+        if sock is None or self._rseq != 0:
+            return None
+        data = bytes(self._rmv[self._rpos : self._rend])
+        try:
+            data += sock.recv(HEADER_SIZE + REJECT_REASON_MAX, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        if len(data) < HEADER_SIZE:
+            return None
+        try:
+            flags, n, _ = decode_header(data, 0, 0, 0)
+        except IPCError:
+            return None
+        if not flags & FLAG_REJECTED or len(data) < HEADER_SIZE + n:
+            return None
+        return rejection_error(self._url, data[HEADER_SIZE : HEADER_SIZE + n])
 
     def _unblock_reader(self) -> None:
         # Makes a recv() blocked in another thread return 0 at once; we are closing anyway.
@@ -457,7 +491,11 @@ class UnixSeqpacketChannel(Channel):
                 pass
             except (BrokenPipeError, ConnectionResetError) as exc:
                 err: IPCError
-                if isinstance(self._recv_error, EndOfChannel):
+                rejected = (self._recv_error if isinstance(self._recv_error, PeerRejected)
+                            else self._pending_rejection())
+                if rejected is not None:
+                    err = rejected
+                elif isinstance(self._recv_error, EndOfChannel):
                     err = EndOfChannel(f"the peer closed {self._url}")
                 else:
                     err = PeerDied(f"the peer of {self._url} is gone (its socket closed)")
@@ -472,6 +510,19 @@ class UnixSeqpacketChannel(Channel):
                 raise ChannelClosed(f"channel {self._url} was closed while sending")
             if not events:
                 raise SendTimeout(f"send timed out on {self._url}: the peer is not reading; nothing was sent")
+
+    def _pending_rejection(self) -> PeerRejected | None:
+        # The server's REJECTED packet, if it is the next one (looked at without consuming it).
+        sock = self._sock
+        if sock is None or self._recv_error is not None:
+            return None
+        try:
+            packet = sock.recv(1 + REJECT_REASON_MAX, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return None
+        if packet[:1] != _TAG_REJECTED:
+            return None
+        return rejection_error(self._url, packet[1:])
 
     # ---------------------------------------------------------------- receiving
     def _wait_readable(self, deadline: Deadline) -> None:
@@ -501,6 +552,10 @@ class UnixSeqpacketChannel(Channel):
             tag = self._peek[0]
             if tag == _TAG_DATA[0]:
                 return n - 1
+            if tag == _TAG_REJECTED[0]:
+                packet = sock.recv(n)
+                self._recv_error = rejection_error(self._url, packet[1 : 1 + REJECT_REASON_MAX])
+                raise again(self._recv_error)
             sock.recv_into(self._tag, 1)  # consume it
             if tag == _TAG_GOODBYE[0]:
                 self._recv_error = EndOfChannel(f"the peer closed {self._url} and every message was received")
@@ -674,6 +729,7 @@ class _UnixListener(Listener):
             try:
                 uid = _peer_uid(conn, self._allowed, "the client")
             except PeerRejected:
+                _refuse(conn, self._seqpacket)
                 conn.close()
                 raise
             trusted = uid == os.geteuid()
