@@ -55,7 +55,7 @@ from .framing import (
 )
 from .serializers import Buffer
 
-__all__ = ["FdStreamChannel", "READ_BUFFER"]
+__all__ = ["DescriptorChannel", "FdStreamChannel", "READ_BUFFER"]
 
 READ_BUFFER = 256 * 1024
 _POLLIN = select.POLLIN
@@ -97,14 +97,64 @@ def write_with_linger(fd: int, write: Callable[[], int], linger: float = _GOODBY
         return 0  # the peer is gone already; nothing to tell it
 
 
-class FdStreamChannel(Channel):
+class DescriptorChannel(Channel):
+    """What channels over descriptors share (FdStreamChannel, unix seqpacket).
+
+    An eventfd that ``close()`` rings, poll sets for reading and writing that include it, the wait
+    for readability, and the error a send reports when the peer's end is gone: the server's
+    rejection if one is waiting (``_pending_rejection``), else a clean close or a crash.
+    """
+
+    _wake = -1  # until _watch(): close() may run on a half-made end
+    _send_error: IPCError | None
+    _recv_error: IPCError | None
+
+    def _watch(self, rfd: int, wfd: int) -> None:
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._rpoll = select.poll()
+        self._rpoll.register(rfd, _POLLIN)
+        self._rpoll.register(self._wake, _POLLIN)
+        self._wpoll = select.poll()
+        self._wpoll.register(wfd, _POLLOUT)
+        self._wpoll.register(self._wake, _POLLIN)
+
+    def _wakeup(self) -> None:
+        if self._wake >= 0:
+            os.eventfd_write(self._wake, 1)
+
+    def _wait_readable(self, deadline: Deadline) -> None:
+        events = self._rpoll.poll(poll_ms(deadline))
+        if self._closed:
+            raise ChannelClosed(f"channel {self._url} was closed while receiving")
+        if not events:
+            raise RecvTimeout(f"no message on {self._url} before the timeout")
+
+    def _pending_rejection(self) -> PeerRejected | None:
+        """A REJECTED frame or packet waiting to be read, if the transport can look without consuming."""
+        return None
+
+    def _peer_gone(self) -> IPCError:
+        """The (sticky) error of a send that found the peer's end closed (EPIPE, ECONNRESET)."""
+        err: IPCError
+        if isinstance(self._recv_error, PeerRejected):
+            err = self._recv_error
+        elif (rejected := self._pending_rejection()) is not None:
+            err = rejected
+        elif isinstance(self._recv_error, EndOfChannel):
+            err = EndOfChannel(f"the peer closed {self._url}")
+        else:
+            err = PeerDied(f"the peer of {self._url} is gone (its end closed)")
+        self._send_error = err
+        return err
+
+
+class FdStreamChannel(DescriptorChannel):
     """A framed duplex channel over a read descriptor and a write descriptor (may be the same)."""
 
     def __init__(self, url: str, options: Options, *, rfd: int, wfd: int, peer_trusted: bool,
                  checksum: bool = False) -> None:
         self._rfd = -1
         self._wfd = -1
-        self._wake = -1
         super().__init__(url, options, peer_trusted=peer_trusted)
         self._rfd = rfd
         self._wfd = wfd
@@ -114,13 +164,7 @@ class FdStreamChannel(Channel):
                 os.set_blocking(wfd, False)
         self._checksum = checksum
         self._blocked = False  # a thread is inside _raw_read_blocking
-        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._rpoll = select.poll()
-        self._rpoll.register(rfd, _POLLIN)
-        self._rpoll.register(self._wake, _POLLIN)
-        self._wpoll = select.poll()
-        self._wpoll.register(wfd, _POLLOUT)
-        self._wpoll.register(self._wake, _POLLIN)
+        self._watch(rfd, wfd)
         self._rbuf = bytearray(READ_BUFFER)
         self._rmv = memoryview(self._rbuf)
         self._rpos = 0
@@ -237,22 +281,9 @@ class FdStreamChannel(Channel):
         if done:
             self._send_error = ChannelBroken(f"{why}; the peer can no longer find message boundaries on {self._url}")
 
-    def _pending_rejection(self) -> PeerRejected | None:
-        """A REJECTED frame waiting to be read, if the transport can look without consuming."""
-        return None
-
     def _send_failed(self, exc: OSError, done: int) -> IPCError:
         if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
-            err: IPCError
-            rejected = self._recv_error if isinstance(self._recv_error, PeerRejected) else self._pending_rejection()
-            if rejected is not None:
-                err = rejected
-            elif isinstance(self._recv_error, EndOfChannel):
-                err = EndOfChannel(f"the peer closed {self._url}")
-            else:
-                err = PeerDied(f"the peer of {self._url} is gone (its receiving end closed)")
-            self._send_error = err
-            return err
+            return self._peer_gone()
         failure = from_oserror(exc, f"send on {self._url}")
         if done:
             self._send_error = ChannelBroken(f"send failed part-way through a message on {self._url}: {exc}")
@@ -385,7 +416,7 @@ class FdStreamChannel(Channel):
                 got = self._read_blocking(self._rmv[self._rend :])
             else:
                 if not read_first:
-                    self._wait_for_data(deadline)
+                    self._wait_readable(deadline)
                 read_first = False
                 try:
                     got = self._raw_readinto(self._rmv[self._rend :])
@@ -414,24 +445,9 @@ class FdStreamChannel(Channel):
             raise ChannelClosed(f"channel {self._url} was closed while receiving")
         return got
 
-    def _wait_for_data(self, deadline: Deadline) -> None:
-        if not self._rpoll.poll(None if deadline is None else poll_ms(deadline)):
-            if self._closed:
-                raise ChannelClosed(f"channel {self._url} was closed while receiving")
-            raise RecvTimeout(f"no message on {self._url} before the timeout")
-        if self._closed:
-            raise ChannelClosed(f"channel {self._url} was closed while receiving")
-
     def _eof(self, why: str) -> IPCError:
         self._recv_error = PeerDied(why)
         return again(self._recv_error)
-
-    def _wait_readable(self, deadline: Deadline) -> None:
-        events = self._rpoll.poll(poll_ms(deadline))
-        if self._closed:
-            raise ChannelClosed(f"channel {self._url} was closed while receiving")
-        if not events:
-            raise RecvTimeout(f"no message on {self._url} before the timeout")
 
     def _poll(self, deadline: Deadline) -> bool:
         while True:
@@ -496,8 +512,7 @@ class FdStreamChannel(Channel):
 
     # ---------------------------------------------------------------- closing
     def _wakeup(self) -> None:
-        if self._wake >= 0:
-            os.eventfd_write(self._wake, 1)
+        super()._wakeup()
         if self._blocked:
             self._unblock_reader()
 

@@ -82,12 +82,11 @@ from ..errors import (
     PeerRejected,
     PermissionDenied,
     ProtocolError,
-    RecvTimeout,
     SendTimeout,
     again,
     from_oserror,
 )
-from ..fdstream import FdStreamChannel, rejection_error, write_with_linger
+from ..fdstream import DescriptorChannel, FdStreamChannel, rejection_error, write_with_linger
 from ..framing import FLAG_REJECTED, HEADER_SIZE, REJECT_REASON_MAX, decode_header, encode_rejection
 from ..serializers import Buffer
 from ..url import Endpoint
@@ -429,7 +428,7 @@ def _set_sndbuf(sock: socket.socket, size: int) -> None:
 
 
 @final
-class UnixSeqpacketChannel(Channel):
+class UnixSeqpacketChannel(DescriptorChannel):
     """A message-oriented channel over ``SOCK_SEQPACKET``: one packet per message, no framing.
 
     Each packet starts with a tag byte (data or goodbye), so an empty message is distinct from
@@ -441,7 +440,6 @@ class UnixSeqpacketChannel(Channel):
     def __init__(self, url: str, options: Options, sock: socket.socket, *, peer_trusted: bool,
                  reconnect: bool = False) -> None:
         self._sock: socket.socket | None = None
-        self._wake = -1
         super().__init__(url, options, peer_trusted=peer_trusted)
         self._trusted = peer_trusted
         self._reconnect = reconnect
@@ -453,13 +451,7 @@ class UnixSeqpacketChannel(Channel):
         self._max = min(self._max, self._limit)
         self._sock = sock
         self._fd = sock.fileno()
-        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._rpoll = select.poll()
-        self._rpoll.register(self._fd, select.POLLIN)
-        self._rpoll.register(self._wake, select.POLLIN)
-        self._wpoll = select.poll()
-        self._wpoll.register(self._fd, select.POLLOUT)
-        self._wpoll.register(self._wake, select.POLLIN)
+        self._watch(self._fd, self._fd)
         self._peek = bytearray(1)
         self._tag = bytearray(1)
         self._send_error: IPCError | None = None
@@ -490,17 +482,7 @@ class UnixSeqpacketChannel(Channel):
             except BlockingIOError:
                 pass
             except (BrokenPipeError, ConnectionResetError) as exc:
-                err: IPCError
-                rejected = (self._recv_error if isinstance(self._recv_error, PeerRejected)
-                            else self._pending_rejection())
-                if rejected is not None:
-                    err = rejected
-                elif isinstance(self._recv_error, EndOfChannel):
-                    err = EndOfChannel(f"the peer closed {self._url}")
-                else:
-                    err = PeerDied(f"the peer of {self._url} is gone (its socket closed)")
-                self._send_error = err
-                raise again(err) from exc
+                raise again(self._peer_gone()) from exc
             except OSError as exc:
                 if exc.errno in (errno.EMSGSIZE, errno.ENOBUFS):
                     raise MessageTooLarge(self._too_large(total)) from exc
@@ -525,13 +507,6 @@ class UnixSeqpacketChannel(Channel):
         return rejection_error(self._url, packet[1:])
 
     # ---------------------------------------------------------------- receiving
-    def _wait_readable(self, deadline: Deadline) -> None:
-        events = self._rpoll.poll(poll_ms(deadline))
-        if self._closed:
-            raise ChannelClosed(f"channel {self._url} was closed while receiving")
-        if not events:
-            raise RecvTimeout(f"no message on {self._url} before the timeout")
-
     def _next_length(self, deadline: Deadline) -> int:
         """Wait for the next data packet and return its payload length (handles goodbye and EOF)."""
         if self._recv_error is not None:
@@ -605,10 +580,6 @@ class UnixSeqpacketChannel(Channel):
         return self._fd
 
     # ---------------------------------------------------------------- closing
-    def _wakeup(self) -> None:
-        if self._wake >= 0:
-            os.eventfd_write(self._wake, 1)
-
     def _close(self) -> None:
         sock, self._sock = self._sock, None
         wake, self._wake = self._wake, -1
