@@ -207,18 +207,7 @@ class FdStreamChannel(DescriptorChannel):
             header = _pack(MAGIC, VERSION, FLAG_CHECKSUM, self._sseq & _SEQ_MASK, n, crc32(view))
         else:
             header = _pack(MAGIC, VERSION, 0, self._sseq & _SEQ_MASK, n, 0)
-        bufs = [memoryview(header), view]
-        # Fast path inlined: one writev that takes the whole frame.
-        try:
-            written = self._raw_writev(bufs)
-        except BlockingIOError:
-            written = 0
-        except OSError as exc:
-            raise self._send_failed(exc, 0) from exc
-        if written == HEADER_SIZE + n:
-            self._sseq += 1
-            return
-        self._write_rest(bufs, written, HEADER_SIZE + n, deadline)
+        self._write_frame([memoryview(header), view], HEADER_SIZE + n, deadline)
 
     def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
         if self._send_error is not None:

@@ -89,6 +89,22 @@ def check_parent_dir(path: str) -> None:
         raise InvalidAddress(f"{parent!r} (parent of {path!r}) is not a directory")
 
 
+def check_dir(path: str, what: str, *, private: bool) -> None:
+    """*path* must be a real directory of ours (``lstat``: a symlink is refused, never followed).
+
+    Raises:
+        FileNotFoundError: nothing there (callers decide what that means).
+        PermissionDenied: a symlink, something else than a directory, another owner, or (with
+            *private*) group/other access.
+    """
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise PermissionDenied(errno.ELOOP, f"{path!r} is a symlink; ipckit never follows one to {what}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise PermissionDenied(errno.ENOTDIR, f"{path!r} exists and is not {what}")
+    check_owned(path, st, "directory", private=private)
+
+
 def check_owned(path: str, st: os.stat_result, kind: str, *, private: bool = False) -> None:
     """Refuse an object we did not create: other owner, or group/other access bits when *private*."""
     euid = os.geteuid()

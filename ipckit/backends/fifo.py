@@ -120,12 +120,7 @@ def _open_fifo(path: str, flags: int) -> int:
 
 
 def _check_endpoint_dir(path: str, mode: int) -> None:
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise PermissionDenied(errno.ELOOP, f"{path!r} is a symlink; ipckit never follows one to an endpoint")
-    if not stat.S_ISDIR(st.st_mode):
-        raise PermissionDenied(errno.ENOTDIR, f"{path!r} exists and is not a fifo:// endpoint directory")
-    _paths.check_owned(path, st, "directory", private=_private(mode))
+    _paths.check_dir(path, "a fifo:// endpoint directory", private=_private(mode))
 
 
 def _translate(exc: OSError, what: str) -> IPCError:

@@ -236,14 +236,13 @@ def _ensure_private_dir(path: str) -> None:
 
 def _check_private_dir(path: str) -> None:
     try:
-        st = os.lstat(path)
+        _paths.check_dir(path, "a sysv+shm:// rendezvous directory", private=True)
     except FileNotFoundError as exc:
         raise EndpointNotFound(errno.ENOENT, f"directory {path!r} does not exist") from exc
+    except IPCError:
+        raise
     except OSError as exc:
         raise from_oserror(exc, f"checking {path}") from exc
-    if not stat.S_ISDIR(st.st_mode):
-        raise PermissionDenied(errno.EPERM, f"{path!r} is not a directory")
-    _paths.check_owned(path, st, "directory", private=True)
 
 
 def _read_manifest(fd: int, path: str) -> dict[str, str]:

@@ -52,6 +52,7 @@ Platform notes:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import select
@@ -128,19 +129,12 @@ _CAPS = Capabilities(
     multi_client=True,
     proves_same_user=True,
 )
-_SEQ_CAPS = Capabilities(
-    duplex=True,
+_SEQ_CAPS = dataclasses.replace(
+    _CAPS,
     message_oriented=True,
     # One packet per message: bounded by SO_SNDBUF and the kernel's packet allocation (about 4 MiB
     # here as root; less where net.core.wmem_max is small).  ch.max_message_size has the real value.
     max_message_size=4 * 1024 * 1024,
-    selectable=True,
-    detects_peer_close=True,
-    named=True,
-    anonymous_pair=True,
-    inheritable=True,
-    multi_client=True,
-    proves_same_user=True,
 )
 
 
