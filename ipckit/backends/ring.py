@@ -398,8 +398,6 @@ class RingWriter(Ring):
         """
         return bool(self._c.send(data))
 
-    try_send_bytes = try_send
-
     def _room_for(self, end: int) -> bool:
         """Refresh :attr:`_limit` from the reader's counter; True if a record ending at *end* fits
         contiguously (without padding) and within the free space."""

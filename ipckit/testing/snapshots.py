@@ -240,13 +240,8 @@ def _sysv_foreign(rows: set[str]) -> set[str]:
 
 # --------------------------------------------------------------------------- diff
 @dataclass
-class Leaks:
-    fds: dict[int, str] = field(default_factory=dict)
-    children: dict[int, str] = field(default_factory=dict)
-    threads: dict[int, str] = field(default_factory=dict)
-    shm: set[str] = field(default_factory=set)
-    sysv: set[str] = field(default_factory=set)
-    tmp: set[str] = field(default_factory=set)
+class Leaks(Snapshot):
+    """What a later snapshot has that an earlier one had not (same fields as Snapshot)."""
 
     def __bool__(self) -> bool:
         return bool(self.fds or self.children or self.threads or self.shm or self.sysv or self.tmp)
