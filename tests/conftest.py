@@ -1,3 +1,44 @@
-"""Shared test configuration: the ipckit leak guard runs around every test."""
+"""Shared test configuration: the ipckit leak guard runs around every test, and the directory
+fixtures the named backends' tests share."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+
+import pytest
 
 pytest_plugins = ["ipckit.testing.plugin"]
+
+
+@pytest.fixture
+def tmp() -> Iterator[str]:
+    """A private temporary directory that the test must leave empty."""
+    d = tempfile.mkdtemp(prefix="ipckit-test-")
+    try:
+        yield d
+    finally:
+        left = os.listdir(d)
+        if not left:
+            os.rmdir(d)
+        assert not left, f"left behind: {left}"
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[str]:
+    """A world-writable sticky directory (like /tmp) where another user can plant things."""
+    d = tempfile.mkdtemp(prefix="ipckit-test-shared-")
+    os.chmod(d, 0o1777)
+    try:
+        yield d
+    finally:
+        for name in os.listdir(d):
+            p = os.path.join(d, name)
+            if os.path.isdir(p) and not os.path.islink(p):
+                for sub in os.listdir(p):
+                    os.unlink(os.path.join(p, sub))
+                os.rmdir(p)
+            else:
+                os.unlink(p)
+        os.rmdir(d)

@@ -28,10 +28,8 @@ class TestFifo(ChannelContract, DuplexContract, PeerCloseContract, SelectableCon
 import stat  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
@@ -45,37 +43,6 @@ from ipckit.errors import (  # noqa: E402
     RecvTimeout,
 )
 from ipckit.testing import as_user, kill_self, ready, spawn_peer, timing_bounds, workers  # noqa: E402
-
-
-@pytest.fixture
-def tmp() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="ipckit-test-")
-    try:
-        yield d
-    finally:
-        left = os.listdir(d)
-        if not left:
-            os.rmdir(d)
-        assert not left, f"left behind: {left}"
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[str]:
-    """A world-writable sticky directory (like /tmp) where another user can plant things."""
-    d = tempfile.mkdtemp(prefix="ipckit-test-shared-")
-    os.chmod(d, 0o1777)
-    try:
-        yield d
-    finally:
-        for name in os.listdir(d):
-            p = os.path.join(d, name)
-            if os.path.isdir(p) and not os.path.islink(p):
-                for sub in os.listdir(p):
-                    os.unlink(os.path.join(p, sub))
-                os.rmdir(p)
-            else:
-                os.unlink(p)
-        os.rmdir(d)
 
 
 def _listen_then_die(url: str) -> None:

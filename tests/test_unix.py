@@ -44,10 +44,8 @@ import errno  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import stat  # noqa: E402
-import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -66,36 +64,6 @@ from ipckit.framing import encode_header  # noqa: E402
 from ipckit.testing import NOBODY, as_user, kill_self, ready, spawn_peer, workers  # noqa: E402
 
 KEY = b"correct horse battery staple"
-
-
-@pytest.fixture
-def tmp() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="ipckit-test-")
-    try:
-        yield d
-    finally:
-        left = os.listdir(d)
-        os.rmdir(d) if not left else None
-        assert not left, f"left behind: {left}"
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[str]:
-    """A world-writable sticky directory (like /tmp) for other-user cases."""
-    d = tempfile.mkdtemp(prefix="ipckit-test-shared-")
-    os.chmod(d, 0o1777)
-    try:
-        yield d
-    finally:
-        for name in os.listdir(d):
-            p = os.path.join(d, name)
-            if os.path.isdir(p) and not os.path.islink(p):
-                for sub in os.listdir(p):
-                    os.unlink(os.path.join(p, sub))
-                os.rmdir(p)
-            else:
-                os.unlink(p)
-        os.rmdir(d)
 
 
 class _Bg(threading.Thread):
