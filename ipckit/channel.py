@@ -31,6 +31,7 @@ from .deadline import Deadline, deadline_from, remaining
 from .errors import (
     BufferTooSmall,
     ChannelClosed,
+    ChannelTimeout,
     ConfigurationError,
     DecodeError,
     EncodeError,
@@ -507,12 +508,18 @@ class Listener:
 
     ``accept`` blocks until a peer connects; ``close`` removes the endpoint (only the owner ever
     removes it, once) and wakes a blocked ``accept``.
+
+    Threads: accepts are serialised by one lock (a second thread waits, within its own deadline),
+    as sends and receives are on a Channel.  ``close()`` marks the listener closed, wakes a
+    blocked accept (``_wakeup``), waits up to 2 s for it to leave and only then runs ``_close``,
+    so no accept runs on resources being released.
     """
 
     def __init__(self, url: str, options: Options) -> None:
         self._closed = False
         self._url = url
         self._options = options
+        self._accept_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -537,12 +544,19 @@ class Listener:
         if timeout is USE_DEFAULT:
             timeout = self._options.default_timeout
         deadline = deadline_from(timeout)
+        left = remaining(deadline)
+        if not self._accept_lock.acquire(True, -1 if left is None else left):
+            raise ChannelTimeout(f"accept on {self._url} timed out waiting for another accepting thread")
         try:
+            if self._closed:
+                raise ChannelClosed(f"accept on closed listener {self._url}")
             return self._accept(deadline)
         except IPCError:
             raise
         except OSError as exc:
             raise from_oserror(exc, f"accept on {self._url}") from exc
+        finally:
+            self._accept_lock.release()
 
     def fileno(self) -> int:
         """Descriptor that is readable when ``accept`` would not block, where the backend has one."""
@@ -555,12 +569,18 @@ class Listener:
         if self._closed:
             return
         self._closed = True
+        got = False
         try:
+            self._wakeup()
+            got = self._accept_lock.acquire(True, 2.0)
             self._close()
         except IPCError:
             raise
         except OSError as exc:
             raise from_oserror(exc, f"close of listener {self._url}") from exc
+        finally:
+            if got:
+                self._accept_lock.release()
 
     def __enter__(self) -> Listener:
         return self
@@ -584,9 +604,14 @@ class Listener:
         raise TypeError(f"a Listener ({self._url}) cannot be pickled; connect to its URL from the other process")
 
     def _accept(self, deadline: Deadline) -> Channel:
+        """Wait for the next peer (called with the accept lock held; ``_closed`` was False)."""
         raise NotImplementedError
 
+    def _wakeup(self) -> None:
+        """Wake an ``_accept`` blocked in another thread (it then sees ``_closed``); default: none."""
+
     def _close(self) -> None:
+        """Release the endpoint (after a blocked accept left, or 2 s passed)."""
         raise NotImplementedError
 
     def _fileno(self) -> int:

@@ -46,14 +46,13 @@ import errno
 import os
 import select
 import stat
-import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, final
 
 from ..backend import Backend, Capabilities, Options
 from ..channel import Channel, Listener
-from ..deadline import Backoff, Deadline, remaining
+from ..deadline import Backoff, Deadline
 from ..errors import (
     ChannelBusy,
     ChannelClosed,
@@ -195,7 +194,6 @@ class _FifoListener(Listener):
         self._peer_lock_fd = peer_lock_fd
         self._c2s = c2s_fd  # read end waiting for the next peer (-1 once handed out)
         self._last: weakref.ref[FifoChannel] | None = None
-        self._accept_lock = threading.Lock()
         self._trusted = _private(opts.mode)
 
     @property
@@ -206,14 +204,6 @@ class _FifoListener(Listener):
         return os.path.join(self._path, name)
 
     def _accept(self, deadline: Deadline) -> Channel:
-        if not self._accept_lock.acquire(True, -1 if deadline is None else remaining(deadline) or 0.0):
-            raise ChannelTimeout(f"accept on {self._url} timed out waiting for another accepting thread")
-        try:
-            return self._accept_locked(deadline)
-        finally:
-            self._accept_lock.release()
-
-    def _accept_locked(self, deadline: Deadline) -> Channel:
         opts: FifoOptions = self._options  # type: ignore[assignment]
         backoff = Backoff(0.0005, 0.02)
         if self._c2s < 0:
@@ -270,21 +260,16 @@ class _FifoListener(Listener):
             raise _translate(exc, f"accept on {self._url}") from exc
 
     def _close(self) -> None:
-        got = self._accept_lock.acquire(True, 2.0)
-        try:
-            if self._c2s >= 0:
-                os.close(self._c2s)
-                self._c2s = -1
-            for name in (_C2S, _S2C, _PEER_LOCK, _LOCK):
-                _paths.unlink_quiet(self._file(name))
-            _paths.rmdir_quiet(self._path)
-            for fd in (self._peer_lock_fd, self._lock_fd):
-                if fd >= 0:
-                    os.close(fd)
-            self._peer_lock_fd = self._lock_fd = -1
-        finally:
-            if got:
-                self._accept_lock.release()
+        if self._c2s >= 0:
+            os.close(self._c2s)
+            self._c2s = -1
+        for name in (_C2S, _S2C, _PEER_LOCK, _LOCK):
+            _paths.unlink_quiet(self._file(name))
+        _paths.rmdir_quiet(self._path)
+        for fd in (self._peer_lock_fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._peer_lock_fd = self._lock_fd = -1
 
 
 @final

@@ -182,13 +182,17 @@ class _MemoryListener(Listener):
     def _accept(self, deadline: Deadline) -> Channel:
         with self._cond:
             while not self._backlog:
+                if self._closed:  # checked under the condition: close()'s notify is never missed
+                    raise ChannelClosed(f"listener {self._url} was closed")
                 left = remaining(deadline)
                 if left == 0.0:
                     raise ChannelTimeout(f"no peer connected to {self._url} before the timeout")
                 self._cond.wait(left)
-                if self._closed:
-                    raise ChannelClosed(f"listener {self._url} was closed")
             return self._backlog.popleft()
+
+    def _wakeup(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def _close(self) -> None:
         with _listeners_lock:

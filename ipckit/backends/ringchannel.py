@@ -35,7 +35,6 @@ from ..channel import USE_DEFAULT, Channel, Listener
 from ..deadline import Deadline
 from ..errors import (
     BufferTooSmall,
-    ChannelBusy,
     ChannelClosed,
     ChannelTimeout,
     EndOfChannel,
@@ -534,44 +533,32 @@ class RingListener(Listener):
 
     def __init__(self, url: str, options: RingOptions, chan: RingChannel) -> None:
         super().__init__(url, options)
-        self._busy = threading.Lock()
         self._chan: RingChannel | None = chan
 
     def _accept(self, deadline: Deadline) -> Channel:
-        if not self._busy.acquire(False):
-            raise ChannelBusy(f"another thread is accepting on {self._url}")
-        try:
-            ch = self._chan
-            if self._closed:
-                raise ChannelClosed(f"accept on closed listener {self._url}")
-            if ch is None:
-                raise UnsupportedOperation(f"{self._url} accepts a single peer, and it already connected")
-            hdr = ch._hdr
-            waker = ch._own_waker
-            while hdr[H_STATE[1]] in (FREE, HANDOFF):
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise ChannelTimeout(f"no peer connected to {self._url} before the deadline")
-                waker.wait(0.1 if left is None else min(0.1, left))
-                if self._closed:
-                    raise ChannelClosed(f"accept on closed listener {self._url}")
-            ch._refresh_peer()
-            ch._both_attached()  # nothing can be left behind from now on
-            self._chan = None
-            return ch
-        finally:
-            self._busy.release()
-
-    def _close(self) -> None:
         ch = self._chan
         if ch is None:
-            return
-        ch._own_waker.post()  # wake a blocked accept(); it sees _closed and leaves
-        got = self._busy.acquire(True, 2.0)
-        try:
-            if self._chan is not None:
-                self._chan = None
-                ch.close()
-        finally:
-            if got:
-                self._busy.release()
+            raise UnsupportedOperation(f"{self._url} accepts a single peer, and it already connected")
+        hdr = ch._hdr
+        waker = ch._own_waker
+        while hdr[H_STATE[1]] in (FREE, HANDOFF):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ChannelTimeout(f"no peer connected to {self._url} before the deadline")
+            waker.wait(0.1 if left is None else min(0.1, left))
+            if self._closed:
+                raise ChannelClosed(f"accept on closed listener {self._url}")
+        ch._refresh_peer()
+        ch._both_attached()  # nothing can be left behind from now on
+        self._chan = None
+        return ch
+
+    def _wakeup(self) -> None:
+        ch = self._chan
+        if ch is not None:
+            ch._own_waker.post()  # a blocked accept() wakes, sees _closed and leaves
+
+    def _close(self) -> None:
+        ch, self._chan = self._chan, None
+        if ch is not None:
+            ch.close()

@@ -634,7 +634,6 @@ class _UnixListener(Listener):
         self._allowed = _allowed_uids(opts)
         self._seqpacket = sock.type == socket.SOCK_SEQPACKET
         self._pending: dict[int, _auth.ServerHandshake] = {}
-        self._accept_lock = threading.Lock()
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._epoll = select.epoll()
         self._epoll.register(sock.fileno(), select.EPOLLIN)
@@ -647,14 +646,6 @@ class _UnixListener(Listener):
         return opts
 
     def _accept(self, deadline: Deadline) -> Channel:
-        if not self._accept_lock.acquire(True, -1 if deadline is None else remaining(deadline) or 0.0):
-            raise ChannelTimeout(f"accept on {self._url} timed out waiting for another accepting thread")
-        try:
-            return self._accept_locked(deadline)
-        finally:
-            self._accept_lock.release()
-
-    def _accept_locked(self, deadline: Deadline) -> Channel:
         lfd = self._sock.fileno()
         while True:
             if self._closed:
@@ -740,37 +731,34 @@ class _UnixListener(Listener):
     def _fileno(self) -> int:
         return self._epoll.fileno()
 
-    def _close(self) -> None:
+    def _wakeup(self) -> None:
         try:
             os.eventfd_write(self._wake, 1)
         except OSError:
             pass
-        got = self._accept_lock.acquire(True, 2.0)
-        try:
-            for fd in list(self._pending):
-                self._drop(fd)
-            self._epoll.close()
-            self._sock.close()
-            os.close(self._wake)
-            path = self._addr.path
-            if path is not None and self._inode is not None:
-                # Remove only the socket file we bound, never a newer one that took the name.
-                try:
-                    st = os.lstat(path)
-                    if (st.st_dev, st.st_ino) == self._inode:
-                        os.unlink(path)
-                except OSError:
-                    pass
-            if self._lock_fd >= 0:
-                if path is not None:
-                    _paths.unlink_quiet(path + ".lock")
-                os.close(self._lock_fd)
-                self._lock_fd = -1
-            if self._own_dir is not None:
-                _paths.rmdir_quiet(self._own_dir)
-        finally:
-            if got:
-                self._accept_lock.release()
+
+    def _close(self) -> None:
+        for fd in list(self._pending):
+            self._drop(fd)
+        self._epoll.close()
+        self._sock.close()
+        os.close(self._wake)
+        path = self._addr.path
+        if path is not None and self._inode is not None:
+            # Remove only the socket file we bound, never a newer one that took the name.
+            try:
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == self._inode:
+                    os.unlink(path)
+            except OSError:
+                pass
+        if self._lock_fd >= 0:
+            if path is not None:
+                _paths.unlink_quiet(path + ".lock")
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        if self._own_dir is not None:
+            _paths.rmdir_quiet(self._own_dir)
 
 
 # ----------------------------------------------------------------------------- backend

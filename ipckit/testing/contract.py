@@ -1011,6 +1011,22 @@ class ListenerContract:
             waiter.outcome()
         assert waiter.finished_at - start <= 0.5
 
+    def test_second_accepting_thread_waits_within_its_deadline(self) -> None:
+        """Accepts are serialised (not refused): a second thread waits for the first, bounded by
+        its own deadline."""
+        lst = ipckit.listen(self.fresh_url(), **self.options)
+        waiter = _Thread(lambda: lst.accept(timeout=10.0), name="ipckit-blocked-accept")
+        waiter.start()
+        wait_until_blocked(waiter, ("_accept",))
+        start = time.monotonic()
+        with pytest.raises(ChannelTimeout):
+            lst.accept(timeout=0.1)
+        low, high = timing_bounds(0.1)
+        assert low <= time.monotonic() - start <= high
+        lst.close()
+        with pytest.raises(ChannelClosed):
+            waiter.outcome()
+
     def test_channels_outlive_listener(self) -> None:
         client, server = self.connect_pair()
         self._owned_listeners_close()
