@@ -4,6 +4,7 @@ fixtures the named backends' tests share."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -33,12 +34,4 @@ def shared_dir() -> Iterator[str]:
     try:
         yield d
     finally:
-        for name in os.listdir(d):
-            p = os.path.join(d, name)
-            if os.path.isdir(p) and not os.path.islink(p):
-                for sub in os.listdir(p):
-                    os.unlink(os.path.join(p, sub))
-                os.rmdir(p)
-            else:
-                os.unlink(p)
-        os.rmdir(d)
+        shutil.rmtree(d)  # what other users planted there too (links are removed, not followed)

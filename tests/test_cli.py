@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -182,9 +183,7 @@ def prefix() -> Iterator[str]:
             if entry.startswith(token):
                 path = os.path.join(d, entry)
                 if os.path.isdir(path) and not os.path.islink(path):
-                    for sub in os.listdir(path):
-                        os.unlink(os.path.join(path, sub))
-                    os.rmdir(path)
+                    shutil.rmtree(path)
                 else:
                     os.unlink(path)
 
