@@ -1,8 +1,8 @@
-"""Builds the optional C fast path of the shm ring (ipckit/backends/_ringfast.c).
+"""Builds the optional C fast path of the shm ring (ipckit/backends/common/ring/_ringfast.c).
 
 Everything else is configured in pyproject.toml.  The extension is optional: without a compiler
 the install still succeeds and ipckit uses the pure-Python cursors of ringcursor.py
-(``python -c "import ipckit.backends.ringcursor as c; print(c.IMPLEMENTATION)"`` tells which).
+(``python -c "import ipckit.backends.common.ring.cursor as c; print(c.IMPLEMENTATION)"`` tells which).
 """
 
 from setuptools import Extension, setup
@@ -10,8 +10,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "ipckit.backends._ringfast",
-            sources=["ipckit/backends/_ringfast.c"],
+            "ipckit.backends.common.ring._ringfast",
+            sources=["ipckit/backends/common/ring/_ringfast.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
             optional=True,
         )

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from . import errors
 from .api import DEFAULT_CONNECT_TIMEOUT, connect, listen, pair
-from .backend import Backend, Capabilities, Options
+from .backend import Backend
 from .channel import Channel, Listener
 from .errors import *  # noqa: F403 - the error tree is part of the top-level API
+from .options import Capabilities, Options
 from .registry import available_backends, register_backend
 from .serializers import Serializer, register_serializer
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backend import Backend, Options, parse_options
+from .backend import Backend
 from .channel import Channel, Listener, resolve_serializer
 from .deadline import deadline_from
+from .options import Options, parse_options
 from .registry import get_backend
 from .url import Endpoint, parse_url
 

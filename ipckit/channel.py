@@ -26,7 +26,6 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
-from .backend import Capabilities, Options
 from .deadline import Deadline, deadline_from, remaining
 from .errors import (
     BufferTooSmall,
@@ -46,6 +45,7 @@ from .errors import (
     UnsupportedOperation,
     from_oserror,
 )
+from .options import Capabilities, Options
 from .serializers import Buffer, Serializer, get_serializer
 
 __all__ = ["Channel", "Listener", "resolve_serializer", "as_byte_view", "USE_DEFAULT"]

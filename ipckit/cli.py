@@ -100,7 +100,7 @@ def backend_rows() -> list[dict[str, Any]]:
 
 
 def _cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
-    from .backend import Capabilities
+    from .options import Capabilities
 
     rows = backend_rows()
     if args.json:
@@ -120,7 +120,7 @@ def _cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _ring_fast_path_note() -> str:
-    from .backends import ringcursor
+    from .backends.common.ring import cursor as ringcursor
 
     if ringcursor.IMPLEMENTATION == "c":
         return "shm rings: C per-message fast path"

@@ -50,7 +50,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, final
 
-from ..backend import Backend, Capabilities, Options
+from ..backend import Backend
 from ..channel import Channel, Listener
 from ..deadline import Backoff, Deadline
 from ..errors import (
@@ -64,10 +64,10 @@ from ..errors import (
     PermissionDenied,
     from_oserror,
 )
-from ..fdstream import FdStreamChannel
+from ..options import Capabilities, Options
 from ..url import Endpoint
-from . import _paths
-from .pipe import PipeOptions, grow_pipe
+from .common import paths as _paths
+from .common.stream import FdStreamChannel, StreamOptions, grow_pipe
 
 __all__ = ["FifoBackend", "FifoChannel", "FifoOptions"]
 
@@ -79,7 +79,7 @@ _OPEN_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 @dataclass
-class FifoOptions(PipeOptions):
+class FifoOptions(StreamOptions):
     """Same options as ``pipe://``: ``pipe_size`` and ``checksum``."""
 
 

@@ -20,13 +20,12 @@ Platform notes:
 from __future__ import annotations
 
 import itertools
-import re
 import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar, final
 
-from ..backend import Backend, Capabilities, Options
+from ..backend import Backend
 from ..channel import Channel, Listener
 from ..deadline import Deadline, remaining
 from ..errors import (
@@ -39,12 +38,13 @@ from ..errors import (
     RecvTimeout,
     SendTimeout,
 )
+from ..options import Capabilities, Options
 from ..serializers import Buffer
 from ..url import Endpoint
+from .common.paths import NAME_RE
 
 __all__ = ["MemoryBackend", "MemoryChannel", "MemoryOptions"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _counter = itertools.count()
 _listeners: dict[str, _MemoryListener] = {}
 _listeners_lock = threading.Lock()
@@ -208,7 +208,7 @@ class _MemoryListener(Listener):
 
 def _name(endpoint: Endpoint) -> str:
     name = endpoint.address.strip("/")
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise InvalidAddress(f"memory:// names use letters, digits, '.', '_' and '-' (1-200 chars), got {name!r}")
     return name
 

@@ -23,43 +23,22 @@ Platform notes:
 
 from __future__ import annotations
 
-import fcntl
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar, final
 
-from ..backend import Backend, Capabilities, Options
+from ..backend import Backend
 from ..channel import Channel
-from ..fdstream import FdStreamChannel
+from ..options import Capabilities, Options
 from ..url import Endpoint
+from .common.stream import FdStreamChannel, StreamOptions, grow_pipe
 
-__all__ = ["PipeBackend", "PipeChannel", "PipeOptions", "grow_pipe"]
-
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+__all__ = ["PipeBackend", "PipeChannel", "PipeOptions"]
 
 
 @dataclass
-class PipeOptions(Options):
-    pipe_size: int = 1024 * 1024
-    checksum: bool = False
-
-
-def _pipe_max_size() -> int:
-    try:
-        with open("/proc/sys/fs/pipe-max-size") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 1024 * 1024
-
-
-def grow_pipe(fd: int, size: int) -> None:
-    """Raise the kernel buffer of the pipe or FIFO *fd* towards *size* (capped by pipe-max-size)."""
-    # Best effort: an unprivileged user over pipe-user-pages-soft gets EPERM; the pipe still works.
-    try:
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, min(size, _pipe_max_size()))
-    except OSError:
-        pass
-
+class PipeOptions(StreamOptions):
+    """``pipe_size`` and ``checksum`` plus the common options."""
 
 _CAPS = Capabilities(
     duplex=True,

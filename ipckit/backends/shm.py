@@ -2,11 +2,11 @@
 
 Features:
     The fast path.  One segment holds two single-producer/single-consumer rings (one per
-    direction, ``ipckit.backends.ring``); sending copies the message into the ring once and
+    direction, ``ipckit.backends.common.ring.buffer``); sending copies the message into the ring once and
     receiving copies it out once (``recv_view`` returns a view into the ring: no copy;
     ``recv_bytes_into`` copies straight into the caller's buffer).  Messages larger than the ring
     stream through it in chunks, so a small ring carries large messages.  Waiting spins briefly,
-    yields, then blocks on a semaphore that is only a wake-up hint (``ipckit.backends.waiting``).
+    yields, then blocks on a semaphore that is only a wake-up hint (``ipckit.backends.common.ring.waiting``).
     pickle protocol 5 out-of-band buffers (numpy) are written straight from the object's memory
     into the ring.
 
@@ -51,7 +51,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, final
 
-from ..backend import Options
 from ..channel import Channel, Listener
 from ..deadline import Deadline
 from ..errors import (
@@ -65,8 +64,10 @@ from ..errors import (
     ResourceExhausted,
     from_oserror,
 )
+from ..options import Options
 from ..url import Endpoint
-from .ringchannel import (
+from .common.paths import NAME_RE
+from .common.ring.channel import (
     ATTACHED,
     CLOSED,
     FREE,
@@ -74,7 +75,6 @@ from .ringchannel import (
     H_PID,
     H_STATE,
     HANDOFF,
-    NAME_RE,
     PAGE,
     RingBackend,
     RingChannel,

@@ -1,14 +1,14 @@
 """``sysv+shm://`` — the shared-memory ring on SysV shared memory and SysV semaphores.
 
 Features:
-    The same two single-producer/single-consumer rings as ``shm://`` (``ipckit.backends.ring``,
+    The same two single-producer/single-consumer rings as ``shm://`` (``ipckit.backends.common.ring.buffer``,
     same wait strategy), in one SysV segment (``sysv_ipc.SharedMemory``).  A send copies into
     the ring once, a receive copies out once, ``recv_view`` is copy-free, pickle protocol 5
     buffers are written straight into the ring.  One SysV semaphore set of four holds the two
     wake-up hints (counting, never ``SEM_UNDO``) and the two "alive" semaphores (each end holds
     +1 with ``SEM_UNDO``; the kernel undoes it when the holder dies, so a SIGKILLed peer is
     PeerDied once its committed messages are drained).  Every semaphore wait is timed, through
-    ``semtimedop`` (``ipckit.backends.sysv_sem``), whichever sysv_ipc build is installed.
+    ``semtimedop`` (``ipckit.backends.common.sysv``), whichever sysv_ipc build is installed.
 
     Lifecycle: keys are random, created with ``IPC_CREAT|IPC_EXCL`` (a taken key is retried
     with a new one; never ``ftok``), mode 0600 (SysV ignores the umask).  Each segment is
@@ -54,7 +54,6 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, final
 
-from ..backend import Options
 from ..channel import Channel, Listener
 from ..deadline import Deadline
 from ..errors import (
@@ -68,26 +67,27 @@ from ..errors import (
     ResourceExhausted,
     from_oserror,
 )
+from ..options import Options
 from ..url import Endpoint
-from . import _paths
-from .ringchannel import (
+from .common import paths as _paths
+from .common.paths import NAME_RE
+from .common.ring.channel import (
     ATTACHED,
     FREE,
     H_MAGIC,
     H_STATE,
     HANDOFF,
-    NAME_RE,
     PAGE,
     RingBackend,
     RingChannel,
     RingListener,
+    RingOptions,
     header_matches,
     initialize_segment,
     layout,
     open_end,
 )
-from .shm import ShmOptions
-from .sysv_sem import TimedSemaphore, _Sembuf, _semop
+from .common.sysv import TimedSemaphore, _Sembuf, _semop
 
 __all__ = ["SysvShmBackend", "SysvShmChannel", "SysvShmListener", "SysvShmOptions", "cleanup_stale"]
 
@@ -117,7 +117,7 @@ _KEY_TRIES: Final = 64
 
 
 @dataclass
-class SysvShmOptions(ShmOptions):
+class SysvShmOptions(RingOptions):
     """Same options as ``shm://``: ``capacity`` and ``spin`` plus the common ones."""
 
 

@@ -64,7 +64,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
-from ..backend import Backend, Capabilities, Options
+from ..backend import Backend
 from ..channel import Channel, Listener
 from ..deadline import Backoff, Deadline, poll_ms, remaining
 from ..errors import (
@@ -87,11 +87,13 @@ from ..errors import (
     again,
     from_oserror,
 )
-from ..fdstream import DescriptorChannel, FdStreamChannel, rejection_error, write_with_linger
 from ..framing import FLAG_REJECTED, HEADER_SIZE, REJECT_REASON_MAX, decode_header, encode_rejection
+from ..options import Capabilities, Options
 from ..serializers import Buffer
 from ..url import Endpoint
-from . import _auth, _paths
+from .common import auth as _auth
+from .common import paths as _paths
+from .common.stream import DescriptorChannel, FdStreamChannel, rejection_error, write_with_linger
 
 __all__ = ["UnixBackend", "UnixOptions", "UnixStreamChannel", "UnixSeqpacketChannel", "MAX_PATH"]
 

@@ -25,7 +25,7 @@ def _csv(value: str) -> list[str]:
 
 
 def _sizes(value: str) -> list[int]:
-    from ipckit.backend import parse_size
+    from ipckit.options import parse_size
 
     try:
         sizes = [parse_size(v) for v in _csv(value)]

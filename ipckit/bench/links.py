@@ -474,7 +474,7 @@ class _IceoryxLink:
     def __init__(self, out_name: str, in_name: str, max_message: int) -> None:
         import ctypes
 
-        import iceoryx2 as iox2  # type: ignore[import-untyped]
+        import iceoryx2 as iox2  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         iox2.set_log_level(iox2.LogLevel.Error)
         self._memmove = ctypes.memmove

@@ -239,7 +239,7 @@ def _git_commit() -> str | None:
 
 def _ring_fast_path() -> str:
     """Which cursor the shm rings run ("c" or "python"): runs are only comparable within one."""
-    from ipckit.backends import ringcursor
+    from ipckit.backends.common.ring import cursor as ringcursor
 
     return str(ringcursor.IMPLEMENTATION)
 

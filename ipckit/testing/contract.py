@@ -36,7 +36,6 @@ import pytest
 
 import ipckit
 
-from ..backend import Capabilities
 from ..channel import Channel, Listener
 from ..errors import (
     BufferTooSmall,
@@ -54,6 +53,7 @@ from ..errors import (
     RecvTimeout,
     UnsafeSerializer,
 )
+from ..options import Capabilities
 from ..registry import get_backend
 from . import workers
 from .peers import spawn_peer

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 import ipckit
-from ipckit.backends import ring, ringcursor
+from ipckit.backends.common.ring import buffer as ring
+from ipckit.backends.common.ring import cursor as ringcursor
 
 try:
-    from ipckit.backends import _ringfast
+    from ipckit.backends.common.ring import _ringfast
 except ImportError:  # not built: only the reference is measured
     _ringfast = None  # type: ignore[assignment]
 

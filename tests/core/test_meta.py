@@ -31,15 +31,15 @@ from ipckit.testing.contract import (
     SelectableContract,
 )
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1]  # tests/: every layer's directory is searched
 MIXINS = {ChannelContract, DuplexContract, PeerCloseContract, SelectableContract, LargeMessageContract,
           CrossProcessContract, PeerDeathContract, ListenerContract}
 
 
 def _contract_classes() -> dict[str, list[type]]:
     found: dict[str, list[type]] = {}
-    for path in sorted(TESTS.glob("test_*.py")):
-        if path.name == Path(__file__).name:
+    for path in sorted(TESTS.rglob("test_*.py")):
+        if path.name == Path(__file__).name or "benchmarks" in path.parts:
             continue
         module = sys.modules.get(path.stem)
         if module is None or not str(getattr(module, "__file__", "")).startswith(str(TESTS)):
@@ -94,7 +94,7 @@ def test_every_contract_class_names_a_registered_scheme(classes: dict[str, list[
 
 
 def test_required_contracts_reads_capabilities() -> None:
-    from ipckit.backend import Capabilities
+    from ipckit.options import Capabilities
 
     minimal = Capabilities(duplex=False, detects_peer_close=False, inheritable=False, max_message_size=4096)
     assert required_contracts(minimal) == {ChannelContract}

@@ -5,7 +5,7 @@ their hot state (the private counters, the cached peer counter, the writer's roo
 a *cursor* so that one call can commit or consume a small message.  Two implementations share one
 interface:
 
-* ``ipckit.backends._ringfast`` (C, built when a compiler is present at install time);
+* ``ipckit.backends.common.ring._ringfast`` (C, built when a compiler is present at install time);
 * :class:`PyWriter` / :class:`PyReader` below, the reference, used when the extension is missing
   or ``IPCKIT_PURE_PYTHON=1`` is set.
 

@@ -3,8 +3,8 @@
 A provider (``shm.py``: POSIX shared memory + posix_ipc semaphores, OFD-lock liveness;
 ``sysv_shm.py``: SysV shared memory + a SysV semaphore set, ``SEM_UNDO`` liveness) makes the
 segment and its two wake-up hints; :class:`RingChannel` runs the two rings in it
-(``ipckit.backends.ring``, one per direction) with the wait strategy of
-``ipckit.backends.waiting``: the send/receive hooks and their fast paths, the waits, the
+(``ipckit.backends.common.ring.buffer``, one per direction) with the wait strategy of
+``ipckit.backends.common.ring.waiting``: the send/receive hooks and their fast paths, the waits, the
 peer-death checks, copy-free ``recv_view``, pickle protocol 5 out-of-band parts, closing, and the
 skeleton of the hand-off to a child process (spawn: ``__reduce__``; fork: the Channel base's
 ``_fork_handed``/``_fork_adopt``/``_fork_release`` hooks).  :class:`RingListener` is the
@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import mmap
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, NoReturn, TypeVar
 
-from ..backend import Backend, Capabilities, Options
-from ..channel import USE_DEFAULT, Channel, Listener
-from ..deadline import Deadline
-from ..errors import (
+from ipckit.backend import Backend
+from ipckit.channel import USE_DEFAULT, Channel, Listener
+from ipckit.deadline import Deadline
+from ipckit.errors import (
     BufferTooSmall,
     ChannelClosed,
     ChannelTimeout,
@@ -44,7 +43,9 @@ from ..errors import (
     SendTimeout,
     UnsupportedOperation,
 )
-from . import ring as _ring
+from ipckit.options import Capabilities, Options
+
+from . import buffer as _ring
 from .waiting import WaitStrategy, Waker
 
 __all__ = [
@@ -60,7 +61,6 @@ __all__ = [
 ]
 
 PAGE: Final = mmap.PAGESIZE
-NAME_RE: Final = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 # Segment header words (u64) on page 0, common to both providers.
 H_MAGIC, H_VERSION, H_CAPACITY, H_MAXMSG, H_UID = 0, 1, 2, 3, 4

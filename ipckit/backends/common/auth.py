@@ -22,8 +22,8 @@ import os
 import select
 import socket
 
-from ..deadline import Deadline, poll_ms
-from ..errors import ChannelTimeout, PeerRejected
+from ipckit.deadline import Deadline, poll_ms
+from ipckit.errors import ChannelTimeout, PeerRejected
 
 __all__ = ["MAX_PREAUTH_READ", "ServerHandshake", "client_handshake", "coerce_key"]
 

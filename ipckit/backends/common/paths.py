@@ -17,11 +17,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import secrets
 import stat
 import tempfile
 
-from ..errors import (
+from ipckit.errors import (
     EndpointExists,
     EndpointNotFound,
     InvalidAddress,
@@ -31,6 +32,7 @@ from ..errors import (
 )
 
 __all__ = [
+    "NAME_RE",
     "PREFIX",
     "runtime_dir",
     "make_private_dir",
@@ -44,6 +46,10 @@ __all__ = [
     "unlink_quiet",
     "rmdir_quiet",
 ]
+
+#: A plain object name (shm, sysv+shm, mq, memory): no slashes, nothing a shell or a path could
+#: reinterpret, short enough for every kernel's name limit once the ipckit prefix is added.
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 PREFIX = "ipckit-"
 

@@ -1,4 +1,4 @@
-"""Timed SysV semaphore waits (ipckit.backends.sysv_sem) on the installed sysv_ipc build.
+"""Timed SysV semaphore waits (ipckit.backends.common.sysv) on the installed sysv_ipc build.
 
 The PyPI wheel of sysv_ipc 1.2.0 has no semaphore timeouts, so ``Semaphore.acquire(0.2)``
 would block forever; these tests prove ipckit's waits time out, wake on a post from another
@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ipckit.backends import sysv_sem
-from ipckit.backends.sysv_sem import TimedSemaphore
+from ipckit.backends.common import sysv as sysv_sem
+from ipckit.backends.common.sysv import TimedSemaphore
 from ipckit.errors import ChannelBroken
 
 sysv_ipc = pytest.importorskip("sysv_ipc")

@@ -17,7 +17,7 @@ import pytest
 
 import ipckit
 from ipckit.backends import sysv_shm
-from ipckit.backends.sysv_sem import TimedSemaphore
+from ipckit.backends.common.sysv import TimedSemaphore
 from ipckit.errors import (
     EndOfChannel,
     EndpointExists,

@@ -2,7 +2,7 @@
 
 This module holds only the algorithm: it knows nothing about segments, semaphores or
 processes.  ``ipckit.backends.shm`` maps the memory, places two rings (one per direction)
-in one segment and plugs in the wait strategy of ``ipckit.backends.waiting``.
+in one segment and plugs in the wait strategy of ``ipckit.backends.common.ring.waiting``.
 
 Layout of one ring region (``offset`` must be a multiple of 64; all words native u64)::
 
@@ -57,7 +57,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeAlias
 
-from ipckit.backends import ringcursor as _cursor
+from ipckit.backends.common.ring import cursor as _cursor
 from ipckit.errors import (
     BufferTooSmall,
     IncompatibleEndpoint,

@@ -72,7 +72,7 @@ def test_backends_plain_table_lists_memory_and_pipe(capsys: pytest.CaptureFixtur
 
 def test_backends_names_the_ring_fast_path(capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipckit.backends import ringcursor
+    from ipckit.backends.common.ring import cursor as ringcursor
 
     rc, out, _ = run_cli(capsys, "backends", "--plain")
     assert rc == 0

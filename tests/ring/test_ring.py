@@ -1,4 +1,4 @@
-"""Unit tests of the shared-memory ring (ipckit.backends.ring) and its wait strategy.
+"""Unit tests of the shared-memory ring (ipckit.backends.common.ring.buffer) and its wait strategy.
 
 The ring is tested on its own: over an anonymous mmap in one process, across a real fork
 over posix_ipc shared memory, and with Hypothesis over arbitrary segment images (target R of
@@ -25,9 +25,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipckit.backends import ring as R
-from ipckit.backends import ringcursor as RC
-from ipckit.backends.waiting import WaitStrategy, same_cpu
+from ipckit.backends.common.ring import buffer as R
+from ipckit.backends.common.ring import cursor as RC
+from ipckit.backends.common.ring.waiting import WaitStrategy, same_cpu
 from ipckit.errors import (
     BufferTooSmall,
     IncompatibleEndpoint,
@@ -47,7 +47,7 @@ def cursor_types(impl: str) -> tuple[type, type]:
     """(writer, reader) cursor classes of one implementation; skips "c" if the extension is not built."""
     if impl == "python":
         return RC.PyWriter, RC.PyReader
-    fast = pytest.importorskip("ipckit.backends._ringfast", reason="C cursor extension not built")
+    fast = pytest.importorskip("ipckit.backends.common.ring._ringfast", reason="C cursor extension not built")
     return fast.Writer, fast.Reader
 
 

@@ -20,7 +20,7 @@ import pytest
 import ipckit
 from ipckit.registry import get_backend
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PING_PONG = EXAMPLES / "ping_pong.py"
 TIMEOUT = 120  # seconds for one example run (spawning a child imports a fresh interpreter)
 

@@ -1,4 +1,4 @@
-"""The ring's per-message cursors (ipckit.backends.ringcursor and its C twin _ringfast), tested directly.
+"""The ring's per-message cursors (ipckit.backends.common.ring.cursor and its C twin _ringfast), tested directly.
 
 Both implementations run every contract test on real ``mmap.mmap(-1, n)`` buffers initialised with
 ``ring.initialize``.  The key test is a Hypothesis differential fuzz: arbitrary segment images and
@@ -31,12 +31,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from ipckit.backends import ring as R
-from ipckit.backends import ringcursor as RC
+from ipckit.backends.common.ring import buffer as R
+from ipckit.backends.common.ring import cursor as RC
 from ipckit.errors import ProtocolError
 
 try:
-    from ipckit.backends import _ringfast
+    from ipckit.backends.common.ring import _ringfast
 except ImportError:  # reported by test_c_extension_is_in_use
     _ringfast = None  # type: ignore[assignment]
 
@@ -828,7 +828,7 @@ def test_c_extension_is_in_use() -> None:
         + (
             "IPCKIT_PURE_PYTHON is set but the C cursors are in use"
             if forced
-            else "the C extension ipckit.backends._ringfast is missing or failed to import (rebuild with "
+            else "the C extension ipckit.backends.common.ring._ringfast is missing or failed to import (rebuild with "
             "`python setup.py build_ext --inplace`; set IPCKIT_PURE_PYTHON=1 to test the fallback on purpose)"
         )
     )
@@ -1304,7 +1304,7 @@ def test_c_no_memory_growth(seg: Callable[..., Seg]) -> None:
 
 _PROBE_PRELUDE = """
 import gc, mmap, threading, sys
-from ipckit.backends import ring as R, _ringfast as F
+from ipckit.backends.common.ring import _ringfast as F, buffer as R
 W, Rd = F.Writer, F.Reader
 def seg(cap=512):
     m = mmap.mmap(-1, R.region_size(cap))

@@ -1,13 +1,13 @@
-"""URL parsing and option handling (ipckit.url, ipckit.backend.parse_options)."""
+"""URL parsing and option handling (ipckit.url, ipckit.options.parse_options)."""
 
 from __future__ import annotations
 
 import pytest
 
 import ipckit
-from ipckit.backend import DEFAULT_MAX_MESSAGE_SIZE, Options, parse_options, parse_size
 from ipckit.backends.pipe import PipeOptions
 from ipckit.errors import ConfigurationError, InvalidAddress
+from ipckit.options import DEFAULT_MAX_MESSAGE_SIZE, Options, parse_options, parse_size
 from ipckit.url import parse_url
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import ipckit
-from ipckit.backend import Options
 from ipckit.channel import resolve_serializer
 from ipckit.errors import (
     ConfigurationError,
@@ -18,6 +17,7 @@ from ipckit.errors import (
     SerializerUnavailable,
     UnsafeSerializer,
 )
+from ipckit.options import Options
 from ipckit.serializers import (
     JsonSerializer,
     MsgpackSerializer,

@@ -54,7 +54,8 @@ class TestShmPurePython(TestShm):
 
     @pytest.fixture(autouse=True)
     def _pure_python_cursors(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from ipckit.backends import ring, ringcursor
+        from ipckit.backends.common.ring import buffer as ring
+        from ipckit.backends.common.ring import cursor as ringcursor
 
         monkeypatch.setattr(ring.RingWriter, "_cursor_type", ringcursor.PyWriter)
         monkeypatch.setattr(ring.RingReader, "_cursor_type", ringcursor.PyReader)
@@ -62,7 +63,7 @@ class TestShmPurePython(TestShm):
 
     def test_runs_the_python_cursors(self) -> None:
         a, b = self.make_pair()
-        from ipckit.backends import ringcursor
+        from ipckit.backends.common.ring import cursor as ringcursor
 
         assert isinstance(a._wc, ringcursor.PyWriter) and isinstance(b._rc, ringcursor.PyReader)
         a.send_bytes(b"pure")
@@ -261,8 +262,8 @@ def test_close_from_other_thread_wakes_recv() -> None:
 # --------------------------------------------------------------------------- reliability rows S-1…S-14
 # Kill points are reached by driving the child's ring directly (no hooks in the library's hot path);
 # the creator's "after create, before init" point uses IPCKIT_FAULT, read once at import.
-from ipckit.backends import ring as ring_mod  # noqa: E402
 from ipckit.backends import shm as shm_mod  # noqa: E402
+from ipckit.backends.common.ring import buffer as ring_mod  # noqa: E402
 from ipckit.errors import (  # noqa: E402
     EndpointExists,
     IncompatibleEndpoint,

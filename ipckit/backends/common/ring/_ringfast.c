@@ -480,7 +480,7 @@ static PyMethodDef reader_methods[] = {
 #define CURSOR_TYPE(NAME, DOC, METHODS)                                \
     {                                                                  \
         PyVarObject_HEAD_INIT(NULL, 0)                                 \
-        .tp_name = "ipckit.backends._ringfast." NAME,                  \
+        .tp_name = "ipckit.backends.common.ring._ringfast." NAME,                  \
         .tp_doc = DOC,                                                 \
         .tp_basicsize = sizeof(Cursor),                                \
         .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,           \
@@ -501,7 +501,7 @@ static PyTypeObject ReaderType = CURSOR_TYPE(
 
 static struct PyModuleDef ringfast_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "ipckit.backends._ringfast",
+    .m_name = "ipckit.backends.common.ring._ringfast",
     .m_doc = "C fast paths of the shm ring (see ringcursor.py for the pure-Python reference).",
     .m_size = -1,
 };

@@ -1,0 +1,591 @@
+"""Framed message channels over file descriptors (pipes, FIFOs, stream sockets).
+
+One implementation of framing, buffering, waiting and close semantics that the pipe, FIFO and
+Unix-socket backends share; they only open the descriptors (and may override the raw read and
+write calls).
+
+Why it looks like this:
+
+* Descriptors are non-blocking and every wait is a ``poll`` on the data fd plus an eventfd that
+  ``close()`` signals, so a deadline is exact and ``close()`` from another thread wakes a blocked
+  caller at once (a plain ``close(fd)`` does not wake a thread blocked in ``read``).
+* Reads go through a 256 KiB read-ahead buffer: a small message costs one ``read`` and
+  ``writev`` sends header and payload in one system call.
+* A receive that times out consumes nothing: a partly received message stays buffered and the
+  next call resumes it.  A send that times out after part of a frame left poisons the stream
+  (ChannelBroken), because the peer can never find the next frame boundary.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ipckit.channel import Channel
+from ipckit.deadline import Deadline, poll_ms, remaining
+from ipckit.errors import (
+    ChannelBroken,
+    ChannelClosed,
+    EndOfChannel,
+    IPCError,
+    MessageTooLarge,
+    PeerDied,
+    PeerRejected,
+    ProtocolError,
+    RecvTimeout,
+    SendTimeout,
+    again,
+    from_oserror,
+)
+from ipckit.framing import (
+    FLAG_CHECKSUM,
+    FLAG_GOODBYE,
+    FLAG_REJECTED,
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    VERSION,
+    crc32,
+    decode_header,
+)
+from ipckit.options import Options
+from ipckit.serializers import Buffer
+
+__all__ = ["DescriptorChannel", "FdStreamChannel", "READ_BUFFER", "StreamOptions", "grow_pipe"]
+
+
+@dataclass
+class StreamOptions(Options):
+    """Options of the framed descriptor streams (pipes, FIFOs).
+
+    ``pipe_size``: requested kernel buffer per pipe or FIFO (capped by pipe-max-size).
+    ``checksum``: CRC32 over every payload.
+    """
+
+    pipe_size: int = 1024 * 1024
+    checksum: bool = False
+
+
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+@dataclass
+class PipeOptions(Options):
+    pipe_size: int = 1024 * 1024
+    checksum: bool = False
+
+
+def _pipe_max_size() -> int:
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024 * 1024
+
+
+def grow_pipe(fd: int, size: int) -> None:
+    """Raise the kernel buffer of the pipe or FIFO *fd* towards *size* (capped by pipe-max-size)."""
+    # Best effort: an unprivileged user over pipe-user-pages-soft gets EPERM; the pipe still works.
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, min(size, _pipe_max_size()))
+    except OSError:
+        pass
+
+
+READ_BUFFER = 256 * 1024
+_POLLIN = select.POLLIN
+_POLLOUT = select.POLLOUT
+_SEQ_MASK = 0xFFFFFFFF
+_GOODBYE_LINGER = 0.1  # seconds close() may wait to fit the goodbye frame into a full pipe
+_pack = HEADER.pack
+# The header read as (u64 magic|version|flags|sequence, u64 length, u32 crc) for the fast path.
+_FAST_HEADER = struct.Struct("<QQI").unpack_from
+_SEQ_ONE = 1 << 32
+_U64_MASK = (1 << 64) - 1
+
+
+def _head_word(seq: int) -> int:
+    """The first 8 header bytes of an unflagged frame with sequence *seq*, as a little-endian u64."""
+    return int.from_bytes(MAGIC + bytes((VERSION, 0)) + (seq & _SEQ_MASK).to_bytes(4, "little"), "little")
+
+
+def rejection_error(url: str, reason: bytes) -> PeerRejected:
+    """The PeerRejected a client raises for the server's REJECTED frame (or packet) on *url*."""
+    text = reason.decode("utf-8", "replace") or "no reason given"
+    return PeerRejected(errno.EACCES, f"the server of {url} refused this connection: {text}")
+
+
+def write_with_linger(fd: int, write: Callable[[], int], linger: float = _GOODBYE_LINGER) -> int:
+    """Run the non-blocking *write* once; if *fd* is full, wait up to *linger* s for room and retry.
+
+    For close(): a last word to the peer must not block a close for long, nor fail only because
+    the buffer is momentarily full.  Returns bytes written (0 if it never fit or the peer is gone).
+    """
+    try:
+        try:
+            return write()
+        except BlockingIOError:
+            poller = select.poll()
+            poller.register(fd, _POLLOUT)
+            return write() if poller.poll(int(linger * 1000)) else 0
+    except OSError:
+        return 0  # the peer is gone already; nothing to tell it
+
+
+class DescriptorChannel(Channel):
+    """What channels over descriptors share (FdStreamChannel, unix seqpacket).
+
+    An eventfd that ``close()`` rings, poll sets for reading and writing that include it, the wait
+    for readability, and the error a send reports when the peer's end is gone: the server's
+    rejection if one is waiting (``_pending_rejection``), else a clean close or a crash.
+    """
+
+    _wake = -1  # until _watch(): close() may run on a half-made end
+    _send_error: IPCError | None
+    _recv_error: IPCError | None
+
+    def _watch(self, rfd: int, wfd: int) -> None:
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._rpoll = select.poll()
+        self._rpoll.register(rfd, _POLLIN)
+        self._rpoll.register(self._wake, _POLLIN)
+        self._wpoll = select.poll()
+        self._wpoll.register(wfd, _POLLOUT)
+        self._wpoll.register(self._wake, _POLLIN)
+
+    def _wakeup(self) -> None:
+        if self._wake >= 0:
+            os.eventfd_write(self._wake, 1)
+
+    def _wait_readable(self, deadline: Deadline) -> None:
+        events = self._rpoll.poll(poll_ms(deadline))
+        if self._closed:
+            raise ChannelClosed(f"channel {self._url} was closed while receiving")
+        if not events:
+            raise RecvTimeout(f"no message on {self._url} before the timeout")
+
+    def _pending_rejection(self) -> PeerRejected | None:
+        """A REJECTED frame or packet waiting to be read, if the transport can look without consuming."""
+        return None
+
+    def _peer_gone(self) -> IPCError:
+        """The (sticky) error of a send that found the peer's end closed (EPIPE, ECONNRESET)."""
+        err: IPCError
+        if isinstance(self._recv_error, PeerRejected):
+            err = self._recv_error
+        elif (rejected := self._pending_rejection()) is not None:
+            err = rejected
+        elif isinstance(self._recv_error, EndOfChannel):
+            err = EndOfChannel(f"the peer closed {self._url}")
+        else:
+            err = PeerDied(f"the peer of {self._url} is gone (its end closed)")
+        self._send_error = err
+        return err
+
+
+class FdStreamChannel(DescriptorChannel):
+    """A framed duplex channel over a read descriptor and a write descriptor (may be the same)."""
+
+    def __init__(self, url: str, options: Options, *, rfd: int, wfd: int, peer_trusted: bool,
+                 checksum: bool = False) -> None:
+        self._rfd = -1
+        self._wfd = -1
+        super().__init__(url, options, peer_trusted=peer_trusted)
+        self._rfd = rfd
+        self._wfd = wfd
+        if not self._blocking_reads:
+            os.set_blocking(rfd, False)
+            if wfd != rfd:
+                os.set_blocking(wfd, False)
+        self._checksum = checksum
+        self._blocked = False  # a thread is inside _raw_read_blocking
+        self._watch(rfd, wfd)
+        self._rbuf = bytearray(READ_BUFFER)
+        self._rmv = memoryview(self._rbuf)
+        self._rpos = 0
+        self._rend = 0
+        self._read_first = False  # last read filled the buffer: more is probably waiting
+        self._sseq = 0
+        self._rseq = 0
+        self._expect_head = _head_word(0)
+        self._send_error: IPCError | None = None
+        self._recv_error: IPCError | None = None
+        # A large message being received straight into its own buffer: [buffer, received, crc].
+        self._pending: list[Any] | None = None
+        self._ready_fd = -1
+        self._epoll: select.epoll | None = None
+
+    # ---------------------------------------------------------------- raw I/O (overridable)
+    def _raw_writev(self, bufs: list[memoryview]) -> int:
+        return os.writev(self._wfd, bufs)
+
+    def _raw_readinto(self, view: memoryview) -> int:
+        return os.readv(self._rfd, [view])
+
+    #: Subclasses whose reads can block and still be woken by close() set this and implement
+    #: ``_raw_read_blocking`` and ``_unblock_reader`` (sockets: shutdown(SHUT_RD)).  Pipes cannot:
+    #: nothing but the peer wakes a blocked read on a pipe, so they always wait in poll().
+    _blocking_reads = False
+
+    def _raw_read_blocking(self, view: memoryview) -> int:
+        raise NotImplementedError
+
+    def _unblock_reader(self) -> None:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- sending
+    def _send_message(self, view: memoryview, deadline: Deadline) -> None:
+        if self._send_error is not None:
+            raise again(self._send_error)
+        n = view.nbytes
+        if self._checksum:
+            header = _pack(MAGIC, VERSION, FLAG_CHECKSUM, self._sseq & _SEQ_MASK, n, crc32(view))
+        else:
+            header = _pack(MAGIC, VERSION, 0, self._sseq & _SEQ_MASK, n, 0)
+        self._write_frame([memoryview(header), view], HEADER_SIZE + n, deadline)
+
+    def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
+        if self._send_error is not None:
+            raise again(self._send_error)
+        crc = 0
+        flags = 0
+        if self._checksum:
+            flags = FLAG_CHECKSUM
+            for v in views:
+                crc = crc32(v, crc)
+        header = _pack(MAGIC, VERSION, flags, self._sseq & _SEQ_MASK, total, crc)
+        self._write_frame([memoryview(header), *views], HEADER_SIZE + total, deadline)
+
+    def _write_frame(self, bufs: list[memoryview], total: int, deadline: Deadline) -> None:
+        try:
+            written = self._raw_writev(bufs)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            raise self._send_failed(exc, 0) from exc
+        if written == total:
+            self._sseq += 1
+            return
+        self._write_rest(bufs, written, total, deadline)
+
+    def _write_rest(self, bufs: list[memoryview], written: int, total: int, deadline: Deadline) -> None:
+        done = written
+        while True:
+            # Drop what has been written from the front of the buffer list.
+            while written and bufs:
+                first = bufs[0].nbytes
+                if written >= first:
+                    written -= first
+                    bufs.pop(0)
+                else:
+                    bufs[0] = bufs[0][written:]
+                    written = 0
+            if done == total:
+                self._sseq += 1
+                return
+            events = self._wpoll.poll(poll_ms(deadline))
+            if self._closed:
+                self._poison_send(done, "closed while sending")
+                raise ChannelClosed(f"channel {self._url} was closed while sending")
+            if not events:
+                self._poison_send(done, "a send timed out part-way through a message")
+                if done:
+                    raise SendTimeout(f"send timed out after {done} of {total} bytes of the frame; "
+                                      "the stream is now broken")
+                raise SendTimeout(f"send timed out on {self._url}: the peer is not reading; nothing was sent")
+            try:
+                written = self._raw_writev(bufs[:512])
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                raise self._send_failed(exc, done) from exc
+            done += written
+
+    def _poison_send(self, done: int, why: str) -> None:
+        if done:
+            self._send_error = ChannelBroken(f"{why}; the peer can no longer find message boundaries on {self._url}")
+
+    def _send_failed(self, exc: OSError, done: int) -> IPCError:
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            return self._peer_gone()
+        failure = from_oserror(exc, f"send on {self._url}")
+        if done:
+            self._send_error = ChannelBroken(f"send failed part-way through a message on {self._url}: {exc}")
+        return failure
+
+    # ---------------------------------------------------------------- receiving
+    def _recv_message(self, deadline: Deadline) -> Buffer:
+        if self._recv_error is not None or self._pending is not None:
+            return self._recv_checked(deadline)
+        if self._rend - self._rpos < HEADER_SIZE:
+            self._fill(HEADER_SIZE, deadline)
+        pos = self._rpos
+        # Fast path: magic, version, no flags and the expected sequence number compare as one
+        # 64-bit word; anything else (flags, goodbye, errors) takes the fully checked path.
+        head, n, _ = _FAST_HEADER(self._rbuf, pos)
+        if head != self._expect_head or n > self._max:
+            return self._recv_checked(deadline)
+        start = pos + HEADER_SIZE
+        end = start + n
+        if end > self._rend:
+            if HEADER_SIZE + n > READ_BUFFER:
+                return self._recv_checked(deadline)
+            self._fill(HEADER_SIZE + n, deadline)
+            start = self._rpos + HEADER_SIZE
+            end = start + n
+        data = bytes(self._rmv[start:end])
+        self._rpos = end
+        self._rseq += 1
+        self._expect_head = (self._expect_head + _SEQ_ONE) & _U64_MASK
+        if self._epoll is not None:
+            self._sync_ready()
+        return data
+
+    def _recv_checked(self, deadline: Deadline) -> Buffer:
+        if self._recv_error is not None:
+            raise again(self._recv_error)
+        if self._pending is not None:
+            return self._finish_large(deadline)
+        if self._rend - self._rpos < HEADER_SIZE:
+            self._fill(HEADER_SIZE, deadline)
+        pos = self._rpos
+        flags, n, crc = self._header(pos)
+        start = pos + HEADER_SIZE
+        end = start + n
+        if end > self._rend:
+            if HEADER_SIZE + n > READ_BUFFER:
+                return self._start_large(n, crc, flags, deadline)
+            self._fill(HEADER_SIZE + n, deadline)
+            start = self._rpos + HEADER_SIZE
+            end = start + n
+        data = bytes(self._rmv[start:end])
+        self._rpos = end
+        self._advance_rseq()
+        if flags & FLAG_REJECTED:
+            self._recv_error = rejection_error(self._url, data)
+            raise again(self._recv_error)
+        if flags & FLAG_CHECKSUM and crc32(data) != crc:
+            raise self._break(ProtocolError(f"checksum mismatch in message {self._rseq - 1} on {self._url}"))
+        if self._epoll is not None:
+            self._sync_ready()
+        return data
+
+    def _advance_rseq(self) -> None:
+        self._rseq += 1
+        self._expect_head = _head_word(self._rseq)
+
+    def _header(self, pos: int) -> tuple[int, int, int]:
+        try:
+            flags, n, crc = decode_header(self._rbuf, pos, self._rseq, self._max)
+        except (ProtocolError, MessageTooLarge) as exc:
+            raise self._break(exc) from None
+        if flags & FLAG_GOODBYE:
+            self._rpos = pos + HEADER_SIZE
+            self._advance_rseq()
+            self._recv_error = EndOfChannel(f"the peer closed {self._url} and every message was received")
+            if self._epoll is not None:
+                self._sync_ready()
+            raise again(self._recv_error)
+        return flags, n, crc
+
+    def _break(self, exc: IPCError) -> IPCError:
+        if self._recv_error is None:
+            self._recv_error = ChannelBroken(f"the stream on {self._url} is broken: {exc}")
+        return exc
+
+    def _start_large(self, n: int, crc: int, flags: int, deadline: Deadline) -> Buffer:
+        # The message does not fit the read-ahead buffer: receive it straight into its own buffer.
+        out = bytearray(n)
+        start = self._rpos + HEADER_SIZE
+        have = self._rend - start
+        out[:have] = self._rmv[start : self._rend]
+        self._rpos = self._rend = 0
+        self._pending = [out, have, crc if flags & FLAG_CHECKSUM else None]
+        return self._finish_large(deadline)
+
+    def _finish_large(self, deadline: Deadline) -> Buffer:
+        assert self._pending is not None
+        out: bytearray = self._pending[0]
+        have: int = self._pending[1]
+        crc: int | None = self._pending[2]
+        view = memoryview(out)
+        n = len(out)
+        while have < n:
+            try:
+                got = self._raw_readinto(view[have:])
+            except BlockingIOError:
+                self._pending[1] = have
+                self._wait_readable(deadline)
+                continue
+            if got == 0:
+                self._pending = None
+                raise self._eof(f"the peer ended in the middle of a {n}-byte message ({have} bytes received)")
+            have += got
+        self._pending = None
+        self._advance_rseq()
+        if crc is not None and crc32(out) != crc:
+            raise self._break(ProtocolError(f"checksum mismatch in message {self._rseq - 1} on {self._url}"))
+        return out
+
+    def _fill(self, need: int, deadline: Deadline) -> None:
+        """Read until at least *need* bytes are buffered from ``_rpos``."""
+        if self._rpos + need > READ_BUFFER:
+            have = self._rend - self._rpos
+            self._rmv[:have] = self._rmv[self._rpos : self._rend]
+            self._rpos = 0
+            self._rend = have
+        read_first = self._read_first
+        while self._rend - self._rpos < need:
+            if deadline is None and self._blocking_reads:
+                got = self._read_blocking(self._rmv[self._rend :])
+            else:
+                if not read_first:
+                    self._wait_readable(deadline)
+                read_first = False
+                try:
+                    got = self._raw_readinto(self._rmv[self._rend :])
+                except BlockingIOError:
+                    continue
+            if got == 0:
+                partial = self._rend - self._rpos
+                if partial:
+                    raise self._eof(f"the peer ended in the middle of a message ({partial} bytes of a frame)")
+                raise self._eof(f"the peer of {self._url} ended without closing the channel")
+            self._rend += got
+            self._read_first = self._rend == READ_BUFFER
+
+    def _read_blocking(self, view: memoryview) -> int:
+        # One system call instead of poll + read.  close() from another thread sees _blocked and
+        # wakes the call with _unblock_reader(); the closed/blocked checks on both sides are
+        # ordered by the GIL, so one of them always sees the other.
+        self._blocked = True
+        try:
+            if self._closed:
+                raise ChannelClosed(f"channel {self._url} was closed while receiving")
+            got = self._raw_read_blocking(view)
+        finally:
+            self._blocked = False
+        if self._closed:
+            raise ChannelClosed(f"channel {self._url} was closed while receiving")
+        return got
+
+    def _eof(self, why: str) -> IPCError:
+        self._recv_error = PeerDied(why)
+        return again(self._recv_error)
+
+    def _poll(self, deadline: Deadline) -> bool:
+        while True:
+            if self._recv_error is not None or self._pending is not None:
+                return True
+            if self._frame_buffered():
+                return True
+            events = self._rpoll.poll(poll_ms(deadline))
+            if self._closed:
+                raise ChannelClosed(f"channel {self._url} was closed while polling")
+            if not events:
+                return False
+            # Pull what is there into the buffer and check for a whole frame (or end of stream).
+            if self._rpos:
+                have = self._rend - self._rpos
+                self._rmv[:have] = self._rmv[self._rpos : self._rend]
+                self._rpos, self._rend = 0, have
+            try:
+                got = self._raw_readinto(self._rmv[self._rend :])
+            except BlockingIOError:
+                continue
+            if got == 0:
+                return True  # end of stream: recv will raise at once
+            self._rend += got
+            if self._rend == READ_BUFFER:
+                return True  # a frame larger than the buffer is arriving; recv streams it
+            if remaining(deadline) == 0.0:
+                return self._frame_buffered()
+
+    def _frame_buffered(self) -> bool:
+        have = self._rend - self._rpos
+        if have < HEADER_SIZE:
+            return False
+        try:
+            _, n, _ = decode_header(self._rbuf, self._rpos, self._rseq, self._max)
+        except IPCError:
+            return True  # recv will raise the protocol error at once
+        return have >= HEADER_SIZE + n or HEADER_SIZE + n > READ_BUFFER
+
+    # ---------------------------------------------------------------- selectable
+    def _fileno(self) -> int:
+        # Read-ahead can hold whole messages the kernel no longer reports, so the readiness
+        # descriptor is an epoll set over the data fd plus an eventfd raised while data is buffered.
+        if self._epoll is None:
+            self._ready_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            ep = select.epoll()
+            ep.register(self._rfd, select.EPOLLIN)
+            ep.register(self._ready_fd, select.EPOLLIN)
+            self._epoll = ep
+            self._sync_ready()
+        return self._epoll.fileno()
+
+    def _sync_ready(self) -> None:
+        buffered = self._rend > self._rpos or self._recv_error is not None
+        try:
+            if buffered:
+                os.eventfd_write(self._ready_fd, 1)
+            else:
+                os.eventfd_read(self._ready_fd)
+        except BlockingIOError:
+            pass
+
+    # ---------------------------------------------------------------- closing
+    def _wakeup(self) -> None:
+        super()._wakeup()
+        if self._blocked:
+            self._unblock_reader()
+
+    def _close(self) -> None:
+        try:
+            if self._send_error is None and self._wfd >= 0 and not self._handed_off:
+                self._say_goodbye()
+        finally:
+            self._release_fds()
+
+    def _say_goodbye(self) -> None:
+        frame = memoryview(_pack(MAGIC, VERSION, FLAG_GOODBYE, self._sseq & _SEQ_MASK, 0, 0))
+        # A goodbye cut short leaves the peer a truncated frame: PeerDied, the honest answer.
+        write_with_linger(self._wfd, lambda: self._raw_writev([frame]))
+
+    def _release_fds(self) -> None:
+        fds = {self._rfd, self._wfd, self._wake, self._ready_fd}
+        self._rfd = self._wfd = self._wake = self._ready_fd = -1
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    # ---------------------------------------------------------------- hand-off
+    def _handoff_state(self) -> tuple[int, int, bytes]:
+        """Sequence numbers and read-ahead bytes a process taking this end over must continue from."""
+        return self._sseq, self._rseq, bytes(self._rmv[self._rpos : self._rend])
+
+    def _fork_release(self, multiprocessing_child: bool) -> None:
+        # A multiprocessing child drops the parent's other ends without a word (and without the
+        # locks: a parent thread may have held them at the fork), so the peer still sees EOF.
+        if multiprocessing_child:
+            self._closed = True
+            self._release_fds()
+
+    def _resume(self, sseq: int, rseq: int, buffered: bytes) -> None:
+        self._sseq = sseq
+        self._rseq = rseq
+        self._expect_head = _head_word(rseq)
+        self._rmv[: len(buffered)] = buffered
+        self._rend = len(buffered)
