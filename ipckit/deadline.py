@@ -1,7 +1,7 @@
 """Timeouts as absolute monotonic deadlines.
 
 A public call turns its ``timeout`` into a deadline once; every retry, EINTR and wait slice after
-that works against the same deadline, so signals never extend a call (contract P4).
+that works against the same deadline, so signals never extend a call (P4 in docs/contract.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ipckit exception tree (contract §4).
+"""The ipckit exception tree (docs/contract.md, section 4).
 
 Every public method raises only these; the OS or library error that caused one is kept as
 ``__cause__``.  Where the meaning matches a builtin, the class also subclasses it, so
@@ -40,9 +40,9 @@ __all__ = [
     "InvalidAddress",
     "BackendUnavailable",
     "SerializerUnavailable",
-    "from_oserror",
-    "again",
 ]
+# ``from_oserror`` and ``again`` below are for backends (docs/writing-a-backend.md), not for
+# users: importable by name, but not part of ``__all__`` (so not re-exported by ``ipckit``).
 
 
 class IPCError(Exception):
@@ -113,7 +113,7 @@ class DecodeError(SerializationError):
 
 
 class UnsafeSerializer(IPCError):
-    """pickle was asked for on a channel whose peer is not proven trusted (contract §5)."""
+    """pickle was asked for on a channel whose peer is not proven trusted (docs/contract.md, section 5)."""
 
 
 class UnsupportedOperation(IPCError):

@@ -3,7 +3,7 @@
 A serializer is any object with ``name``, ``trusted``, ``dumps(obj)`` and ``loads(view)``.
 ``trusted`` is True when ``loads`` is safe on bytes from a peer you do not trust (msgpack, json,
 raw); pickle is not (unpickling runs code), so channels refuse it unless the peer is proven to be
-the same user or authenticated (contract §5).
+the same user or authenticated (the trust rule, docs/contract.md section 5).
 
 A serializer may also offer ``dumps_parts(obj) -> list[buffer]``: the channel then sends the parts
 as one message without joining them first (pickle uses it for out-of-band buffers, so a large
