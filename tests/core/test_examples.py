@@ -1,5 +1,7 @@
 """The examples run as a user would run them: as scripts, in a subprocess, and leave nothing behind.
 
+They also use only the public API (an ast scan below), since users copy them.
+
 What a run leaves in /dev/shm, /proc/sysvipc or the temp directory is caught by the ipckit leak
 guard (tests/conftest.py) around every test; these tests also check the example's own private
 directory is gone.
@@ -7,6 +9,8 @@ directory is gone.
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.util
 import os
 import subprocess
@@ -22,6 +26,8 @@ from ipckit.registry import get_backend
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PING_PONG = EXAMPLES / "ping_pong.py"
+CLIENT_SERVER = EXAMPLES / "client_server.py"
+ALL_EXAMPLES = sorted(EXAMPLES.glob("*.py"))
 TIMEOUT = 120  # seconds for one example run (spawning a child imports a fresh interpreter)
 
 pytestmark = pytest.mark.timeout(TIMEOUT + 30)
@@ -42,8 +48,8 @@ IN_PROCESS = [s for s in WORKING if s not in CROSS_PROCESS]
 NAMED_CROSS_PROCESS = [s for s in CROSS_PROCESS if get_backend(s).capabilities.named]
 
 
-def run_example(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-W", "error", str(PING_PONG), *args], capture_output=True,
+def run_example(*args: str, script: Path = PING_PONG) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-W", "error", str(script), *args], capture_output=True,
                           text=True, timeout=TIMEOUT, check=False, stdin=subprocess.DEVNULL)
 
 
@@ -150,3 +156,75 @@ def test_readme_backend_table_lists_every_registered_scheme() -> None:
     rows = [line for line in readme.splitlines() if line.startswith("| `")]
     for scheme in schemes():
         assert any(f"`{scheme}://" in row for row in rows), f"README's backend table has no row for {scheme}://"
+
+
+# --------------------------------------------------------------------------- client_server.py
+@pytest.mark.parametrize("args", [[], ["--type", "seqpacket"], ["--authkey", "example-key"]],
+                         ids=["stream", "seqpacket", "authkey"])
+def test_client_server_serves_everyone_and_survives_a_crashing_client(args: list[str]) -> None:
+    before = {e for e in os.listdir(tempfile.gettempdir()) if e.startswith("ipckit-example-")}
+    proc = run_example("--clients", "3", "-n", "40", *args, script=CLIENT_SERVER)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "from 3 clients" in proc.stdout
+    assert "3 closed cleanly" in proc.stdout
+    # The stream variants have a client that dies mid-request; the server keeps serving the rest.
+    crashes = 0 if "seqpacket" in args else 1
+    assert f"{crashes} client(s) died mid-request" in proc.stdout
+    assert {e for e in os.listdir(tempfile.gettempdir()) if e.startswith("ipckit-example-")} == before
+
+
+# --------------------------------------------------------------------------- public API only
+def _private_uses(path: Path) -> list[str]:
+    """Where *path* reaches into ipckit's internals: ``obj._name`` on anything but the example's
+    own ``self``/``cls``, imports from underscored ipckit modules, or names a module does not export."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            owner = node.value
+            if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+                found.append(f"{where}: {ast.unparse(node)}")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ipckit":
+            if any(part.startswith("_") for part in node.module.split(".")):
+                found.append(f"{where}: from {node.module} import ...")
+                continue
+            exported = set(getattr(importlib.import_module(node.module), "__all__", ()))
+            for alias in node.names:
+                if alias.name not in exported:
+                    found.append(f"{where}: {alias.name} is not in {node.module}.__all__")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "ipckit" and any(p.startswith("_") for p in alias.name.split(".")):
+                    found.append(f"{where}: import {alias.name}")
+    return found
+
+
+def test_examples_are_found() -> None:
+    assert PING_PONG in ALL_EXAMPLES and CLIENT_SERVER in ALL_EXAMPLES
+
+
+@pytest.mark.parametrize("path", ALL_EXAMPLES, ids=lambda p: p.name)
+def test_examples_use_only_the_public_api(path: Path) -> None:
+    assert _private_uses(path) == []
+
+
+def test_the_private_use_scan_finds_what_it_should(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import ipckit\n"
+        "from ipckit.url import parse_url\n"          # public: in ipckit.url.__all__
+        "from ipckit.errors import from_oserror\n"    # importable, but a backend helper
+        "from ipckit._handoff import x\n"
+        "import ipckit.backends._x\n"
+        "a, b = ipckit.pair()\n"
+        "a._wfd\n"
+        "self._ok\n"
+        "a.__class__\n"
+    )
+    assert sorted(u.split(": ", 1)[1] for u in _private_uses(bad)) == [
+        "a._wfd",
+        "from ipckit._handoff import ...",
+        "from_oserror is not in ipckit.errors.__all__",
+        "import ipckit.backends._x",
+    ]
