@@ -9,6 +9,19 @@ The CLI is ``python -m ipckit.bench`` / ``ipckit bench``; see docs/benchmarks.md
 
 This package imports numpy, rich and matplotlib lazily (``pip install ipckit[bench]``); the peer
 process imports none of them.
+
+Modules, each importing only those listed before it:
+
+``model``      the records (``BenchConfig``, ``Cell``, ``BenchReport``) and the JSON file format
+``subject``    the shape of a measured transport: ``Subject``, ``Prepared``, ``Link``
+``baselines``  mp.Pipe, mp.Queue, os.pipe, unix.socket, faster-fifo, iceoryx2 (memcpy: the runner)
+``links``      the ipckit channels, one subject per registered scheme
+``peer``       the spawned peer process
+``runner``     the measurement
+``targets``    the performance targets, evaluated from a report
+``report``     tables, comparisons, Markdown
+``plot``       PNGs
+``__main__``   the CLI (``ipckit bench``)
 """
 
 from __future__ import annotations
@@ -16,21 +29,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .links import BASELINES, ipckit_subjects
-    from .plot import write_plots
-    from .report import compare_reports, load_json, print_compare, print_report, save_json, to_markdown
-    from .runner import (
+    from .baselines import BASELINES
+    from .links import ipckit_subjects
+    from .model import (
         DEFAULT_SIZES,
         PLACEMENTS,
         QUICK_SIZES,
         BenchConfig,
         BenchReport,
         Cell,
-        measure_memcpy,
-        measure_serializers,
+        load_json,
         quick_config,
-        run,
+        save_json,
     )
+    from .plot import write_plots
+    from .report import compare_reports, print_compare, print_report, to_markdown
+    from .runner import measure_memcpy, measure_serializers, run
 
 __all__ = [
     "run",
@@ -54,10 +68,15 @@ __all__ = [
     "write_plots",
 ]
 
+#: The module of each name; the records come from ``model``, so loading or comparing saved runs
+#: imports neither numpy nor the measuring code.
 _WHERE = {
-    "BASELINES": "links", "ipckit_subjects": "links", "write_plots": "plot",
-    "compare_reports": "report", "load_json": "report", "print_compare": "report", "print_report": "report",
-    "save_json": "report", "to_markdown": "report",
+    "run": "runner", "measure_memcpy": "runner", "measure_serializers": "runner",
+    "BenchConfig": "model", "BenchReport": "model", "Cell": "model", "quick_config": "model",
+    "DEFAULT_SIZES": "model", "QUICK_SIZES": "model", "PLACEMENTS": "model",
+    "save_json": "model", "load_json": "model",
+    "BASELINES": "baselines", "ipckit_subjects": "links", "write_plots": "plot",
+    "compare_reports": "report", "print_compare": "report", "print_report": "report", "to_markdown": "report",
 }
 
 
@@ -66,5 +85,5 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'ipckit.bench' has no attribute {name!r}")
     import importlib
 
-    module = importlib.import_module(f".{_WHERE.get(name, 'runner')}", __name__)
+    module = importlib.import_module(f".{_WHERE[name]}", __name__)
     return getattr(module, name)

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from .runner import BenchConfig, quick_config
+    from .model import BenchConfig, quick_config
 
     placements = args.placement or ["split"]
     if placements in (["both"], ["all"]):
@@ -120,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[red]{exc}[/red]")
         return 2
     if args.list:
-        return _list(cfg, console)
+        try:
+            return _list(cfg, console)
+        except ValueError as exc:  # an unknown --backends / --baselines name
+            err.print(f"[red]{exc}[/red]")
+            return 2
     from .runner import run
 
     t0 = time.perf_counter()
@@ -174,7 +178,8 @@ def _write_markdown(path: str, text: str) -> None:
 def _run_with_progress(cfg: Any, console: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .runner import Cell, run
+    from .model import Cell
+    from .runner import run
 
     with Progress(TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
@@ -189,11 +194,11 @@ def _run_with_progress(cfg: Any, console: Any) -> Any:
 
 
 def _list(cfg: Any, console: Any) -> int:
+    from .baselines import select_baselines
     from .links import ipckit_subjects
-    from .runner import _select_baselines
 
     subjects, skipped = ipckit_subjects(cfg.backends, cfg.urls)
-    base, base_skipped = _select_baselines(cfg)
+    base, base_skipped = select_baselines(cfg.baselines, max(cfg.sizes))
     for s in subjects:
         console.print(f"ipckit    {s.name:<16} {s.url:<28} via {s.method}")
     for b in base:

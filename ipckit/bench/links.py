@@ -1,17 +1,12 @@
-"""What the harness measures: ipckit channels and the baselines, behind one tiny "link" shape.
+"""The ipckit subjects: every registered scheme, opened the way its capabilities allow.
 
-A *subject* is something with a parent end and a child end.  :meth:`Subject.prepare` runs in the
-parent before the peer is spawned and returns a :class:`Prepared`: ``child_arg`` is pickled into
-the spawned peer (``multiprocessing`` spawn context), which calls ``child_arg.open()`` to get its
-:class:`Link`; the parent calls :meth:`Prepared.complete` after the peer started.
-
-A :class:`Link` has ``send(buffer)`` and ``recv() -> buffer`` (one whole message each), ``close()``
-and, on the parent side, ``abort()`` which wakes a receive blocked on a peer that hung.  The
-measurement loops bind ``link.send`` / ``link.recv`` once, so for ipckit channels they call
+The shapes (:class:`Subject`, :class:`Prepared`, :class:`Link`) are in :mod:`.subject`; the
+baselines the channels are compared against are in :mod:`.baselines`.  A channel's link is a
+:class:`~.subject.ConnLink` over the channel, so the measurement loops call
 ``Channel.send_bytes`` / ``Channel.recv_bytes`` directly: the harness adds nothing per message.
 
-ipckit subjects are derived from the registry and each backend's :class:`~ipckit.Capabilities`
-only — a new or third-party backend is measured with no code here:
+Subjects are derived from the registry and each backend's :class:`~ipckit.Capabilities` only —
+a new or third-party backend is measured with no code here:
 
 * ``anonymous_pair`` and ``inheritable``: ``ipckit.pair(url)``; one end goes to the peer as a
   ``multiprocessing.Process`` argument.
@@ -23,524 +18,42 @@ only — a new or third-party backend is measured with no code here:
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import secrets
 import shutil
-import socket
-import struct
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Any
 
 import ipckit
 from ipckit import registry
 from ipckit.errors import ChannelTimeout, InvalidAddress, IPCError
 
-
-class CrossProcessUnsupported(Exception):
-    """The peer process could not reach the endpoint: the scheme does not cross processes."""
+# The shapes are re-exported: callers named them ``ipckit.bench.links.*`` before they moved.
+from .subject import SPAWN, ChildArg, ConnLink, CrossProcessUnsupported, Link, Prepared, SkippedSubject, Subject
 
 __all__ = [
+    "IpckitSubject",
+    "ipckit_subjects",
+    "CONNECT_TIMEOUT",
     "Link",
     "ChildArg",
     "Prepared",
     "Subject",
-    "IpckitSubject",
-    "BASELINES",
-    "baseline_subjects",
-    "ipckit_subjects",
     "SkippedSubject",
+    "CrossProcessUnsupported",
     "SPAWN",
 ]
 
-SPAWN = multiprocessing.get_context("spawn")
 #: How long a peer waits for a named endpoint.  In-process-only backends (memory://) fail here, so
 #: keep it short: it is the whole cost of finding out that a scheme cannot cross processes.
 CONNECT_TIMEOUT = 3.0
 
-Buffer = bytes | bytearray | memoryview
 
-
-class Link(Protocol):
-    """One end of a measured transport: whole messages in, whole messages out."""
-
-    def send(self, data: Buffer) -> None: ...
-
-    def recv(self) -> Buffer: ...
-
-    def close(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-class ChildArg(Protocol):
-    """Pickled into the peer; builds the peer's end there."""
-
-    def open(self) -> Link: ...
-
-
-class Prepared:
-    """The parent's half of a subject, between ``prepare()`` and the peer being started."""
-
-    def __init__(self, child_arg: ChildArg, complete: Callable[[float, Callable[[], str | None]], Link],
-                 after_start: Callable[[], None] | None = None,
-                 cleanup: Callable[[], None] | None = None) -> None:
-        self.child_arg = child_arg
-        self._complete = complete
-        self._after_start = after_start
-        self._cleanup = cleanup
-
-    def after_start(self) -> None:
-        """Drop the parent's copy of the child's end (called right after ``Process.start``)."""
-        if self._after_start is not None:
-            self._after_start()
-            self._after_start = None
-
-    def complete(self, timeout: float, peer_gone: Callable[[], str | None]) -> Link:
-        """The parent's link, once the peer is there (accepts named connections).
-
-        *peer_gone* returns the peer's error (it could not connect) or None while it is still trying.
-        """
-        return self._complete(timeout, peer_gone)
-
-    def cleanup(self) -> None:
-        """Release what ``prepare`` created beyond the links (listeners, temp dirs)."""
-        if self._cleanup is not None:
-            self._cleanup()
-            self._cleanup = None
-
-
-@dataclass
-class Subject:
-    """A named transport to measure."""
-
-    name: str
-    kind: str  # "ipckit" or "baseline"
-    note: str = ""
-
-    def prepare(self) -> Prepared:
-        raise NotImplementedError
-
-
-@dataclass
-class SkippedSubject:
-    name: str
-    reason: str
-
-
-# ---------------------------------------------------------------------------------------- fds
-class InheritedFd:
-    """A descriptor that travels to a spawned child as a ``multiprocessing.Process`` argument."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def __reduce__(self) -> tuple[Callable[[Any], InheritedFd], tuple[Any]]:
-        from multiprocessing import reduction
-
-        return _rebuild_fd, (reduction.DupFd(self.fd),)
-
-
-def _rebuild_fd(dup: Any) -> InheritedFd:
-    return InheritedFd(int(dup.detach()))
-
-
-def _close_fds(*fds: int) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-_U32 = struct.Struct("<I")
-# The same 20-byte layout as ipckit's stream framing: magic, version, flags, sequence, length, crc32.
-_HDR20 = struct.Struct("<2sBBIQI")
-_MAGIC = b"\xa9K"
-_SMALL = 64 * 1024
-
-
-class _FdFraming:
-    """Length-prefixed messages over a pair of blocking descriptors (``os.read``/``os.write``)."""
-
-    def __init__(self, rfd: int, wfd: int, header20: bool) -> None:
-        self.rfd = rfd
-        self.wfd = wfd
-        self._sseq = 0
-        self._rseq = 0
-        if header20:
-            self.send = self._send20  # type: ignore[method-assign]
-            self.recv = self._recv20  # type: ignore[method-assign]
-
-    def _read_exact(self, n: int) -> Buffer:
-        rfd = self.rfd
-        if n <= _SMALL:
-            data = os.read(rfd, n)
-            if len(data) == n:
-                return data
-            if not data:
-                raise EOFError("peer closed")
-            buf = bytearray(n)
-            buf[: len(data)] = data
-            pos = len(data)
-        else:
-            buf = bytearray(n)
-            pos = 0
-        view = memoryview(buf)
-        readv = os.readv
-        while pos < n:
-            k = readv(rfd, [view[pos:]])
-            if k == 0:
-                raise EOFError("peer closed")
-            pos += k
-        return buf
-
-    def _write_all(self, head: bytes, data: Buffer) -> None:
-        n = len(data)
-        if n <= _SMALL:
-            out = head + data
-            k = os.write(self.wfd, out)
-            if k == len(out):
-                return
-            rest = memoryview(out)[k:]
-        else:
-            k = os.writev(self.wfd, [head, data])
-            if k == len(head) + n:
-                return
-            rest = memoryview(head + bytes(data))[k:]
-        while rest:
-            k = os.write(self.wfd, rest)
-            rest = rest[k:]
-
-    def send(self, data: Buffer) -> None:
-        self._write_all(_U32.pack(len(data)), data)
-
-    def recv(self) -> Buffer:
-        (n,) = _U32.unpack(self._read_exact(4))
-        return self._read_exact(n) if n else b""
-
-    def _send20(self, data: Buffer) -> None:
-        self._write_all(_HDR20.pack(_MAGIC, 1, 0, self._sseq, len(data), 0), data)
-        self._sseq = (self._sseq + 1) & 0xFFFFFFFF
-
-    def _recv20(self) -> Buffer:
-        magic, version, _flags, seq, n, _crc = _HDR20.unpack(self._read_exact(20))
-        if magic != _MAGIC or version != 1 or seq != self._rseq:
-            raise ValueError("bad frame header")
-        self._rseq = (self._rseq + 1) & 0xFFFFFFFF
-        return self._read_exact(n) if n else b""
-
-    def close(self) -> None:
-        _close_fds(self.rfd, self.wfd)
-        self.rfd = self.wfd = -1
-
-    def abort(self) -> None:
-        self.close()
-
-
-@dataclass
-class _FdChild:
-    rfd: InheritedFd
-    wfd: InheritedFd
-    header20: bool
-
-    def open(self) -> Link:
-        return _FdFraming(self.rfd.fd, self.wfd.fd, self.header20)
-
-
-@dataclass
-class RawPipeSubject(Subject):
-    header20: bool = False
-    pipe_size: int | None = None
-
-    def prepare(self) -> Prepared:
-        r1, w1 = os.pipe()
-        r2, w2 = os.pipe()
-        if self.pipe_size:
-            import fcntl
-
-            for fd in (w1, w2):
-                try:
-                    fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), self.pipe_size)
-                except OSError:
-                    pass
-        parent = _FdFraming(r1, w2, self.header20)
-        child = _FdChild(InheritedFd(r2), InheritedFd(w1), self.header20)
-        pending = [r2, w1]
-
-        def close_child_ends() -> None:  # once: a second close could hit a reused descriptor number
-            fds = list(pending)
-            pending.clear()
-            _close_fds(*fds)
-
-        return Prepared(child, lambda _t, _g: parent, after_start=close_child_ends, cleanup=close_child_ends)
-
-
-class _SockFraming:
-    """4-byte length prefix over a blocking AF_UNIX stream socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def _read_exact(self, n: int) -> Buffer:
-        sock = self.sock
-        if n <= _SMALL:
-            data = sock.recv(n)
-            if len(data) == n:
-                return data
-            if not data:
-                raise EOFError("peer closed")
-            buf = bytearray(n)
-            buf[: len(data)] = data
-            pos = len(data)
-        else:
-            buf = bytearray(n)
-            pos = 0
-        view = memoryview(buf)
-        while pos < n:
-            k = sock.recv_into(view[pos:])
-            if k == 0:
-                raise EOFError("peer closed")
-            pos += k
-        return buf
-
-    def send(self, data: Buffer) -> None:
-        head = _U32.pack(len(data))
-        if len(data) <= _SMALL:
-            self.sock.sendall(head + data)
-            return
-        k = self.sock.sendmsg([head, data])
-        if k < 4 + len(data):
-            self.sock.sendall(memoryview(head + bytes(data))[k:])
-
-    def recv(self) -> Buffer:
-        (n,) = _U32.unpack(self._read_exact(4))
-        return self._read_exact(n) if n else b""
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def abort(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-@dataclass
-class _SockChild:
-    fd: InheritedFd
-
-    def open(self) -> Link:
-        return _SockFraming(socket.socket(fileno=self.fd.fd))
-
-
-@dataclass
-class RawUnixSubject(Subject):
-    def prepare(self) -> Prepared:
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        parent = _SockFraming(a)
-        return Prepared(_SockChild(InheritedFd(b.fileno())), lambda _t, _g: parent, after_start=b.close,
-                        cleanup=b.close)
-
-
-# ------------------------------------------------------------------------- multiprocessing
-class _ConnLink:
-    """A Link over anything with ``send_bytes``/``recv_bytes``/``close`` (Connection, ipckit Channel)."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.send = conn.send_bytes  # type: ignore[method-assign]
-        self.recv = conn.recv_bytes  # type: ignore[method-assign]
-
-    def send(self, data: Buffer) -> None:  # replaced per instance by the bound method
-        self.conn.send_bytes(data)
-
-    def recv(self) -> Buffer:
-        data: Buffer = self.conn.recv_bytes()
-        return data
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def abort(self) -> None:
-        self.conn.close()
-
-
-@dataclass
-class _ConnChild:
-    conn: Connection
-
-    def open(self) -> Link:
-        return _ConnLink(self.conn)
-
-
-@dataclass
-class MpPipeSubject(Subject):
-    def prepare(self) -> Prepared:
-        a, b = SPAWN.Pipe(duplex=True)
-        parent = _ConnLink(a)
-        return Prepared(_ConnChild(b), lambda _t, _g: parent, after_start=b.close, cleanup=b.close)
-
-
-_POISON = b""  # never a measured message: a zero-length message ends the peer's loops
-
-
-class _QueueLink:
-    """Two queues (``multiprocessing.Queue`` or faster-fifo): ``put`` one way, ``get`` the other."""
-
-    def __init__(self, qout: Any, qin: Any, get_kwargs: dict[str, Any]) -> None:
-        self.qout = qout
-        self.qin = qin
-        self.send = qout.put  # type: ignore[method-assign]
-        if get_kwargs:
-            get = qin.get
-
-            def recv() -> Any:
-                return get(**get_kwargs)
-
-            self.recv = recv  # type: ignore[method-assign]
-        else:
-            self.recv = qin.get  # type: ignore[method-assign]
-
-    def send(self, data: Buffer) -> None:
-        self.qout.put(data)
-
-    def recv(self) -> Buffer:
-        return self.qin.get()  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        for q in (self.qout, self.qin):
-            close = getattr(q, "close", None)
-            if close is not None:
-                close()
-            join = getattr(q, "join_thread", None)
-            if join is not None:
-                q.cancel_join_thread()
-
-    def abort(self) -> None:
-        # Wake our own blocked get(): queues are multi-producer, so the parent can post to itself.
-        self.qin.put(None)
-
-
-@dataclass
-class _QueueChild:
-    qin: Any
-    qout: Any
-    get_kwargs: dict[str, Any]
-
-    def open(self) -> Link:
-        return _QueueLink(self.qout, self.qin, self.get_kwargs)
-
-
-@dataclass
-class MpQueueSubject(Subject):
-    def prepare(self) -> Prepared:
-        # Bounded, or a streaming cell would queue millions of 1 MiB puts in its first 0.1 s.
-        to_child = SPAWN.Queue(maxsize=256)
-        to_parent = SPAWN.Queue(maxsize=256)
-        parent = _QueueLink(to_child, to_parent, {})
-        return Prepared(_QueueChild(to_child, to_parent, {}), lambda _t, _g: parent)
-
-
-@dataclass
-class FasterFifoSubject(Subject):
-    max_message: int = 1 << 20
-
-    def prepare(self) -> Prepared:
-        from faster_fifo import Queue
-
-        cap = 4 * self.max_message + (1 << 20)
-        to_child = Queue(max_size_bytes=cap)
-        to_parent = Queue(max_size_bytes=cap)
-        kw = {"timeout": 3600.0}
-        parent = _QueueLink(to_child, to_parent, kw)
-        return Prepared(_QueueChild(to_child, to_parent, kw), lambda _t, _g: parent)
-
-
-# --------------------------------------------------------------------------------- iceoryx2
-class _IceoryxLink:
-    """iceoryx2 Python bindings: two publish-subscribe services of ``Slice[c_uint8]``.
-
-    The receive side busy-polls ``Subscriber.receive()`` (no event service: the fastest way
-    across cores, which is what target T1 compares against); a full subscriber buffer makes the
-    publisher retry (``RetryUntilDelivered``), so streaming loses nothing.
-    """
-
-    def __init__(self, out_name: str, in_name: str, max_message: int) -> None:
-        import ctypes
-
-        import iceoryx2 as iox2  # type: ignore[import-not-found,import-untyped,unused-ignore]
-
-        iox2.set_log_level(iox2.LogLevel.Error)
-        self._memmove = ctypes.memmove
-        self._node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
-        services = []
-        for name in (out_name, in_name):
-            builder = self._node.service_builder(iox2.ServiceName.new(name)).publish_subscribe(
-                iox2.Slice[ctypes.c_uint8])
-            services.append(builder.subscriber_max_buffer_size(16).enable_safe_overflow(False).open_or_create())
-        self._services = services
-        self._pub = (services[0].publisher_builder().initial_max_slice_len(max(1, max_message))
-                     .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
-                     .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered).create())
-        self._sub = services[1].subscriber_builder().create()
-        self._aborted = False
-
-    def send(self, data: Buffer) -> None:
-        n = len(data)
-        sample = self._pub.loan_slice_uninit(n)
-        if n:
-            self._memmove(sample.payload_ptr, bytes(data) if not isinstance(data, bytes) else data, n)
-        sample.assume_init().send()
-
-    def recv(self) -> Buffer:
-        receive = self._sub.receive
-        while True:
-            sample = receive()
-            if sample is not None:
-                payload = sample.payload()
-                return bytes(payload.as_memory_view()) if payload.len() else b""
-            if self._aborted:
-                raise EOFError("aborted")
-
-    def close(self) -> None:
-        self._sub = self._pub = None
-        self._services = []
-        self._node = None
-
-    def abort(self) -> None:
-        self._aborted = True
-
-
-@dataclass
-class _IceoryxChild:
-    in_name: str
-    out_name: str
-    max_message: int
-
-    def open(self) -> Link:
-        return _IceoryxLink(self.out_name, self.in_name, self.max_message)
-
-
-@dataclass
-class IceoryxSubject(Subject):
-    max_message: int = 1 << 20
-
-    def prepare(self) -> Prepared:
-        tag = f"ipckit-bench/{os.getpid()}-{secrets.token_hex(4)}"
-        a2b, b2a = f"{tag}/a2b", f"{tag}/b2a"
-        parent = _IceoryxLink(a2b, b2a, self.max_message)
-        return Prepared(_IceoryxChild(a2b, b2a, self.max_message), lambda _t, _g: parent)
-
-
-# ----------------------------------------------------------------------------------- ipckit
-# An ipckit channel has the same send_bytes/recv_bytes/close surface as a Connection.
-_ChannelLink = _ConnLink
+# An ipckit channel has the same send_bytes/recv_bytes/close surface as a Connection, so its link
+# binds Channel.send_bytes / Channel.recv_bytes directly.
+_ChannelLink = ConnLink
 
 
 @dataclass
@@ -683,36 +196,3 @@ def ipckit_subjects(backends: list[str] | None = None,
     return subjects, skipped
 
 
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-#: Baseline names, in report order.
-BASELINES = ["mp.Pipe", "mp.Queue", "os.pipe", "os.pipe+hdr20", "unix.socket", "faster-fifo", "iceoryx2"]
-
-
-def baseline_subjects(max_message: int) -> tuple[list[Subject], list[SkippedSubject]]:
-    """The cross-process baselines (``memcpy`` is measured in-process by the runner)."""
-    subjects: list[Subject] = [
-        MpPipeSubject("mp.Pipe", "baseline", "multiprocessing.Pipe send_bytes/recv_bytes"),
-        MpQueueSubject("mp.Queue", "baseline", "multiprocessing.Queue(maxsize=256) put/get (two queues)"),
-        RawPipeSubject("os.pipe", "baseline", "os.pipe, 4-byte length prefix, default 64 KiB buffer"),
-        RawPipeSubject("os.pipe+hdr20", "baseline",
-                       "os.pipe, ipckit's 20-byte header (checked), F_SETPIPE_SZ 1 MiB like pipe://",
-                       header20=True, pipe_size=1 << 20),
-        RawUnixSubject("unix.socket", "baseline", "AF_UNIX SOCK_STREAM socketpair, 4-byte length prefix"),
-    ]
-    skipped: list[SkippedSubject] = []
-    if _importable("faster_fifo"):
-        subjects.append(FasterFifoSubject("faster-fifo", "baseline", "faster_fifo.Queue put/get (two queues)",
-                                          max_message=max_message))
-    else:
-        skipped.append(SkippedSubject("faster-fifo", "not installed (pip install faster-fifo)"))
-    if _importable("iceoryx2"):
-        subjects.append(IceoryxSubject("iceoryx2", "baseline", "iceoryx2 pub/sub Slice[u8], busy-poll receive",
-                                       max_message=max_message))
-    else:
-        skipped.append(SkippedSubject("iceoryx2", "not installed (pip install iceoryx2)"))
-    return subjects, skipped

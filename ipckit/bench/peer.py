@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .links import ChildArg
+    from .subject import ChildArg
 
 __all__ = ["peer_main", "ACK"]
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .report import fmt_size
-from .runner import BenchReport
+from .model import BenchReport, fmt_size
 
 __all__ = ["write_plots"]
 

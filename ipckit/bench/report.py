@@ -1,14 +1,17 @@
-"""Presenting results: rich tables, ratios, before/after comparison, Markdown, JSON files."""
+"""Presenting results: rich tables, ratios, before/after comparison, Markdown.
+
+Reads the records of :mod:`.model` (which also holds the JSON file format; ``save_json`` and
+``load_json`` are re-exported here) and the verdicts of :mod:`.targets`; never the runner.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .runner import BenchReport, Cell
+from .model import BenchReport, Cell, fmt_size, load_json, save_json
+from .targets import evaluate_targets
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -29,13 +32,6 @@ __all__ = [
 
 #: Ratios are shown against these two baselines.
 REFERENCES = ("mp.Pipe", "os.pipe")
-
-
-def fmt_size(n: int) -> str:
-    for unit, div in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= div and n % div == 0:
-            return f"{n // div} {unit}"
-    return f"{n} B"
 
 
 def fmt_us(v: float | None) -> str:
@@ -77,15 +73,6 @@ def headline(cell: Cell) -> float | None:
     if cell.workload == "serializer":
         return cell.mean_us
     return cell.mb_s
-
-
-def save_json(report: BenchReport, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report.to_dict(), indent=1, sort_keys=False) + "\n")
-
-
-def load_json(path: str | Path) -> BenchReport:
-    data: dict[str, Any] = json.loads(Path(path).read_text())
-    return BenchReport.from_dict(data)
 
 
 def _ref_ratio(report: BenchReport, cell: Cell, ref: str) -> float | None:
@@ -187,9 +174,7 @@ def print_report(report: BenchReport, console: Console | None = None) -> None:
             console.print(_stream_table(report, p))
     if any(c.workload == "serializer" for c in report.cells):
         console.print(_serializer_table(report))
-    from .targets import evaluate_targets
-
-    t = Table(title="Targets (docs/design/performance.md; ratios within this run)", title_justify="left")
+    t = Table(title="Targets (ratios within this run)", title_justify="left")
     for col in ("id", "target", "status", "measured"):
         t.add_column(col, overflow="fold")
     colors = {"met": "green", "not met": "red"}
@@ -317,9 +302,7 @@ def to_markdown(report: BenchReport) -> str:
                 row.append("" if c is None else f"{fmt_us(c.mean_us)} ({c.extra.get('object', '')})")
             rows.append(row)
         out.append(_md_table(["serializer", *(fmt_size(s) for s in ssizes)], rows) + "\n")
-    from .targets import evaluate_targets
-
-    out.append("**Targets** (performance.md; ratios within this run)\n")
+    out.append("**Targets** (ratios within this run)\n")
     out.append(_md_table(["id", "target", "status", "measured"],
                          [[r.id, r.what, f"**{r.status}**", r.detail] for r in evaluate_targets(report)]) + "\n")
     if report.skipped:

@@ -14,30 +14,38 @@ import functools
 import os
 import platform
 import random
+import statistics
+import subprocess
 import sys
 import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
-from .links import (
-    BASELINES,
-    SPAWN,
-    CrossProcessUnsupported,
-    Link,
-    Prepared,
-    SkippedSubject,
-    Subject,
-    baseline_subjects,
-    ipckit_subjects,
+from .baselines import select_baselines
+from .links import ipckit_subjects
+from .model import (
+    DEFAULT_SIZES,
+    PLACEMENTS,
+    QUICK_SIZES,
+    WORKLOADS,
+    BenchConfig,
+    BenchReport,
+    Cell,
+    KiB,
+    MiB,
+    fmt_size,
+    quick_config,
 )
 from .peer import ACK, peer_main
+from .subject import SPAWN, CrossProcessUnsupported, Link, Prepared, SkippedSubject, Subject
 
+# The records (BenchConfig, Cell, BenchReport, the size lists) live in .model; they stay importable
+# from here for the callers that named them ipckit.bench.runner.* before the split.
 __all__ = [
     "BenchConfig",
     "Cell",
@@ -51,109 +59,12 @@ __all__ = [
     "machine_metadata",
     "measure_memcpy",
     "measure_serializers",
+    "measure_import_time",
     "Peer",
     "all_subjects",
     "start_peer",
     "placement_cpus",
 ]
-
-KiB = 1024
-MiB = 1024 * 1024
-DEFAULT_SIZES = [64, 4 * KiB, 64 * KiB, 1 * MiB]
-QUICK_SIZES = [64, 4 * KiB, 64 * KiB, 1 * MiB]
-PLACEMENTS = ("split", "same", "none")
-WORKLOADS = ("rtt", "stream", "memcpy", "serializer", "import")
-
-
-@dataclass
-class BenchConfig:
-    """What to measure.  ``backends=None`` means every registered scheme; ``baselines=None`` all."""
-
-    sizes: list[int] = field(default_factory=lambda: list(DEFAULT_SIZES))
-    backends: list[str] | None = None
-    baselines: list[str] | None = None
-    serializers: list[str] | None = None  # None: every registered serializer; [] none
-    workloads: list[str] = field(default_factory=lambda: list(WORKLOADS))
-    placements: list[str] = field(default_factory=lambda: ["split"])
-    duration: float = 1.0  # seconds per cell
-    warmup: int = 50  # round trips before a ping-pong cell is timed
-    min_count: int = 20  # at least this many round trips / messages, even past the duration
-    max_count: int = 1_000_000
-    verify_count: int = 16  # random-size messages echoed per subject before timing
-    urls: dict[str, str] = field(default_factory=dict)  # label -> URL overrides / extra variants
-    cell_timeout: float = 60.0  # a cell taking longer than duration + this is aborted
-    seed: int = 0
-
-
-def quick_config(**overrides: Any) -> BenchConfig:
-    """The ``--quick`` settings: all backends and baselines, short cells (under a minute here)."""
-    cfg = BenchConfig(sizes=list(QUICK_SIZES), duration=0.12, warmup=20, verify_count=8)
-    return dataclasses.replace(cfg, **overrides)
-
-
-@dataclass
-class Cell:
-    """One measurement.  Latencies in µs; throughput in MB/s (10^6 bytes) and messages/s."""
-
-    subject: str
-    kind: str  # "ipckit", "baseline", "reference" (memcpy), "serializer"
-    workload: str  # "rtt", "stream", "memcpy", "serializer"
-    placement: str
-    size: int
-    count: int = 0
-    elapsed_s: float = 0.0
-    p50_us: float | None = None
-    p90_us: float | None = None
-    p99_us: float | None = None
-    max_us: float | None = None
-    mean_us: float | None = None
-    mb_s: float | None = None
-    msg_s: float | None = None
-    cpu_us_per_msg: float | None = None
-    parent_cpu_s: float | None = None
-    child_cpu_s: float | None = None
-    steal_pct: float | None = None
-    verified: bool = False
-    error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> tuple[str, str, str, int]:
-        return (self.subject, self.placement, self.workload, self.size)
-
-
-@dataclass
-class BenchReport:
-    meta: dict[str, Any]
-    config: dict[str, Any]
-    cells: list[Cell]
-    skipped: list[dict[str, str]]
-    wall_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": "ipckit-bench/1", "meta": self.meta, "config": self.config,
-                "cells": [dataclasses.asdict(c) for c in self.cells], "skipped": self.skipped,
-                "wall_s": self.wall_s}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BenchReport:
-        names = {f.name for f in dataclasses.fields(Cell)}
-        cells = [Cell(**{k: v for k, v in c.items() if k in names}) for c in data.get("cells", [])]
-        return cls(data.get("meta", {}), data.get("config", {}), cells, data.get("skipped", []),
-                   float(data.get("wall_s", 0.0)))
-
-    def find(self, subject: str, placement: str, workload: str, size: int) -> Cell | None:
-        for c in self.cells:
-            if c.key == (subject, placement, workload, size):
-                return c
-        return None
-
-    def subjects(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for c in self.cells:
-            if c.workload in ("rtt", "stream", "memcpy"):
-                seen.setdefault(c.subject, None)
-        return list(seen)
 
 
 # ----------------------------------------------------------------------------- machine state
@@ -622,6 +533,38 @@ def _time_loop(fn: Callable[[], Any], duration: float) -> tuple[float, int]:
     return 1e6 * (time.perf_counter() - start) / n, n
 
 
+def measure_import_time(runs: int = 9) -> dict[str, Any]:
+    """Median wall time of ``python -c 'import ipckit'`` vs ``python -c 'pass'`` (fresh interpreters).
+
+    Also lists the ``ipckit.backends`` modules that ``import ipckit`` loaded (target T7: none).
+    """
+    probe = ("import time, sys; t = time.perf_counter(); import ipckit; print(time.perf_counter() - t); "
+             "print(','.join(m for m in sys.modules if m.startswith('ipckit.backends')))")
+
+    # Measure what users see: bytecode cached.  Under PYTHONDONTWRITEBYTECODE (CI sets it) every
+    # run would recompile ipckit and time the compiler, so drop it and warm the cache once.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+    def wall(code: str) -> float:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=env)
+        return time.perf_counter() - t
+
+    wall("import ipckit")
+    bare, full, inproc = [], [], []
+    backends = ""
+    for _ in range(runs):  # interleaved
+        bare.append(wall("pass"))
+        full.append(wall("import ipckit"))
+        out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
+                             env=env).stdout
+        first, _, rest = out.partition("\n")
+        inproc.append(float(first))
+        backends = rest.strip()
+    return {"runs": runs, "bare_ms": 1e3 * statistics.median(bare), "ipckit_ms": 1e3 * statistics.median(full),
+            "in_process_ms": 1e3 * statistics.median(inproc), "backends_imported": backends}
+
+
 # ------------------------------------------------------------------------------------- run
 ProgressFn = Callable[[str, int, int, "Cell | None"], None]
 
@@ -652,14 +595,7 @@ def placement_cpus(placement: str) -> tuple[set[int] | None, set[int] | None]:
 
 
 def _select_baselines(cfg: BenchConfig) -> tuple[list[Subject], list[SkippedSubject]]:
-    subjects, skipped = baseline_subjects(max(cfg.sizes))
-    if cfg.baselines is not None:
-        unknown = [b for b in cfg.baselines if b not in [*BASELINES, "memcpy"]]
-        if unknown:
-            raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join([*BASELINES, 'memcpy'])}")
-        subjects = [s for s in subjects if s.name in cfg.baselines]
-        skipped = [s for s in skipped if s.name in cfg.baselines]
-    return subjects, skipped
+    return select_baselines(cfg.baselines, max(cfg.sizes))
 
 
 def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> BenchReport:
@@ -727,11 +663,11 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
                         continue
                     for size in cfg.sizes:
                         if workload == "stream" and want_memcpy:
-                            tick(f"[{placement}] memcpy {_fmt(size)}", None)
+                            tick(f"[{placement}] memcpy {fmt_size(size)}", None)
                             cells.append(measure_memcpy(size, cfg.duration, placement))
-                            tick(f"[{placement}] memcpy {_fmt(size)}", cells[-1])
+                            tick(f"[{placement}] memcpy {fmt_size(size)}", cells[-1])
                         for peer in peers:
-                            desc = f"[{placement}] {workload} {_fmt(size)} {peer.subject.name}"
+                            desc = f"[{placement}] {workload} {fmt_size(size)} {peer.subject.name}"
                             tick(desc, None)
                             cell = _run_cell(peer, cfg, workload, size, placement, rng)
                             cells.append(cell)
@@ -739,7 +675,7 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
                 if want_memcpy and not do_stream:
                     for size in cfg.sizes:
                         cells.append(measure_memcpy(size, cfg.duration, placement))
-                        tick(f"[{placement}] memcpy {_fmt(size)}", cells[-1])
+                        tick(f"[{placement}] memcpy {fmt_size(size)}", cells[-1])
             finally:
                 for peer in peers:
                     peer.close()
@@ -748,11 +684,9 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
             tick("serializers", None)
             for cell in measure_serializers(ser_names, cfg.sizes, min(cfg.duration, 0.5)):
                 cells.append(cell)
-                tick(f"serializer {cell.subject} {_fmt(cell.size)}", cell)
+                tick(f"serializer {cell.subject} {fmt_size(cell.size)}", cell)
         import_time = None
         if "import" in cfg.workloads:
-            from .targets import measure_import_time
-
             tick("import ipckit (T7)", None)
             import_time = measure_import_time(runs=5 if cfg.duration < 0.5 else 11)
     finally:
@@ -792,8 +726,3 @@ def _run_cell(peer: Peer, cfg: BenchConfig, workload: str, size: int, placement:
         return result[0]
     return Cell(peer.subject.name, peer.subject.kind, workload, placement, size, error=peer.error)
 
-
-def _fmt(size: int) -> str:
-    from .report import fmt_size
-
-    return fmt_size(size)

@@ -1,4 +1,4 @@
-"""The targets of docs/design/performance.md, evaluated from one report (ratios within one run).
+"""The performance targets T1 to T7, evaluated from one report (ratios within one run).
 
 Each target is ``met``, ``not met`` (with the measured ratio) or ``not measured`` (with why).
 Differences under ~1.5x are within this VM's noise: a verdict near its threshold is flagged.
@@ -6,16 +6,12 @@ Differences under ~1.5x are within this VM's noise: a verdict near its threshold
 
 from __future__ import annotations
 
-import os
-import statistics
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .runner import BenchReport, Cell
+from .model import BenchReport, Cell
 
-__all__ = ["TargetResult", "evaluate_targets", "measure_import_time", "RAW_PRIMITIVE"]
+__all__ = ["TargetResult", "evaluate_targets", "RAW_PRIMITIVE"]
 
 #: The raw primitive (a harness baseline) with the same framing as each channel, for target T5.
 RAW_PRIMITIVE = {"pipe": "os.pipe+hdr20", "fifo": "os.pipe+hdr20", "unix": "unix.socket"}
@@ -149,34 +145,3 @@ def evaluate_targets(report: BenchReport) -> list[TargetResult]:
     else:
         out.append(TargetResult("T7", "import ipckit", "not measured", "run without the import workload"))
     return out
-
-
-def measure_import_time(runs: int = 9) -> dict[str, Any]:
-    """Median wall time of ``python -c 'import ipckit'`` vs ``python -c 'pass'`` (fresh interpreters)."""
-    probe = ("import time, sys; t = time.perf_counter(); import ipckit; print(time.perf_counter() - t); "
-             "print(','.join(m for m in sys.modules if m.startswith('ipckit.backends')))")
-
-    # Measure what users see: bytecode cached.  Under PYTHONDONTWRITEBYTECODE (CI sets it) every
-    # run would recompile ipckit and time the compiler, so drop it and warm the cache once.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-
-    def wall(code: str) -> float:
-        import time
-
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=env)
-        return time.perf_counter() - t
-
-    wall("import ipckit")
-    bare, full, inproc = [], [], []
-    backends = ""
-    for _ in range(runs):  # interleaved
-        bare.append(wall("pass"))
-        full.append(wall("import ipckit"))
-        out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
-                             env=env).stdout
-        first, _, rest = out.partition("\n")
-        inproc.append(float(first))
-        backends = rest.strip()
-    return {"runs": runs, "bare_ms": 1e3 * statistics.median(bare), "ipckit_ms": 1e3 * statistics.median(full),
-            "in_process_ms": 1e3 * statistics.median(inproc), "backends_imported": backends}

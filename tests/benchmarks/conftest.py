@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ipckit.bench.links import Subject
 from ipckit.bench.runner import BenchConfig, Peer, all_subjects, placement_cpus, start_peer
+from ipckit.bench.subject import Subject
 
 SIZES = [64, 4096, 65536, 1 << 20]
 PLACEMENT = os.environ.get("IPCKIT_BENCH_PLACEMENT", "split")

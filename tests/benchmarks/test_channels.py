@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from ipckit.bench.model import fmt_size
 from ipckit.bench.peer import ACK
-from ipckit.bench.report import fmt_size
 
 from .conftest import PLACEMENT, SIZES, SUBJECTS, Peers
 
