@@ -42,13 +42,10 @@ Platform notes:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
 import secrets
-import signal
-import stat
 import time
 import weakref
 from dataclasses import dataclass
@@ -64,12 +61,12 @@ from ..errors import (
     InvalidAddress,
     IPCError,
     PermissionDenied,
-    ResourceExhausted,
     from_oserror,
 )
 from ..options import Options
 from ..url import Endpoint
 from .common import paths as _paths
+from .common.faults import fault
 from .common.paths import NAME_RE
 from .common.ring.channel import (
     ATTACHED,
@@ -87,14 +84,32 @@ from .common.ring.channel import (
     layout,
     open_end,
 )
-from .common.sysv import TimedSemaphore, _Sembuf, _semop
+from .common.sysv import (
+    RecordFormat,
+    TimedSemaphore,
+    check_private_dir,
+    check_sem_set,
+    ensure_private_dir,
+    getval,
+    hold_alive,
+    import_sysv_ipc,
+    open_record,
+    record_int,
+    registry_dir,
+    release_alive,
+    sem_create,
+    sem_remove,
+    semop_available,
+    shm_create,
+    sysv_error,
+)
 
 __all__ = ["SysvShmBackend", "SysvShmChannel", "SysvShmListener", "SysvShmOptions", "cleanup_stale"]
 
 SEG_MAGIC: Final = 0x31565953484B4349  # b"ICKHSYV1"
 SEG_VERSION: Final = 1
 
-# Segment header words (u64) on page 0: the common ones of ringchannel (magic .. pid), then ours.
+# Segment header words (u64) on page 0: the common ones of the ring channel (magic .. pid), then ours.
 _H_NONCE: Final = (9, 10)
 _H_SEMID, _H_SEMKEY, _H_PUBLISHED, _H_SEMS_GONE = 11, 12, 13, 14
 
@@ -103,17 +118,11 @@ _WAKE: Final = (0, 1)
 _ALIVE: Final = (2, 3)
 _NSEMS: Final = 4
 
-_IPC_CREAT: Final = 0o1000
-_IPC_EXCL: Final = 0o2000
-_IPC_NOWAIT: Final = 0o4000
-_SEM_UNDO: Final = 0x1000
-_IPC_RMID: Final = 0
-_GETVAL: Final = 12
-
-_MANIFEST_TAG: Final = "ipckit-sysv-shm/1"
 _HANDOFF_GRACE: Final = 10.0  # seconds a handed-over end may take to re-attach before it counts as dead
-_YOUNG: Final = 2.0  # an empty manifest younger than this may belong to a creator about to lock it
-_KEY_TRIES: Final = 64
+
+#: This scheme's manifests (rendezvous records); the tag is the one every release wrote.
+_RECORD: Final = RecordFormat(tag="ipckit-sysv-shm/1", what="sysv+shm", nsems=_NSEMS, alive=_ALIVE)
+_DIR_WHAT: Final = "a sysv+shm:// rendezvous directory"
 
 
 @dataclass
@@ -121,228 +130,14 @@ class SysvShmOptions(RingOptions):
     """Same options as ``shm://``: ``capacity`` and ``spin`` plus the common ones."""
 
 
-def _sysv_ipc() -> Any:
-    import sysv_ipc
-
-    return sysv_ipc
-
-
-# --------------------------------------------------------------------------- semaphore set (ctypes)
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_semget = _libc.semget
-_semget.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-_semget.restype = ctypes.c_int
-_semctl = _libc.semctl
-_semctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-_semctl.restype = ctypes.c_int
-
-
-def _random_key() -> int:
-    """A random positive SysV key (never ``IPC_PRIVATE``, never ``ftok``); tests monkeypatch it."""
-    return secrets.randbelow(0x7FFFFFFE) + 1
-
-
-def _semops(semid: int, *ops: tuple[int, int, int]) -> int:
-    """Apply *ops* ``(sem_num, op, flags)`` atomically; 0 or the errno (EINTR retried)."""
-    assert _semop is not None
-    arr = (_Sembuf * len(ops))(*[_Sembuf(n, o, f) for n, o, f in ops])
-    while _semop(semid, arr, len(ops)) == -1:
-        code = ctypes.get_errno()
-        if code != errno.EINTR:
-            return code
-    return 0
-
-
-def _getval(semid: int, num: int) -> int:
-    value = int(_semctl(semid, num, _GETVAL))
-    if value < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-    return value
-
-
-def _sem_remove(semid: int) -> None:
-    _semctl(semid, 0, _IPC_RMID)
-
-
 def _sem_create(mode: int) -> tuple[int, int]:
-    """A new set of four semaphores at a random key: ``(key, semid)``; alive[0] is held (SEM_UNDO)."""
-    for _ in range(_KEY_TRIES):
-        key = _random_key()
-        semid = int(_semget(key, _NSEMS, _IPC_CREAT | _IPC_EXCL | (mode & 0o777)))
-        if semid >= 0:
-            code = _semops(semid, (_ALIVE[0], 1, _SEM_UNDO))
-            if code:
-                _sem_remove(semid)
-                raise from_oserror(OSError(code, os.strerror(code)), "claiming the creator's alive semaphore")
-            return key, semid
-        code = ctypes.get_errno()
-        if code == errno.EEXIST:
-            continue  # someone else's key: draw another (V-4)
-        if code == errno.ENOSPC:
-            raise ResourceExhausted("no SysV semaphore set left (kernel.sem SEMMNI/SEMMNS, see /proc/sys/kernel/sem)")
-        raise from_oserror(OSError(code, os.strerror(code)), "semget")
-    raise ResourceExhausted(f"no free SysV key after {_KEY_TRIES} random tries")
-
-
-def _proc_row(kind: str, ident: int) -> dict[str, int] | None:
-    """The ``/proc/sysvipc/<kind>`` row of id *ident* (perms parsed as octal), or None."""
-    try:
-        with open(f"/proc/sysvipc/{kind}") as f:
-            header = f.readline().split()
-            for line in f:
-                cols = line.split()
-                if len(cols) == len(header) and int(cols[1]) == ident:
-                    row = {h: int(c) for h, c in zip(header, cols, strict=True) if h != "perms"}
-                    row["perms"] = int(cols[header.index("perms")], 8)
-                    return row
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _check_sem_set(semid: int, semkey: int, what: str) -> None:
-    """The set *semid* exists at *semkey*, is ours and private, and has our shape."""
-    row = _proc_row("sem", semid)
-    if row is None or row["key"] != semkey:
-        raise IncompatibleEndpoint(f"{what}: its semaphore set {semid} is gone (stale endpoint)")
-    euid = os.geteuid()
-    if row["uid"] != euid or row["cuid"] != euid or row["perms"] & 0o077:
-        raise PermissionDenied(
-            errno.EACCES,
-            f"{what}: semaphore set {semid} belongs to uid {row['uid']} (creator {row['cuid']}) "
-            f"with mode {row['perms'] & 0o777:o}",
-        )
-    if row["nsems"] != _NSEMS:
-        raise IncompatibleEndpoint(f"{what}: semaphore set {semid} has {row['nsems']} semaphores, not {_NSEMS}")
-
-
-# --------------------------------------------------------------------------- manifest files
-def registry_dir() -> str:
-    """The private directory of this user's manifests (not created)."""
-    return os.path.join(_paths.runtime_dir(), f"ipckit-sysv-{os.geteuid()}")
-
-
-def _ensure_private_dir(path: str) -> None:
-    try:
-        os.mkdir(path, 0o700)
-        os.chmod(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise from_oserror(exc, f"creating {path}") from exc
-    _check_private_dir(path)
-
-
-def _check_private_dir(path: str) -> None:
-    try:
-        _paths.check_dir(path, "a sysv+shm:// rendezvous directory", private=True)
-    except FileNotFoundError as exc:
-        raise EndpointNotFound(errno.ENOENT, f"directory {path!r} does not exist") from exc
-    except IPCError:
-        raise
-    except OSError as exc:
-        raise from_oserror(exc, f"checking {path}") from exc
-
-
-def _read_manifest(fd: int, path: str) -> dict[str, str]:
-    """Owner-checked fields of an open manifest (``end`` present once complete)."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise PermissionDenied(errno.EPERM, f"{path!r} is not a regular file")
-    _paths.check_owned(path, st, "endpoint file", private=True)
-    data = os.pread(fd, 4096, 0).decode("ascii", "replace").split()
-    if not data or data[0] != _MANIFEST_TAG:
-        return {} if not data else {"foreign": "1"}
-    fields = dict(item.partition("=")[::2] for item in data[1:])
-    return fields
-
-
-def _write_manifest(fd: int, fields: dict[str, object], complete: bool) -> None:
-    text = " ".join([_MANIFEST_TAG, *(f"{k}={v}" for k, v in fields.items()), *(["end"] if complete else [])])
-    data = (text + "\n").encode()
-    os.pwrite(fd, data, 0)
-    os.ftruncate(fd, len(data))
-
-
-def _open_manifest(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise PermissionDenied(errno.ELOOP, f"{path!r} is a symlink; refusing to follow it") from exc
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise PermissionDenied(exc.errno, f"cannot open {path!r}: not ours") from exc
-        raise from_oserror(exc, f"opening {path}") from exc
-
-
-def _int(fields: dict[str, str], key: str) -> int | None:
-    try:
-        return int(fields[key])
-    except (KeyError, ValueError):
-        return None
-
-
-def _reclaim_if_stale(path: str) -> bool:
-    """Remove the manifest *path* and the objects it records if no live process uses them.
-
-    Stale means: the file is ours, no creator holds its lock, and both alive semaphores are
-    zero (or the set is gone).  Returns True if it was removed (or is gone).
-    """
-    try:
-        fd = _open_manifest(path)
-    except FileNotFoundError:
-        return True
-    except PermissionDenied:
-        return False
-    try:
-        try:
-            fields = _read_manifest(fd, path)
-        except PermissionDenied:
-            return False
-        if "foreign" in fields:
-            return False
-        if not _paths.try_lock(fd):
-            return False  # a creator is writing it right now
-        semid, semkey = _int(fields, "semid"), _int(fields, "semkey")
-        if semid is None or semkey is None:
-            if time.time() - os.fstat(fd).st_ctime < _YOUNG:
-                return False  # just created; its creator may not hold the lock yet
-        else:
-            row = _proc_row("sem", semid)
-            ours = row is not None and row["key"] == semkey and row["uid"] == os.geteuid() and row["nsems"] == _NSEMS
-            if ours:
-                try:
-                    if _getval(semid, _ALIVE[0]) or _getval(semid, _ALIVE[1]):
-                        return False
-                except OSError:
-                    pass
-        _remove_recorded(fields)
-        if os.path.lexists(path) and os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
-            _paths.unlink_quiet(path)
-        return True
-    finally:
-        os.close(fd)
-
-
-def _remove_recorded(fields: dict[str, str]) -> None:
-    """Remove the (ours, still keyed) segment and semaphore set a stale manifest records."""
-    euid = os.geteuid()
-    shmid, shmkey = _int(fields, "shmid"), _int(fields, "shmkey")
-    if shmid is not None and shmkey is not None:
-        row = _proc_row("shm", shmid)
-        if row is not None and row["key"] == shmkey and row["uid"] == euid and row["cuid"] == euid:
-            try:
-                _sysv_ipc().remove_shared_memory(shmid)
-            except Exception:
-                pass
-    semid, semkey = _int(fields, "semid"), _int(fields, "semkey")
-    if semid is not None and semkey is not None:
-        row = _proc_row("sem", semid)
-        if row is not None and row["key"] == semkey and row["uid"] == euid and row["cuid"] == euid:
-            _sem_remove(semid)
+    """The channel's set of four semaphores: ``(key, semid)``, with the creator's alive held."""
+    key, semid = sem_create(_NSEMS, mode)
+    code = hold_alive(semid, _ALIVE[0])
+    if code:
+        sem_remove(semid)
+        raise from_oserror(OSError(code, os.strerror(code)), "claiming the creator's alive semaphore")
+    return key, semid
 
 
 def cleanup_stale(directory: str | None = None) -> list[str]:
@@ -351,19 +146,7 @@ def cleanup_stale(directory: str | None = None) -> list[str]:
     Scans the private manifest directory (or *directory*, e.g. one holding ``sysv+shm:///dir/name``
     rendezvous files).  Never touches objects of other users or of live processes.
     """
-    base = directory or registry_dir()
-    removed: list[str] = []
-    try:
-        entries = sorted(os.listdir(base))
-    except OSError:
-        return removed
-    for entry in entries:
-        path = os.path.join(base, entry)
-        if os.path.isfile(path) and _reclaim_if_stale(path):
-            removed.append(entry)
-    if directory is None:
-        _paths.rmdir_quiet(base)
-    return removed
+    return _RECORD.sweep(directory)
 
 
 # --------------------------------------------------------------------------- the segment
@@ -424,29 +207,6 @@ class _Segment:
         self._mem = None  # the finalizer detaches once no view of the mapping is left
 
 
-def _shm_create(size: int, mode: int) -> tuple[int, Any]:
-    sysv_ipc = _sysv_ipc()
-    for _ in range(_KEY_TRIES):
-        key = _random_key()
-        try:
-            return key, sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, mode=mode & 0o777, size=size,
-                                              init_character=b"\0")
-        except sysv_ipc.ExistentialError:
-            continue  # a taken key (V-4): draw another
-        except (OSError, ValueError, sysv_ipc.Error) as exc:
-            raise ResourceExhausted(f"cannot create a {size}-byte SysV segment (kernel.shmmax/shmall?): {exc}") from exc
-    raise ResourceExhausted(f"no free SysV key after {_KEY_TRIES} random tries")
-
-
-def _fault(point: str) -> None:
-    """Kill points for the crash tests (``_FAULT`` is set only by tests)."""
-    if point == _FAULT:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-_FAULT: str | None = None
-
-
 def _create_segment(manifest: str, capacity: int, maxmsg: int, mode: int, *, rendezvous: bool) -> _Segment:
     """Create the manifest (locked while building), the semaphore set, the segment; magic last.
 
@@ -471,11 +231,11 @@ def _create_segment(manifest: str, capacity: int, maxmsg: int, mode: int, *, ren
         nonce = secrets.randbits(128) if rendezvous else int(os.path.basename(manifest)[4:], 16)
         semkey, semid = _sem_create(mode)
         fields: dict[str, object] = {"semkey": semkey, "semid": semid}
-        _write_manifest(fd, fields, False)
-        shmkey, shm = _shm_create(size, mode)
+        _RECORD.write(fd, fields, False)
+        shmkey, shm = shm_create(size, mode)
         fields.update(shmkey=shmkey, shmid=shm.id, nonce=f"{nonce:032x}")
-        _write_manifest(fd, fields, False)
-        _fault("after_create_before_init")
+        _RECORD.write(fd, fields, False)
+        fault("sysv+shm.after_create_before_init")
         seg = _Segment(shm, semid, semkey, shmkey, nonce, manifest)
         buf = seg.buf
         assert buf is not None
@@ -487,7 +247,7 @@ def _create_segment(manifest: str, capacity: int, maxmsg: int, mode: int, *, ren
         hdr[_H_SEMKEY] = semkey
         hdr[_H_PUBLISHED] = 0 if rendezvous else 1
         hdr[H_MAGIC] = SEG_MAGIC  # last: openers check it (initialised handshake)
-        _write_manifest(fd, fields, True)
+        _RECORD.write(fd, fields, True)
         return seg
     except BaseException:
         if seg is not None:
@@ -500,7 +260,7 @@ def _create_segment(manifest: str, capacity: int, maxmsg: int, mode: int, *, ren
             if seg is None:
                 _detach_quiet(shm)
         if semid >= 0:
-            _sem_remove(semid)
+            sem_remove(semid)
         _paths.unlink_quiet(manifest)
         raise
     finally:
@@ -518,7 +278,7 @@ def _attach(shm: Any, semid: int, semkey: int, shmkey: int, nonce: int | None, m
             )
         if int(shm.size) < PAGE:
             raise IncompatibleEndpoint(f"{what}: segment of {shm.size} bytes is not an ipckit ring")
-        _check_sem_set(semid, semkey, what)
+        check_sem_set(semid, semkey, _NSEMS, what)
         seg = _Segment(shm, semid, semkey, shmkey, 0, manifest)
     except BaseException:
         _detach_quiet(shm)
@@ -585,10 +345,7 @@ class SysvShmChannel(RingChannel):
         """Hold this end's alive semaphore (SEM_UNDO) and mark the end attached."""
         role = self._role
         if not adopt:
-            if exclusive:
-                code = _semops(self._seg.semid, (_ALIVE[role], 0, _IPC_NOWAIT), (_ALIVE[role], 1, _SEM_UNDO))
-            else:
-                code = _semops(self._seg.semid, (_ALIVE[role], 1, _SEM_UNDO))
+            code = hold_alive(self._seg.semid, _ALIVE[role], exclusive=exclusive)
             if code == errno.EAGAIN:
                 raise EndpointExists(errno.EEXIST, f"{self._url} already has a peer")
             if code:
@@ -604,7 +361,7 @@ class SysvShmChannel(RingChannel):
         if self._alive_held:
             self._alive_held = False
             if not self._hdr[_H_SEMS_GONE]:
-                _semops(self._seg.semid, (_ALIVE[self._role], -1, _SEM_UNDO | _IPC_NOWAIT))
+                release_alive(self._seg.semid, _ALIVE[self._role])
 
     def _peer_gone(self) -> bool:
         """True when the peer end was attached and its process no longer holds its alive semaphore."""
@@ -616,7 +373,7 @@ class SysvShmChannel(RingChannel):
         if state not in (ATTACHED, HANDOFF) or hdr[_H_SEMS_GONE]:
             return False
         try:
-            alive = _getval(self._seg.semid, _ALIVE[peer])
+            alive = getval(self._seg.semid, _ALIVE[peer])
         except OSError:
             alive = 0  # the set vanished while the peer is attached: nobody can wake it any more
         if alive:
@@ -642,7 +399,7 @@ class SysvShmChannel(RingChannel):
                   "nonce": f"{seg.nonce:032x}"}
         path = seg.registry_file
         for _ in range(8):
-            _ensure_private_dir(os.path.dirname(path))
+            ensure_private_dir(os.path.dirname(path), _DIR_WHAT)
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:  # the directory was just removed by a closing channel
@@ -651,12 +408,12 @@ class SysvShmChannel(RingChannel):
                 raise from_oserror(exc, f"creating {path}") from exc
             try:
                 os.fchmod(fd, 0o600)
-                _write_manifest(fd, fields, True)
+                _RECORD.write(fd, fields, True)
             finally:
                 os.close(fd)
             break
         seg.hdr[_H_PUBLISHED] = 1
-        _unlink_ours(seg.manifest, seg.nonce)
+        _RECORD.unlink_if_ours(seg.manifest, f"{seg.nonce:032x}")
 
     def _both_attached(self) -> None:
         self._publish()  # nothing can be left behind from now on
@@ -684,39 +441,22 @@ class SysvShmChannel(RingChannel):
         self._alive_held = False  # the parent's count is the parent's (and undone at its exit)
 
 
-def _unlink_ours(path: str, nonce: int) -> None:
-    """Unlink the manifest *path* only if it still records our nonce (never a newer endpoint's)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        fields = _read_manifest(fd, path)
-        same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
-    except (OSError, IPCError):
-        return
-    finally:
-        os.close(fd)
-    if same and fields.get("nonce") == f"{nonce:032x}":
-        _paths.unlink_quiet(path)
-
-
 def _remove_all(seg: _Segment) -> None:
     """Remove manifest, segment (IPC_RMID) and semaphore set; the caller is still attached."""
     hdr = seg.hdr
     if hdr[_H_SEMS_GONE]:
         return
-    _unlink_ours(seg.current_manifest(), seg.nonce)
+    _RECORD.unlink_if_ours(seg.current_manifest(), f"{seg.nonce:032x}")
     seg.mark_removed()
     hdr[_H_SEMS_GONE] = 1  # the peer stops using the set before it disappears
-    _sem_remove(seg.semid)
+    sem_remove(seg.semid)
     _paths.rmdir_quiet(registry_dir())
 
 
 
 def _rebuild(url: str, ref: tuple[int, int, int, int, int, str], role: int, options: SysvShmOptions) -> SysvShmChannel:
     shmid, semid, semkey, shmkey, nonce, manifest = ref
-    sysv_ipc = _sysv_ipc()
+    sysv_ipc = import_sysv_ipc()
     try:
         shm = sysv_ipc.attach(shmid)
     except sysv_ipc.ExistentialError as exc:
@@ -753,22 +493,22 @@ def _rendezvous(address: str) -> tuple[str, str]:
 
 def _connect_segment(url: str, path: str, deadline: Deadline) -> _Segment:
     """Read the rendezvous file (waiting for it and for its creator) and attach by key."""
-    sysv_ipc = _sysv_ipc()
+    sysv_ipc = import_sysv_ipc()
     while True:
         try:
-            fd = _open_manifest(path)
+            fd = open_record(path)
         except FileNotFoundError as exc:
             if deadline is not None and time.monotonic() >= deadline:
                 raise EndpointNotFound(errno.ENOENT, f"no {url} endpoint (no listener)") from exc
             time.sleep(0.005)
             continue
         try:
-            fields = _read_manifest(fd, path)
+            fields = _RECORD.read(fd, path)
             if "foreign" in fields:
                 raise IncompatibleEndpoint(f"{path!r} is not an ipckit sysv+shm endpoint file")
             if "end" in fields:
                 break
-            if _paths.try_lock(fd) and _int(fields, "semid") is not None:
+            if _paths.try_lock(fd) and record_int(fields, "semid") is not None:
                 raise IncompatibleEndpoint(
                     f"{url} is half-made: its creator died while creating it; listen() on the name reclaims it"
                 )
@@ -777,18 +517,16 @@ def _connect_segment(url: str, path: str, deadline: Deadline) -> _Segment:
         if deadline is not None and time.monotonic() >= deadline:
             raise IncompatibleEndpoint(f"{url} was never initialised before the deadline")
         time.sleep(0.002)
-    shmkey, shmid = _int(fields, "shmkey"), _int(fields, "shmid")
-    semkey, semid = _int(fields, "semkey"), _int(fields, "semid")
+    shmkey, shmid = record_int(fields, "shmkey"), record_int(fields, "shmid")
+    semkey, semid = record_int(fields, "semkey"), record_int(fields, "semid")
     nonce = int(fields.get("nonce", "x"), 16) if fields.get("nonce", "").isalnum() else None
     if None in (shmkey, shmid, semkey, semid, nonce):
         raise IncompatibleEndpoint(f"{path!r} is not a complete ipckit endpoint file")
     assert shmkey is not None and shmid is not None and semkey is not None and semid is not None
     try:
         shm = sysv_ipc.SharedMemory(shmkey)
-    except sysv_ipc.ExistentialError as exc:
-        raise IncompatibleEndpoint(f"{url}: its segment no longer exists (stale endpoint)") from exc
-    except sysv_ipc.PermissionsError as exc:
-        raise PermissionDenied(errno.EACCES, f"{url}: the segment at its key is not ours") from exc
+    except sysv_ipc.Error as exc:  # gone: a stale endpoint; or not ours
+        raise sysv_error(exc, f"{url}: opening its segment", missing=IncompatibleEndpoint) from exc
     if int(shm.id) != shmid:
         _detach_quiet(shm)
         raise IncompatibleEndpoint(f"{url}: another segment now uses its key (stale endpoint)")
@@ -803,18 +541,18 @@ class SysvShmBackend(RingBackend):
     @classmethod
     def _provider_available(cls) -> tuple[bool, str]:
         try:
-            _sysv_ipc()
+            import_sysv_ipc()
         except ImportError:
             return False, "pip install sysv_ipc"
-        if _semop is None:
-            return False, "libc semop() is not reachable through ctypes"
+        if not semop_available():
+            return False, "libc semget()/semop()/semctl() are not reachable through ctypes"
         return True, ""
 
     def pair(self, endpoint: Endpoint, options: Any) -> tuple[Channel, Channel]:
         opts: SysvShmOptions = options
         directory = registry_dir()
         for _ in range(8):
-            _ensure_private_dir(directory)
+            ensure_private_dir(directory, _DIR_WHAT)
             try:
                 seg = _create_segment(os.path.join(directory, f"reg.{secrets.token_hex(16)}"), opts.capacity,
                                       opts.max_message_size, opts.mode, rendezvous=False)
@@ -831,7 +569,7 @@ class SysvShmBackend(RingBackend):
             seg.close()
             raise
         try:
-            seg_b = _attach(_sysv_ipc().attach(seg.shmid), seg.semid, seg.semkey, seg.shmkey, seg.nonce,
+            seg_b = _attach(import_sysv_ipc().attach(seg.shmid), seg.semid, seg.semkey, seg.shmkey, seg.nonce,
                             seg.manifest, "sysv+shm://")
             b = open_end(lambda: SysvShmChannel("sysv+shm://", opts, seg_b, 1), seg_b.close,
                          lambda ch: ch._claim(exclusive=True))
@@ -849,16 +587,16 @@ class SysvShmBackend(RingBackend):
         seg: _Segment | None = None
         for _ in range(8):
             if path.startswith(registry_dir() + os.sep):
-                _ensure_private_dir(directory)
+                ensure_private_dir(directory, _DIR_WHAT)
             else:
-                _check_private_dir(directory)
+                check_private_dir(directory, _DIR_WHAT)
             try:
                 seg = _create_segment(path, opts.capacity, opts.max_message_size, opts.mode, rendezvous=True)
                 break
             except FileNotFoundError:
                 continue
             except FileExistsError as exc:
-                if not _reclaim_if_stale(path):
+                if not _RECORD.reclaim_if_stale(path):
                     try:
                         _paths.check_owned(path, os.lstat(path), "endpoint file")
                     except FileNotFoundError:
@@ -881,7 +619,7 @@ class SysvShmBackend(RingBackend):
         url = f"sysv+shm://{endpoint.address}" if endpoint.address.startswith("/") else \
             f"sysv+shm://{endpoint.address.strip('/')}"
         if os.path.lexists(directory):
-            _check_private_dir(directory)
+            check_private_dir(directory, _DIR_WHAT)
         seg = _connect_segment(url, path, deadline)
         # A failed attach never marks the listener's segment closed.
         return open_end(lambda: SysvShmChannel(url, opts, seg, 1), seg.close, lambda ch: ch._claim(exclusive=True))

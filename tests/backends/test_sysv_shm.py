@@ -17,6 +17,8 @@ import pytest
 
 import ipckit
 from ipckit.backends import sysv_shm
+from ipckit.backends.common import faults
+from ipckit.backends.common import sysv as sysv_kit
 from ipckit.backends.common.sysv import TimedSemaphore
 from ipckit.errors import (
     EndOfChannel,
@@ -83,7 +85,7 @@ def _status(pid: int) -> int:
 
 
 def _listen_and_die(url: str, fault: str | None = None) -> None:
-    sysv_shm._FAULT = fault
+    faults.arm(fault)
     lst = ipckit.listen(url)  # noqa: F841 - kept alive until the kill
     kill_self()
 
@@ -123,9 +125,9 @@ def test_v2_wake_hints_posted_by_a_process_that_exits_normally_survive() -> None
     a, b = ipckit.pair("sysv+shm")
     with a, b:
         semid = a._seg.semid  # type: ignore[attr-defined]
-        before = sysv_shm._getval(semid, sysv_shm._WAKE[1])
+        before = sysv_kit.getval(semid, sysv_shm._WAKE[1])
         assert _status(_fork(_post_and_exit, semid, sysv_shm._WAKE[1], 5)) == 0
-        assert sysv_shm._getval(semid, sysv_shm._WAKE[1]) == before + 5  # no SEM_UNDO on counting hints
+        assert sysv_kit.getval(semid, sysv_shm._WAKE[1]) == before + 5  # no SEM_UNDO on counting hints
 
 
 def _attach_end_then_die(url: str) -> None:
@@ -142,7 +144,7 @@ def test_v1_alive_semaphore_is_undone_when_its_holder_is_killed(name: str) -> No
         with ch:
             assert _status(pid) == -signal.SIGKILL
             t0 = time.monotonic()
-            assert sysv_shm._getval(ch._seg.semid, sysv_shm._ALIVE[1]) == 0  # type: ignore[attr-defined]
+            assert sysv_kit.getval(ch._seg.semid, sysv_shm._ALIVE[1]) == 0  # type: ignore[attr-defined]
             assert ch.recv_bytes(timeout=5) == b"committed"
             with pytest.raises(PeerDied):
                 ch.recv_bytes(timeout=5)
@@ -166,7 +168,7 @@ def test_plain_fork_child_neither_uses_nor_releases_the_parents_end() -> None:
     with a, b:
         semid = a._seg.semid  # type: ignore[attr-defined]
         assert _status(_fork(_use_and_close_inherited_end, a)) == 0
-        assert sysv_shm._getval(semid, sysv_shm._ALIVE[0]) == 1
+        assert sysv_kit.getval(semid, sysv_shm._ALIVE[0]) == 1
         b.send_bytes(b"ping")
         assert a.recv_bytes(timeout=5) == b"ping"
         a.send_bytes(b"pong")
@@ -179,16 +181,16 @@ def test_v3_segment_is_marked_for_removal_once_both_are_attached(name: str) -> N
     a, b = ipckit.pair("sysv+shm")
     with a, b:
         shmid, _ = _pair_parts(a)
-        row = sysv_shm._proc_row("shm", shmid)
+        row = sysv_kit.proc_row("shm", shmid)
         assert row is not None and row["key"] == 0 and row["perms"] & 0o1000  # IPC_RMID done
     lst = ipckit.listen(f"sysv+shm://{name}")
     with lst:
         c = ipckit.connect(f"sysv+shm://{name}", timeout=5)
         s = lst.accept(timeout=5)
         with c, s:
-            row = sysv_shm._proc_row("shm", s._seg.shmid)  # type: ignore[attr-defined]
+            row = sysv_kit.proc_row("shm", s._seg.shmid)  # type: ignore[attr-defined]
             assert row is not None and row["key"] == 0
-            assert not os.path.exists(os.path.join(sysv_shm.registry_dir(), f"ep.{name}"))  # name freed
+            assert not os.path.exists(os.path.join(sysv_kit.registry_dir(), f"ep.{name}"))  # name freed
             with pytest.raises(EndpointNotFound):
                 ipckit.connect(f"sysv+shm://{name}", timeout=0.05)
             again = ipckit.listen(f"sysv+shm://{name}")  # reusable while the channel lives
@@ -227,8 +229,8 @@ def test_v3_creator_killed_the_other_end_cleans_up(name: str) -> None:
         ch.close()
     assert _rows("shm") - before_shm == set()
     assert _rows("sem") - before_sem == set()
-    assert not [e for e in os.listdir(sysv_shm.registry_dir()) if e.startswith("reg.")] \
-        if os.path.isdir(sysv_shm.registry_dir()) else True
+    assert not [e for e in os.listdir(sysv_kit.registry_dir()) if e.startswith("reg.")] \
+        if os.path.isdir(sysv_kit.registry_dir()) else True
 
 
 def _listen_accept_send_die(url: str) -> None:
@@ -256,7 +258,7 @@ def test_v3_both_killed_cleanup_stale_removes_everything(name: str) -> None:
     assert any(e.startswith("reg.") for e in removed) and f"ep.{name}" in removed
     assert _rows("sem") - before_sem == set()
     assert _rows("shm") - before_shm == set()
-    assert not os.path.exists(sysv_shm.registry_dir())
+    assert not os.path.exists(sysv_kit.registry_dir())
 
 
 def test_cleanup_stale_leaves_live_channels_alone(name: str) -> None:
@@ -279,7 +281,7 @@ def test_v4_taken_key_is_never_used_and_a_new_one_is_drawn(monkeypatch: pytest.M
     try:
         keys = iter([taken_sem.key, 0x5A5A0001 + secrets.randbelow(1 << 20), taken_shm.key,
                      0x6B6B0001 + secrets.randbelow(1 << 20)])
-        monkeypatch.setattr(sysv_shm, "_random_key", lambda: next(keys))
+        monkeypatch.setattr(sysv_kit, "random_key", lambda: next(keys))
         a, b = ipckit.pair("sysv+shm")
         with a, b:
             seg = a._seg  # type: ignore[attr-defined]
@@ -288,8 +290,8 @@ def test_v4_taken_key_is_never_used_and_a_new_one_is_drawn(monkeypatch: pytest.M
             a.send_bytes(b"fine")
             assert b.recv_bytes(timeout=5) == b"fine"
         # The other application's objects are untouched.
-        assert sysv_shm._proc_row("shm", taken_shm.id) is not None
-        assert sysv_shm._proc_row("sem", taken_sem.id) is not None
+        assert sysv_kit.proc_row("shm", taken_shm.id) is not None
+        assert sysv_kit.proc_row("sem", taken_sem.id) is not None
     finally:
         taken_shm.detach()
         taken_shm.remove()
@@ -336,13 +338,13 @@ def test_v5_fifty_create_races_have_exactly_one_creator(name: str) -> None:
 
 # --------------------------------------------------------------------------- V-6 / S-8 foreign segments
 def _forge_rendezvous(name: str, shm: Any, sem_id: int, sem_key: int) -> str:
-    directory = sysv_shm.registry_dir()
-    sysv_shm._ensure_private_dir(directory)
+    directory = sysv_kit.registry_dir()
+    sysv_kit.ensure_private_dir(directory)
     path = os.path.join(directory, f"ep.{name}")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        sysv_shm._write_manifest(fd, {"semkey": sem_key, "semid": sem_id, "shmkey": shm.key, "shmid": shm.id,
-                                      "nonce": "0" * 31 + "1"}, True)
+        sysv_shm._RECORD.write(fd, {"semkey": sem_key, "semid": sem_id, "shmkey": shm.key, "shmid": shm.id,
+                                    "nonce": "0" * 31 + "1"}, True)
     finally:
         os.close(fd)
     return path
@@ -351,10 +353,10 @@ def _forge_rendezvous(name: str, shm: Any, sem_id: int, sem_key: int) -> str:
 @pytest.fixture
 def foreign_sem() -> Iterator[tuple[int, int]]:
     key = 0x7C000000 + secrets.randbelow(1 << 24)
-    semid = sysv_shm._semget(key, sysv_shm._NSEMS, sysv_shm._IPC_CREAT | sysv_shm._IPC_EXCL | 0o600)
+    semid = sysv_kit.semget(key, sysv_shm._NSEMS, sysv_kit.IPC_CREAT | sysv_kit.IPC_EXCL | 0o600)
     assert semid >= 0
     yield key, semid
-    sysv_shm._sem_remove(semid)
+    sysv_kit.sem_remove(semid)
 
 
 @pytest.mark.parametrize("size", [4096, 64 * 4096])
@@ -406,7 +408,7 @@ def test_v8_objects_are_owner_only() -> None:
     with a, b:
         shmid, semid = _pair_parts(a)
         for kind, ident in (("shm", shmid), ("sem", semid)):
-            row = sysv_shm._proc_row(kind, ident)
+            row = sysv_kit.proc_row(kind, ident)
             assert row is not None and row["perms"] & 0o777 == 0o600 and row["uid"] == row["cuid"] == os.geteuid()
         assert as_user(_attach_as_other, shmid) == "PermissionsError"
 
@@ -424,7 +426,7 @@ def test_v8_squatted_segment_of_another_uid_is_refused(name: str, foreign_sem: t
         try:
             with pytest.raises(PermissionDenied):
                 ipckit.connect(f"sysv+shm://{name}", timeout=1)
-            assert sysv_shm._proc_row("shm", shmid) is not None  # never removed
+            assert sysv_kit.proc_row("shm", shmid) is not None  # never removed
         finally:
             os.unlink(path)
             os.rmdir(os.path.dirname(path))
@@ -436,7 +438,7 @@ def test_v8_squatted_segment_of_another_uid_is_refused(name: str, foreign_sem: t
 def test_v8_group_readable_semaphore_set_is_refused(name: str) -> None:
     shm = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, mode=0o600, size=4096)
     key = 0x7D000000 + secrets.randbelow(1 << 24)
-    semid = sysv_shm._semget(key, sysv_shm._NSEMS, sysv_shm._IPC_CREAT | sysv_shm._IPC_EXCL | 0o640)
+    semid = sysv_kit.semget(key, sysv_shm._NSEMS, sysv_kit.IPC_CREAT | sysv_kit.IPC_EXCL | 0o640)
     path = _forge_rendezvous(name, shm, semid, key)
     try:
         with pytest.raises(PermissionDenied):
@@ -444,7 +446,7 @@ def test_v8_group_readable_semaphore_set_is_refused(name: str) -> None:
     finally:
         os.unlink(path)
         os.rmdir(os.path.dirname(path))
-        sysv_shm._sem_remove(semid)
+        sysv_kit.sem_remove(semid)
         shm.detach()
         shm.remove()
 
@@ -516,7 +518,7 @@ def test_v9_s9_corrupt_shared_counters_are_a_protocol_error() -> None:
 def test_v9_s11_creator_killed_before_init_then_reclaimed(name: str) -> None:
     before_shm, before_sem = _rows("shm"), _rows("sem")
     url = f"sysv+shm://{name}"
-    assert _status(_fork(_listen_and_die, url, "after_create_before_init")) == -signal.SIGKILL
+    assert _status(_fork(_listen_and_die, url, "sysv+shm.after_create_before_init")) == -signal.SIGKILL
     t0 = time.monotonic()
     with pytest.raises(IncompatibleEndpoint):
         ipckit.connect(url, timeout=5)

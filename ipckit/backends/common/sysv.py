@@ -1,22 +1,50 @@
-"""Timed waits on SysV semaphores, whichever sysv_ipc build is installed.
+"""SysV IPC for the schemes built on it (``sysv+shm://`` now, ``sysv+mq://`` next).
 
-The sysv_ipc 1.2.0 wheel on PyPI is compiled without ``semtimedop`` support
-(``sysv_ipc.SEMAPHORE_TIMEOUT_SUPPORTED is False``); its ``Semaphore.acquire(timeout)`` then
-ignores the timeout and can block forever.  ipckit never issues a wait that cannot time out,
-so it calls ``semtimedop(2)`` from libc through ctypes on the semaphore's id:
+What a SysV scheme needs besides its own object layout:
 
-* ``EAGAIN``  -> the timeout expired (returns False);
-* ``EINTR``   -> a signal arrived: return to Python (so its handler runs and may raise) and
-  retry with the *remaining* time -- retries never extend the deadline;
-* ``EIDRM`` / ``EINVAL`` -> the semaphore set was removed -> :class:`ChannelBroken`;
-* ``ERANGE`` on a post -> the count is at SEMVMX; the waiter will wake anyway, so ignore.
+Timed semaphore waits (:class:`TimedSemaphore`)
+    The sysv_ipc 1.2.0 wheel on PyPI is compiled without ``semtimedop`` support
+    (``sysv_ipc.SEMAPHORE_TIMEOUT_SUPPORTED is False``); its ``Semaphore.acquire(timeout)`` then
+    ignores the timeout and can block forever.  ipckit never issues a wait that cannot time out,
+    so it calls ``semtimedop(2)`` from libc through ctypes on the semaphore's id:
 
-If libc lacks ``semtimedop`` the wait degrades to bounded non-blocking polling
-(``semop`` with ``IPC_NOWAIT`` and a sleep that backs off from 50 us to 2 ms).
+    * ``EAGAIN``  -> the timeout expired (returns False);
+    * ``EINTR``   -> a signal arrived: return to Python (so its handler runs and may raise) and
+      retry with the *remaining* time -- retries never extend the deadline;
+    * ``EIDRM`` / ``EINVAL`` -> the semaphore set was removed -> :class:`ChannelBroken`;
+    * ``ERANGE`` on a post -> the count is at SEMVMX; the waiter will wake anyway, so ignore.
 
-Posts never use ``SEM_UNDO``: the semaphore counts wake-up hints, and undo would revert the
-posts of a producer that exits normally (reliability.md V-2).  ctypes releases the GIL for
-the duration of the call, like any blocking syscall in CPython.
+    If libc lacks ``semtimedop`` the wait degrades to bounded non-blocking polling
+    (``semop`` with ``IPC_NOWAIT`` and a sleep that backs off from 50 us to 2 ms).  Posts never
+    use ``SEM_UNDO``: the semaphore counts wake-up hints, and undo would revert the posts of a
+    producer that exits normally.  ctypes releases the GIL for the duration of the call, like
+    any blocking syscall in CPython.
+
+Random keys (:func:`create_at_random_key`)
+    Objects are created at random keys with ``IPC_CREAT|IPC_EXCL``; a key that is taken (by
+    anyone) is never used, another one is drawn.  Never ``ftok``: its keys collide and can be
+    predicted.
+
+Semaphore sets and SEM_UNDO liveness (:func:`sem_create`, :func:`semops`, :func:`hold_alive`)
+    An end proves it is alive by holding +1 on "its" semaphore with ``SEM_UNDO``: the kernel
+    undoes the adjustment when the process dies, also by SIGKILL, so a zero count proves the
+    end gone.  ``SEM_UNDO`` adjustments are not inherited by ``fork``.
+
+``/proc/sysvipc`` rows (:func:`proc_row`)
+    Owner, creator, mode and key of an id, read without attaching to the object.
+
+Rendezvous records (:class:`RecordFormat`)
+    SysV objects have no names, so each ipckit object is recorded in a 0600 file (a
+    *record*) in a private 0700 directory (:func:`registry_dir`): the keys and ids of the
+    SysV objects it uses (``shm``, ``sem``, ``msg``), a nonce, and ``end`` once complete.  A
+    named endpoint's record is its rendezvous file.  Its creator holds an ``flock`` on it while
+    building; a record whose creator is gone and whose ends are all dead is stale, and
+    :meth:`RecordFormat.reclaim_if_stale` removes it with every object it records (only
+    objects that are still this user's and still at the recorded key).
+
+Errors (:func:`sysv_error`)
+    sysv_ipc's exceptions and the kernel's errnos, translated into the ipckit error tree with
+    a message that says what to do.  sysv_ipc is imported lazily (:func:`import_sysv_ipc`).
 """
 
 from __future__ import annotations
@@ -24,17 +52,93 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import os
+import secrets
+import stat
 import time
-from typing import Final
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeVar
 
-from ipckit.errors import ChannelBroken, IPCError, from_oserror
+from ipckit.errors import (
+    ChannelBroken,
+    ChannelTimeout,
+    EndpointExists,
+    EndpointNotFound,
+    IncompatibleEndpoint,
+    IPCError,
+    PermissionDenied,
+    ResourceExhausted,
+    from_oserror,
+)
 
-__all__ = ["TimedSemaphore", "semtimedop_available"]
+from . import paths as _paths
 
+__all__ = [
+    "GETVAL",
+    "IPC_CREAT",
+    "IPC_EXCL",
+    "IPC_NOWAIT",
+    "IPC_RMID",
+    "KEY_TRIES",
+    "SEM_UNDO",
+    "Kind",
+    "RecordFormat",
+    "Sembuf",
+    "TimedSemaphore",
+    "check_private_dir",
+    "check_sem_set",
+    "create_at_random_key",
+    "ensure_private_dir",
+    "getval",
+    "hold_alive",
+    "import_sysv_ipc",
+    "open_record",
+    "owned_row",
+    "proc_row",
+    "random_key",
+    "record_int",
+    "registry_dir",
+    "release_alive",
+    "remove_recorded",
+    "sem_create",
+    "sem_remove",
+    "semget",
+    "semop_available",
+    "semops",
+    "semtimedop_available",
+    "shm_create",
+    "sysv_error",
+]
+
+IPC_CREAT: Final = 0o1000
+IPC_EXCL: Final = 0o2000
 IPC_NOWAIT: Final = 0o4000
+IPC_RMID: Final = 0
+GETVAL: Final = 12
+SEM_UNDO: Final = 0x1000
+
+#: Random keys drawn before giving up (a taken key is a collision with anyone's object).
+KEY_TRIES: Final = 64
+
+#: The kinds of SysV object, as ``/proc/sysvipc`` and the records name them.
+Kind = Literal["shm", "sem", "msg"]
+_KINDS: Final[tuple[Kind, ...]] = ("shm", "sem", "msg")
+
+_T = TypeVar("_T")
 
 
-class _Sembuf(ctypes.Structure):
+def import_sysv_ipc() -> Any:
+    """The sysv_ipc module (ImportError when it is not installed: the scheme is unavailable)."""
+    import sysv_ipc
+
+    return sysv_ipc
+
+
+class Sembuf(ctypes.Structure):
+    """``struct sembuf``: one operation of a ``semop`` call."""
+
+
     _fields_ = [("sem_num", ctypes.c_ushort), ("sem_op", ctypes.c_short), ("sem_flg", ctypes.c_short)]
 
 
@@ -52,17 +156,30 @@ def _load_libc() -> ctypes.CDLL | None:
 _libc = _load_libc()
 _semop = getattr(_libc, "semop", None) if _libc is not None else None
 _semtimedop = getattr(_libc, "semtimedop", None) if _libc is not None else None
+_semget = getattr(_libc, "semget", None) if _libc is not None else None
+_semctl = getattr(_libc, "semctl", None) if _libc is not None else None
 if _semop is not None:
-    _semop.argtypes = [ctypes.c_int, ctypes.POINTER(_Sembuf), ctypes.c_size_t]
+    _semop.argtypes = [ctypes.c_int, ctypes.POINTER(Sembuf), ctypes.c_size_t]
     _semop.restype = ctypes.c_int
 if _semtimedop is not None:
-    _semtimedop.argtypes = [ctypes.c_int, ctypes.POINTER(_Sembuf), ctypes.c_size_t, ctypes.POINTER(_Timespec)]
+    _semtimedop.argtypes = [ctypes.c_int, ctypes.POINTER(Sembuf), ctypes.c_size_t, ctypes.POINTER(_Timespec)]
     _semtimedop.restype = ctypes.c_int
+if _semget is not None:
+    _semget.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    _semget.restype = ctypes.c_int
+if _semctl is not None:
+    _semctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]  # the commands used take no 4th argument
+    _semctl.restype = ctypes.c_int
 
 
 def semtimedop_available() -> bool:
     """True when libc exports ``semtimedop`` (the blocking, timed path is used)."""
     return _semtimedop is not None
+
+
+def semop_available() -> bool:
+    """True when libc's ``semget``/``semop``/``semctl`` are reachable through ctypes."""
+    return _semop is not None and _semget is not None and _semctl is not None
 
 
 def _error(code: int, what: str) -> IPCError:
@@ -90,9 +207,9 @@ class TimedSemaphore:
         if _semop is None:
             raise ChannelBroken("libc semop() is not available through ctypes")
         self.semid = semid
-        self._down = _Sembuf(sem_num, -1, 0)
-        self._try = _Sembuf(sem_num, -1, IPC_NOWAIT)
-        self._up = _Sembuf(sem_num, 1, 0)
+        self._down = Sembuf(sem_num, -1, 0)
+        self._try = Sembuf(sem_num, -1, IPC_NOWAIT)
+        self._up = Sembuf(sem_num, 1, 0)
         self._ts = _Timespec(0, 0)
         self._timed = (
             _semtimedop is not None if use_semtimedop is None else use_semtimedop and _semtimedop is not None
@@ -174,3 +291,430 @@ class TimedSemaphore:
             else:
                 time.sleep(delay)
             delay = min(delay * 2.0, 2e-3)
+
+
+# --------------------------------------------------------------------------- semaphore sets
+def semops(semid: int, *ops: tuple[int, int, int]) -> int:
+    """Apply *ops* ``(sem_num, op, flags)`` atomically; 0 or the errno (EINTR retried)."""
+    assert _semop is not None
+    arr = (Sembuf * len(ops))(*[Sembuf(n, o, f) for n, o, f in ops])
+    while _semop(semid, arr, len(ops)) == -1:
+        code = ctypes.get_errno()
+        if code != errno.EINTR:
+            return code
+    return 0
+
+
+def semget(key: int, nsems: int, flags: int) -> int:
+    """``semget(2)``: the id of the set at *key*.
+
+    Raises:
+        OSError: with the kernel's errno (EEXIST for a taken key with ``IPC_EXCL``).
+    """
+    assert _semget is not None
+    semid = int(_semget(key, nsems, flags))
+    if semid < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return semid
+
+
+def getval(semid: int, num: int) -> int:
+    """The count of semaphore *num* of the set *semid* (OSError once the set is gone)."""
+    assert _semctl is not None
+    value = int(_semctl(semid, num, GETVAL))
+    if value < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return value
+
+
+def sem_remove(semid: int) -> None:
+    """Remove the set (``IPC_RMID``); waiters wake with EIDRM.  A set already gone is no error."""
+    assert _semctl is not None
+    _semctl(semid, 0, IPC_RMID)
+
+
+def sem_create(nsems: int, mode: int) -> tuple[int, int]:
+    """A new set of *nsems* semaphores (all zero) at a random key: ``(key, semid)``.
+
+    Raises:
+        ResourceExhausted: the kernel's semaphore limits are reached, or no free key was found.
+    """
+
+    def make(key: int) -> int | None:
+        try:
+            return semget(key, nsems, IPC_CREAT | IPC_EXCL | (mode & 0o777))
+        except FileExistsError:
+            return None  # someone's key: draw another
+        except OSError as exc:
+            raise sysv_error(exc, "creating a SysV semaphore set", kind="sem", creating=True) from exc
+
+    return create_at_random_key(make, "a semaphore set")
+
+
+# --------------------------------------------------------------------------- SEM_UNDO liveness
+def hold_alive(semid: int, num: int, *, exclusive: bool = False) -> int:
+    """Add this process's +1 (``SEM_UNDO``) to semaphore *num*; 0 or the errno.
+
+    With *exclusive* the count must be zero first (checked in the same atomic ``semop``), else
+    EAGAIN: somebody else already holds the end.
+    """
+    if exclusive:
+        return semops(semid, (num, 0, IPC_NOWAIT), (num, 1, SEM_UNDO))
+    return semops(semid, (num, 1, SEM_UNDO))
+
+
+def release_alive(semid: int, num: int) -> int:
+    """Take this process's +1 back (also cancelling its undo entry); 0 or the errno."""
+    return semops(semid, (num, -1, SEM_UNDO | IPC_NOWAIT))
+
+
+# --------------------------------------------------------------------------- random keys, segments
+def random_key() -> int:
+    """A random positive SysV key (never ``IPC_PRIVATE``, never ``ftok``); tests monkeypatch it."""
+    return secrets.randbelow(0x7FFFFFFE) + 1
+
+
+def create_at_random_key(make: Callable[[int], _T | None], what: str) -> tuple[int, _T]:
+    """``(key, make(key))`` for the first random key at which *make* succeeds.
+
+    *make* creates the object with ``IPC_CREAT|IPC_EXCL`` and returns None when the key is
+    taken; it raises for any other failure.
+    """
+    for _ in range(KEY_TRIES):
+        key = random_key()
+        made = make(key)
+        if made is not None:
+            return key, made
+    raise ResourceExhausted(f"no free SysV key for {what} after {KEY_TRIES} random tries")
+
+
+def shm_create(size: int, mode: int) -> tuple[int, Any]:
+    """A new zero-filled ``sysv_ipc.SharedMemory`` of *size* bytes at a random key: ``(key, shm)``.
+
+    Raises:
+        ResourceExhausted: the kernel's segment limits are reached, or no free key was found.
+    """
+    sysv_ipc = import_sysv_ipc()
+
+    def make(key: int) -> Any:
+        try:
+            return sysv_ipc.SharedMemory(key, sysv_ipc.IPC_CREX, mode=mode & 0o777, size=size, init_character=b"\0")
+        except sysv_ipc.ExistentialError:
+            return None  # a taken key: draw another
+        except (OSError, ValueError, MemoryError, sysv_ipc.Error) as exc:
+            raise sysv_error(exc, f"creating a {size}-byte SysV segment", kind="shm", creating=True) from exc
+
+    return create_at_random_key(make, "a segment")
+
+
+# --------------------------------------------------------------------------- /proc/sysvipc
+def proc_row(kind: Kind, ident: int) -> dict[str, int] | None:
+    """The ``/proc/sysvipc/<kind>`` row of id *ident* (perms parsed as octal), or None."""
+    try:
+        with open(f"/proc/sysvipc/{kind}") as f:
+            header = f.readline().split()
+            for line in f:
+                cols = line.split()
+                if len(cols) == len(header) and int(cols[1]) == ident:
+                    row = {h: int(c) for h, c in zip(header, cols, strict=True) if h != "perms"}
+                    row["perms"] = int(cols[header.index("perms")], 8)
+                    return row
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def owned_row(kind: Kind, ident: int, key: int) -> dict[str, int] | None:
+    """The row of *ident* if it is still at *key* and this user owns and created it, else None."""
+    row = proc_row(kind, ident)
+    euid = os.geteuid()
+    if row is None or row["key"] != key or row["uid"] != euid or row["cuid"] != euid:
+        return None
+    return row
+
+
+def check_sem_set(semid: int, semkey: int, nsems: int, what: str) -> None:
+    """The set *semid* exists at *semkey*, is ours and private, and has *nsems* semaphores."""
+    row = proc_row("sem", semid)
+    if row is None or row["key"] != semkey:
+        raise IncompatibleEndpoint(f"{what}: its semaphore set {semid} is gone (stale endpoint)")
+    euid = os.geteuid()
+    if row["uid"] != euid or row["cuid"] != euid or row["perms"] & 0o077:
+        raise PermissionDenied(
+            errno.EACCES,
+            f"{what}: semaphore set {semid} belongs to uid {row['uid']} (creator {row['cuid']}) "
+            f"with mode {row['perms'] & 0o777:o}",
+        )
+    if row["nsems"] != nsems:
+        raise IncompatibleEndpoint(f"{what}: semaphore set {semid} has {row['nsems']} semaphores, not {nsems}")
+
+
+# --------------------------------------------------------------------------- rendezvous records
+_YOUNG: Final = 2.0  # a record without ids younger than this may belong to a creator about to lock it
+
+
+def registry_dir() -> str:
+    """The private directory of this user's records (not created)."""
+    return os.path.join(_paths.runtime_dir(), f"ipckit-sysv-{os.geteuid()}")
+
+
+def ensure_private_dir(path: str, what: str = "a SysV rendezvous directory") -> None:
+    """Create *path* (0700) unless it exists; either way it must be a private directory of ours."""
+    try:
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise from_oserror(exc, f"creating {path}") from exc
+    check_private_dir(path, what)
+
+
+def check_private_dir(path: str, what: str = "a SysV rendezvous directory") -> None:
+    """*path* must be a real directory of ours, closed to other users (EndpointNotFound if absent)."""
+    try:
+        _paths.check_dir(path, what, private=True)
+    except FileNotFoundError as exc:
+        raise EndpointNotFound(errno.ENOENT, f"directory {path!r} does not exist") from exc
+    except IPCError:
+        raise
+    except OSError as exc:
+        raise from_oserror(exc, f"checking {path}") from exc
+
+
+def open_record(path: str) -> int:
+    """Open the record *path* read-only, never through a symlink.
+
+    Raises:
+        FileNotFoundError: there is none.
+        PermissionDenied: a symlink, or not ours to read.
+    """
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PermissionDenied(errno.ELOOP, f"{path!r} is a symlink; refusing to follow it") from exc
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise PermissionDenied(exc.errno, f"cannot open {path!r}: not ours") from exc
+        raise from_oserror(exc, f"opening {path}") from exc
+
+
+def record_int(fields: dict[str, str], key: str) -> int | None:
+    """The integer field *key* of a record, or None when absent or malformed."""
+    try:
+        return int(fields[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def remove_recorded(fields: dict[str, str], kinds: Iterable[Kind] = _KINDS) -> None:
+    """Remove the objects a record names (``<kind>key``/``<kind>id`` fields): only those still at
+    the recorded key and created by and belonging to this user."""
+    for kind in kinds:
+        ident, key = record_int(fields, f"{kind}id"), record_int(fields, f"{kind}key")
+        if ident is None or key is None or owned_row(kind, ident, key) is None:
+            continue
+        if kind == "sem":
+            sem_remove(ident)
+            continue
+        try:
+            sysv_ipc = import_sysv_ipc()
+            if kind == "shm":
+                sysv_ipc.remove_shared_memory(ident)
+            else:
+                sysv_ipc.remove_message_queue(ident)
+        except Exception:  # gone meanwhile: nothing left to remove
+            pass
+
+
+@dataclass(frozen=True)
+class RecordFormat:
+    """The records of one scheme: how they are tagged, and which semaphores prove an end alive.
+
+    A record is one line: the *tag*, ``key=value`` fields (``semkey``/``semid`` first, then the
+    other objects and the ``nonce``), and ``end`` once the object is complete.  A file with
+    another tag is *foreign*: never read as ours, never removed.
+
+    Args:
+        tag: first word of every record, with a version (``"ipckit-sysv-shm/1"``).
+        what: how messages name an endpoint of the scheme (``"sysv+shm"``).
+        nsems: the recorded semaphore set's size.
+        alive: the set's ``SEM_UNDO`` liveness semaphores, one per end.
+    """
+
+    tag: str
+    what: str
+    nsems: int
+    alive: tuple[int, ...]
+
+    def read(self, fd: int, path: str) -> dict[str, str]:
+        """Owner-checked fields of an open record: ``{}`` while empty, ``{"foreign": "1"}`` for
+        another tag, ``end`` present once complete."""
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PermissionDenied(errno.EPERM, f"{path!r} is not a regular file")
+        _paths.check_owned(path, st, "endpoint file", private=True)
+        data = os.pread(fd, 4096, 0).decode("ascii", "replace").split()
+        if not data or data[0] != self.tag:
+            return {} if not data else {"foreign": "1"}
+        return dict(item.partition("=")[::2] for item in data[1:])
+
+    def write(self, fd: int, fields: dict[str, object], complete: bool) -> None:
+        """Replace the record's content (``end`` appended when *complete*)."""
+        words = [self.tag, *(f"{k}={v}" for k, v in fields.items()), *(["end"] if complete else [])]
+        data = (" ".join(words) + "\n").encode()
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+
+    def unlink_if_ours(self, path: str, nonce: str) -> None:
+        """Unlink the record *path* only if it still records *nonce* (never a newer endpoint's)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fields = self.read(fd, path)
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except (OSError, IPCError):
+            return
+        finally:
+            os.close(fd)
+        if same and fields.get("nonce") == nonce:
+            _paths.unlink_quiet(path)
+
+    def reclaim_if_stale(self, path: str) -> bool:
+        """Remove the record *path* and the objects it records if no live process uses them.
+
+        Stale means: the file is ours, no creator holds its lock, and every alive semaphore is
+        zero (or the set is gone).  Returns True if it was removed (or is gone).
+        """
+        try:
+            fd = open_record(path)
+        except FileNotFoundError:
+            return True
+        except PermissionDenied:
+            return False
+        try:
+            try:
+                fields = self.read(fd, path)
+            except PermissionDenied:
+                return False
+            if "foreign" in fields:
+                return False
+            if not _paths.try_lock(fd):
+                return False  # a creator is writing it right now
+            semid, semkey = record_int(fields, "semid"), record_int(fields, "semkey")
+            if semid is None or semkey is None:
+                if time.time() - os.fstat(fd).st_ctime < _YOUNG:
+                    return False  # just created; its creator may not hold the lock yet
+            else:
+                row = proc_row("sem", semid)
+                ours = row is not None and row["key"] == semkey and row["uid"] == os.geteuid() \
+                    and row["nsems"] == self.nsems
+                if ours:
+                    try:
+                        if any(getval(semid, num) for num in self.alive):
+                            return False
+                    except OSError:
+                        pass
+            remove_recorded(fields)
+            if os.path.lexists(path) and os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                _paths.unlink_quiet(path)
+            return True
+        finally:
+            os.close(fd)
+
+    def sweep(self, directory: str | None = None) -> list[str]:
+        """Reclaim every stale record of this format in *directory* (default: the registry,
+        which is removed once empty); the file names removed.  Foreign files are left alone."""
+        base = directory or registry_dir()
+        removed: list[str] = []
+        try:
+            entries = sorted(os.listdir(base))
+        except OSError:
+            return removed
+        for entry in entries:
+            path = os.path.join(base, entry)
+            if os.path.isfile(path) and self.reclaim_if_stale(path):
+                removed.append(entry)
+        if directory is None:
+            _paths.rmdir_quiet(base)
+        return removed
+
+
+# --------------------------------------------------------------------------- errors
+_LIMIT_HINTS: Final[dict[str, str]] = {
+    "shm": "SysV segment limits reached (kernel.shmmni segments, kernel.shmall pages, kernel.shmmax bytes: "
+           "see /proc/sys/kernel/shm*); pass a smaller capacity or remove stale segments (`ipckit cleanup`)",
+    "sem": "no SysV semaphore set left (kernel.sem SEMMNI/SEMMNS, see /proc/sys/kernel/sem); "
+           "remove stale sets with `ipckit cleanup`",
+    "msg": "SysV message queue limits reached (kernel.msgmni queues, kernel.msgmnb bytes: see /proc/sys/kernel/msg*)",
+}
+_IPCS_FLAG: Final[dict[str, str]] = {"shm": "m", "sem": "s", "msg": "q"}
+
+
+def sysv_error(
+    exc: BaseException,
+    what: str,
+    *,
+    kind: Kind = "shm",
+    creating: bool = False,
+    missing: type[EndpointNotFound] | type[IncompatibleEndpoint] = EndpointNotFound,
+    timeout: type[ChannelTimeout] = ChannelTimeout,
+) -> IPCError:
+    """The ipckit error for a sysv_ipc (or OS) error raised while doing *what* to a *kind* object.
+
+    Raise the result ``from exc``.  sysv_ipc's exceptions carry no errno, so the caller says
+    whether it was creating, and which error a vanished object is (*missing*: EndpointNotFound,
+    or IncompatibleEndpoint for an endpoint file whose objects are gone).
+
+    ==================== =====================================================================
+    ExistentialError     EndpointExists when *creating*, else *missing*
+    PermissionsError     PermissionDenied (another user's object, or a mode that shuts us out)
+    BusyError            *timeout*
+    NotAttachedError     ChannelBroken (the segment was detached: the end is closed)
+    ValueError           creating: ResourceExhausted (a size beyond the kernel's limits);
+                         else *missing* (an id the kernel does not know any more)
+    MemoryError          ResourceExhausted with the limits of this *kind*
+    OSError              ENOSPC/ENOMEM: ResourceExhausted with the limits of this *kind*;
+                         EIDRM/EINVAL: ChannelBroken (removed); else by errno
+    anything else        ChannelBroken
+    ==================== =====================================================================
+    """
+    try:
+        s: Any = import_sysv_ipc()
+    except ImportError:
+        s = None
+    limits = _LIMIT_HINTS[kind]
+    if s is not None and isinstance(exc, s.ExistentialError):
+        if creating:
+            return EndpointExists(errno.EEXIST, f"{what}: the key is taken")
+        return missing(errno.ENOENT, f"{what}: the object is gone (every end closed, or it was removed)")
+    if s is not None and isinstance(exc, s.PermissionsError):
+        return PermissionDenied(
+            errno.EACCES,
+            f"{what}: permission denied (the object belongs to another user or its mode shuts this one out; "
+            f"`ipcs -{_IPCS_FLAG[kind]}` shows owner and mode)",
+        )
+    if s is not None and isinstance(exc, s.BusyError):
+        return timeout(f"{what}: timed out")
+    if s is not None and isinstance(exc, s.NotAttachedError):
+        return ChannelBroken(f"{what}: the segment is not attached (the end was closed)")
+    if isinstance(exc, ValueError):
+        if creating:
+            return ResourceExhausted(f"{what}: {exc} ({limits})")
+        return missing(errno.EINVAL, f"{what}: {exc} (the object is gone)")
+    if isinstance(exc, MemoryError):
+        return ResourceExhausted(f"{what}: out of memory ({limits})")
+    if isinstance(exc, OSError):
+        code = exc.errno or 0
+        if code in (errno.ENOSPC, errno.ENOMEM):
+            return ResourceExhausted(f"{what}: {exc.strerror or exc} ({limits})")
+        if code in (errno.EIDRM, errno.EINVAL) and not creating:
+            return ChannelBroken(f"{what}: the {kind} object was removed")
+        return from_oserror(exc, what)
+    return ChannelBroken(f"{what}: {type(exc).__name__}: {exc}")
