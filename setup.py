@@ -1,7 +1,8 @@
 """Builds the optional C fast path of the shm ring (ipckit/backends/common/ring/_ringfast.c).
 
 Everything else is configured in pyproject.toml.  The extension is optional: without a compiler
-the install still succeeds and ipckit uses the pure-Python cursors of ringcursor.py
+the install still succeeds and ipckit uses the pure-Python cursors of
+ipckit/backends/common/ring/cursor.py
 (``python -c "import ipckit.backends.common.ring.cursor as c; print(c.IMPLEMENTATION)"`` tells which).
 """
 
