@@ -1,7 +1,8 @@
 """The ipckit conformance contract and the helpers its tests use.
 
-* :mod:`ipckit.testing.contract` — :class:`ChannelContract` plus capability mixins; a backend's
-  test module subclasses them (see :func:`required_contracts`).
+* :mod:`ipckit.testing.contract` — :class:`ChannelContract` plus capability mixins, one module
+  each; a backend's test module subclasses them (see :func:`required_contracts`).
+* :mod:`ipckit.testing.workers` — the peer functions the contract runs in other processes.
 * :mod:`ipckit.testing.peers` — real peer processes with a READY handshake, SIGKILL at chosen
   points, ``as_user`` (run as another uid).
 * :mod:`ipckit.testing.signals` — ``signal_storm``.
@@ -18,6 +19,7 @@ from .contract import (
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
+    FramedStreamContract,
     LargeMessageContract,
     ListenerContract,
     PeerCloseContract,
@@ -39,6 +41,7 @@ __all__ = [
     "LargeMessageContract",
     "CrossProcessContract",
     "PeerDeathContract",
+    "FramedStreamContract",
     "ListenerContract",
     "required_contracts",
     "timing_bounds",

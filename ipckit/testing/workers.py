@@ -131,18 +131,22 @@ def write_frames(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def partial_frame_then_kill(end: Channel, before: list[bytes], payload: bytes, cut: int) -> None:
+def partial_frame_then_kill(end: Channel | Dial, before: list[bytes], payload: bytes, cut: int) -> None:
     """Send *before* normally, write the first *cut* bytes of the next frame raw, then SIGKILL.
 
     Only for channels over an ipckit byte stream (they expose ``_wfd`` and ``_sseq``); *cut* below
     the 20-byte header stops inside the header, above it inside the payload.
     """
+    ch = attach(end)
+    if not (hasattr(ch, "_wfd") and hasattr(ch, "_sseq")):
+        raise TypeError(f"{type(ch).__name__} is not a channel over the ipckit stream kit (no _wfd/_sseq): "
+                        "the cut frame cannot be written")
     ready()
     for m in before:
-        end.send_bytes(m, timeout=30.0)
-    frame = frame_bytes(end._sseq, payload, getattr(end, "_checksum", False))  # type: ignore[attr-defined]
+        ch.send_bytes(m, timeout=30.0)
+    frame = frame_bytes(ch._sseq, payload, getattr(ch, "_checksum", False))
     assert 0 < cut < len(frame), f"cut {cut} must fall inside the {len(frame)}-byte frame"
-    write_frames(end._wfd, frame[:cut])  # type: ignore[attr-defined]
+    write_frames(ch._wfd, frame[:cut])
     kill_self()
 
 

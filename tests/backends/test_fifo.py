@@ -8,6 +8,7 @@ from ipckit.testing import (
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
+    FramedStreamContract,
     LargeMessageContract,
     ListenerContract,
     PeerCloseContract,
@@ -17,7 +18,7 @@ from ipckit.testing import (
 
 
 class TestFifo(ChannelContract, DuplexContract, PeerCloseContract, SelectableContract, LargeMessageContract,
-               CrossProcessContract, PeerDeathContract, ListenerContract):
+               CrossProcessContract, PeerDeathContract, FramedStreamContract, ListenerContract):
     scheme = "fifo"
 
     def fresh_url(self) -> str:
@@ -42,7 +43,7 @@ from ipckit.errors import (  # noqa: E402
     PermissionDenied,
     RecvTimeout,
 )
-from ipckit.testing import as_user, kill_self, ready, spawn_peer, timing_bounds, workers  # noqa: E402
+from ipckit.testing import as_user, kill_self, ready, spawn_peer, timing_bounds  # noqa: E402
 
 
 def _listen_then_die(url: str) -> None:
@@ -94,21 +95,7 @@ def test_f2_raw_read_of_unconnected_fifo_is_not_eof(tmp: str) -> None:
             cl.close()
 
 
-@pytest.mark.parametrize("cut", [10, 500])
-def test_f3_writer_killed_mid_frame(cut: int) -> None:
-    a, b = ipckit.pair("fifo://")
-    try:
-        with spawn_peer(workers.partial_frame_then_kill, b, [b"one", b"two"], b"x" * 1000, cut) as peer:
-            b.close()
-            peer.wait_ready()
-            assert peer.wait_exit() == -9
-            assert a.recv_bytes(timeout=5.0) == b"one"
-            assert a.recv_bytes(timeout=5.0) == b"two"
-            with pytest.raises(PeerDied):
-                a.recv_bytes(timeout=5.0)
-    finally:
-        a.close()
-        b.close()
+# F-3 (a writer killed mid-frame) is FramedStreamContract's, in TestFifo.
 
 
 def test_f4_second_writer_refused_never_interleaved(tmp: str) -> None:

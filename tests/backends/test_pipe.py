@@ -6,6 +6,7 @@ from ipckit.testing import (
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
+    FramedStreamContract,
     LargeMessageContract,
     PeerCloseContract,
     PeerDeathContract,
@@ -14,7 +15,7 @@ from ipckit.testing import (
 
 
 class TestPipe(ChannelContract, DuplexContract, PeerCloseContract, SelectableContract, LargeMessageContract,
-               CrossProcessContract, PeerDeathContract):
+               CrossProcessContract, PeerDeathContract, FramedStreamContract):
     scheme = "pipe"
 
 
@@ -37,7 +38,7 @@ from ipckit.errors import (  # noqa: E402
     ProtocolError,
     SendTimeout,
 )
-from ipckit.framing import HEADER_SIZE, encode_header  # noqa: E402
+from ipckit.framing import encode_header  # noqa: E402
 from ipckit.testing import spawn_peer, workers  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
@@ -94,40 +95,7 @@ def test_a1_a2_reader_killed_while_unrelated_child_runs() -> None:
         b.close()
 
 
-@pytest.mark.parametrize("cut", [1, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 500])
-def test_a3_writer_killed_mid_frame(cut: int) -> None:
-    """A-3: prior whole messages arrive, then PeerDied; the partial frame is never returned."""
-    a, b = ipckit.pair("pipe://")
-    before = [workers.make_payload(i, 100 * i) for i in range(3)]
-    try:
-        with spawn_peer(workers.partial_frame_then_kill, b, before, workers.make_payload(99, 4000), cut) as peer:
-            b.close()
-            peer.wait_ready()
-            assert peer.wait_exit() == -9
-            assert [workers.check_payload(a.recv_bytes(timeout=5.0)) for _ in range(3)] == [0, 1, 2]
-            with pytest.raises(PeerDied):
-                a.recv_bytes(timeout=5.0)
-            with pytest.raises(PeerDied):
-                a.recv_bytes(timeout=0)
-    finally:
-        a.close()
-        b.close()
-
-
-def test_a3_large_message_cut_off() -> None:
-    """A frame larger than the read-ahead buffer, cut mid-payload: PeerDied, not a short message."""
-    a, b = ipckit.pair("pipe://")
-    payload = workers.make_payload(7, 600_000)
-    try:
-        with spawn_peer(workers.partial_frame_then_kill, b, [], payload, HEADER_SIZE + 400_000) as peer:
-            b.close()
-            peer.wait_ready()
-            with pytest.raises(PeerDied):
-                a.recv_bytes(timeout=10.0)
-            peer.wait_exit()
-    finally:
-        a.close()
-        b.close()
+# A-3 (a writer killed mid-frame, small and large frames) is FramedStreamContract's, in TestPipe.
 
 
 def test_a5_stopped_reader_send_timeout_then_broken() -> None:

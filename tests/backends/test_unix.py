@@ -10,6 +10,7 @@ from ipckit.testing import (
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
+    FramedStreamContract,
     LargeMessageContract,
     ListenerContract,
     PeerCloseContract,
@@ -26,7 +27,7 @@ class _UnixUrls:
 
 
 class TestUnix(_UnixUrls, ChannelContract, DuplexContract, PeerCloseContract, SelectableContract,
-               LargeMessageContract, CrossProcessContract, PeerDeathContract, ListenerContract):
+               LargeMessageContract, CrossProcessContract, PeerDeathContract, FramedStreamContract, ListenerContract):
     scheme = "unix"
 
 
@@ -61,7 +62,7 @@ from ipckit.errors import (  # noqa: E402
     ProtocolError,
 )
 from ipckit.framing import encode_header  # noqa: E402
-from ipckit.testing import NOBODY, as_user, kill_self, ready, spawn_peer, workers  # noqa: E402
+from ipckit.testing import NOBODY, as_user, kill_self, ready, spawn_peer  # noqa: E402
 
 KEY = b"correct horse battery staple"
 
@@ -164,21 +165,8 @@ def test_u2_two_servers_racing_exactly_one_wins(tmp: str) -> None:
         winners[0].close()
 
 
-def test_u3_client_killed_mid_frame() -> None:
-    for cut in (10, 500):
-        a, b = ipckit.pair("unix://")
-        try:
-            with spawn_peer(workers.partial_frame_then_kill, b, [b"one", b"two"], b"x" * 1000, cut) as peer:
-                b.close()
-                peer.wait_ready()
-                assert peer.wait_exit() == -9
-                assert a.recv_bytes(timeout=5.0) == b"one"
-                assert a.recv_bytes(timeout=5.0) == b"two"
-                with pytest.raises(PeerDied):
-                    a.recv_bytes(timeout=5.0)
-        finally:
-            a.close()
-            b.close()
+# U-3 (a client killed mid-frame) is FramedStreamContract's, in TestUnix (stream; a seqpacket
+# message is one packet, never cut).
 
 
 def test_u4_stalled_handshake_does_not_block_others(tmp: str) -> None:

@@ -18,22 +18,17 @@ import pytest
 
 from ipckit.registry import availability, get_backend, schemes
 from ipckit.testing import ChannelContract, required_contracts
+from ipckit.testing import contract as contract_package
 from ipckit.testing.contract import (
-    ChannelContract as _Base,
-)
-from ipckit.testing.contract import (
+    ALL_CONTRACTS,
     CrossProcessContract,
-    DuplexContract,
+    FramedStreamContract,
     LargeMessageContract,
-    ListenerContract,
-    PeerCloseContract,
     PeerDeathContract,
-    SelectableContract,
 )
 
 TESTS = Path(__file__).parents[1]  # tests/: every layer's directory is searched
-MIXINS = {ChannelContract, DuplexContract, PeerCloseContract, SelectableContract, LargeMessageContract,
-          CrossProcessContract, PeerDeathContract, ListenerContract}
+MIXINS = set(ALL_CONTRACTS)
 
 
 def _contract_classes() -> dict[str, list[type]]:
@@ -52,7 +47,7 @@ def _contract_classes() -> dict[str, list[type]]:
                 sys.modules[name] = module
                 spec.loader.exec_module(module)
         for obj in vars(module).values():
-            if (inspect.isclass(obj) and issubclass(obj, _Base) and obj.__name__.startswith("Test")
+            if (inspect.isclass(obj) and issubclass(obj, ChannelContract) and obj.__name__.startswith("Test")
                     and obj.__module__ == module.__name__):
                 found.setdefault(obj.scheme, []).append(obj)
     return found
@@ -96,12 +91,44 @@ def test_every_contract_class_names_a_registered_scheme(classes: dict[str, list[
 def test_required_contracts_reads_capabilities() -> None:
     from ipckit.options import Capabilities
 
-    minimal = Capabilities(duplex=False, detects_peer_close=False, inheritable=False, max_message_size=4096)
+    minimal = Capabilities(duplex=False, message_oriented=True, detects_peer_close=False, inheritable=False,
+                           max_message_size=4096)
     assert required_contracts(minimal) == {ChannelContract}
     full = Capabilities(selectable=True, named=True)
     assert required_contracts(full) == MIXINS
     assert PeerDeathContract not in required_contracts(Capabilities(detects_peer_close=False))
     assert LargeMessageContract in required_contracts(Capabilities(max_message_size=64 * 1024 * 1024))
+
+
+def test_framed_stream_contract_follows_message_orientation_and_processes() -> None:
+    from ipckit.options import Capabilities
+
+    # A byte stream carried across processes: a dying peer can cut one of its frames.
+    assert FramedStreamContract in required_contracts(Capabilities(message_oriented=False, cross_process=True))
+    # Needed without inheritable ends too: a named-only stream's peers connect instead.
+    assert FramedStreamContract in required_contracts(Capabilities(inheritable=False, named=True))
+    # The transport keeps message boundaries (seqpacket, rings): there is no frame to cut.
+    assert FramedStreamContract not in required_contracts(Capabilities(message_oriented=True))
+    # Threads of one process: no peer process to kill.
+    assert FramedStreamContract not in required_contracts(Capabilities(cross_process=False, inheritable=False))
+
+
+def test_framed_stream_contract_runs_on_every_byte_stream_scheme(classes: dict[str, list[type]]) -> None:
+    """pipe://, fifo:// and unix:// (stream) frame a byte stream: each runs the mid-frame kill tests
+    (the per-scheme check above requires it from the capabilities; this pins that it applies)."""
+    running = {scheme for scheme, found in classes.items() if any(issubclass(c, FramedStreamContract) for c in found)}
+    assert {"pipe", "fifo", "unix"} <= running
+    seqpacket = [c for c in classes.get("unix", []) if getattr(c, "variant_capabilities", None) is not None]
+    assert seqpacket and not any(issubclass(c, FramedStreamContract) for c in seqpacket)
+
+
+def test_all_contracts_lists_every_contract_class() -> None:
+    # A mixin added to the package but not to ALL_CONTRACTS would escape required_contracts and
+    # this meta-test both.
+    exported = {obj for name, obj in vars(contract_package).items()
+                if inspect.isclass(obj) and name.endswith("Contract")}
+    assert exported == MIXINS
+    assert CrossProcessContract in MIXINS and ChannelContract is ALL_CONTRACTS[0]
 
 
 def test_contract_bases_are_not_collected() -> None:

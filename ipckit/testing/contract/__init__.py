@@ -1,0 +1,62 @@
+"""The channel contract as pytest classes: one base class plus capability mixins.
+
+A backend's test module is a few lines::
+
+    from ipckit.testing import (ChannelContract, CrossProcessContract, DuplexContract, FramedStreamContract,
+                                LargeMessageContract, PeerCloseContract, PeerDeathContract, SelectableContract)
+
+    class TestPipe(ChannelContract, DuplexContract, PeerCloseContract, SelectableContract, LargeMessageContract,
+                   CrossProcessContract, PeerDeathContract, FramedStreamContract):
+        scheme = "pipe"
+
+:func:`required_contracts` says which mixins a backend's capabilities call for; the meta-test
+checks every registered scheme against it, so nothing is skipped silently.  Backends that only have
+named endpoints override :meth:`ChannelContract.fresh_url` (e.g. a path inside ``self.tmpdir``);
+the contract then connects pairs with ``listen``/``connect``.
+
+The classes carry no ``Test`` prefix, so pytest collects only the subclasses.  One module per class:
+
+``channel``        :class:`ChannelContract` — always
+``duplex``         :class:`DuplexContract` — ``duplex``
+``peer_close``     :class:`PeerCloseContract` — ``detects_peer_close``
+``selectable``     :class:`SelectableContract` — ``selectable``
+``large_message``  :class:`LargeMessageContract` — no transport limit below 8 MiB
+``cross_process``  :class:`CrossProcessContract` — ``inheritable`` (and :class:`ChildEnds`, the
+                   helper of every mixin that runs a peer process)
+``peer_death``     :class:`PeerDeathContract` — ``inheritable`` and ``detects_peer_close``
+``framed_stream``  :class:`FramedStreamContract` — not ``message_oriented``, ``cross_process``
+``listener``       :class:`ListenerContract` — ``named``
+``required``       :func:`required_contracts`, the rule above
+``helpers``        :func:`timing_bounds`, :func:`wait_until_blocked` and what the mixins share
+"""
+
+from __future__ import annotations
+
+from .channel import ChannelContract
+from .cross_process import ChildEnds, CrossProcessContract
+from .duplex import DuplexContract
+from .framed_stream import FramedStreamContract
+from .helpers import timing_bounds, wait_until_blocked
+from .large_message import LargeMessageContract
+from .listener import ListenerContract
+from .peer_close import PeerCloseContract
+from .peer_death import PeerDeathContract
+from .required import ALL_CONTRACTS, required_contracts
+from .selectable import SelectableContract
+
+__all__ = [
+    "ChannelContract",
+    "DuplexContract",
+    "PeerCloseContract",
+    "SelectableContract",
+    "LargeMessageContract",
+    "CrossProcessContract",
+    "PeerDeathContract",
+    "FramedStreamContract",
+    "ListenerContract",
+    "ChildEnds",
+    "ALL_CONTRACTS",
+    "required_contracts",
+    "timing_bounds",
+    "wait_until_blocked",
+]
