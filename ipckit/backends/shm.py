@@ -40,12 +40,9 @@ Platform notes:
 from __future__ import annotations
 
 import errno
-import fcntl
 import mmap
 import os
 import secrets
-import signal
-import stat
 import struct
 import time
 from dataclasses import dataclass
@@ -56,17 +53,32 @@ from ..deadline import Deadline
 from ..errors import (
     ChannelBusy,
     EndpointExists,
-    EndpointNotFound,
     IncompatibleEndpoint,
     InvalidAddress,
     IPCError,
-    PermissionDenied,
-    ResourceExhausted,
     from_oserror,
 )
 from ..options import Options
 from ..url import Endpoint
+from .common.faults import fault
 from .common.paths import NAME_RE
+from .common.posix import (
+    SEM,
+    SHM,
+    SHM_DIR,
+    NameSet,
+    PosixName,
+    check_opened,
+    holding,
+    import_posix_ipc,
+    lock,
+    lock_held,
+    new_description,
+    posix_error,
+    reclaim_stale,
+    refuse_foreign,
+    sweep,
+)
 from .common.ring.channel import (
     ATTACHED,
     CLOSED,
@@ -93,29 +105,15 @@ SEG_VERSION: Final = 2
 _PREFIX: Final = "/ipckit."
 _TMP_PREFIX: Final = "/ipckit.tmp."  # segments being built, before link(2) publishes them
 _TMP_GRACE: Final = 10.0  # seconds before an unlocked temporary segment counts as stale
-_SHM_DIR: Final = "/dev/shm"
 
-# Segment header words (u64) on page 0: the common ones of ringchannel (magic .. pid), then ours.
+# Segment header words (u64) on page 0: the common ones of the ring channel (magic .. pid), then ours.
 _H_UNLINKED: Final = 9  # 1 once the names were removed (under the unlink lock)
 
-# OFD lock bytes: 0 and 1 = liveness of each end, 2 = mutex around removing the names.
+# OFD lock bytes of the segment: 0 and 1 = liveness of each end, 2 = mutex around removing the names.
+_LIVE_BYTES: Final = (0, 1)
 _UNLINK_BYTE: Final = 2
 
-# struct flock on Linux x86-64: l_type, l_whence, l_start, l_len, l_pid (+ padding).
-_FLOCK: Final = struct.Struct("hhqqi4x")
-_F_OFD_GETLK: Final = getattr(fcntl, "F_OFD_GETLK", 36)
-_F_OFD_SETLK: Final = getattr(fcntl, "F_OFD_SETLK", 37)
-_F_OFD_SETLKW: Final = getattr(fcntl, "F_OFD_SETLKW", 38)
-
 _INIT_DEAD_CHECK: Final = 0.02  # an opener re-checks a lock-less uninitialised segment after this
-
-#: Fault injection for tests (reliability.md kill points), read once: zero cost when unset.
-_FAULT: Final = os.environ.get("IPCKIT_FAULT", "")
-
-
-def _fault(point: str) -> None:
-    if point == _FAULT:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -123,10 +121,9 @@ class ShmOptions(RingOptions):
     """``capacity`` (bytes per direction) and ``spin`` plus the common options."""
 
 
-def _posix_ipc() -> Any:
-    import posix_ipc
-
-    return posix_ipc
+def _names(name: str) -> NameSet:
+    """A channel's POSIX names: the segment (the anchor) and its two wake-up semaphores."""
+    return NameSet(PosixName(SHM, name), (PosixName(SEM, name + ".a"), PosixName(SEM, name + ".b")))
 
 
 def _map(fd: int, size: int) -> mmap.mmap:
@@ -136,66 +133,13 @@ def _map(fd: int, size: int) -> mmap.mmap:
     return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
 
 
-# ----------------------------------------------------------------------------- OFD locks
-def _lock(fd: int, byte: int) -> bool:
-    """Take an OFD write lock on *byte* of *fd*; False if another description holds it."""
-    try:
-        fcntl.fcntl(fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0))
-        return True
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-
-
-def _lock_wait(fd: int, byte: int) -> None:
-    """Take an OFD write lock on *byte*, waiting for the holder (held only for a few syscalls)."""
-    fcntl.fcntl(fd, _F_OFD_SETLKW, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0))
-
-
-def _unlock(fd: int, byte: int) -> None:
-    fcntl.fcntl(fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, byte, 1, 0))
-
-
-def _lock_held(fd: int, byte: int) -> bool:
-    """True when some other open file description (another end) holds a lock on *byte*."""
-    res = fcntl.fcntl(fd, _F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0))
-    return int(_FLOCK.unpack(res)[0]) != fcntl.F_UNLCK
-
-
-def _names_this_segment(name: str, fd: int) -> bool:
-    """True when the name *name* still refers to the segment open as *fd* (not a newer object)."""
-    try:
-        st = os.stat(_SHM_DIR + name, follow_symlinks=False)
-    except OSError:
-        return False
-    mine = os.fstat(fd)
-    return st.st_ino == mine.st_ino and st.st_dev == mine.st_dev
-
-
-def _unlink_names(name: str) -> None:
-    """Remove the semaphores first, then the segment: while the segment's name exists nobody can
-    create a new object of that name, so the semaphore names removed here are never a newer
-    channel's."""
-    p = _posix_ipc()
-    for fn, n in (
-        (p.unlink_semaphore, name + ".a"),
-        (p.unlink_semaphore, name + ".b"),
-        (p.unlink_shared_memory, name),
-    ):
-        try:
-            fn(n)
-        except (p.ExistentialError, p.PermissionsError):
-            pass
-
-
 class _PosixWaker:
     """posix_ipc semaphore as a wake-up hint (never a mutex)."""
 
     __slots__ = ("_busy", "_signal", "sem")
 
     def __init__(self, sem: Any) -> None:
-        p = _posix_ipc()
+        p = import_posix_ipc()
         self.sem = sem
         self._busy = p.BusyError
         self._signal = p.SignalError
@@ -220,25 +164,23 @@ class _Segment:
     def __init__(
         self, name: str, *, create: bool, capacity: int, max_message_size: int, mode: int, deadline: Deadline
     ) -> None:
-        p = _posix_ipc()
+        p = import_posix_ipc()
         self.name = name
+        self.names = _names(name)
         self.shm_fd = -1
         self.lock_fd = -1  # the creator's liveness lock (byte 0), taken before anything else
         self.mm: mmap.mmap | None = None
         self.sems: list[Any] = []
         self.unlink_done = False
-        self._made: list[tuple[Any, str]] = []  # names this handle created, for a failed create
+        self._made: list[PosixName] = []  # names this handle created, for a failed create
         try:
             if create:
                 self._create(p, capacity, max_message_size, mode)
             else:
                 self._open(p, deadline)
         except BaseException:
-            for unlink, made in reversed(self._made):  # semaphores first, the segment's name last
-                try:
-                    unlink(made)
-                except p.Error:
-                    pass
+            for made in reversed(self._made):  # semaphores first, the segment's name last
+                made.unlink()
             self.close()
             raise
         self._made = []
@@ -247,23 +189,23 @@ class _Segment:
     def _create(self, p: Any, capacity: int, maxmsg: int, mode: int) -> None:
         """Build the segment under a private temporary name, then publish it with ``link(2)``.
 
-        ``link`` fails if the name exists, so it is the exclusive create (reliability S-10); and
-        a segment appears under its name only fully initialised and with its creator's liveness
-        lock held, so a racing creator never mistakes a segment being built for a stale one.
+        ``link`` fails if the name exists, so it is the exclusive create (racing creators: one
+        wins, the others see EndpointExists); and a segment appears under its name only fully
+        initialised and with its creator's liveness lock held, so a racing creator never
+        mistakes a segment being built for a stale one.
         """
         cap, _region, size = layout(capacity)
-        tmp = f"{_TMP_PREFIX}{secrets.token_hex(12)}"
+        tmp = PosixName(SHM, f"{_TMP_PREFIX}{secrets.token_hex(12)}")
         try:
-            shm = p.SharedMemory(tmp, p.O_CREX, mode=mode, size=0)
-        except p.Error as exc:
-            raise from_oserror(OSError(errno.EEXIST if isinstance(exc, p.ExistentialError) else errno.EACCES,
-                                       str(exc)), f"create {tmp}") from exc
-        self._made.append((p.unlink_shared_memory, tmp))
+            shm = p.SharedMemory(tmp.name, p.O_CREX, mode=mode, size=0)
+        except (p.Error, OSError, ValueError) as exc:
+            raise posix_error(exc, f"create {tmp.name}", creating=True) from exc
+        self._made.append(tmp)
         self.shm_fd = shm.fd
         os.set_inheritable(self.shm_fd, False)
-        self.lock_fd = os.open(f"/proc/self/fd/{self.shm_fd}", os.O_RDWR | os.O_CLOEXEC)
-        _lock(self.lock_fd, 0)
-        _fault("shm.after_create_before_init")
+        self.lock_fd = new_description(self.shm_fd)
+        lock(self.lock_fd, _LIVE_BYTES[0])
+        fault("shm.after_create_before_init")
         os.fchmod(self.shm_fd, mode)  # independent of the umask
         try:
             os.ftruncate(self.shm_fd, size)
@@ -276,16 +218,13 @@ class _Segment:
         words[H_MAGIC] = SEG_MAGIC  # last: openers wait for it
         words.release()
         try:
-            os.link(_SHM_DIR + tmp, _SHM_DIR + self.name)
+            os.link(tmp.path, self.names.anchor.path)
         except FileExistsError as exc:
             raise EndpointExists(errno.EEXIST, f"shared memory {self.name} already exists") from exc
         except OSError as exc:
-            raise from_oserror(exc, f"publish {self.name} in /dev/shm") from exc
-        self._made.append((p.unlink_shared_memory, self.name))
-        try:
-            p.unlink_shared_memory(tmp)
-        except p.Error:
-            pass
+            raise from_oserror(exc, f"publish {self.name} in {SHM_DIR}") from exc
+        self._made.append(self.names.anchor)
+        tmp.unlink()
         del self._made[0]
         for suffix in (".a", ".b"):
             try:
@@ -297,7 +236,7 @@ class _Segment:
                     sem = p.Semaphore(self.name + suffix, p.O_CREX, mode=mode, initial_value=0)
                 except p.Error as exc:
                     raise EndpointExists(errno.EEXIST, f"semaphore {self.name}{suffix} already exists") from exc
-            self._made.insert(1, (p.unlink_semaphore, self.name + suffix))
+            self._made.insert(1, PosixName(SEM, self.name + suffix))
             self.sems.append(sem)
 
     def _open(self, p: Any, deadline: Deadline) -> None:
@@ -307,18 +246,13 @@ class _Segment:
                 break
             except p.ExistentialError as exc:
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise EndpointNotFound(errno.ENOENT, f"no shm endpoint {self.name}") from exc
+                    raise posix_error(exc, f"no shm endpoint {self.name}") from exc
                 time.sleep(0.005)
-            except p.PermissionsError as exc:
-                raise PermissionDenied(errno.EACCES, f"cannot open {self.name}: not ours") from exc
+            except (p.Error, OSError, ValueError) as exc:
+                raise posix_error(exc, f"cannot open {self.name}") from exc
         self.shm_fd = shm.fd
         os.set_inheritable(self.shm_fd, False)
-        st = os.fstat(self.shm_fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077 & ~0o060:
-            raise PermissionDenied(
-                errno.EACCES,
-                f"{self.name} belongs to uid {st.st_uid} with mode {oct(stat.S_IMODE(st.st_mode))}",
-            )
+        check_opened(self.shm_fd, self.name)
         # Wait for the creator's magic (it sizes the segment first, writes the magic last).
         dead_since: float | None = None
         while True:
@@ -339,7 +273,7 @@ class _Segment:
                     raise IncompatibleEndpoint(f"{self.name} is not an ipckit segment (magic {magic:#x})")
             # Not initialised yet.  A creator that holds no lock is dead (or foreign): give up early.
             now = time.monotonic()
-            if _lock_held(self.shm_fd, 0) or _lock_held(self.shm_fd, 1):
+            if lock_held(self.shm_fd, _LIVE_BYTES[0]) or lock_held(self.shm_fd, _LIVE_BYTES[1]):
                 dead_since = None
             elif dead_since is None:
                 dead_since = now
@@ -357,11 +291,13 @@ class _Segment:
                     self.sems.append(p.Semaphore(self.name + suffix, 0))
                     break
                 except p.ExistentialError as exc:
-                    if not _lock_held(self.shm_fd, 0) or (deadline is not None and time.monotonic() >= deadline):
+                    if not lock_held(self.shm_fd, _LIVE_BYTES[0]) or (
+                        deadline is not None and time.monotonic() >= deadline
+                    ):
                         raise IncompatibleEndpoint(f"semaphore {self.name}{suffix} is missing") from exc
                     time.sleep(0.001)
-                except p.PermissionsError as exc:
-                    raise PermissionDenied(errno.EACCES, f"cannot open {self.name}{suffix}: not ours") from exc
+                except p.Error as exc:
+                    raise posix_error(exc, f"cannot open {self.name}{suffix}", kind=SEM) from exc
 
     # -- accessors -------------------------------------------------------------------------
     def header(self) -> memoryview:
@@ -372,26 +308,23 @@ class _Segment:
         """Remove the names, once for the whole channel (both ends, all processes).
 
         Under the segment's unlink lock: skipped if the other end did it already (header flag)
-        or if the name now refers to a newer object (reliability S-5: never unlink a name twice).
+        or if the name now refers to a newer object (a name is never unlinked twice, so a newer
+        channel's names are never removed).
         """
         if self.unlink_done or self.shm_fd < 0 or self.mm is None:
             return
         self.unlink_done = True
         words = memoryview(self.mm)[:PAGE].cast("Q")
         try:
-            _lock_wait(self.shm_fd, _UNLINK_BYTE)
-            try:
+            with holding(self.shm_fd, _UNLINK_BYTE):
                 if words[_H_UNLINKED] == 0:
-                    if _names_this_segment(self.name, self.shm_fd):
-                        _unlink_names(self.name)
+                    self.names.unlink_if_ours(self.shm_fd)
                     words[_H_UNLINKED] = 1
-            finally:
-                _unlock(self.shm_fd, _UNLINK_BYTE)
         finally:
             words.release()
 
     def names_exist(self) -> bool:
-        return self.shm_fd >= 0 and _names_this_segment(self.name, self.shm_fd)
+        return self.shm_fd >= 0 and self.names.names_object(self.shm_fd)
 
     def close(self) -> None:
         for sem in self.sems:
@@ -413,82 +346,28 @@ class _Segment:
 
 
 def _reclaim_stale(name: str) -> bool:
-    """Remove *name*'s objects if they are ours and no end is alive; True if the name is free now.
+    """Remove *name*'s objects if they are ours and no end is alive; True if the name is free now."""
 
-    Holds the stale segment's unlink lock while checking and removing, so two processes
-    reclaiming at once never remove the object the faster one created afterwards.
-    """
-    p = _posix_ipc()
-    try:
-        shm = p.SharedMemory(name, 0)
-    except p.ExistentialError:
-        return True
-    except p.PermissionsError:
-        return False
-    fd = shm.fd
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid():
-            return False
+    def settled_ipckit_segment(fd: int, st: os.stat_result) -> bool:
         if name.startswith(_TMP_PREFIX) and time.time() - st.st_ctime < _TMP_GRACE:
             return False  # possibly a segment being built right now
         if st.st_size >= 8:
             magic = struct.unpack("Q", os.pread(fd, 8, 0))[0]
             if magic not in (0, SEG_MAGIC):
                 return False  # not an ipckit segment: never remove it
-        _lock_wait(fd, _UNLINK_BYTE)
-        try:
-            if _lock_held(fd, 0) or _lock_held(fd, 1):
-                return False
-            if _names_this_segment(name, fd):
-                _unlink_names(name)
-            return True
-        finally:
-            _unlock(fd, _UNLINK_BYTE)
-    finally:
-        os.close(fd)
+        return True
+
+    return reclaim_stale(_names(name), alive=_LIVE_BYTES, mutex=_UNLINK_BYTE, ours=settled_ipckit_segment)
 
 
 def _sweep_temporaries() -> None:
-    """Remove temporary segments of creators that crashed before publishing (reliability S-11)."""
-    try:
-        entries = os.listdir(_SHM_DIR)
-    except OSError:
-        return
-    tmp = _TMP_PREFIX[1:]
-    for entry in entries:
-        if entry.startswith(tmp):
-            try:
-                _reclaim_stale("/" + entry)
-            except OSError:
-                pass
-
-
-def _refuse_foreign(name: str) -> None:
-    """Raise PermissionDenied when *name* exists but belongs to another user (a squatter)."""
-    try:
-        st = os.stat(_SHM_DIR + name, follow_symlinks=False)
-    except OSError:
-        return
-    if st.st_uid != os.geteuid():
-        raise PermissionDenied(
-            errno.EACCES,
-            f"{name} already exists and belongs to uid {st.st_uid} (mode {oct(stat.S_IMODE(st.st_mode))}); "
-            "refusing to use an object someone else created",
-        )
+    """Remove temporary segments of creators that crashed before publishing them."""
+    sweep(SHM, _TMP_PREFIX[1:], _reclaim_stale)
 
 
 def cleanup_stale(prefix: str = "ipckit") -> list[str]:
     """Remove this user's ``ipckit`` segments (and semaphores) whose ends are all dead."""
-    removed: list[str] = []
-    try:
-        entries = os.listdir(_SHM_DIR)
-    except OSError:
-        return removed
-    for entry in entries:
-        if entry.startswith(prefix) and not entry.startswith("sem.") and _reclaim_stale("/" + entry):
-            removed.append(entry)
-    return removed
+    return sweep(SHM, prefix, _reclaim_stale)
 
 
 @final
@@ -510,7 +389,7 @@ class ShmChannel(RingChannel):
             if seg.lock_fd >= 0 and role == 0:
                 self._lock_fd, seg.lock_fd = seg.lock_fd, -1
             else:
-                self._lock_fd = os.open(f"/proc/self/fd/{seg.shm_fd}", os.O_RDWR | os.O_CLOEXEC)
+                self._lock_fd = new_description(seg.shm_fd)
         except BaseException:
             self._closed = True  # half-built: the caller releases the segment
             for ring in (getattr(self, "_w", None), getattr(self, "_r", None)):
@@ -522,7 +401,7 @@ class ShmChannel(RingChannel):
     # -- attach / liveness --------------------------------------------------------------------
     def _claim(self, deadline: Deadline) -> None:
         """Take this end's lock byte (waiting while a previous holder hands it over)."""
-        while not _lock(self._lock_fd, self._role):
+        while not lock(self._lock_fd, self._role):
             if deadline is not None and time.monotonic() >= deadline:
                 raise ChannelBusy(f"end {self._role} of {self._url} is attached elsewhere")
             time.sleep(0.002)
@@ -542,7 +421,7 @@ class ShmChannel(RingChannel):
         state = self._hdr[H_STATE[peer]]
         if state != ATTACHED:
             return False
-        if _lock_held(self._seg.shm_fd, peer):
+        if lock_held(self._seg.shm_fd, peer):
             return False
         # Re-read: a clean close sets CLOSED before dropping the lock.
         self._peer_dead = self._hdr[H_STATE[peer]] == ATTACHED
@@ -636,10 +515,10 @@ class ShmBackend(RingBackend):
     @classmethod
     def _provider_available(cls) -> tuple[bool, str]:
         try:
-            _posix_ipc()
+            import_posix_ipc()
         except ImportError:
             return False, "pip install posix_ipc"
-        if not os.path.isdir(_SHM_DIR):
+        if not os.path.isdir(SHM_DIR):
             return False, "/dev/shm is not mounted"
         return True, ""
 
@@ -655,7 +534,7 @@ class ShmBackend(RingBackend):
             return make()
         except EndpointExists:
             if not _reclaim_stale(name):  # a crashed creator's leftovers (ours, no live end)?
-                _refuse_foreign(name)
+                refuse_foreign(PosixName(SHM, name))
                 raise
             return make()
 
@@ -703,11 +582,9 @@ class ShmBackend(RingBackend):
         url = f"shm://{name[len(_PREFIX) :]}"
 
         def claim(ch: ShmChannel) -> None:
-            if not _lock(ch._lock_fd, 1) or ch._hdr[H_STATE[1]] != FREE:
+            if not lock(ch._lock_fd, 1) or ch._hdr[H_STATE[1]] != FREE:
                 raise EndpointExists(errno.EEXIST, f"{url} already has a peer")
             ch._claim(deadline)
 
         return open_end(lambda: ShmChannel(url, opts, seg, 1), seg.close, claim)
 
-
-_ = ResourceExhausted

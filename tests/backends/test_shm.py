@@ -263,6 +263,7 @@ def test_close_from_other_thread_wakes_recv() -> None:
 # Kill points are reached by driving the child's ring directly (no hooks in the library's hot path);
 # the creator's "after create, before init" point uses IPCKIT_FAULT, read once at import.
 from ipckit.backends import shm as shm_mod  # noqa: E402
+from ipckit.backends.common import posix as posix_kit  # noqa: E402
 from ipckit.backends.common.ring import buffer as ring_mod  # noqa: E402
 from ipckit.errors import (  # noqa: E402
     EndpointExists,
@@ -313,7 +314,7 @@ def _half_streamed_then_die(ch: Any, big: bytes) -> None:
 
 def _hold_unlink_lock_then_die(ch: Any) -> None:
     """S-1 'holding_lock': die while holding the only cross-process lock (the unlink mutex)."""
-    shm_mod._lock_wait(ch._seg.shm_fd, shm_mod._UNLINK_BYTE)
+    posix_kit.lock_wait(ch._seg.shm_fd, shm_mod._UNLINK_BYTE)
     ready()
     kill_self()
 
@@ -426,7 +427,7 @@ def test_s5_double_close_never_removes_a_newer_object_of_the_same_name() -> None
     old = ipckit.listen(url)
     name = f"/ipckit.{url[6:]}"
     # Someone removes the names behind the listener's back, and a new listener takes the name.
-    shm_mod._unlink_names(name)
+    shm_mod._names(name).unlink()
     new = ipckit.listen(url)
     old.close()  # would unlink the newer object if it unlinked by name
     old.close()
