@@ -46,11 +46,7 @@ def _restore_registries() -> Iterator[None]:
         live.update(saved)  # type: ignore[attr-defined]
 
 
-def test_import_ipckit_imports_no_backend() -> None:
-    code = ("import ipckit, sys; ipckit.available_backends.__doc__; "
-            "print([m for m in sys.modules if m.startswith('ipckit.backends.') or m == 'ipckit.testing'])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.strip() == "[]"
+# `import ipckit` imports no backend and no kit: tests/core/test_layout.py.
 
 
 def test_backend_loads_on_first_use() -> None:
