@@ -4,13 +4,19 @@ The contract lives here, in prose.  Backends implement a few private hooks that 
 absolute monotonic deadline; everything else — state checks, ``timeout`` → deadline, the
 serializer, thread safety, translation of OS errors — is done once, in these base classes.
 
-Hooks a backend writes (see the docstrings of each):
+Hooks a backend writes (see the docstrings of each); the four required ones are abstract, so a
+channel class that misses one raises TypeError when it is instantiated:
 
 ``_send_message(view, deadline)``  deliver one whole message
 ``_recv_message(deadline)``        return one whole message as a buffer the caller may keep
 ``_poll(deadline)``                True when a message (or end of channel) is waiting
 ``_close()``                       release everything (called once, with no caller blocked)
 optional: ``_send_parts``, ``_recv_message_into``, ``_recv_view``, ``_wakeup``, ``_fileno``
+hand-off to a child process (``ipckit._handoff`` drives them): ``__reduce__`` for spawn and
+forkserver (built with ``_handoff.reduce_fds`` / ``reduce_for_spawn``), and for fork
+``_fork_handed`` / ``_fork_adopt`` / ``_fork_release``
+
+A Listener's required hooks, ``_accept(deadline)`` and ``_close()``, are abstract too.
 """
 
 from __future__ import annotations
@@ -18,14 +24,14 @@ from __future__ import annotations
 import atexit
 import os
 import struct
-import sys
 import threading
-import types
 import warnings
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
+from . import _handoff
 from .deadline import Deadline, deadline_from, remaining
 from .errors import (
     BufferTooSmall,
@@ -103,7 +109,7 @@ def _nbytes(parts: Sequence[Buffer]) -> int:
     return sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in parts)
 
 
-class Channel:
+class Channel(ABC):
     """A connected endpoint that carries whole messages in both directions (if duplex).
 
     Semantics every backend keeps (contract §3):
@@ -431,12 +437,11 @@ class Channel:
         return f"<{type(self).__name__} {self._url} {state} serializer={self._serializer.name}>"
 
     def __reduce__(self) -> Any:
-        raise TypeError(
-            f"{type(self).__name__} ({self._url}) cannot be pickled: pass it as an argument of a "
-            "multiprocessing.Process, or connect to its URL from the other process"
-        )
+        # Backends that can travel override this with ipckit._handoff.reduce_fds / reduce_for_spawn.
+        raise TypeError(_handoff.refusal(self))
 
     # ------------------------------------------------------------------ hooks
+    @abstractmethod
     def _send_message(self, view: memoryview, deadline: Deadline) -> None:
         """Deliver *view* as one whole message before *deadline* (None = no limit).
 
@@ -444,19 +449,18 @@ class Channel:
         passes (after marking the channel broken if part of the message left), PeerDied /
         EndOfChannel if the peer is gone, ChannelClosed if woken by close().
         """
-        raise NotImplementedError
 
     def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
         """Deliver several buffers as one message; override to avoid joining them."""
         self._send_message(memoryview(b"".join(views)), deadline)
 
+    @abstractmethod
     def _recv_message(self, deadline: Deadline) -> Buffer:
         """Return the next whole message as a buffer the caller may keep (bytes, bytearray, ...).
 
         Raise RecvTimeout at the deadline (consuming nothing), EndOfChannel after a clean close,
         PeerDied after a crash, ChannelClosed if woken by close().
         """
-        raise NotImplementedError
 
     def _recv_message_into(self, view: memoryview, deadline: Deadline) -> int:
         """Receive into *view*; override to avoid the intermediate copy."""
@@ -474,20 +478,22 @@ class Channel:
         """Return the next message, possibly as a view valid until the next receive."""
         return self._recv_message(deadline)
 
+    @abstractmethod
     def _poll(self, deadline: Deadline) -> bool:
         """True when a message or end-of-channel is waiting; may wait until *deadline*."""
-        raise NotImplementedError
 
-    def _wakeup(self) -> None:
+    def _wakeup(self) -> None:  # noqa: B027 - optional hook, doing nothing by default
         """Wake threads blocked in hooks so they see ``_closed`` (default: hooks wait in slices)."""
 
+    @abstractmethod
     def _close(self) -> None:
         """Release every resource; called once, after blocked callers left (or 2 s passed)."""
-        raise NotImplementedError
 
     def _fileno(self) -> int:
         raise UnsupportedOperation(f"{self._url} has no selectable descriptor")
 
+    # The three fork hooks are called by ipckit._handoff's at-fork handler (spawn and forkserver
+    # pickle instead: see __reduce__).
     def _fork_handed(self) -> None:
         """Parent, before a fork: this end is an argument of the multiprocessing child being started."""
         self._handed_off = True
@@ -496,14 +502,14 @@ class Channel:
         """Child, after a fork: this end was handed over and is now this process's to use and close."""
         self._handed_off = False
 
-    def _fork_release(self, multiprocessing_child: bool) -> None:
+    def _fork_release(self, multiprocessing_child: bool) -> None:  # noqa: B027 - optional hook, doing nothing by default
         """Child, after a fork: this end was not handed over (default: keep the copy untouched)."""
 
 
 _VIEW = object()
 
 
-class Listener:
+class Listener(ABC):
     """Owns a named endpoint (creates it, later removes it) and hands out one channel per peer.
 
     ``accept`` blocks until a peer connects; ``close`` removes the endpoint (only the owner ever
@@ -603,16 +609,16 @@ class Listener:
     def __reduce__(self) -> Any:
         raise TypeError(f"a Listener ({self._url}) cannot be pickled; connect to its URL from the other process")
 
+    @abstractmethod
     def _accept(self, deadline: Deadline) -> Channel:
         """Wait for the next peer (called with the accept lock held; ``_closed`` was False)."""
-        raise NotImplementedError
 
-    def _wakeup(self) -> None:
+    def _wakeup(self) -> None:  # noqa: B027 - optional hook, doing nothing by default
         """Wake an ``_accept`` blocked in another thread (it then sees ``_closed``); default: none."""
 
+    @abstractmethod
     def _close(self) -> None:
         """Release the endpoint (after a blocked accept left, or 2 s passed)."""
-        raise NotImplementedError
 
     def _fileno(self) -> int:
         raise UnsupportedOperation(f"{self._url} has no selectable descriptor")
@@ -631,83 +637,7 @@ def _close_all_at_exit() -> None:
 atexit.register(_close_all_at_exit)
 
 
-# ---------------------------------------------------------------- hand-off under fork
-# multiprocessing's *spawn* pickles a channel end (the backend's ``__reduce__`` marks it handed
-# off), but *fork* passes Process arguments without pickling.  So before a fork we look for the
-# multiprocessing Process being started on the caller's stack and tell the ends among its
-# arguments that they are handed over: the parent's later close of its copy must not tell the
-# peer "closed", and the child adopts them.  Every other end gets ``_fork_release`` in the child:
-# a multiprocessing child releases them at once, because a copy of the peer's descriptors or
-# liveness locks kept alive there would hide the peer's death (contract P5, reliability A-2).
-_fork_handed: list[Channel] = []
-_fork_open: list[Channel] = []
-_fork_mp: list[bool] = [False]
-
-
-def _channels_in(obj: Any, depth: int = 0) -> Iterator[Channel]:
-    if isinstance(obj, Channel):
-        yield obj
-    elif depth < 3 and isinstance(obj, (tuple, list)):
-        for item in obj:
-            yield from _channels_in(item, depth + 1)
-    elif depth < 3 and isinstance(obj, dict):
-        for item in obj.values():
-            yield from _channels_in(item, depth + 1)
-
-
-def _process_being_started() -> Any:
-    """The multiprocessing Process whose fork is under way, found on the caller's stack, or None."""
-    frame: types.FrameType | None = sys._getframe(2)
-    for _ in range(30):
-        if frame is None:
-            return None
-        if frame.f_code.co_name == "_launch":
-            proc = frame.f_locals.get("process_obj")
-            if proc is not None:
-                return proc
-        frame = frame.f_back
-    return None
-
-
-def _before_fork() -> None:
-    _fork_open[:] = [ch for ch in list(_live_channels) if not ch._closed]
-    if not _fork_open:
-        return
-    proc = _process_being_started()
-    if proc is None:
-        return
-    _fork_mp[0] = True
-    for ch in _channels_in((getattr(proc, "_args", ()), getattr(proc, "_kwargs", {}))):
-        if not ch._closed:
-            ch._fork_handed()
-            _fork_handed.append(ch)
-
-
-def _after_fork_in_parent() -> None:
-    _fork_handed.clear()
-    _fork_open.clear()
-    _fork_mp[0] = False
-
-
-def _after_fork_in_child() -> None:
-    # The live set belongs to the parent; a forked child closes at exit only what it adopted.
-    _live_channels.clear()
-    handed = {id(ch) for ch in _fork_handed}
-    for ch in _fork_handed:
-        ch._fork_adopt()
-        _live_channels.add(ch)
-    for ch in _fork_open:
-        if id(ch) not in handed and not ch._closed:
-            try:
-                ch._fork_release(_fork_mp[0])
-            except Exception:  # releasing a copy is best effort; the child must start regardless
-                pass
-    _fork_handed.clear()
-    _fork_open.clear()
-    _fork_mp[0] = False
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                    after_in_child=_after_fork_in_child)
+# The fork/spawn hand-off lives in ``_handoff``; it gets the live set from here (no import cycle).
+_handoff.install(_live_channels, Channel)
 
 _ = ConfigurationError  # re-exported for backends

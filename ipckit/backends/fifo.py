@@ -50,6 +50,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, final
 
+from .. import _handoff
 from ..backend import Backend
 from ..channel import Channel, Listener
 from ..deadline import Backoff, Deadline
@@ -160,27 +161,19 @@ class FifoChannel(FdStreamChannel):
                 os.close(lock)
 
     def __reduce__(self) -> Any:
-        from multiprocessing import context, reduction
-
-        if context.get_spawning_popen() is None:
-            raise TypeError(
-                f"a fifo:// channel ({self._url}) can only be passed to a child process as an argument of "
-                "multiprocessing.Process (it travels as duplicated descriptors); a FIFO endpoint has a "
-                "single peer, so it cannot be re-attached by URL while this end is open"
-            )
-        self._handed_off = True  # the child owns this end now; closing our copy must not say goodbye
-        lock = reduction.DupFd(self._lock_fd) if self._lock_fd >= 0 else None
-        state = (reduction.DupFd(self._rfd), reduction.DupFd(self._wfd), lock, self._url, self._options,
-                 self._trusted, self._handoff_state(), self._checksum)
-        return _rebuild_fifo_channel, state
+        return _handoff.reduce_fds(
+            self, _rebuild_fifo_channel, (self._rfd, self._wfd, self._lock_fd),
+            (self._url, self._options, self._trusted, self._handoff_state(), self._checksum),
+            refuse=f"a fifo:// channel ({self._url}) can only be passed to a child process as an argument of "
+                   "multiprocessing.Process (it travels as duplicated descriptors); a FIFO endpoint has a "
+                   "single peer, so it cannot be re-attached by URL while this end is open")
 
 
-def _rebuild_fifo_channel(rdup: Any, wdup: Any, ldup: Any, url: str, options: Options, trusted: bool,
-                          handoff: tuple[int, int, bytes], checksum: bool) -> FifoChannel:
-    lock = ldup.detach() if ldup is not None else -1
-    ch = FifoChannel(url, options, rfd=rdup.detach(), wfd=wdup.detach(), peer_trusted=trusted,
-                     checksum=checksum, lock_fd=lock)
-    ch._resume(*handoff)
+def _rebuild_fifo_channel(handed: _handoff.HandedFds, url: str, options: Options, trusted: bool,
+                          resume: tuple[int, int, bytes], checksum: bool) -> FifoChannel:
+    rfd, wfd, lock = _handoff.take_fds(handed)
+    ch = FifoChannel(url, options, rfd=rfd, wfd=wfd, peer_trusted=trusted, checksum=checksum, lock_fd=lock)
+    ch._resume(*resume)
     return ch
 
 

@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar, final
 
+from .. import _handoff
 from ..backend import Backend
 from ..channel import Channel
 from ..options import Capabilities, Options
@@ -59,26 +60,18 @@ class PipeChannel(FdStreamChannel):
     capabilities: ClassVar[Capabilities] = _CAPS
 
     def __reduce__(self) -> Any:
-        from multiprocessing import context, reduction
-
-        if context.get_spawning_popen() is None:
-            raise TypeError(
-                "a pipe:// channel can only be passed to a child process as an argument of "
-                "multiprocessing.Process (it travels as duplicated descriptors); it cannot be pickled otherwise"
-            )
-        self._handed_off = True  # the child owns this end now; closing our copy must not say goodbye
-        sseq, rseq, buffered = self._handoff_state()
-        state = (reduction.DupFd(self._rfd), reduction.DupFd(self._wfd), self._url, self._options, sseq, rseq,
-                 buffered, self._checksum)
-        return _rebuild_pipe_channel, state
+        return _handoff.reduce_fds(
+            self, _rebuild_pipe_channel, (self._rfd, self._wfd),
+            (self._url, self._options, self._handoff_state(), self._checksum),
+            refuse="a pipe:// channel can only be passed to a child process as an argument of "
+                   "multiprocessing.Process (it travels as duplicated descriptors); it cannot be pickled otherwise")
 
 
-def _rebuild_pipe_channel(rdup: Any, wdup: Any, url: str, options: Options, sseq: int, rseq: int,
-                          buffered: bytes, checksum: bool) -> PipeChannel:
-    rfd = rdup.detach()
-    wfd = wdup.detach()
+def _rebuild_pipe_channel(handed: _handoff.HandedFds, url: str, options: Options,
+                          resume: tuple[int, int, bytes], checksum: bool) -> PipeChannel:
+    rfd, wfd = _handoff.take_fds(handed)
     ch = PipeChannel(url, options, rfd=rfd, wfd=wfd, peer_trusted=True, checksum=checksum)
-    ch._resume(sseq, rseq, buffered)
+    ch._resume(*resume)
     return ch
 
 

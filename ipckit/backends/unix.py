@@ -61,9 +61,11 @@ import stat
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
+from .. import _handoff
 from ..backend import Backend
 from ..channel import Channel, Listener
 from ..deadline import Backoff, Deadline, poll_ms, remaining
@@ -339,29 +341,25 @@ class UnixStreamChannel(FdStreamChannel):
         return _reduce(self, self._rfd, _rebuild_stream, (self._handoff_state(), self._checksum))
 
 
-def _rebuild_stream(dup: Any, url: str, options: Options, trusted: bool, extra: tuple[Any, ...]) -> UnixStreamChannel:
-    (sseq, rseq, buffered), checksum = extra
-    sock = socket.socket(fileno=dup.detach())
-    ch = UnixStreamChannel(url, options, sock, peer_trusted=trusted, checksum=checksum)
-    ch._resume(sseq, rseq, buffered)
+def _rebuild_stream(handed: _handoff.HandedFds, url: str, options: Options, trusted: bool,
+                    resume: tuple[int, int, bytes], checksum: bool) -> UnixStreamChannel:
+    (fd,) = _handoff.take_fds(handed)
+    ch = UnixStreamChannel(url, options, socket.socket(fileno=fd), peer_trusted=trusted, checksum=checksum)
+    ch._resume(*resume)
     return ch
 
 
-def _reduce(ch: UnixStreamChannel | UnixSeqpacketChannel, fd: int, rebuild: Any, extra: tuple[Any, ...]) -> Any:
-    from multiprocessing import context, reduction
-
-    if context.get_spawning_popen() is not None:
-        ch._handed_off = True  # the child owns this end now; closing our copy must not say goodbye
-        return rebuild, (reduction.DupFd(fd), ch._url, ch._options, ch._trusted, extra)
-    if ch._reconnect:
-        # Outside a multiprocessing hand-off a client end travels as its address: the receiver
-        # makes its own connection (the server accepts it like any other client).
-        return _reconnect, (ch._url, ch._options)
-    raise TypeError(
-        f"this unix:// channel ({ch._url}) can only be passed to a child process as an argument of "
-        "multiprocessing.Process (it travels as a duplicated socket); otherwise connect to the "
-        "listener's URL from the other process"
-    )
+def _reduce(ch: UnixStreamChannel | UnixSeqpacketChannel, fd: int, rebuild: Callable[..., Channel],
+            extra: tuple[Any, ...]) -> _handoff.ReduceValue:
+    # Outside a multiprocessing hand-off a client end travels as its address: the receiver makes
+    # its own connection (the server accepts it like any other client).
+    url, options = ch._url, ch._options
+    return _handoff.reduce_fds(
+        ch, rebuild, (fd,), (url, options, ch._trusted, *extra),
+        refuse=f"this unix:// channel ({url}) can only be passed to a child process as an argument of "
+               "multiprocessing.Process (it travels as a duplicated socket); otherwise connect to the "
+               "listener's URL from the other process",
+        otherwise=(lambda: (_reconnect, (url, options))) if ch._reconnect else None)
 
 
 def _reconnect(url: str, options: Options) -> Channel:
@@ -602,9 +600,9 @@ class UnixSeqpacketChannel(DescriptorChannel):
         return _reduce(self, self._fd, _rebuild_seqpacket, ())
 
 
-def _rebuild_seqpacket(dup: Any, url: str, options: Options, trusted: bool,
-                       extra: tuple[Any, ...]) -> UnixSeqpacketChannel:
-    return UnixSeqpacketChannel(url, options, socket.socket(fileno=dup.detach()), peer_trusted=trusted)
+def _rebuild_seqpacket(handed: _handoff.HandedFds, url: str, options: Options, trusted: bool) -> UnixSeqpacketChannel:
+    (fd,) = _handoff.take_fds(handed)
+    return UnixSeqpacketChannel(url, options, socket.socket(fileno=fd), peer_trusted=trusted)
 
 
 def _make_channel(url: str, opts: UnixOptions, sock: socket.socket, *, trusted: bool,

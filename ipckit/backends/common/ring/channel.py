@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, NoReturn, TypeVar
 
+from ipckit import _handoff
 from ipckit.backend import Backend
 from ipckit.channel import USE_DEFAULT, Channel, Listener
 from ipckit.deadline import Deadline
@@ -207,7 +208,7 @@ class RingChannel(Channel):
         """Raise TypeError if this end can no longer be handed to a spawned process."""
 
     def _handoff_args(self) -> tuple[Any, ...]:
-        """The ``__reduce__`` value that rebuilds this end in the spawned process."""
+        """The ``__reduce__`` value ``(rebuild, args)`` that rebuilds this end in the spawned process."""
         raise NotImplementedError
 
     def _take_over_after_fork(self) -> None:
@@ -450,19 +451,19 @@ class RingChannel(Channel):
 
     # -- hand-off ---------------------------------------------------------------------------------
     def __reduce__(self) -> Any:
-        from multiprocessing import context
+        # The end travels by name (the provider's _handoff_args); once it is on its way our copy
+        # only detaches when closed.
+        def build() -> _handoff.ReduceValue:
+            if self._closed:
+                raise TypeError(f"{self._url} is closed")
+            self._check_handoff()
+            if self._view_out:
+                self._view_out = False
+                self._r.release()
+            self._hdr[H_STATE[self._role]] = HANDOFF
+            return self._handoff_args()
 
-        if context.get_spawning_popen() is None:
-            return Channel.__reduce__(self)  # plain pickling: refused, with advice
-        if self._closed:
-            raise TypeError(f"{self._url} is closed")
-        self._check_handoff()
-        if self._view_out:
-            self._view_out = False
-            self._r.release()
-        self._hdr[H_STATE[self._role]] = HANDOFF
-        self._handed_off = True  # our copy only detaches when closed
-        return self._handoff_args()
+        return _handoff.reduce_for_spawn(self, build)
 
     def _fork_adopt(self) -> None:
         """In a multiprocessing fork child that was handed this end: it is ours now."""
