@@ -53,6 +53,7 @@ from typing import Any, ClassVar, final
 from .. import _handoff
 from ..backend import Backend
 from ..channel import Channel, Listener
+from ..cleanup import StaleObject, Sweep
 from ..deadline import Backoff, Deadline
 from ..errors import (
     ChannelBusy,
@@ -276,6 +277,11 @@ class FifoBackend(Backend):
         if not hasattr(os, "mkfifo"):
             return False, "needs os.mkfifo (POSIX)"
         return True, ""
+
+    @classmethod
+    def find_stale(cls, sweep: Sweep) -> list[StaleObject]:
+        # FIFOs and lock files in ipckit-* private directories: the sweep of every file-endpoint scheme.
+        return _paths.stale_private_entries(sweep)
 
     @staticmethod
     def _path(endpoint: Endpoint) -> str:

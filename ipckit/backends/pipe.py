@@ -30,6 +30,7 @@ from typing import Any, ClassVar, final
 from .. import _handoff
 from ..backend import Backend
 from ..channel import Channel
+from ..limits import KernelLimit, sysctl
 from ..options import Capabilities, Options
 from ..url import Endpoint
 from .common.stream import FdStreamChannel, StreamOptions, grow_pipe
@@ -80,6 +81,15 @@ class PipeBackend(Backend):
     scheme: ClassVar[str] = "pipe"
     capabilities: ClassVar[Capabilities] = _CAPS
     options_class: ClassVar[type[Options]] = PipeOptions
+
+    @classmethod
+    def kernel_limits(cls) -> list[KernelLimit]:
+        # FIFO buffers are pipe buffers too: these rows are fifo://'s limits as well.
+        return [
+            sysctl("/proc/sys/fs/pipe-max-size",
+                   "largest pipe buffer an unprivileged F_SETPIPE_SZ may ask for (bytes)"),
+            sysctl("/proc/sys/fs/pipe-user-pages-soft", "pipe pages per user before new pipes shrink to one page"),
+        ]
 
     def pair(self, endpoint: Endpoint, options: Any) -> tuple[Channel, Channel]:
         opts: PipeOptions = options

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final, final
 
 from ..channel import Channel, Listener
+from ..cleanup import StaleObject, Sweep
 from ..deadline import Deadline
 from ..errors import (
     ChannelBusy,
@@ -58,6 +59,7 @@ from ..errors import (
     IPCError,
     from_oserror,
 )
+from ..limits import KernelLimit, fmt_bytes
 from ..options import Options
 from ..url import Endpoint
 from .common.faults import fault
@@ -521,6 +523,34 @@ class ShmBackend(RingBackend):
         if not os.path.isdir(SHM_DIR):
             return False, "/dev/shm is not mounted"
         return True, ""
+
+    @classmethod
+    def kernel_limits(cls) -> list[KernelLimit]:
+        meaning = "POSIX shared memory filesystem (shm://)"
+        try:
+            st = os.statvfs(SHM_DIR)
+        except OSError:
+            return [KernelLimit(SHM_DIR, "n/a", meaning)]
+        return [KernelLimit(f"{SHM_DIR} size", fmt_bytes(st.f_blocks * st.f_frsize), meaning),
+                KernelLimit(f"{SHM_DIR} free", fmt_bytes(st.f_bavail * st.f_frsize), "room for new shm:// rings")]
+
+    @classmethod
+    def find_stale(cls, sweep: Sweep) -> list[StaleObject]:
+        # Segments and semaphores (sem.<name>) no process has open or mapped: every end maps both.
+        return sweep.unheld_entries(SHM_DIR, "no live process has it open or mapped", strip="sem.")
+
+    @classmethod
+    def remove_stale(cls, obj: StaleObject) -> bool:
+        entry = os.path.basename(obj.path)
+        if entry.startswith("sem.") or not os.path.lexists(obj.path):
+            return super().remove_stale(obj)  # a semaphore whose segment is gone already
+        try:
+            import_posix_ipc()
+        except ImportError:  # without posix_ipc no end of ours can be racing for the name here
+            return super().remove_stale(obj)
+        # The lock-based reclaim: it removes the semaphores with the segment, and never a
+        # segment a new endpoint created under the name since the sweep.
+        return _reclaim_stale("/" + entry) and not os.path.lexists(obj.path)
 
     def _create(self, name: str, opts: ShmOptions) -> _Segment:
         def make() -> _Segment:

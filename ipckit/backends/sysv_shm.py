@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final, final
 
 from ..channel import Channel, Listener
+from ..cleanup import StaleObject, Sweep
 from ..deadline import Deadline
 from ..errors import (
     ChannelBroken,
@@ -63,6 +64,7 @@ from ..errors import (
     PermissionDenied,
     from_oserror,
 )
+from ..limits import KernelLimit, sysctl
 from ..options import Options
 from ..url import Endpoint
 from .common import paths as _paths
@@ -547,6 +549,50 @@ class SysvShmBackend(RingBackend):
         if not semop_available():
             return False, "libc semget()/semop()/semctl() are not reachable through ctypes"
         return True, ""
+
+    @classmethod
+    def kernel_limits(cls) -> list[KernelLimit]:
+        return [
+            sysctl("/proc/sys/kernel/shmmax", "SysV shm: largest segment (bytes)"),
+            sysctl("/proc/sys/kernel/shmmni", "SysV shm: segments system-wide"),
+            sysctl("/proc/sys/kernel/sem", "SysV sem: SEMMSL SEMMNS SEMOPM SEMMNI"),
+        ]
+
+    @classmethod
+    def reserved_names(cls) -> tuple[str, ...]:
+        # The manifests' liveness is in SysV semaphores, which no /proc holder scan sees: the
+        # file sweeps must not take an unheld manifest for a leftover.
+        return ("ipckit-sysv-",)
+
+    @classmethod
+    def find_stale(cls, sweep: Sweep) -> list[StaleObject]:
+        # The manifests cleanup_stale() would reclaim, judged by the same rule without removing
+        # anything; the registry directory too once nothing live is left in it.
+        base = registry_dir()
+        name = os.path.basename(base)
+        if not name.startswith(sweep.prefix):
+            return []
+        try:
+            entries = sorted(os.listdir(base))
+        except OSError:
+            return []
+        found = [
+            StaleObject(path, "sysv+shm:// object", "every end is dead: no alive semaphore is held",
+                        name=name, label=entry)
+            for entry in entries
+            if os.path.isfile(path := os.path.join(base, entry)) and _RECORD.reclaim_if_stale(path, dry_run=True)
+        ]
+        if len(found) == len(entries):
+            why = "every record in it is stale" if entries else "empty"
+            found.append(StaleObject(base, "directory", why, name=name))
+        return found
+
+    @classmethod
+    def remove_stale(cls, obj: StaleObject) -> bool:
+        if obj.kind == "directory":
+            return super().remove_stale(obj)
+        # Judged again under the manifest's lock: an end that attached meanwhile keeps it alive.
+        return os.path.lexists(obj.path) and _RECORD.reclaim_if_stale(obj.path)
 
     def pair(self, endpoint: Endpoint, options: Any) -> tuple[Channel, Channel]:
         opts: SysvShmOptions = options

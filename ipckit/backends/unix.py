@@ -68,6 +68,7 @@ from typing import Any, ClassVar, final
 from .. import _handoff
 from ..backend import Backend
 from ..channel import Channel, Listener
+from ..cleanup import StaleObject, Sweep
 from ..deadline import Backoff, Deadline, poll_ms, remaining
 from ..errors import (
     BufferTooSmall,
@@ -793,6 +794,11 @@ class UnixBackend(Backend):
         if not hasattr(socket, "AF_UNIX") or not hasattr(socket, "SO_PEERCRED"):
             return False, "needs AF_UNIX sockets with SO_PEERCRED (Linux)"
         return True, ""
+
+    @classmethod
+    def find_stale(cls, sweep: Sweep) -> list[StaleObject]:
+        # Socket and lock files in ipckit-* private directories: the sweep of every file-endpoint scheme.
+        return _paths.stale_private_entries(sweep)
 
     def pair(self, endpoint: Endpoint, options: Any) -> tuple[Channel, Channel]:
         opts: UnixOptions = options

@@ -10,6 +10,9 @@ time, so a new machine-wide object only counts as a leak if it is still there af
 period and no process outside this process tree holds it open, mapped or bound — and not at all
 while another ipckit user (a pytest or ipckit process outside this tree) is running.  Set
 ``IPCKIT_LEAK_GUARD=local`` to check only this process's own resources, ``off`` to disable.
+
+Everything read from ``/proc`` is read through :mod:`ipckit._proc`, the scanner ``ipckit cleanup``
+uses too (there with no process left out).
 """
 
 from __future__ import annotations
@@ -21,11 +24,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .. import _proc
+from .._proc import children_of
+
 __all__ = ["Snapshot", "take_snapshot", "leaks", "settle", "guard_mode", "owned_names", "remove_object",
            "children_of", "others_active", "SHM_DIR"]
 
 SHM_DIR = "/dev/shm"
 _SYSV = ("shm", "msg", "sem")
+# The id column's name in each /proc/sysvipc table (the key column is "key" in all three).
+_ID = {"shm": "shmid", "msg": "msqid", "sem": "semid"}
 
 
 def guard_mode() -> str:
@@ -35,32 +43,7 @@ def guard_mode() -> str:
 
 
 def _fds() -> dict[int, str]:
-    out: dict[int, str] = {}
-    base = "/proc/self/fd"
-    for name in os.listdir(base):
-        try:
-            out[int(name)] = os.readlink(f"{base}/{name}")
-        except OSError:  # the listing's own descriptor, closed by now
-            continue
-    return out
-
-
-def children_of(pid: int) -> dict[int, str]:
-    """``{child_pid: state}`` of every process whose parent is *pid* (zombies included)."""
-    out: dict[int, str] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ..." — comm may contain spaces and parentheses.
-        rest = stat[stat.rfind(b")") + 2:].split()
-        if len(rest) > 1 and int(rest[1]) == pid:
-            out[int(name)] = rest[0].decode()
-    return out
+    return _proc.fd_targets("self")
 
 
 def _threads() -> dict[int, str]:
@@ -75,18 +58,7 @@ def _listdir(path: str) -> set[str]:
 
 
 def _sysv_rows() -> set[str]:
-    rows: set[str] = set()
-    for kind in _SYSV:
-        try:
-            with open(f"/proc/sysvipc/{kind}") as f:
-                lines = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) > 1:
-                rows.add(f"{kind}:{cols[0]}:{cols[1]}")  # kind:key:id
-    return rows
+    return {f"{kind}:{row['key']}:{row[_ID[kind]]}" for kind in _SYSV for row in _proc.sysv_table(kind)}  # kind:key:id
 
 
 def _tmp_entries() -> set[str]:
@@ -118,97 +90,32 @@ def take_snapshot(machine_wide: bool = True) -> Snapshot:
 
 # --------------------------------------------------------------------------- who holds what
 def _my_tree() -> set[int]:
-    me = os.getpid()
-    tree = {me}
-    frontier = [me]
-    while frontier:
-        kids = children_of(frontier.pop())
-        tree.update(kids)
-        frontier.extend(kids)
-    return tree
+    return _proc.process_tree(os.getpid())
 
 
 def _foreign_holders(paths: set[str]) -> set[str]:
-    """The subset of *paths* some process outside this process tree has open, mapped or bound."""
+    """The subset of *paths* some process outside this process tree has open, mapped or bound
+    (a directory: anything below it)."""
     if not paths:
         return set()
-    inside: dict[str, str] = {}  # entries of candidate directories -> the directory
-    for path in paths:
-        if os.path.isdir(path) and not os.path.islink(path):
-            for root, dirs, files in os.walk(path):
-                for n in dirs + files:
-                    inside[os.path.join(root, n)] = path
-            inside[path] = path
-    mine = _my_tree()
-    held: set[str] = set()
-    bound = _bound_unix_paths()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in mine:
-            continue
-        try:
-            for fd in os.listdir(f"/proc/{name}/fd"):
-                try:
-                    target = os.readlink(f"/proc/{name}/fd/{fd}")
-                except OSError:
-                    continue
-                if target in paths:
-                    held.add(target)
-                elif target in inside:
-                    held.add(inside[target])
-                elif target.startswith("socket:[") and target[8:-1] in bound:
-                    sock = bound[target[8:-1]]
-                    held.add(inside.get(sock, sock))
-            with open(f"/proc/{name}/maps") as f:
-                for line in f:
-                    path = line.rstrip("\n").split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
-                    if path.endswith(" (deleted)"):
-                        continue
-                    if path in paths:
-                        held.add(path)
-                    elif path in inside:
-                        held.add(inside[path])
-        except OSError:
-            continue
-    return held & paths
-
-
-def _bound_unix_paths() -> dict[str, str]:
-    """``{socket_inode: path}`` of bound Unix sockets (from ``/proc/net/unix``)."""
-    out: dict[str, str] = {}
-    try:
-        with open("/proc/net/unix") as f:
-            next(f, None)
-            for line in f:
-                cols = line.split()
-                if len(cols) >= 8:
-                    out[cols[6]] = cols[7]
-    except OSError:
-        pass
-    return out
+    holders = _proc.Holders.scan(exclude=_my_tree())
+    return {p for p in paths if holders.holds_tree(p)}
 
 
 def others_active() -> bool:
     """True when a process outside this process tree looks like an ipckit user (pytest, ipckit, python
     with ipckit objects mapped)."""
     mine = _my_tree()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in mine:
+    for pid in _proc.pids():
+        if pid in mine:
             continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if b"python" not in cmd:
+        cmd = _proc.cmdline(pid)
+        if cmd is None or b"python" not in cmd:
             continue
         if b"pytest" in cmd or b"ipckit" in cmd:
             return True
-        try:
-            with open(f"/proc/{name}/maps", "rb") as f:
-                if b"ipckit" in f.read():
-                    return True
-        except OSError:
-            continue
+        if any("ipckit" in path for path in _proc.mapped_paths(pid) or ()):
+            return True
     return False
 
 
@@ -219,22 +126,14 @@ def _sysv_foreign(rows: set[str]) -> set[str]:
     mine = _my_tree()
     foreign: set[str] = set()
     for kind in ("shm", "msg"):
-        try:
-            with open(f"/proc/sysvipc/{kind}") as f:
-                header = f.readline().split()
-                lines = f.read().splitlines()
-        except OSError:
-            continue
-        pid_cols = [i for i, h in enumerate(header) if h in ("cpid", "lpid", "lspid", "lrpid")]
-        for line in lines:
-            cols = line.split()
-            row = f"{kind}:{cols[0]}:{cols[1]}"
-            if row not in rows:
+        for row in _proc.sysv_table(kind):
+            name = f"{kind}:{row['key']}:{row[_ID[kind]]}"
+            if name not in rows:
                 continue
-            for i in pid_cols:
-                pid = int(cols[i])
+            for col in ("cpid", "lpid", "lspid", "lrpid"):
+                pid = int(row.get(col, "0") or 0)
                 if pid and pid not in mine and os.path.exists(f"/proc/{pid}"):
-                    foreign.add(row)
+                    foreign.add(name)
     return foreign
 
 

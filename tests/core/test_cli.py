@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ipckit import cli
+from ipckit import cleanup, cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -256,7 +256,7 @@ def test_cleanup_refuses_a_prefix_outside_ipckit(capsys: pytest.CaptureFixture[s
     assert rc == 2
     assert "--prefix" in err
     with pytest.raises(ValueError, match="start with 'ipckit'"):
-        cli.find_stale("tmp")
+        cleanup.find_stale("tmp")
 
 
 def test_cleanup_nothing_to_do(capsys: pytest.CaptureFixture[str], prefix: str) -> None:

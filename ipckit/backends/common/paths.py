@@ -21,6 +21,7 @@ import re
 import secrets
 import stat
 import tempfile
+from typing import TYPE_CHECKING
 
 from ipckit.errors import (
     EndpointExists,
@@ -30,6 +31,9 @@ from ipckit.errors import (
     PermissionDenied,
     from_oserror,
 )
+
+if TYPE_CHECKING:
+    from ipckit.cleanup import StaleObject, Sweep
 
 __all__ = [
     "NAME_RE",
@@ -45,6 +49,8 @@ __all__ = [
     "release_lock",
     "unlink_quiet",
     "rmdir_quiet",
+    "temp_dirs",
+    "stale_private_entries",
 ]
 
 #: A plain object name (shm, sysv+shm, mq, memory): no slashes, nothing a shell or a path could
@@ -206,6 +212,72 @@ def rmdir_quiet(path: str) -> None:
         os.rmdir(path)
     except OSError:
         pass
+
+
+# --------------------------------------------------------------------------- stale sweep (ipckit cleanup)
+#: An empty private directory younger than this may belong to a listener that is about to bind.
+EMPTY_DIR_GRACE = 60.0
+
+
+def temp_dirs() -> list[str]:
+    """The directories file endpoints are created in: the temp dir, ``/tmp``, ``/var/tmp`` and
+    ``$XDG_RUNTIME_DIR`` (resolved, existing, each once)."""
+    dirs = [tempfile.gettempdir(), "/tmp", "/var/tmp"]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        dirs.append(runtime)
+    seen: list[str] = []
+    for d in dirs:
+        real = os.path.realpath(d)
+        if real not in seen and os.path.isdir(real):
+            seen.append(real)
+    return seen
+
+
+def stale_private_entries(sweep: Sweep) -> list[StaleObject]:
+    """The sweep of every scheme with file endpoints (FIFOs, Unix sockets): ``ipckit*`` files in
+    the temp directories and the ``ipckit*`` private directories holding them, that no process
+    holds open or bound.
+
+    A directory is stale when everything in it is; an empty one only once it is older than
+    :data:`EMPTY_DIR_GRACE` (a listener may be about to bind in it).  Read-only.
+    """
+    from ipckit.cleanup import StaleObject
+
+    reason = "no live process has it open or bound"
+    found: list[StaleObject] = []
+    for tmp in temp_dirs():
+        try:
+            entries = sorted(os.listdir(tmp))
+        except OSError:
+            continue
+        for entry in entries:
+            if not sweep.wants(entry):
+                continue
+            path = os.path.join(tmp, entry)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if st.st_uid != os.geteuid():
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                obj = sweep.unheld_file(path, reason, name=entry)
+                if obj is not None:
+                    found.append(obj)
+                continue
+            try:
+                inner = sorted(os.listdir(path))
+            except OSError:
+                continue
+            stale = [o for o in (sweep.unheld_file(os.path.join(path, sub), reason, name=entry) for sub in inner)
+                     if o is not None]
+            found += stale
+            if inner and len(stale) == len(inner):
+                found.append(StaleObject(path, "directory", "every object in it is stale", name=entry))
+            elif not inner and sweep.now - st.st_mtime > EMPTY_DIR_GRACE:
+                found.append(StaleObject(path, "directory", "empty and older than a minute", name=entry))
+    return found
 
 
 _ = IPCError

@@ -586,11 +586,13 @@ class RecordFormat:
         if same and fields.get("nonce") == nonce:
             _paths.unlink_quiet(path)
 
-    def reclaim_if_stale(self, path: str) -> bool:
+    def reclaim_if_stale(self, path: str, *, dry_run: bool = False) -> bool:
         """Remove the record *path* and the objects it records if no live process uses them.
 
         Stale means: the file is ours, no creator holds its lock, and every alive semaphore is
-        zero (or the set is gone).  Returns True if it was removed (or is gone).
+        zero (or the set is gone).  Returns True if it was removed (or is gone).  With
+        *dry_run* it only judges (True: it would be removed) and changes nothing; the lock test
+        takes the record's ``flock`` for a moment, as a real run does.
         """
         try:
             fd = open_record(path)
@@ -621,6 +623,8 @@ class RecordFormat:
                             return False
                     except OSError:
                         pass
+            if dry_run:
+                return True
             remove_recorded(fields)
             if os.path.lexists(path) and os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
                 _paths.unlink_quiet(path)

@@ -490,7 +490,7 @@ class RingChannel(Channel):
 
 
 class RingBackend(Backend):
-    """What both ring backends' factories share: capabilities and the CPU check."""
+    """What both ring backends' factories share: capabilities, the CPU check, the fast-path note."""
 
     capabilities: ClassVar[Capabilities] = RING_CAPS
 
@@ -527,6 +527,18 @@ def open_end(make: Callable[[], _C], release_segment: Callable[[], object], clai
         ch.close()
         raise
     return ch
+
+    @classmethod
+    def notes(cls) -> list[str]:
+        """Which per-message fast path the rings run here (read at call time), and how to get the C one."""
+        from . import cursor
+
+        if cursor.IMPLEMENTATION == "c":
+            return ["shm rings: C per-message fast path"]
+        if os.environ.get("IPCKIT_PURE_PYTHON", "") not in ("", "0"):
+            return ["shm rings: pure-Python fast path (IPCKIT_PURE_PYTHON is set)"]
+        return ["shm rings: pure-Python fast path -- the C extension was not built; reinstall ipckit with a C "
+                "compiler and the Python headers (gcc, python3-dev) for several times faster small messages"]
 
 
 class RingListener(Listener):
