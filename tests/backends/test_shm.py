@@ -1,5 +1,5 @@
 """shm:// backend: the whole conformance contract, plus lifecycle, cross-process use, peer death
-and the POSIX shared-memory fault rows S-1…S-14 of reliability.md §2.6.
+and the POSIX shared-memory fault rows S-1…S-14 (the fault table in docs/).
 """
 
 from __future__ import annotations
@@ -259,9 +259,10 @@ def test_close_from_other_thread_wakes_recv() -> None:
     a.close()
 
 
-# --------------------------------------------------------------------------- reliability rows S-1…S-14
+# --------------------------------------------------------------------------- fault rows S-1…S-14
 # Kill points are reached by driving the child's ring directly (no hooks in the library's hot path);
-# the creator's "after create, before init" point uses IPCKIT_FAULT, read once at import.
+# the creator's "after create, before init" point is a kill point of ipckit.backends.common.faults
+# (IPCKIT_FAULT, read once at import).
 from ipckit.backends import shm as shm_mod  # noqa: E402
 from ipckit.backends.common import posix as posix_kit  # noqa: E402
 from ipckit.backends.common.ring import buffer as ring_mod  # noqa: E402
@@ -767,7 +768,7 @@ def _recv_array_measuring(ch: Any) -> tuple[int, int, int]:
 
 
 def test_t6_64mib_numpy_array_crosses_with_one_copy_per_side() -> None:
-    """performance.md T6: pickle protocol 5 sends the array's buffer out of band, straight from its
+    """Performance target T6: pickle protocol 5 sends the array's buffer out of band, straight from its
     memory into the ring (sender: no Python allocation of its size), and the receiver reassembles it
     once into the buffer the new array uses (receiver: one allocation of its size, no second copy)."""
     import tracemalloc

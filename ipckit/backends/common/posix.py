@@ -54,6 +54,7 @@ from ipckit.errors import (
     ConfigurationError,
     EndpointExists,
     EndpointNotFound,
+    InvalidAddress,
     IPCError,
     PermissionDenied,
     ResourceExhausted,
@@ -383,9 +384,28 @@ _LIMIT_HINTS: Final[dict[str, dict[int, str]]] = {
     MQ: {
         errno.ENOSPC: "too many message queues (fs.mqueue.queues_max in /proc/sys/fs/mqueue)",
         errno.EMFILE: "message queue memory limit reached (RLIMIT_MSGQUEUE, `ulimit -q`) or too many open files",
-        errno.ENOMEM: "message queue memory limit reached (RLIMIT_MSGQUEUE, `ulimit -q`)",
+        errno.ENOMEM: "out of kernel memory for the queue; ask for fewer or smaller messages",
     },
 }
+
+
+# posix_ipc raises these as OSError *without* an errno, with fixed messages; the errno is
+# recovered from the message so the hints above apply.
+_ERRNO_OF_MESSAGE: Final = (
+    ("maximum number of files open", errno.EMFILE),
+    ("total number of open files", errno.ENFILE),
+    ("Insufficient space for a new queue", errno.ENOSPC),
+)
+
+
+def _errno_of(exc: OSError) -> int:
+    if exc.errno:
+        return exc.errno
+    text = str(exc)
+    for fragment, code in _ERRNO_OF_MESSAGE:
+        if fragment in text:
+            return code
+    return 0
 
 
 def interrupted(exc: BaseException) -> bool:
@@ -421,10 +441,12 @@ def posix_error(
     BusyError          *timeout* (a timed wait, send or receive that did not complete)
     SignalError        *timeout*: interrupted before anything happened, so calling again is
                        safe (:func:`interrupted` tells callers to retry instead)
-    ValueError         ConfigurationError (a name or size the kernel refuses)
+    ValueError         InvalidAddress for a name too long, else ConfigurationError (a name
+                       or size the kernel refuses)
     OSError            by errno (``ipckit.errors.from_oserror``); out-of-space and limit
                        errnos are ResourceExhausted with the limit of this *kind* to raise
-    MemoryError        ResourceExhausted
+                       (posix_ipc's errno-less EMFILE/ENFILE/ENOSPC included)
+    MemoryError        ResourceExhausted (the kernel's ENOMEM)
     anything else      ChannelBroken
     ================== =======================================================================
     """
@@ -451,14 +473,17 @@ def posix_error(
     if p is not None and isinstance(exc, p.SignalError):
         return timeout(f"{what}: interrupted by a signal before it completed; nothing was done, call again")
     if isinstance(exc, ValueError):
+        if "too long" in str(exc):
+            return InvalidAddress(f"{what}: {exc} (names are limited to NAME_MAX bytes)")
         return ConfigurationError(f"{what}: {exc} (a name the kernel refuses, or a size beyond its limits)")
     if isinstance(exc, MemoryError):
-        return ResourceExhausted(f"{what}: out of memory")
+        hint = _LIMIT_HINTS[kind].get(errno.ENOMEM, "out of kernel memory")
+        return ResourceExhausted(f"{what}: {exc} ({hint})")
     if isinstance(exc, OSError):
-        code = exc.errno or 0
-        hint = _LIMIT_HINTS.get(kind, {}).get(code)
-        if hint is not None:
-            return ResourceExhausted(f"{what}: {exc.strerror or exc} ({hint})")
-        return from_oserror(exc, what)
+        code = _errno_of(exc)
+        limit = _LIMIT_HINTS[kind].get(code)
+        if limit is not None:
+            return ResourceExhausted(f"{what}: {exc.strerror or exc} ({limit})")
+        return from_oserror(exc if exc.errno else OSError(code, str(exc)), what)
     return ChannelBroken(f"{what}: {type(exc).__name__}: {exc}")
 

@@ -63,6 +63,7 @@ from typing import Any, Final, Literal, TypeVar
 from ipckit.errors import (
     ChannelBroken,
     ChannelTimeout,
+    ConfigurationError,
     EndpointExists,
     EndpointNotFound,
     IncompatibleEndpoint,
@@ -659,6 +660,10 @@ _LIMIT_HINTS: Final[dict[str, str]] = {
     "msg": "SysV message queue limits reached (kernel.msgmni queues, kernel.msgmnb bytes: see /proc/sys/kernel/msg*)",
 }
 _IPCS_FLAG: Final[dict[str, str]] = {"shm": "m", "sem": "s", "msg": "q"}
+# sysv_ipc raises ENOSPC as an OSError *without* an errno (fixed messages), and EINTR as its
+# base Error; recognised by these fragments.
+_ENOSPC_MESSAGES: Final = ("(ENOSPC)", "system limit for message queues")
+_EINTR_MESSAGE: Final = "Signaled while waiting"
 
 
 def sysv_error(
@@ -681,8 +686,11 @@ def sysv_error(
     PermissionsError     PermissionDenied (another user's object, or a mode that shuts us out)
     BusyError            *timeout*
     NotAttachedError     ChannelBroken (the segment was detached: the end is closed)
+    Error (EINTR)        *timeout*: interrupted by a signal before anything happened, so
+                         calling again is safe (ipckit's own waits retry instead)
     ValueError           creating: ResourceExhausted (a size beyond the kernel's limits);
-                         else *missing* (an id the kernel does not know any more)
+                         an invalid id: *missing* (the kernel does not know it any more);
+                         else ConfigurationError
     MemoryError          ResourceExhausted with the limits of this *kind*
     OSError              ENOSPC/ENOMEM: ResourceExhausted with the limits of this *kind*;
                          EIDRM/EINVAL: ChannelBroken (removed); else by errno
@@ -708,14 +716,18 @@ def sysv_error(
         return timeout(f"{what}: timed out")
     if s is not None and isinstance(exc, s.NotAttachedError):
         return ChannelBroken(f"{what}: the segment is not attached (the end was closed)")
+    if s is not None and type(exc) is s.Error and _EINTR_MESSAGE in str(exc):
+        return timeout(f"{what}: interrupted by a signal before it completed; nothing was done, call again")
     if isinstance(exc, ValueError):
         if creating:
             return ResourceExhausted(f"{what}: {exc} ({limits})")
-        return missing(errno.EINVAL, f"{what}: {exc} (the object is gone)")
+        if "Invalid id" in str(exc):
+            return missing(errno.EINVAL, f"{what}: {exc} (the object is gone)")
+        return ConfigurationError(f"{what}: {exc}")
     if isinstance(exc, MemoryError):
         return ResourceExhausted(f"{what}: out of memory ({limits})")
     if isinstance(exc, OSError):
-        code = exc.errno or 0
+        code = exc.errno or (errno.ENOSPC if any(m in str(exc) for m in _ENOSPC_MESSAGES) else 0)
         if code in (errno.ENOSPC, errno.ENOMEM):
             return ResourceExhausted(f"{what}: {exc.strerror or exc} ({limits})")
         if code in (errno.EIDRM, errno.EINVAL) and not creating:
