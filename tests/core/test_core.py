@@ -46,7 +46,7 @@ def _restore_registries() -> Iterator[None]:
         live.update(saved)  # type: ignore[attr-defined]
 
 
-# `import ipckit` imports no backend and no kit: tests/core/test_layout.py.
+# `import ipckit` imports no backend and no kit: tests/core/test_package_layout.py.
 
 
 def test_backend_loads_on_first_use() -> None:
