@@ -174,7 +174,7 @@ def print_report(report: BenchReport, console: Console | None = None) -> None:
             console.print(_stream_table(report, p))
     if any(c.workload == "serializer" for c in report.cells):
         console.print(_serializer_table(report))
-    t = Table(title="Targets (ratios within this run)", title_justify="left")
+    t = Table(title="Targets (docs/design.md §5.3; ratios within this run)", title_justify="left")
     for col in ("id", "target", "status", "measured"):
         t.add_column(col, overflow="fold")
     colors = {"met": "green", "not met": "red"}
@@ -302,7 +302,7 @@ def to_markdown(report: BenchReport) -> str:
                 row.append("" if c is None else f"{fmt_us(c.mean_us)} ({c.extra.get('object', '')})")
             rows.append(row)
         out.append(_md_table(["serializer", *(fmt_size(s) for s in ssizes)], rows) + "\n")
-    out.append("**Targets** (ratios within this run)\n")
+    out.append("**Targets** ([design.md §5.3](design.md#53-targets); ratios within this run)\n")
     out.append(_md_table(["id", "target", "status", "measured"],
                          [[r.id, r.what, f"**{r.status}**", r.detail] for r in evaluate_targets(report)]) + "\n")
     if report.skipped:

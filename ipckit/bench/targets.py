@@ -1,4 +1,4 @@
-"""The performance targets T1 to T7, evaluated from one report (ratios within one run).
+"""The performance targets T1 to T7 (docs/design.md §5.3), evaluated from one report (ratios within one run).
 
 Each target is ``met``, ``not met`` (with the measured ratio) or ``not measured`` (with why).
 Differences under ~1.5x are within this VM's noise: a verdict near its threshold is flagged.
