@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from ipckit.backends.common.ring import buffer as R
 from ipckit.backends.common.ring import cursor as RC
+from ipckit.backends.common.ring import protocol as P
 from ipckit.errors import ProtocolError
 
 try:
@@ -45,9 +46,9 @@ pytestmark = pytest.mark.timeout(60)
 CAP = 4096
 MAXMSG = 1 << 20
 GUARD = 4096  # bytes after the ring region that no cursor may touch
-# Control words (u64 indices into the region's control area), as in ring.py.
-W_RSLEEP, W_RCLOSED, W_WSLEEP, W_WPOS, W_RPOS = 4, 5, 6, 8, 16
-MSG, CONT, PAD, ABORT = 1, 2, 3, 4
+# Control words (u64 indices into the region's control area) and record kinds: protocol.py's.
+W_RSLEEP, W_RCLOSED, W_WSLEEP, W_WPOS, W_RPOS = P.W_RSLEEP, P.W_RCLOSED, P.W_WSLEEP, P.W_WPOS, P.W_RPOS
+MSG, CONT, PAD, ABORT = P.MSG, P.CONT, P.PAD, P.ABORT
 U64 = (1 << 64) - 1
 
 IMPLS = ("c", "python")
@@ -116,7 +117,7 @@ class Seg:
         return self.m[: self.offset] + self.m[self.data + self.cap :]
 
     def position(self, w: Any, r: Any, counter: int) -> None:
-        """Start both cursors (and the shared counters) at *counter*, an empty ring, as ring.py attaches."""
+        """Start both cursors (and the shared counters) at *counter*, an empty ring, as buffer.py attaches."""
         self.set_word(W_WPOS, counter)
         self.set_word(W_RPOS, counter)
         for c in (w, r):
@@ -193,7 +194,7 @@ def test_round_trip_sizes(impl: str, seg: Callable[..., Seg], size: int, offset:
 
 @pytest.mark.parametrize("start", [0, 64 * 1000 + 128, CAP * 3 + CAP - 128, 2**40])
 def test_round_trips_wrap_at_any_counter(impl: str, seg: Callable[..., Seg], start: int) -> None:
-    """Messages until the ring's end, then (as ring.py does) padding, at counters far into the stream."""
+    """Messages until the ring's end, then (as buffer.py does) padding, at counters far into the stream."""
     s = seg(cap=512)
     w, r = s.writer(impl), s.reader(impl)
     s.position(w, r, start)
@@ -582,7 +583,7 @@ def test_reader_closed_send_commits_and_returns_false(pair: tuple[Seg, Any, Any]
     w.wake = lambda: calls.append(1)
     w.budget = 5
     s.set_word(W_RCLOSED, 1)
-    assert w.send(b"noticed later") is True  # closed alone is not looked at (ring.py sets both)
+    assert w.send(b"noticed later") is True  # closed alone is not looked at (buffer.py sets both)
     s.set_word(W_RSLEEP, 1)
     assert w.send(b"into the void") is False
     assert w.own == 128 and s.word(W_WPOS) == 128 and w.budget == 3
@@ -824,11 +825,12 @@ def test_c_extension_is_in_use() -> None:
     forced = os.environ.get("IPCKIT_PURE_PYTHON", "") not in ("", "0")
     expected = "python" if forced else "c"
     assert expected == RC.IMPLEMENTATION, (
-        f"ringcursor.IMPLEMENTATION is {RC.IMPLEMENTATION!r}, expected {expected!r}: "
+        f"cursor.IMPLEMENTATION is {RC.IMPLEMENTATION!r}, expected {expected!r}: "
         + (
             "IPCKIT_PURE_PYTHON is set but the C cursors are in use"
             if forced
-            else "the C extension ipckit.backends.common.ring._ringfast is missing or failed to import (rebuild with "
+            else "the C extension ipckit.backends.common.ring._ringfast is missing, failed to import, or reports "
+            "another layout than protocol.py (test_layout.py names the differences); rebuild with "
             "`python setup.py build_ext --inplace`; set IPCKIT_PURE_PYTHON=1 to test the fallback on purpose)"
         )
     )

@@ -1,13 +1,18 @@
-/* Hot paths of the shm ring (ipckit/backends/ring.py) in C: one whole-record send and one
- * whole-record receive per call.
+/* Hot paths of the shm ring (ipckit/backends/common/ring/buffer.py) in C: one whole-record send
+ * and one whole-record receive per call.
  *
- * ring.py holds the algorithm and every slow path; this module only replaces the two
+ * buffer.py holds the algorithm and every slow path; this module only replaces the two
  * per-message fast paths that dominate small-message streaming, where Python spends most of
- * its time on attribute loads and struct calls.  ringcursor.py has the same two cursors in pure
+ * its time on attribute loads and struct calls.  cursor.py has the same two cursors in pure
  * Python (used when this extension is not built, or with IPCKIT_PURE_PYTHON=1); the test suite
  * checks both against the same segment images.
  *
- * Contract of both cursors (see ringcursor.py for the reference implementation):
+ * Layout and wake-up protocol: protocol.py defines them for Python; RING_LAYOUT below is this
+ * module's one copy of the layout, exported as _ringfast.LAYOUT, which cursor.py requires to equal
+ * protocol.LAYOUT before it uses this module (tests/ring/test_layout.py names any difference).
+ * The poster's half of the wake-up protocol is publish_write_pos / publish_read_pos.
+ *
+ * Contract of both cursors (see cursor.py for the reference implementation):
  *   (send_held / recv_held: the same for a caller that holds the channel's lock itself.)
  *   Writer.send(data) -> bool   True: one MSG record committed.  False: nothing written (no room
  *                               without padding, too large, a message pending, budget spent, the
@@ -36,21 +41,45 @@
 #include <string.h>
 #include "structmember.h"
 
-/* Control words (u64 indices), as in ring.py. */
-#define W_RSLEEP 4
-#define W_RCLOSED 5
-#define W_WSLEEP 6
-#define W_WPOS 8
-#define W_RPOS 16
-#define CONTROL_SIZE 224
-#define KIND_MSG 1ULL
+/* The ring's layout: the one C definition of every offset, size and record kind (names and
+ * values as in protocol.py; X(NAME, value) becomes the constant RING_NAME below and the entry
+ * "NAME" of _ringfast.LAYOUT).
+ * COUNTER_MAX: counters at or above it are refused by the fast paths (the general path handles
+ * them), so no sum of a counter and a record size can wrap; 2**63 bytes is ~9 years at 30 GB/s. */
+#define RING_LAYOUT(X)                         \
+    X(MAGIC, 0x31474E524B435049ULL)            \
+    X(VERSION, 2)                              \
+    X(CONTROL_SIZE, 224)                       \
+    X(ALIGN, 64)                               \
+    X(HEADER_SIZE, 16)                         \
+    X(MIN_CAPACITY, 256)                       \
+    X(MAX_CAPACITY, 1ULL << 31)                \
+    X(COUNTER_MAX, 1ULL << 63)                 \
+    X(MSG, 1)                                  \
+    X(CONT, 2)                                 \
+    X(PAD, 3)                                  \
+    X(ABORT, 4)                                \
+    X(W_MAGIC, 0)                              \
+    X(W_VERSION, 1)                            \
+    X(W_CAPACITY, 2)                           \
+    X(W_MAXMSG, 3)                             \
+    X(W_RSLEEP, 4)                             \
+    X(W_RCLOSED, 5)                            \
+    X(W_WSLEEP, 6)                             \
+    X(W_WCLOSED, 7)                            \
+    X(W_WPOS, 8)                               \
+    X(W_RPOS, 16)
+
+#define DEFINE_CONSTANT(name, value) static const unsigned long long RING_##name = (value);
+RING_LAYOUT(DEFINE_CONSTANT)
+#undef DEFINE_CONSTANT
+
+/* Derived: a record of n payload bytes takes (n + RECORD_ROUND) & ~ALIGN_MASK bytes. */
+#define ALIGN_MASK (RING_ALIGN - 1)
+#define RECORD_ROUND (RING_HEADER_SIZE + RING_ALIGN - 1)
 
 static PyObject *ProtocolError = NULL;
 static PyObject *LockType = NULL; /* _thread.LockType: the only lock accepted (its locked() is C) */
-
-/* Counters at or above this are refused by the fast paths (the general path handles them): no
- * sum of a counter and a record size can wrap.  2**63 bytes is ~9 years at 30 GB/s. */
-#define COUNTER_MAX ((unsigned long long)1 << 63)
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
 #define LOAD_RELAXED(p) __atomic_load_n((p), __ATOMIC_RELAXED)
@@ -96,8 +125,9 @@ cursor_init(Cursor *self, PyObject *args, PyObject *kwds)
     if (PyObject_GetBuffer(buf, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         return -1;
     Py_ssize_t len = self->view.len;
-    if (offset < 0 || offset % 64 || cap < 256 || cap % 64 || cap > ((unsigned long long)1 << 31) ||
-        (unsigned long long)len < (unsigned long long)offset + CONTROL_SIZE + cap ||
+    if (offset < 0 || ((unsigned long long)offset & ALIGN_MASK) || cap < RING_MIN_CAPACITY || (cap & ALIGN_MASK) ||
+        cap > RING_MAX_CAPACITY ||
+        (unsigned long long)len < (unsigned long long)offset + RING_CONTROL_SIZE + cap ||
         ((uintptr_t)self->view.buf + (uintptr_t)offset) % 8) {
         PyBuffer_Release(&self->view);
         PyErr_SetString(PyExc_ValueError, "bad ring region for this buffer");
@@ -105,7 +135,7 @@ cursor_init(Cursor *self, PyObject *args, PyObject *kwds)
     }
     self->attached = 1;
     self->ctl = (uint64_t *)((char *)self->view.buf + offset);
-    self->data = (char *)self->view.buf + offset + CONTROL_SIZE;
+    self->data = (char *)self->view.buf + offset + RING_CONTROL_SIZE;
     self->cap = cap;
     self->maxmsg = (unsigned long long)maxmsg;
     self->own = self->peer = self->limit = 0;
@@ -194,6 +224,35 @@ call_wake(Cursor *self)
     return 0;
 }
 
+/* ---- the poster's half of the wake-up protocol (protocol.py: publish_write_pos/publish_read_pos) */
+
+/* Writer: publish wp (the publication store: the record before it is visible first), then load
+ * reader_sleeping once and post a sleeping reader.  1: published; 0: published, but the reader
+ * has closed (a closing reader raises its sleeping flag too); -1: the wake-up raised. */
+static inline int
+publish_write_pos(Cursor *self, unsigned long long wp)
+{
+    STORE(&self->ctl[RING_W_WPOS], (uint64_t)wp);
+    if (LOAD_RELAXED(&self->ctl[RING_W_RSLEEP])) {
+        if (LOAD_RELAXED(&self->ctl[RING_W_RCLOSED]))
+            return 0;
+        if (call_wake(self) < 0)
+            return -1;
+    }
+    return 1;
+}
+
+/* Reader: publish rp (the space before it is free again), then post a sleeping writer.
+ * 0: published; -1: the wake-up raised. */
+static inline int
+publish_read_pos(Cursor *self, unsigned long long rp)
+{
+    STORE(&self->ctl[RING_W_RPOS], (uint64_t)rp);
+    if (LOAD_RELAXED(&self->ctl[RING_W_WSLEEP]))
+        return call_wake(self);
+    return 0;
+}
+
 /* ---- Writer ------------------------------------------------------------------------------- */
 
 /* The payload of *data*: bytes directly, else a C-contiguous buffer export (*pb*, to release).
@@ -225,15 +284,15 @@ writer_commit(Cursor *self, const char *src, unsigned long long n)
         return Py_NewRef(Py_False);
     const unsigned long long cap = self->cap;
     const unsigned long long wp = self->own;
-    if (n > cap || wp >= COUNTER_MAX || (wp & 63))
+    if (n > cap || wp >= RING_COUNTER_MAX || (wp & ALIGN_MASK))
         return Py_NewRef(Py_False);
-    const unsigned long long size = (n + 79) & ~63ULL;
+    const unsigned long long size = (n + RECORD_ROUND) & ~ALIGN_MASK;
     const unsigned long long pos = wp % cap;
     const unsigned long long end = wp + size; /* no wrap: wp < 2**63, size <= 2**31 + 64 */
     if (end > self->limit) {
-        /* Reload the reader's counter (untrusted) and recompute the bound, as ring.py's _room_for. */
-        const unsigned long long rp = LOAD(&self->ctl[W_RPOS]);
-        if (rp > wp || wp - rp > cap || (rp & 63) || rp < self->peer) {
+        /* Reload the reader's counter (untrusted) and recompute the bound, as buffer.py's _room_for. */
+        const unsigned long long rp = LOAD(&self->ctl[RING_W_RPOS]);
+        if (rp > wp || wp - rp > cap || (rp & ALIGN_MASK) || rp < self->peer) {
             PyErr_Format(ProtocolError, "corrupt read counter %llu (write %llu, capacity %llu)", rp, wp, cap);
             return NULL;
         }
@@ -248,20 +307,18 @@ writer_commit(Cursor *self, const char *src, unsigned long long n)
     char *rec = self->data + pos;
     /* Payload first (memmove: a source inside the ring itself stays intact), then the header. */
     if (n)
-        memmove(rec + 16, src, (size_t)n);
-    const uint64_t w0 = KIND_MSG | (n << 32), w1 = n;
-    memcpy(rec, &w0, 8);
-    memcpy(rec + 8, &w1, 8);
+        memmove(rec + RING_HEADER_SIZE, src, (size_t)n);
+    /* The header's two words: kind | chunk << 32, total. */
+    const uint64_t w0 = RING_MSG | (n << 32), w1 = n;
+    memcpy(rec, &w0, sizeof w0);
+    memcpy(rec + sizeof w0, &w1, sizeof w1);
     self->own = end;
-    STORE(&self->ctl[W_WPOS], (uint64_t)end); /* publication: the record is visible first */
     self->budget--;
-    if (LOAD_RELAXED(&self->ctl[W_RSLEEP])) {
-        if (LOAD_RELAXED(&self->ctl[W_RCLOSED]))
-            return Py_NewRef(Py_False); /* committed into a ring nobody reads: the caller reports it */
-        if (call_wake(self) < 0)
-            return NULL;
-    }
-    return Py_NewRef(Py_True);
+    const int published = publish_write_pos(self, end);
+    if (published < 0)
+        return NULL;
+    /* 0: committed into a ring nobody reads; the caller reports it. */
+    return Py_NewRef(published ? Py_True : Py_False);
 }
 
 /* send (check_lock) / send_held.  The buffer is exported before anything else: on Python 3.12+ an
@@ -309,11 +366,11 @@ reader_recv_held(Cursor *self, PyObject *Py_UNUSED(ignored))
     const unsigned long long cap = self->cap;
     const unsigned long long rp = self->own;
     unsigned long long wp = self->peer;
-    if (rp & 63)
-        Py_RETURN_NONE; /* never so from ring.py; keeps the header read inside the data area */
+    if (rp & ALIGN_MASK)
+        Py_RETURN_NONE; /* never so from buffer.py; keeps the header read inside the data area */
     if (wp <= rp) {
-        wp = LOAD(&self->ctl[W_WPOS]);
-        if (wp == rp || wp < rp || wp - rp > cap || (wp & 63))
+        wp = LOAD(&self->ctl[RING_W_WPOS]);
+        if (wp == rp || wp < rp || wp - rp > cap || (wp & ALIGN_MASK))
             Py_RETURN_NONE; /* empty, or corrupt: the general path raises */
         self->peer = wp;
     }
@@ -321,19 +378,18 @@ reader_recv_held(Cursor *self, PyObject *Py_UNUSED(ignored))
     const char *rec = self->data + pos;
     /* One load per header word (the peer may rewrite it): checked values are never re-read. */
     const uint64_t w0 = LOAD_RELAXED((const uint64_t *)rec);
-    const uint64_t w1 = LOAD_RELAXED((const uint64_t *)(rec + 8));
+    const uint64_t w1 = LOAD_RELAXED((const uint64_t *)(rec + sizeof w0));
     const unsigned long long n = w1;
-    if ((w0 & 0xFFFFFFFFULL) != KIND_MSG || (w0 >> 32) != n || n > self->maxmsg || n > cap)
+    if ((w0 & 0xFFFFFFFFULL) != RING_MSG || (w0 >> 32) != n || n > self->maxmsg || n > cap)
         Py_RETURN_NONE;
-    const unsigned long long size = (n + 79) & ~63ULL;
+    const unsigned long long size = (n + RECORD_ROUND) & ~ALIGN_MASK;
     if (size > wp - rp || size > cap - pos)
         Py_RETURN_NONE;
-    PyObject *out = PyBytes_FromStringAndSize(rec + 16, (Py_ssize_t)n);
+    PyObject *out = PyBytes_FromStringAndSize(rec + RING_HEADER_SIZE, (Py_ssize_t)n);
     if (out == NULL)
         return NULL;
     self->own = rp + size;
-    STORE(&self->ctl[W_RPOS], (uint64_t)(rp + size));
-    if (LOAD_RELAXED(&self->ctl[W_WSLEEP]) && call_wake(self) < 0) {
+    if (publish_read_pos(self, rp + size) < 0) {
         Py_DECREF(out);
         return NULL;
     }
@@ -502,9 +558,34 @@ static PyTypeObject ReaderType = CURSOR_TYPE(
 static struct PyModuleDef ringfast_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "ipckit.backends.common.ring._ringfast",
-    .m_doc = "C fast paths of the shm ring (see ringcursor.py for the pure-Python reference).",
+    .m_doc = "C fast paths of the shm ring (see cursor.py for the pure-Python reference).",
     .m_size = -1,
 };
+
+/* _ringfast.LAYOUT: RING_LAYOUT as a read-only {name: value} mapping, for the check against
+ * protocol.LAYOUT. */
+static PyObject *
+layout_mapping(void)
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return NULL;
+#define ADD_ENTRY(name, value)                                                  \
+    {                                                                           \
+        PyObject *v = PyLong_FromUnsignedLongLong(RING_##name);                 \
+        if (v == NULL || PyDict_SetItemString(d, #name, v) < 0) {               \
+            Py_XDECREF(v);                                                      \
+            Py_DECREF(d);                                                       \
+            return NULL;                                                        \
+        }                                                                       \
+        Py_DECREF(v);                                                           \
+    }
+    RING_LAYOUT(ADD_ENTRY)
+#undef ADD_ENTRY
+    PyObject *proxy = PyDictProxy_New(d);
+    Py_DECREF(d);
+    return proxy;
+}
 
 PyMODINIT_FUNC
 PyInit__ringfast(void)
@@ -528,10 +609,14 @@ PyInit__ringfast(void)
     PyObject *m = PyModule_Create(&ringfast_module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0 ||
+    PyObject *layout = layout_mapping();
+    if (layout == NULL || PyModule_AddObjectRef(m, "LAYOUT", layout) < 0 ||
+        PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0 ||
         PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0) {
+        Py_XDECREF(layout);
         Py_DECREF(m);
         return NULL;
     }
+    Py_DECREF(layout);
     return m;
 }

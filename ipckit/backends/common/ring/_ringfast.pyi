@@ -1,6 +1,10 @@
-# Types of the C fast path (_ringfast.c); the pure-Python reference is ringcursor.PyWriter/PyReader.
-from collections.abc import Callable
+# Types of the C fast path (_ringfast.c); the pure-Python reference is cursor.PyWriter/PyReader.
+from collections.abc import Callable, Mapping
 from typing import Any
+
+# The module's own copy of the ring layout (names as in protocol.LAYOUT); cursor.py uses the
+# module only when the two are equal.
+LAYOUT: Mapping[str, int]
 
 class _Cursor:
     capacity: int

@@ -1,30 +1,17 @@
 """Single-producer/single-consumer byte ring over a region of shared memory.
 
 This module holds only the algorithm: it knows nothing about segments, semaphores or
-processes.  ``ipckit.backends.shm`` maps the memory, places two rings (one per direction)
-in one segment and plugs in the wait strategy of ``ipckit.backends.common.ring.waiting``.
+processes.  ``ipckit.backends.common.ring.channel`` maps the memory through a provider
+(``shm``, ``sysv+shm``), places two rings (one per direction) in one segment and plugs in the
+wait strategy of ``ipckit.backends.common.ring.waiting``.  The region's layout, the record
+format and the wake-up protocol are defined in ``ipckit.backends.common.ring.protocol``; the
+per-message fast paths and the hot counters live in a cursor (``cursor.py``).
 
-Layout of one ring region (``offset`` must be a multiple of 64; all words native u64)::
+Each side keeps its own counter in a private variable and only *publishes* it to shared memory,
+so a corrupted or hostile peer can never change what a side believes about itself; the peer's
+counter is re-read and bounds-checked on every use.
 
-    +0    flags line    magic, version, capacity, max_message_size   (written once)
-                        reader_sleeping, reader_closed, writer_sleeping, writer_closed
-    +64   writer line   write_pos                                    (written by the writer)
-    +128  reader line   read_pos                                     (written by the reader)
-    +224  data area     ``capacity`` bytes (a multiple of 64)
-
-Each counter has a cache line to itself; the flags, read on every commit/publish but written
-only when a side goes to sleep or closes, share the read-mostly first line, so a streaming
-writer and reader do not bounce a line between cores per message just to look at a flag.
-A closed reader also sets ``reader_sleeping`` so the writer's one post-commit flag load
-notices it (see :meth:`RingWriter.try_send`).
-
-``write_pos`` and ``read_pos`` are monotonically increasing 64-bit byte counters; the data
-position is ``counter % capacity``.  Each side keeps its own counter in a private variable and
-only *publishes* it to shared memory, so a corrupted or hostile peer can never change what a
-side believes about itself; the peer's counter is re-read and bounds-checked on every use.
-
-Records start at 64-byte boundaries of the data area and never wrap: a 16-byte header
-``(kind: u32, chunk: u32, total: u64)`` followed by ``chunk`` payload bytes, padded to 64.
+Records (protocol.py):
 
 * ``MSG``   first (often only) record of a message of ``total`` bytes.
 * ``CONT``  next chunk of a message larger than the ring (streamed; the reader reassembles
@@ -45,8 +32,7 @@ x86-64 (TSO: stores become visible in program order, loads are not reordered wit
 loads; glibc ends non-temporal memcpy loops with ``sfence``).  Weakly ordered CPUs would
 need barriers that pure Python cannot issue, so :class:`Ring` refuses them
 (:func:`ordering_supported`).  The sleeping flags use store-then-load (Dekker) which TSO does
-*not* order; a lost wake-up is therefore possible in a tiny window, and the waiting side
-bounds it with a short first timed wait (see ``waiting.py``).
+*not* order; see protocol.py for how the waiting side bounds a lost wake-up.
 """
 
 from __future__ import annotations
@@ -58,6 +44,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeAlias
 
 from ipckit.backends.common.ring import cursor as _cursor
+from ipckit.backends.common.ring import protocol as _p
 from ipckit.errors import (
     BufferTooSmall,
     IncompatibleEndpoint,
@@ -85,38 +72,44 @@ __all__ = [
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
-MAGIC: Final = 0x31474E524B435049  # b"IPCKRNG1" little-endian
-VERSION: Final = 2
-CONTROL_SIZE: Final = 224  # data area offset inside the region
-MIN_CAPACITY: Final = 256
-MAX_CAPACITY: Final = 1 << 31  # chunk lengths are u32
-_ALIGN: Final = 64
+# The layout and the record format (one definition: protocol.py).  The underscored aliases are
+# this module's historical names, still used by tests that forge records and flags.
+MAGIC: Final = _p.MAGIC
+VERSION: Final = _p.VERSION
+CONTROL_SIZE: Final = _p.CONTROL_SIZE  # data area offset inside the region
+MIN_CAPACITY: Final = _p.MIN_CAPACITY
+MAX_CAPACITY: Final = _p.MAX_CAPACITY
+_ALIGN: Final = _p.ALIGN
 _HDR: Final = struct.Struct("<IIQ")
-_HDR_SIZE: Final = 16
+_HDR_SIZE: Final = _p.HEADER_SIZE
+assert _HDR.size == _HDR_SIZE
 # A ring starts at 0; counters this high at attach are forged (2**62 bytes: ~5 years at 30 GB/s).
-# The fast paths leave counters >= 2**63 to the general path, so no sum can wrap 64 bits.
+# The fast paths leave counters >= protocol.COUNTER_MAX (2**63) to the general path, so no sum
+# can wrap 64 bits.
 _COUNTER_LIMIT: Final = 1 << 62
 
-# Record kinds; 0 is deliberately invalid so zeroed memory is never a message.
-_MSG: Final = 1
-_CONT: Final = 2
-_PAD: Final = 3
-_ABORT: Final = 4
+_MSG: Final = _p.MSG
+_CONT: Final = _p.CONT
+_PAD: Final = _p.PAD
+_ABORT: Final = _p.ABORT
 
-# u64 word indices in the control area (viewed with memoryview.cast("Q")).
-_W_MAGIC: Final = 0
-_W_VERSION: Final = 1
-_W_CAPACITY: Final = 2
-_W_MAXMSG: Final = 3
-_W_RSLEEP: Final = 4  # flags live in the read-mostly first line, away from the busy counters
-_W_RCLOSED: Final = 5
-_W_WSLEEP: Final = 6
-_W_WCLOSED: Final = 7
-_W_WPOS: Final = 8
-_W_RPOS: Final = 16
-_CONTROL_WORDS: Final = CONTROL_SIZE // 8
+_W_MAGIC: Final = _p.W_MAGIC
+_W_VERSION: Final = _p.W_VERSION
+_W_CAPACITY: Final = _p.W_CAPACITY
+_W_MAXMSG: Final = _p.W_MAXMSG
+_W_RSLEEP: Final = _p.W_RSLEEP
+_W_RCLOSED: Final = _p.W_RCLOSED
+_W_WSLEEP: Final = _p.W_WSLEEP
+_W_WCLOSED: Final = _p.W_WCLOSED
+_W_WPOS: Final = _p.W_WPOS
+_W_RPOS: Final = _p.W_RPOS
+_CONTROL_WORDS: Final = _p.CONTROL_WORDS
 WRITE_POS: Final = _W_WPOS  # index of write_pos in :attr:`RingReader.counters`
 WRITER_CLOSED: Final = _W_WCLOSED  # index of writer_closed in :attr:`RingReader.counters`
+
+_publish_write_pos = _p.publish_write_pos
+_publish_read_pos = _p.publish_read_pos
+_record_size = _p.record_size
 
 _X86: Final = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 
@@ -136,12 +129,6 @@ def round_capacity(capacity: int) -> int:
 def region_size(capacity: int) -> int:
     """Bytes of shared memory one ring of *capacity* (already rounded) occupies."""
     return CONTROL_SIZE + capacity
-
-
-# Packers of a whole small MSG record (header and payload, one call) by payload size, made on
-# first use: ``pack_into(buf, offset, _MSG, n, n, payload)``.
-def _record_size(chunk: int) -> int:
-    return (chunk + _HDR_SIZE + _ALIGN - 1) & ~(_ALIGN - 1)
 
 
 def _control(buf: memoryview, offset: int, size: int) -> memoryview:
@@ -226,7 +213,7 @@ class Ring:
         self._dq = mv[self._data : self._data + cap].cast("Q")
         self._maxmsg = max_message_size
         self._detached = False
-        # The per-message fast path and the hot counters (ringcursor.py: C or pure Python).
+        # The per-message fast path and the hot counters (cursor.py: C or pure Python).
         # (A fresh view of its own: both rings may share *mv*, and each releases its export alone.)
         try:
             self._c = self._cursor_type(buf if isinstance(buf, mmap.mmap) else mv[:], offset, cap, max_message_size)
@@ -248,7 +235,7 @@ class Ring:
 
     @property
     def cursor(self) -> Any:
-        """The fast-path cursor (``ringcursor``); a channel sets its ``lock`` and ``budget``."""
+        """The fast-path cursor (``cursor.py``); a channel sets its ``lock`` and ``budget``."""
         return self._c
 
     @property
@@ -354,10 +341,7 @@ class RingWriter(Ring):
     # -- writing -------------------------------------------------------------------------
     def _commit(self, wp: int) -> None:
         self._wp = wp
-        ctl = self._ctl
-        ctl[_W_WPOS] = wp  # the publication store: everything before it is visible first
-        if ctl[_W_RSLEEP] and self.wake_peer is not None:
-            self.wake_peer()
+        _publish_write_pos(self._ctl, wp, self._wake)  # a closed reader: the callers check peer_closed()
 
     def try_write(self, data: Buffer) -> bool:
         """Fast path of :meth:`write` for one 1-D byte-format buffer (bytes, bytearray,
@@ -381,11 +365,7 @@ class RingWriter(Ring):
         dq = self._dq
         dq[i] = _MSG | (n << 32)
         dq[i + 1] = n
-        self._wp = wp = wp + rec
-        ctl = self._ctl
-        ctl[_W_WPOS] = wp  # the publication store: everything before it is visible first
-        if ctl[_W_RSLEEP] and self.wake_peer is not None:
-            self.wake_peer()
+        self._commit(wp + rec)
         return True
 
     def try_send(self, data: Buffer) -> bool:
@@ -551,9 +531,7 @@ class RingWriter(Ring):
     def close(self) -> None:
         """Mark the writing side closed (the reader sees EOF once drained) and drop views."""
         if not self._detached:
-            self._ctl[_W_WCLOSED] = 1
-            if self._ctl[_W_RSLEEP] and self.wake_peer is not None:
-                self.wake_peer()
+            _p.close_writer(self._ctl, self._wake)
         self.detach()
 
     def set_sleeping(self, flag: bool) -> None:
@@ -627,10 +605,7 @@ class RingReader(Ring):
     # -- reading -------------------------------------------------------------------------
     def _publish(self, rp: int) -> None:
         self._rp = rp
-        ctl = self._ctl
-        ctl[_W_RPOS] = rp
-        if ctl[_W_WSLEEP] and self.wake_peer is not None:
-            self.wake_peer()
+        _publish_read_pos(self._ctl, rp, self._wake)
 
     def _load_wp(self, rp: int) -> int:
         wp = self._ctl[_W_WPOS]
@@ -815,8 +790,5 @@ class RingReader(Ring):
         self._cur = None
         self._drop_asm()
         if not self._detached:
-            self._ctl[_W_RCLOSED] = 1
-            self._ctl[_W_RSLEEP] = 1  # routes the writer's post-commit flag check to "closed"
-            if self._ctl[_W_WSLEEP] and self.wake_peer is not None:
-                self.wake_peer()
+            _p.close_reader(self._ctl, self._wake)
         self.detach()

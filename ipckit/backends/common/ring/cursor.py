@@ -1,6 +1,6 @@
 """The ring's per-message fast paths: one whole-record send, one whole-record receive.
 
-:class:`RingWriter` / :class:`RingReader` (``ring.py``) keep the algorithm and every slow path;
+:class:`RingWriter` / :class:`RingReader` (``buffer.py``) keep the algorithm and every slow path;
 their hot state (the private counters, the cached peer counter, the writer's room bound) lives in
 a *cursor* so that one call can commit or consume a small message.  Two implementations share one
 interface:
@@ -11,7 +11,7 @@ interface:
 
 :data:`Writer` / :data:`Reader` are whichever is in use; :data:`IMPLEMENTATION` names it.
 
-Interface (both implementations; ``offset`` is the ring region's start, as in ``ring.py``)::
+Interface (both implementations; ``offset`` is the ring region's start, as in ``buffer.py``)::
 
     Writer(buffer, offset, capacity, max_message_size)
         .send(data) -> bool     True: one MSG record committed.  False: nothing written (no room
@@ -30,6 +30,9 @@ C code, under the GIL), the Python one takes it with ``acquire(False)``.  Counte
 A cursor never raises for what it reads from the peer except ``ProtocolError`` for a corrupt read
 counter met by ``send`` (as ``RingWriter._free``); the reader's general path (``peek``) reports
 corrupt records.
+
+Offsets, record format and the wake-up rule come from ``protocol.py``; the C extension carries its
+own copy of the layout and reports it (``_ringfast.LAYOUT``): it is used only when that copy agrees.
 """
 
 from __future__ import annotations
@@ -42,10 +45,22 @@ from typing import Any, Final
 
 from ipckit.errors import ProtocolError
 
+from . import protocol as _p
+
 __all__ = ["IMPLEMENTATION", "PyReader", "PyWriter", "Reader", "Writer"]
 
-_CONTROL_SIZE: Final = 224
-_COUNTER_MAX: Final = 1 << 63  # counters at or above are left to the general path (no wrap-around)
+_CONTROL_SIZE: Final = _p.CONTROL_SIZE
+_COUNTER_MAX: Final = _p.COUNTER_MAX  # counters at or above are left to the general path (no wrap-around)
+_ALIGN_MASK: Final = _p.ALIGN - 1
+_RECORD_ROUND: Final = _p.HEADER_SIZE + _p.ALIGN - 1  # record size of n bytes: (n + this) & ~_ALIGN_MASK
+_HEADER: Final = _p.HEADER_SIZE
+_MIN_CAPACITY: Final = _p.MIN_CAPACITY
+_MAX_CAPACITY: Final = _p.MAX_CAPACITY
+_MSG: Final = _p.MSG
+_W_RPOS: Final = _p.W_RPOS
+_W_WPOS: Final = _p.W_WPOS
+_publish_write_pos = _p.publish_write_pos
+_publish_read_pos = _p.publish_read_pos
 _PACK_MAX: Final = 1024  # one struct call moves header and payload up to this size
 _PACKERS: list[Callable[..., None] | None] = [None] * (_PACK_MAX + 1)
 _UNPACKERS: list[Callable[..., tuple[int, int, int, bytes]] | None] = [None] * (_PACK_MAX + 1)
@@ -71,10 +86,10 @@ class _PyCursor:
         if (
             mv.readonly
             or offset < 0
-            or offset % 64
-            or capacity < 256
-            or capacity % 64
-            or capacity > 1 << 31
+            or offset & _ALIGN_MASK
+            or capacity < _MIN_CAPACITY
+            or capacity & _ALIGN_MASK
+            or capacity > _MAX_CAPACITY
             or len(mv) < offset + _CONTROL_SIZE + capacity
         ):
             mv.release()
@@ -145,14 +160,14 @@ class PyWriter(_PyCursor):
             return False
         cap = self.capacity
         wp = self.own
-        if n > cap or wp >= _COUNTER_MAX or wp & 63:
+        if n > cap or wp >= _COUNTER_MAX or wp & _ALIGN_MASK:
             return False
-        size = (n + 79) & ~63
+        size = (n + _RECORD_ROUND) & ~_ALIGN_MASK
         pos = wp % cap
         end = wp + size
         if end > self.limit:
-            rp = self._ctl[16]  # read_pos: untrusted
-            if rp > wp or wp - rp > cap or rp & 63 or rp < self.peer:
+            rp = self._ctl[_W_RPOS]  # untrusted
+            if rp > wp or wp - rp > cap or rp & _ALIGN_MASK or rp < self.peer:
                 raise ProtocolError(f"corrupt read counter {rp} (write {wp}, capacity {cap})")
             self.peer = rp
             self.limit = min(wp - wp % cap + cap, rp + cap)
@@ -162,23 +177,17 @@ class PyWriter(_PyCursor):
             return False
         if n <= _PACK_MAX and type(data) is bytes:
             pack = _PACKERS[n] or _packer(n)
-            pack(self._mv, self._data + pos, 1, n, n, data)  # MSG, chunk n, total n, payload
+            pack(self._mv, self._data + pos, _MSG, n, n, data)  # chunk n, total n, payload
         else:
-            base = self._data + pos + 16
+            base = self._data + pos + _HEADER
             self._mv[base : base + n] = data
             i = pos >> 3
-            self._dq[i] = 1 | (n << 32)
+            self._dq[i] = _MSG | (n << 32)
             self._dq[i + 1] = n
         self.own = end
-        ctl = self._ctl
-        ctl[8] = end  # write_pos: the publication store, after header and payload
         self.budget -= 1
-        if ctl[4]:  # reader_sleeping (also set by a closed reader)
-            if ctl[5]:  # reader_closed
-                return False
-            if self.wake is not None:
-                self.wake()
-        return True
+        # The publication store, after header and payload; False: the reader has closed.
+        return _publish_write_pos(self._ctl, end, self.wake)
 
 
 class PyReader(_PyCursor):
@@ -207,34 +216,31 @@ class PyReader(_PyCursor):
         rp = self.own
         wp = self.peer
         cap = self.capacity
-        if rp & 63:
+        if rp & _ALIGN_MASK:
             return None
         if wp <= rp:
-            wp = self._ctl[8]  # write_pos: untrusted
-            if wp == rp or wp < rp or wp - rp > cap or wp & 63:
+            wp = self._ctl[_W_WPOS]  # untrusted
+            if wp == rp or wp < rp or wp - rp > cap or wp & _ALIGN_MASK:
                 return None
             self.peer = wp
         pos = rp % cap
         w0 = self._dq[pos >> 3]
         n = self._dq[(pos >> 3) + 1]
-        if w0 != 1 | (n << 32) or n > self.max_message_size or n > cap:  # MSG, chunk == total
+        if w0 != _MSG | (n << 32) or n > self.max_message_size or n > cap:  # chunk == total
             return None
-        size = (n + 79) & ~63
+        size = (n + _RECORD_ROUND) & ~_ALIGN_MASK
         if size > wp - rp or size > cap - pos:
             return None
         start = self._data + pos
         if n <= _PACK_MAX:
             unpack = _UNPACKERS[n] or _unpacker(n)
             kind, chunk, total, data = unpack(self._src, start)
-            if kind != 1 or chunk != n or total != n:  # changed under us: the general path decides
+            if kind != _MSG or chunk != n or total != n:  # changed under us: the general path decides
                 return None
         else:
-            data = self._mv[start + 16 : start + 16 + n].tobytes()
+            data = self._mv[start + _HEADER : start + _HEADER + n].tobytes()
         self.own = rp = rp + size
-        ctl = self._ctl
-        ctl[16] = rp  # read_pos
-        if ctl[6] and self.wake is not None:  # writer_sleeping
-            self.wake()
+        _publish_read_pos(self._ctl, rp, self.wake)
         return data
 
 
@@ -244,6 +250,10 @@ def _load() -> tuple[type[Any], type[Any], str]:
     try:
         from . import _ringfast
     except ImportError:
+        return PyWriter, PyReader, "python"
+    # A build from other sources (a stale in-place build) would read and write the wrong words:
+    # never use it.  tests/ring/test_layout.py names the differences.
+    if _p.layout_differences(getattr(_ringfast, "LAYOUT", None)):
         return PyWriter, PyReader, "python"
     return _ringfast.Writer, _ringfast.Reader, "c"
 
