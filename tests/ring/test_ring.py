@@ -4,7 +4,7 @@ The ring is tested on its own: over an anonymous mmap in one process, across a r
 over posix_ipc shared memory, and with Hypothesis over arbitrary segment images (target R of
 reliability.md: only ProtocolError/IncompatibleEndpoint escape, nothing uncommitted is read).
 
-Every ring test runs once per cursor implementation (``ringcursor``: the C extension and the
+Every ring test runs once per cursor implementation (``cursor.py``: the C extension and the
 pure-Python reference; the ``cursor_impl`` fixture swaps ``RingWriter/RingReader._cursor_type``);
 the cross-process test also pairs a writer of one implementation with a reader of the other.
 The cursors themselves are tested directly in test_ringcursor.py.
@@ -668,6 +668,87 @@ def test_blocked_waiter_woken_by_post_only_when_sleeping(fast: bool) -> None:
     assert write(b"no sleeper")  # reader not sleeping: no syscall-side post
     assert waker.posts == posts
     assert drain(r) == [b"wake", b"no sleeper"]
+
+
+class Words:
+    """Stands in for a ring's control words in a wait's *watch*: word 0 (the counter) reads 0 for
+    its first *moves_after* reads, then 1; word 1 (the stop flag) reads 0 for *stops_after* reads."""
+
+    def __init__(self, moves_after: float = float("inf"), stops_after: float = float("inf")) -> None:
+        self.moves_after, self.stops_after = moves_after, stops_after
+        self.reads = [0, 0]
+
+    def __getitem__(self, i: int) -> int:
+        self.reads[i] += 1
+        return int(self.reads[i] > (self.moves_after, self.stops_after)[i])
+
+
+def never_called() -> bool:
+    raise AssertionError("with a watch, only the blocking phase calls the predicate")
+
+
+def spinning(**kw: object) -> WaitStrategy:
+    ws = WaitStrategy(spin=True, spin_time=5.0, **kw)  # type: ignore[arg-type]
+    ws._same_cpu = False  # spin even where this test runs pinned to one CPU
+    return ws
+
+
+@cursor_free
+def test_wait_watch_ready_at_once() -> None:
+    ws = spinning()
+    for words in (Words(moves_after=0), Words(stops_after=0)):
+        assert ws.wait(never_called, time.monotonic() + 5, EventWaker(), lambda f: None, None,
+                       (words, 0, 0, 1)) is True  # type: ignore[arg-type]
+    assert (ws.spin_hits, ws.yield_hits, ws.blocks) == (0, 0, 0)
+
+
+@cursor_free
+@pytest.mark.parametrize("stop", [False, True], ids=["counter-moves", "peer-closes"])
+def test_wait_watch_spins_on_the_words(stop: bool) -> None:
+    """The spin reads the shared words itself (no predicate call per round) and ends when the
+    counter moves or the stop flag (the writer closed) is raised."""
+    ws = spinning()
+    words = Words(stops_after=1000) if stop else Words(moves_after=1000)
+    assert ws.wait(never_called, None, EventWaker(), lambda f: None, None, (words, 0, 0, 1)) is True  # type: ignore[arg-type]
+    assert (ws.spin_hits, ws.yield_hits, ws.blocks) == (1, 0, 0)
+    assert words.reads[0] >= 1000 if not stop else words.reads[1] > 1000
+
+
+@cursor_free
+def test_wait_watch_yields_on_the_words_without_spinning() -> None:
+    ws = WaitStrategy(spin=False, yield_time=5.0)
+    words = Words(moves_after=3)
+    assert ws.wait(never_called, None, EventWaker(), lambda f: None, None, (words, 0, 0, 1)) is True  # type: ignore[arg-type]
+    assert (ws.spin_hits, ws.yield_hits, ws.blocks) == (0, 1, 0)
+
+
+@cursor_free
+def test_wait_watch_blocks_on_the_predicate() -> None:
+    """Asleep, the waiter re-checks the real predicate (the protocol's re-check after the flag)."""
+    ws = WaitStrategy(spin=False, yield_time=0.0)
+    waker = EventWaker()
+    flags: list[bool] = []
+    checks = [False]
+
+    def ready() -> bool:
+        return checks[0]
+
+    def set_sleeping(flag: bool) -> None:
+        flags.append(flag)
+        if flag:
+            checks[0] = True  # the peer commits just as we raise the flag
+
+    assert ws.wait(ready, time.monotonic() + 5, waker, set_sleeping, None, (Words(), 0, 0, 1)) is True  # type: ignore[arg-type]
+    assert flags == [True, False] and ws.blocks == 1 and waker.posts == 0
+
+
+@cursor_free
+def test_wait_watch_honours_an_expired_deadline() -> None:
+    ws = spinning()
+    words = Words()
+    assert ws.wait(never_called, time.monotonic(), EventWaker(), lambda f: None, None, (words, 0, 0, 1)) is False  # type: ignore[arg-type]
+    assert words.reads == [1, 1]  # one look, no spin
+    assert (ws.spin_hits, ws.yield_hits, ws.blocks) == (0, 0, 0) and ws._budget == 5.0
 
 
 @cursor_free

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, NoReturn, TypeVar
+from typing import Any, ClassVar, Final, NoReturn, TypeVar, overload
 
 from ipckit import _handoff
 from ipckit.backend import Backend
@@ -261,25 +261,7 @@ class RingChannel(Channel):
         data: bytes | None = self._rc.recv()
         if data is not None:
             return data
-        lock = self._recv_lock
-        if lock.acquire(False):
-            try:
-                if not self._closed and not self._view_out:
-                    # The answer is usually microseconds away: across cores spin on the counter
-                    # itself, on a shared core hand the CPU over (sched_yield).
-                    r = self._r
-                    ws = self._wait
-                    words = r.counters
-                    rp = r.read_pos
-                    if ws.spin_while_equal(words, _ring.WRITE_POS, rp) or ws.yield_while_equal(
-                        words, _ring.WRITE_POS, rp, _ring.WRITER_CLOSED
-                    ):
-                        data = self._rc.recv_held()
-                        if data is not None:
-                            return data
-            finally:
-                lock.release()
-        return Channel.recv_bytes(self, timeout)
+        return Channel.recv_bytes(self, timeout)  # waits in _await_data, as every receive does
 
     # -- sending --------------------------------------------------------------------------------
     def _send_message(self, view: memoryview, deadline: Deadline) -> None:
@@ -344,6 +326,9 @@ class RingChannel(Channel):
             raise PeerDied(f"the peer of {self._url} died")
 
     # -- receiving ------------------------------------------------------------------------------
+    # Every receive (recv, recv_bytes, recv_bytes_into, recv_view) and poll waits in one place,
+    # _await_data, through the wait strategy: one spin/yield/block policy, one deadline, one set of
+    # closed and peer-death checks.
     def _recv_ready(self) -> bool:
         return self._r.has_data() or self._r.writer_closed()
 
@@ -352,36 +337,76 @@ class RingChannel(Channel):
         if self._peer_gone() and not self._r.has_data():
             raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
 
-    def _next(self, deadline: Deadline, into: memoryview | None = None) -> memoryview:
+    def _await_data(self, deadline: Deadline) -> bool:
+        """Wait until bytes are committed or the writer closed (True), or *deadline* passed (False).
+
+        Raises:
+            ChannelClosed: this end was closed meanwhile.
+            PeerDied: the peer died, and nothing it committed is left to read.
+            UnsupportedOperation: this end was inherited through fork.
+        """
+        self._check_pid()
+        if self._wait.peer_pid is None:  # learn where the peer runs (same CPU: never spin)
+            self._refresh_peer()
+        r = self._r
+        if self._peer_dead and not r.has_data():
+            raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
+        # The predicate as shared words (the spin reads them without a call): write_pos moved past
+        # our read_pos, or writer_closed was raised.
+        watch = (r.counters, _ring.WRITE_POS, self._rc.own, _ring.WRITER_CLOSED)
+        if self._wait.wait(self._recv_ready, deadline, self._own_waker, r.set_sleeping, self._recv_check, watch):
+            return True
+        if self._peer_gone() and not r.has_data():
+            raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
+        return False
+
+    @overload
+    def _next(self, deadline: Deadline, into: memoryview | None = None, fast: None = None) -> memoryview: ...
+
+    @overload
+    def _next(self, deadline: Deadline, into: None, fast: Callable[[], bytes | None]) -> memoryview | bytes: ...
+
+    def _next(
+        self, deadline: Deadline, into: memoryview | None = None, fast: Callable[[], bytes | None] | None = None
+    ) -> memoryview | bytes:
+        """The next message as a view (:meth:`RingReader.peek`: into the ring, or into *into* or a
+        reassembly buffer), waiting for it in :meth:`_await_data`.
+
+        *fast* is the cursor's ``recv_held``, which the caller has just tried: then an empty ring is
+        waited for before anything else, and *fast* runs after every wait, so a message that
+        arrives meanwhile is taken by one C call and returned as bytes.
+        """
         r = self._r
         if self._view_out:  # the previous recv_view's message: consumed now
             self._view_out = False
             r.release()
-        view = r.peek(into)
-        while view is None:
-            self._check_pid()
-            if self._wait.peer_pid is None:  # learn where the peer runs (same CPU: never spin)
-                self._refresh_peer()
-            if r.writer_closed():
-                view = r.peek(into)
-                if view is not None:
-                    break
-                raise EndOfChannel(f"the peer closed {self._url} and every message was received")
-            if self._peer_dead:
-                raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
-            ok = self._wait.wait(self._recv_ready, deadline, self._own_waker, r.set_sleeping, self._recv_check)
+        expired = False
+        if fast is not None and r.counters[_ring.WRITE_POS] == self._rc.own:
+            expired = not self._await_data(deadline)  # nothing committed: nothing to peek at yet
+        while True:
+            if fast is not None:
+                data = fast()
+                if data is not None:
+                    return data
+            closed = r.writer_closed()  # the flag before the counter: the writer stores them in the other order
             view = r.peek(into)
-            if view is None and not ok:
-                if self._peer_gone() and not r.has_data():
-                    raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
+            if view is not None:
+                return view
+            if closed:
+                self._check_pid()
+                raise EndOfChannel(f"the peer closed {self._url} and every message was received")
+            if expired:
                 raise RecvTimeout(f"no message on {self._url} before the deadline")
-        return view
+            expired = not self._await_data(deadline)
 
     def _recv_message(self, deadline: Deadline) -> Any:
-        data = self._rc.recv_held()  # None for anything but one whole record ready now
+        rc = self._rc
+        data = rc.recv_held()  # None for anything but one whole record ready now
         if data is not None:
             return data
-        view = self._next(deadline)
+        view = self._next(deadline, None, rc.recv_held)
+        if type(view) is bytes:
+            return view
         obj = view.obj
         if isinstance(obj, bytearray) and len(obj) == len(view):
             self._r.release()  # a streamed message: its reassembly buffer is already a copy
@@ -420,11 +445,16 @@ class RingChannel(Channel):
                 raise ChannelClosed(f"poll on closed channel {self._url}")
             self._check_pid()
             r = self._r
+            expired = False
             while True:
-                if r.peek() is not None or r.writer_closed() or self._peer_gone():
+                if r.peek() is not None or r.writer_closed():
                     return True
-                if not self._wait.wait(self._recv_ready, deadline, self._own_waker, r.set_sleeping, self._check):
-                    return r.peek() is not None or r.writer_closed() or self._peer_gone()
+                if expired:
+                    return False
+                try:
+                    expired = not self._await_data(deadline)
+                except PeerDied:
+                    return True  # recv would raise it without blocking
         finally:
             lock.release()
 
@@ -541,30 +571,40 @@ def open_end(make: Callable[[], _C], release_segment: Callable[[], object], clai
                 "compiler and the Python headers (gcc, python3-dev) for several times faster small messages"]
 
 
+def _no_sleeping_flag(sleeping: bool) -> None:
+    """The wait's flag hook for accept: the connecting end always posts, so there is no flag."""
+
+
 class RingListener(Listener):
     """Owns a named ring endpoint (its creator's end) until one peer attached."""
 
     def __init__(self, url: str, options: RingOptions, chan: RingChannel) -> None:
         super().__init__(url, options)
         self._chan: RingChannel | None = chan
+        self._wait = WaitStrategy(spin=options.spin)  # the channel's policy, with a budget of its own
 
     def _accept(self, deadline: Deadline) -> Channel:
         ch = self._chan
         if ch is None:
             raise UnsupportedOperation(f"{self._url} accepts a single peer, and it already connected")
         hdr = ch._hdr
-        waker = ch._own_waker
-        while hdr[H_STATE[1]] in (FREE, HANDOFF):
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise ChannelTimeout(f"no peer connected to {self._url} before the deadline")
-            waker.wait(0.1 if left is None else min(0.1, left))
-            if self._closed:
-                raise ChannelClosed(f"accept on closed listener {self._url}")
+        peer_state = H_STATE[1]
+
+        def attached() -> bool:
+            return hdr[peer_state] not in (FREE, HANDOFF)
+
+        # The connecting end posts our waker once it is attached (its _claim), and close() posts it
+        # too (_wakeup): a listener has no sleeping flag to raise.
+        if not self._wait.wait(attached, deadline, ch._own_waker, _no_sleeping_flag, self._accept_check):
+            raise ChannelTimeout(f"no peer connected to {self._url} before the deadline")
         ch._refresh_peer()
         ch._both_attached()  # nothing can be left behind from now on
         self._chan = None
         return ch
+
+    def _accept_check(self) -> None:
+        if self._closed:
+            raise ChannelClosed(f"accept on closed listener {self._url}")
 
     def _wakeup(self) -> None:
         ch = self._chan

@@ -1,6 +1,10 @@
 """Adaptive waiting for the shared-memory ring: spin, then yield, then block on a hint.
 
-Why three phases (numbers from ../shared/design/performance.md, 2-vCPU VM):
+:meth:`WaitStrategy.wait` is the one wait of the ring kit: every receive (``recv``, ``recv_bytes``,
+``recv_bytes_into``, ``recv_view``), ``poll``, a send that found the ring full, and a listener's
+``accept`` wait through it, each with its own predicate.
+
+Why three phases (measured on the 2-vCPU VM of docs/benchmarks.md; see docs/shm.md):
 
 * A peer on **another core** answers in a few microseconds; blocking on a semaphore costs a
   cross-core wake-up of 50-300 us.  A short bounded spin on the ring counter catches the
@@ -13,12 +17,12 @@ Why three phases (numbers from ../shared/design/performance.md, 2-vCPU VM):
   hints only, never mutexes: the ring counters are the truth and the predicate is re-checked
   after every wake-up, so stale or lost posts cost latency, never correctness.
 
-Lost wake-ups: the waiter stores its "sleeping" flag and then re-reads the ring counter; the
-poster stores the counter and then reads the flag.  x86 may reorder a store with a later load,
-so both can miss each other in a window of a few hundred nanoseconds.  The first blocking
-slice is therefore short (``first_slice``, 1 ms) and grows to ``max_slice`` (100 ms); a lost
-wake-up costs at most one short slice.  The poster only issues the syscall when the flag is
-set, so the fast path (peer spinning or yielding) makes no system call.
+Lost wake-ups (the protocol is in protocol.py): the waiter stores its "sleeping" flag and then
+re-reads the ring counter; the poster stores the counter and then reads the flag.  x86 may
+reorder a store with a later load, so both can miss each other in a window of a few hundred
+nanoseconds.  The first blocking slice is therefore short (``first_slice``, 1 ms) and grows to
+``max_slice`` (100 ms); a lost wake-up costs at most one short slice.  The poster only issues the
+syscall when the flag is set, so the fast path (peer spinning or yielding) makes no system call.
 
 Every wait is bounded by an absolute ``time.monotonic()`` deadline and sliced so that a
 ``check`` callback (close flag, peer liveness) runs at least every ``max_slice`` seconds.
@@ -29,15 +33,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeAlias
 
-__all__ = ["WaitStrategy", "Waker", "same_cpu"]
+__all__ = ["Watch", "WaitStrategy", "Waker", "same_cpu"]
 
 _monotonic = time.monotonic
 _perf = time.perf_counter
 _sched_yield = os.sched_yield
 
 _REEVALUATE_EVERY: Final = 4096  # waits between affinity re-checks on the fast path
+
+#: ``(words, index, value, stop)``: a wait's readiness as shared words (see :meth:`WaitStrategy.wait`).
+Watch: TypeAlias = tuple[memoryview, int, int, int]
 
 
 class Waker(Protocol):
@@ -130,48 +137,6 @@ class WaitStrategy:
         """True when a wait would start with a spin (enabled, budget left, not sharing one CPU)."""
         return self.spin_enabled and not self._same_cpu and self._budget > 0.0
 
-    def spin_while_equal(self, words: memoryview, index: int, value: int) -> bool:
-        """Phase 1 on its own, as tight as Python allows: spin while ``words[index] == value``.
-
-        For callers whose readiness is one shared word (a ring counter): no callback per
-        iteration.  Returns True when the word changed within the adaptive budget (which then
-        grows back), False on a miss (the budget halves) or when spinning is off; the caller
-        then falls back to :meth:`wait` with ``spin=False``.
-        """
-        budget = self._budget
-        if not self.spin_enabled or self._same_cpu or budget <= 0.0:
-            return False
-        end = _perf() + budget
-        n = 0
-        while words[index] == value:
-            n += 1
-            if not n & 15 and _perf() >= end:
-                budget *= 0.5
-                self._budget = budget if budget >= 1e-6 else 0.0
-                return False
-        self.spin_hits += 1
-        self._budget = min(self.spin_time, budget * 2.0)
-        self._hot = True
-        return True
-
-    def yield_while_equal(self, words: memoryview, index: int, value: int, stop: int = -1) -> bool:
-        """Phase 2 on its own: ``sched_yield`` while ``words[index] == value`` (and, if *stop* is
-        a word index, while ``words[stop]`` is 0), for the yield window; True if the word changed.
-
-        On a CPU shared with the peer this hands the CPU straight to it, without a callback per
-        round; the caller falls back to :meth:`wait` (which then blocks) on False.
-        """
-        end = _perf() + (self.stream_yield_time if self._hot else self.yield_time)
-        while words[index] == value:
-            if stop >= 0 and words[stop]:
-                return False
-            _sched_yield()
-            if _perf() >= end:
-                return False
-        self.yield_hits += 1
-        self._hot = True
-        return True
-
     def wait(
         self,
         ready: Callable[[], bool],
@@ -179,15 +144,23 @@ class WaitStrategy:
         waker: Waker,
         set_sleeping: Callable[[bool], None],
         check: Callable[[], None] | None = None,
-        spin: bool = True,
+        watch: Watch | None = None,
     ) -> bool:
         """Wait until ``ready()`` is true or *deadline* (monotonic seconds) passes.
 
         Returns ``ready()``'s final verdict: False means the deadline passed.  ``check`` is
         called before each blocking slice and may raise (closed channel, dead peer).
-        ``spin=False`` skips phase 1 (the caller spun already, see :meth:`spin_while_equal`).
+
+        *watch* ``(words, index, value, stop)`` says that ``ready()`` is exactly "``words[index]
+        != value`` or ``words[stop] != 0``" (a ring counter moved on, or the peer closed): the spin
+        and yield phases then read the shared words themselves, one memoryview load per round
+        instead of a call, which is what makes a spin catch a message within ~100 ns.
         """
-        if ready():
+        if watch is not None:
+            words, index, value, stop = watch
+            if words[index] != value or words[stop]:
+                return True
+        elif ready():
             return True
         now = _monotonic()
         if deadline is not None and deadline <= now:
@@ -204,18 +177,32 @@ class WaitStrategy:
 
         # Phase 1: spin on the predicate (skipped on a shared CPU or when disabled).
         budget = self._budget
-        if spin and self.spin_enabled and not self._same_cpu and budget > 0.0:
+        if self.spin_enabled and not self._same_cpu and budget > 0.0:
             end = _perf() + budget
-            while True:
-                for _ in range(8):
-                    if ready():
-                        self.spin_hits += 1
-                        # Success: grow the budget back towards its maximum.
-                        self._budget = min(self.spin_time, budget * 2.0)
-                        self._hot = True
-                        return True
-                if _perf() >= end:
-                    break
+            if watch is not None:
+                hit = True
+                n = 0
+                while words[index] == value:
+                    n += 1
+                    if not n & 15 and (words[stop] or _perf() >= end):
+                        hit = words[stop] != 0
+                        break
+            else:
+                hit = False
+                while not hit:
+                    for _ in range(8):
+                        if ready():
+                            hit = True
+                            break
+                    else:
+                        if _perf() >= end:
+                            break
+            if hit:
+                self.spin_hits += 1
+                # Success: grow the budget back towards its maximum.
+                self._budget = min(self.spin_time, budget * 2.0)
+                self._hot = True
+                return True
             # Missed: halve the budget; below 1 us stop spinning until the next re-probe.
             budget *= 0.5
             self._budget = budget if budget >= 1e-6 else 0.0
@@ -228,14 +215,15 @@ class WaitStrategy:
             end = min(end, _perf() + (deadline - _monotonic()))
         while True:
             _sched_yield()
-            if ready():
+            if (words[index] != value or words[stop] != 0) if watch is not None else ready():
                 self.yield_hits += 1
                 self._hot = True
                 return True
             if _perf() >= end:
                 break
 
-        # Phase 3: block on the wake-up hint in bounded slices.
+        # Phase 3: block on the wake-up hint in bounded slices -- the waiter's half of the wake-up
+        # protocol (protocol.py): raise the flag, re-check, sleep, lower the flag.
         self._same_cpu = same_cpu(self.peer_pid)
         self.blocks += 1
         slice_ = self.first_slice
