@@ -12,4 +12,5 @@ lives here, so a new scheme builds on a kit instead of importing a sibling schem
              SEM_UNDO liveness, rendezvous records, the sysv_ipc error map
 ``paths``    safe filesystem names (private directories, ownership checks, owner-only files)
 ``auth``     peer credentials and the optional shared-secret handshake
+``faults``   kill points for the crash tests (``IPCKIT_FAULT``), one convention for every backend
 """
