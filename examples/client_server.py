@@ -58,7 +58,7 @@ def crasher(url: str, options: dict[str, Any]) -> None:
     try:
         ch.send({"op": "upload", "data": bytes(CRASH_REQUEST_BYTES)}, timeout=0)
     except ipckit.SendTimeout:
-        pass  # part of the request is on its way; this end's stream is broken now (P3)
+        pass  # part of the request is on its way; this end's stream is broken now (P3, docs/contract.md)
     # Whether the request was cut off (almost always) or, rarely, got out whole, the server
     # sees the same thing next: the connection ends without a goodbye, which is PeerDied.
     os.kill(os.getpid(), signal.SIGKILL)

@@ -30,7 +30,7 @@ BIG = 1 << 62
 @pytest.mark.parametrize("length", [0, 1, 4095, 4096, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 1,
                                     2 * 1024**3 + 1, 2**40])
 def test_lengths_up_to_2_40_roundtrip(length: int) -> None:
-    # 64-bit lengths; no payload is ever allocated here.
+    # Row A-8 of docs/design.md: 64-bit lengths; no payload is ever allocated here.
     header = encode_header(5, length)
     assert len(header) == HEADER_SIZE == 20
     assert decode_header(header, 0, 5, BIG) == (0, length, 0)

@@ -1,4 +1,7 @@
-"""Serializers on their own (ipckit.serializers) and the trust rule (contract §5)."""
+"""Serializers on their own (ipckit.serializers) and the trust rule.
+
+The rule is section 5 of docs/contract.md; the failure rows Ser-1…Ser-5 are in docs/design.md.
+"""
 
 from __future__ import annotations
 
