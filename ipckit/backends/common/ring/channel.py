@@ -383,21 +383,26 @@ class RingChannel(Channel):
         expired = False
         if fast is not None and r.counters[_ring.WRITE_POS] == self._rc.own:
             expired = not self._await_data(deadline)  # nothing committed: nothing to peek at yet
+            data = fast()
+            if data is not None:
+                return data
         while True:
-            if fast is not None:
-                data = fast()
-                if data is not None:
-                    return data
-            closed = r.writer_closed()  # the flag before the counter: the writer stores them in the other order
             view = r.peek(into)
             if view is not None:
                 return view
-            if closed:
+            if r.writer_closed():  # the flag, then one more look: the writer stores them in the other order
+                view = r.peek(into)
+                if view is not None:
+                    return view
                 self._check_pid()
                 raise EndOfChannel(f"the peer closed {self._url} and every message was received")
             if expired:
                 raise RecvTimeout(f"no message on {self._url} before the deadline")
             expired = not self._await_data(deadline)
+            if fast is not None:
+                data = fast()
+                if data is not None:
+                    return data
 
     def _recv_message(self, deadline: Deadline) -> Any:
         rc = self._rc
