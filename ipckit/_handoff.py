@@ -2,7 +2,7 @@
 
 An end reaches a child process in one of two ways, and each needs the same two promises: the
 child can use the end, and the parent's later ``close()`` of its own copy says nothing to the peer
-(saying goodbye is the new owner's job; contract P5).
+(saying goodbye is the new owner's job; P5 in docs/contract.md).
 
 * **spawn / forkserver** pickle the Process's arguments.  A backend's ``__reduce__`` returns
   :func:`reduce_fds` (descriptors travel as ``multiprocessing.reduction.DupFd``; the rebuild

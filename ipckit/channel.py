@@ -64,7 +64,7 @@ _CLOSE_WAIT = 2.0  # seconds close() waits for a blocked caller to leave before 
 
 
 def resolve_serializer(options: Options, peer_trusted: bool) -> Serializer:
-    """Pick the serializer for a channel and apply the trust rule of contract §5.
+    """Pick the serializer for a channel and apply the trust rule of docs/contract.md §5.
 
     Default: pickle where the peer is proven trusted (or ``trust=True``), else msgpack.
     Raises:
@@ -112,7 +112,7 @@ def _nbytes(parts: Sequence[Buffer]) -> int:
 class Channel(ABC):
     """A connected endpoint that carries whole messages in both directions (if duplex).
 
-    Semantics every backend keeps (contract §3):
+    Semantics every backend keeps (docs/contract.md §3; how each is kept: docs/design.md §1):
 
     * ``recv`` returns exactly one whole message the peer sent, byte-identical, or raises; never a
       partial, merged or stale one.  ``b""`` is a real empty message.
@@ -534,6 +534,7 @@ class Listener(ABC):
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` was called."""
         return self._closed
 
     def accept(self, timeout: float | None = USE_DEFAULT) -> Channel:

@@ -465,11 +465,13 @@ def _rebuild(url: str, ref: tuple[int, int, int, int, int, str], role: int, opti
         raise EndpointNotFound(errno.ENOENT, f"{url}: the segment is gone (every end closed?)") from exc
     except sysv_ipc.PermissionsError as exc:
         raise PermissionDenied(errno.EACCES, f"{url}: the segment is not ours") from exc
+    except ValueError as exc:
+        # sysv_ipc.attach() of an id whose segment was already freed raises ValueError, not
+        # ExistentialError: the same "gone" for the child that came to take the end over.
+        raise EndpointNotFound(errno.ENOENT, f"{url}: the segment is gone (every end closed?)") from exc
     seg = _attach(shm, semid, semkey, shmkey, nonce, manifest, url)
     return open_end(lambda: SysvShmChannel(url, options, seg, role), seg.close,
                     lambda ch: ch._claim(exclusive=False))
-
-
 
 
 # --------------------------------------------------------------------------- listener & backend

@@ -1,4 +1,4 @@
-"""Leak snapshots: what a test may not leave behind (contract P6).
+"""Leak snapshots: what a test may not leave behind (P6 in docs/contract.md).
 
 A :class:`Snapshot` records, for this process: open descriptors (number → target), live child
 processes (reaped or not), and non-daemon threads; and, machine-wide: ``/dev/shm`` entries,

@@ -1,4 +1,4 @@
-"""pipe:// runs the whole contract, plus the anonymous-pipe fault rows A-1…A-9 of reliability.md."""
+"""pipe:// runs the whole contract, plus the anonymous-pipe fault rows A-1…A-9 of docs/design.md."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """shm:// backend: the whole conformance contract, plus lifecycle, cross-process use, peer death
-and the POSIX shared-memory fault rows S-1…S-14 (the fault table in docs/).
+and the POSIX shared-memory fault rows S-1…S-14 (docs/design.md).
 """
 
 from __future__ import annotations

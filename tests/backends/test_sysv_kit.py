@@ -167,7 +167,7 @@ def test_post_saturated_count_is_ignored(sem: object) -> None:
 
 
 def test_posts_survive_a_normally_exiting_poster(sem: object) -> None:
-    # SEM_UNDO would revert these posts at exit (fault row V-2).
+    # SEM_UNDO would revert these posts at exit (row V-2 of docs/design.md).
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         ts = TimedSemaphore(sem.id)  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""sysv+shm:// runs the whole contract, plus the SysV ring fault rows V-1…V-9 (the fault table in docs/).
+"""sysv+shm:// runs the whole contract, plus the SysV ring fault rows V-1…V-9 (docs/design.md).
 
 Crash tests kill real processes (fork) at chosen points; the leak guard checks /proc/sysvipc
 and the manifest directory after every test.

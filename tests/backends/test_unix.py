@@ -1,4 +1,4 @@
-"""unix:// runs the whole contract (stream and seqpacket), plus rows U-1…U-10 of reliability.md."""
+"""unix:// runs the whole contract (stream and seqpacket), plus rows U-1…U-10 of docs/design.md."""
 
 from __future__ import annotations
 

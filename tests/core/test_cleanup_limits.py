@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import pytest
 
+import ipckit
 from ipckit import _proc, cleanup, cli, limits, registry
 from ipckit.backend import Backend
 from ipckit.cleanup import StaleObject, Sweep
@@ -27,7 +28,8 @@ from ipckit.limits import KernelLimit
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[2]
+#: The package under test: the source tree, or the installed wheel when CI tests that.
+PKG = Path(ipckit.__file__).resolve().parent
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -97,7 +99,7 @@ def test_cli_names_no_backend() -> None:
     """cli.py, cleanup.py and limits.py import no backend module and name no scheme."""
     schemes = registry.schemes()
     for module in ("cli.py", "cleanup.py", "limits.py", "_proc.py"):
-        source = (ROOT / "ipckit" / module).read_text()
+        source = (PKG / module).read_text()
         tree = ast.parse(source)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
@@ -315,7 +317,7 @@ def test_process_table_readers() -> None:
 def test_the_scanner_runs_from_a_bare_checkout(tmp_path: Path) -> None:
     """Stdlib only, no ipckit imports: CI can run the file before ipckit is installed."""
     copy = tmp_path / "_proc.py"
-    shutil.copy(ROOT / "ipckit" / "_proc.py", copy)
+    shutil.copy(PKG / "_proc.py", copy)
     held = tmp_path / "held"
     held.touch()
     with open(held) as keep:

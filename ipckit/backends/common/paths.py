@@ -1,6 +1,6 @@
 """Private helpers for file-system endpoints (FIFOs, Unix sockets): private dirs, owner checks, locks.
 
-Why these rules (reliability.md S1, S2, S4, S6, F-5, F-6, U-2):
+Why these rules (S1, S2, S4, S6, F-5, F-6, U-2 in docs/design.md):
 
 * Generated names carry 128 bits of randomness and the ``ipckit`` prefix, so they cannot be
   guessed and ``ipckit cleanup`` can find them.

@@ -542,4 +542,4 @@ class ChannelContract:
 
         Model.TestCase.settings = settings(max_examples=50, stateful_step_count=30, deadline=None, database=None,
                                            suppress_health_check=list(HealthCheck))
-        run_state_machine_as_test(Model, settings=Model.TestCase.settings)  # type: ignore[no-untyped-call]
+        run_state_machine_as_test(Model, settings=Model.TestCase.settings)  # type: ignore[no-untyped-call,unused-ignore]

@@ -22,7 +22,10 @@ _SLACK = float(os.environ.get("IPCKIT_TIMING_SLACK", "0") or 0)
 
 
 def timing_bounds(timeout: float) -> tuple[float, float]:
-    """Acceptable elapsed seconds for a call with *timeout* (contract P4: ``[t - 20 ms, t + max(100 ms, 10 %)]``)."""
+    """Acceptable elapsed seconds for a call with *timeout*.
+
+    P4 in docs/design.md: ``[t - 20 ms, t + max(100 ms, 10 %)]``.
+    """
     return max(0.0, timeout - 0.02), timeout + max(0.1, 0.1 * timeout) + _SLACK
 
 
