@@ -542,8 +542,11 @@ class RingWriter(Ring):
 class RingReader(Ring):
     """The consuming end.  Not thread-safe; one reader per ring."""
 
-    __slots__ = ("_asm_", "_asm_got", "_asm_total", "_asm_view", "_cur_", "_cur_end", "_into")
+    __slots__ = ("_asm_", "_asm_got", "_asm_total", "_asm_view", "_cur_", "_cur_end", "_into", "counters")
     _cursor_type = _cursor.Reader
+    #: The ring's control words (u64); ``counters[WRITE_POS] != read_pos`` means data waits.  For
+    #: spin loops only: read, never write.  (An attribute, not a property: a wait reads it first.)
+    counters: memoryview
 
     def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
         super().__init__(buf, offset, size, max_message_size)
@@ -552,6 +555,7 @@ class RingReader(Ring):
         except BaseException:
             self.detach()
             raise
+        self.counters = self._ctl
         self._cur_: memoryview | None = None
         self._cur_end = 0
         self._asm_: bytearray | None = None
@@ -718,12 +722,6 @@ class RingReader(Ring):
         """
         data: bytes | None = self._c.recv()
         return data
-
-    @property
-    def counters(self) -> memoryview:
-        """The ring's control words (u64); ``counters[WRITE_POS] != read_pos`` means data waits.
-        For spin loops only: read, never write."""
-        return self._ctl
 
     @property
     def read_pos(self) -> int:

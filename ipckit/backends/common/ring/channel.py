@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Final, NoReturn, TypeVar, overload
 from ipckit import _handoff
 from ipckit.backend import Backend
 from ipckit.channel import USE_DEFAULT, Channel, Listener
-from ipckit.deadline import Deadline
+from ipckit.deadline import Deadline, deadline_from, remaining
 from ipckit.errors import (
     BufferTooSmall,
     ChannelClosed,
@@ -47,7 +47,7 @@ from ipckit.errors import (
 from ipckit.options import Capabilities, Options
 
 from . import buffer as _ring
-from .waiting import WaitStrategy, Waker
+from .waiting import WaitStrategy, Waker, Watch
 
 __all__ = [
     "RING_CAPS",
@@ -62,6 +62,8 @@ __all__ = [
 ]
 
 PAGE: Final = mmap.PAGESIZE
+_WRITE_POS: Final = _ring.WRITE_POS
+_WRITER_CLOSED: Final = _ring.WRITER_CLOSED
 
 # Segment header words (u64) on page 0, common to both providers.
 H_MAGIC, H_VERSION, H_CAPACITY, H_MAXMSG, H_UID = 0, 1, 2, 3, 4
@@ -261,7 +263,31 @@ class RingChannel(Channel):
         data: bytes | None = self._rc.recv()
         if data is not None:
             return data
-        return Channel.recv_bytes(self, timeout)  # waits in _await_data, as every receive does
+        # Most often the ring is empty and the answer a microsecond away, so wait right here, without
+        # the general path's layers: under this direction's lock, in the wait every receive uses
+        # (_await_data), then take what came with one C call.  Anything else goes to the general
+        # path within the same deadline: another thread receiving, bytes that are not one whole
+        # record (padding, a streamed message), a pending recv_view, the end of the channel, the
+        # deadline, this end closed.
+        if timeout is USE_DEFAULT:
+            timeout = self._default_timeout
+        deadline = None if timeout is None else deadline_from(timeout)
+        lock = self._recv_lock
+        if lock.acquire(False):
+            try:
+                if not self._closed and not self._view_out:
+                    rc = self._rc
+                    words = self._r.counters
+                    rp = rc.own
+                    if words[_WRITE_POS] == rp and self._await_data(deadline, (words, _WRITE_POS, rp, _WRITER_CLOSED)):
+                        data = rc.recv_held()
+            except (OSError, MemoryError):
+                pass  # nothing was consumed: the general path takes the same step and reports it
+            finally:
+                lock.release()
+            if data is not None:
+                return data
+        return Channel.recv_bytes(self, remaining(deadline))
 
     # -- sending --------------------------------------------------------------------------------
     def _send_message(self, view: memoryview, deadline: Deadline) -> None:
@@ -333,29 +359,37 @@ class RingChannel(Channel):
         return self._r.has_data() or self._r.writer_closed()
 
     def _recv_check(self) -> None:
+        """Before each sleep of a receive's wait: closed, inherited through fork, peer died."""
         self._check()
+        self._check_pid()
         if self._peer_gone() and not self._r.has_data():
             raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
 
-    def _await_data(self, deadline: Deadline) -> bool:
+    def _await_data(self, deadline: Deadline, watch: Watch | None = None) -> bool:
         """Wait until bytes are committed or the writer closed (True), or *deadline* passed (False).
+
+        The answer is often a microsecond away, so nothing costly runs before the spin: the pid
+        and liveness checks come before the wait sleeps (:meth:`_recv_check`) and at the deadline.
+        *watch*: the caller's ``(counters, WRITE_POS, read_pos, WRITER_CLOSED)``, if it has it.
 
         Raises:
             ChannelClosed: this end was closed meanwhile.
             PeerDied: the peer died, and nothing it committed is left to read.
             UnsupportedOperation: this end was inherited through fork.
         """
-        self._check_pid()
-        if self._wait.peer_pid is None:  # learn where the peer runs (same CPU: never spin)
-            self._refresh_peer()
         r = self._r
         if self._peer_dead and not r.has_data():
             raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
-        # The predicate as shared words (the spin reads them without a call): write_pos moved past
-        # our read_pos, or writer_closed was raised.
-        watch = (r.counters, _ring.WRITE_POS, self._rc.own, _ring.WRITER_CLOSED)
-        if self._wait.wait(self._recv_ready, deadline, self._own_waker, r.set_sleeping, self._recv_check, watch):
+        ws = self._wait
+        if ws.peer_pid is None:  # learn where the peer runs (same CPU: never spin)
+            self._refresh_peer()
+        if watch is None:
+            # The predicate as shared words, which the spin reads without a call: write_pos moved
+            # past our read_pos, or writer_closed was raised.
+            watch = (r.counters, _WRITE_POS, self._rc.own, _WRITER_CLOSED)
+        if ws.wait(self._recv_ready, deadline, self._own_waker, r.set_sleeping, self._recv_check, watch):
             return True
+        self._check_pid()
         if self._peer_gone() and not r.has_data():
             raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
         return False
@@ -372,20 +406,14 @@ class RingChannel(Channel):
         """The next message as a view (:meth:`RingReader.peek`: into the ring, or into *into* or a
         reassembly buffer), waiting for it in :meth:`_await_data`.
 
-        *fast* is the cursor's ``recv_held``, which the caller has just tried: then an empty ring is
-        waited for before anything else, and *fast* runs after every wait, so a message that
-        arrives meanwhile is taken by one C call and returned as bytes.
+        *fast* (the cursor's ``recv_held``) runs after every wait, so a message that arrives
+        meanwhile is taken by one C call and returned as bytes.
         """
         r = self._r
         if self._view_out:  # the previous recv_view's message: consumed now
             self._view_out = False
             r.release()
         expired = False
-        if fast is not None and r.counters[_ring.WRITE_POS] == self._rc.own:
-            expired = not self._await_data(deadline)  # nothing committed: nothing to peek at yet
-            data = fast()
-            if data is not None:
-                return data
         while True:
             view = r.peek(into)
             if view is not None:

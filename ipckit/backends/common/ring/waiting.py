@@ -162,14 +162,8 @@ class WaitStrategy:
                 return True
         elif ready():
             return True
-        now = _monotonic()
-        if deadline is not None and deadline <= now:
+        if deadline is not None and deadline <= _monotonic():
             return False
-        # If the last wait ended without sleeping, the peer is busy (a stream: it is copying, not
-        # idle), so yield for longer rather than fall asleep and make the peer pay a cross-core
-        # wake-up -- which cascades: the peer's next wait then misses its window too.  After a
-        # wait that had to sleep, the short window keeps an idle channel from burning CPU.
-        yield_time = self.stream_yield_time if self._hot else self.yield_time
         self._countdown -= 1
         if self._countdown <= 0:
             self._countdown = _REEVALUATE_EVERY
@@ -178,16 +172,18 @@ class WaitStrategy:
         # Phase 1: spin on the predicate (skipped on a shared CPU or when disabled).
         budget = self._budget
         if self.spin_enabled and not self._same_cpu and budget > 0.0:
-            end = _perf() + budget
             if watch is not None:
                 hit = True
-                n = 0
-                while words[index] == value:
-                    n += 1
-                    if not n & 15 and (words[stop] or _perf() >= end):
-                        hit = words[stop] != 0
-                        break
+                if words[index] == value:  # (no clock read when the answer is already there)
+                    end = _perf() + budget
+                    n = 0
+                    while words[index] == value:
+                        n += 1
+                        if not n & 15 and (words[stop] or _perf() >= end):
+                            hit = words[stop] != 0
+                            break
             else:
+                end = _perf() + budget
                 hit = False
                 while not hit:
                     for _ in range(8):
@@ -200,7 +196,8 @@ class WaitStrategy:
             if hit:
                 self.spin_hits += 1
                 # Success: grow the budget back towards its maximum.
-                self._budget = min(self.spin_time, budget * 2.0)
+                budget *= 2.0
+                self._budget = budget if budget < self.spin_time else self.spin_time
                 self._hot = True
                 return True
             # Missed: halve the budget; below 1 us stop spinning until the next re-probe.
@@ -209,8 +206,12 @@ class WaitStrategy:
         elif self.spin_enabled and budget <= 0.0 and self._countdown % 256 == 0:
             self._budget = self.spin_time / 8  # re-probe now and then
 
-        # Phase 2: yield the CPU to the peer (wins when both share a core).
-        end = _perf() + yield_time
+        # Phase 2: yield the CPU to the peer (wins when both share a core).  If the last wait ended
+        # without sleeping, the peer is busy (a stream: it is copying, not idle), so yield for
+        # longer rather than fall asleep and make the peer pay a cross-core wake-up -- which
+        # cascades: the peer's next wait then misses its window too.  After a wait that had to
+        # sleep, the short window keeps an idle channel from burning CPU.
+        end = _perf() + (self.stream_yield_time if self._hot else self.yield_time)
         if deadline is not None:
             end = min(end, _perf() + (deadline - _monotonic()))
         while True:
