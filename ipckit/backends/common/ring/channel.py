@@ -271,6 +271,8 @@ class RingChannel(Channel):
         # deadline, this end closed.
         if timeout is USE_DEFAULT:
             timeout = self._default_timeout
+        if self._closed:
+            return Channel.recv_bytes(self, timeout)  # which raises ChannelClosed
         deadline = None if timeout is None else deadline_from(timeout)
         lock = self._recv_lock
         if lock.acquire(False):
