@@ -38,7 +38,7 @@ from ..errors import (
     RecvTimeout,
     SendTimeout,
 )
-from ..options import Capabilities, Options
+from ..options import Capabilities, Options, option
 from ..serializers import Buffer
 from ..url import Endpoint
 from .common.paths import NAME_RE
@@ -52,7 +52,7 @@ _listeners_lock = threading.Lock()
 
 @dataclass
 class MemoryOptions(Options):
-    capacity: int = 64 * 1024 * 1024
+    capacity: int = option(64 * 1024 * 1024, minimum=1)
 
 
 class _Direction:

@@ -91,7 +91,7 @@ from ..errors import (
     from_oserror,
 )
 from ..framing import FLAG_REJECTED, HEADER_SIZE, REJECT_REASON_MAX, decode_header, encode_rejection
-from ..options import Capabilities, Options
+from ..options import Capabilities, Options, option
 from ..serializers import Buffer
 from ..url import Endpoint
 from .common import auth as _auth
@@ -110,17 +110,25 @@ _TAG_GOODBYE = b"\x01"
 _TAG_REJECTED = b"\x02"  # + a short reason: the server refused this client (its first and only packet)
 
 
+_C_INT_MAX = 2**31 - 1  # backlog and SO_SNDBUF are C ints
+
+
 @dataclass
 class UnixOptions(Options):
-    type: str = "stream"
+    type: str = option("stream", choices=("stream", "seqpacket"))
     allow_uids: Any = None
     authkey: Any = field(default=None, repr=False)
-    handshake_timeout: float = 5.0
+    handshake_timeout: float = option(5.0, above=0)
     abstract: bool = False
-    backlog: int = 128
-    max_pending: int = 128
-    buffer_size: int = 4 * 1024 * 1024
+    backlog: int = option(128, minimum=1, maximum=_C_INT_MAX)
+    max_pending: int = option(128, minimum=1)
+    buffer_size: int = option(4 * 1024 * 1024, minimum=1, maximum=_C_INT_MAX)
     checksum: bool = False
+
+    def validate(self) -> None:
+        # allow_uids and authkey take several spellings: checked here, once, when options are parsed.
+        _allowed_uids(self)
+        _authkey(self)
 
 
 _CAPS = Capabilities(
@@ -153,6 +161,9 @@ def _sock_type(opts: UnixOptions) -> int:
     raise ConfigurationError(f"unknown unix socket type {opts.type!r}; use 'stream' or 'seqpacket'")
 
 
+_UIDS_ALLOWED = "uids besides our own, like '1000,1001' or a list of ints, or None"
+
+
 def _allowed_uids(opts: UnixOptions) -> frozenset[int]:
     uids = {os.geteuid()}
     raw = opts.allow_uids
@@ -168,7 +179,7 @@ def _allowed_uids(opts: UnixOptions) -> frozenset[int]:
             items = list(raw)
         except TypeError:
             raise ConfigurationError(
-                f"allow_uids must be uids like '1000,1001' or a list of ints, got {raw!r}"
+                f"bad value {raw!r} for option 'allow_uids'; allowed: {_UIDS_ALLOWED}"
             ) from None
     for item in items:
         try:
@@ -176,25 +187,27 @@ def _allowed_uids(opts: UnixOptions) -> frozenset[int]:
                 raise ValueError(item)
             uids.add(int(item))
         except (TypeError, ValueError):
-            raise ConfigurationError(f"allow_uids: {item!r} is not a uid") from None
+            raise ConfigurationError(
+                f"bad value {raw!r} for option 'allow_uids' ({item!r} is not a uid); allowed: {_UIDS_ALLOWED}"
+            ) from None
     return frozenset(uids)
 
 
 def _authkey(opts: UnixOptions) -> bytes | None:
     try:
         return _auth.coerce_key(opts.authkey)
-    except TypeError as exc:
-        raise ConfigurationError(str(exc)) from None
+    except TypeError:
+        # The key itself stays out of the message (it may be a secret of the wrong type).
+        raise ConfigurationError(
+            f"bad value of type {type(opts.authkey).__name__} for option 'authkey'; allowed: bytes or str, or None"
+        ) from None
 
 
 def _check_options(opts: UnixOptions) -> None:
+    # Options from parse_options passed their declared bounds and validate(); these are the
+    # checks of values that did not come through it.
     _sock_type(opts)
-    _allowed_uids(opts)
-    _authkey(opts)
-    if not opts.handshake_timeout > 0:
-        raise ConfigurationError("handshake_timeout must be > 0 seconds")
-    if opts.backlog < 1 or opts.max_pending < 1:
-        raise ConfigurationError("backlog and max_pending must be >= 1")
+    opts.validate()
 
 
 @dataclass(frozen=True)

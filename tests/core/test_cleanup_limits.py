@@ -235,6 +235,39 @@ def test_dry_run_reports_a_stale_sysv_object_and_removes_nothing(capsys: pytest.
             pass  # other records live there
 
 
+def test_dry_run_lists_exactly_what_the_real_run_removes_for_sysv(capsys: pytest.CaptureFixture[str]) -> None:
+    """A.5: the same lines (object, kind, reason) in both runs for this test's stale SysV channel, and
+    what the dry run listed is gone after the real run: its record, semaphore set and segment."""
+    pytest.importorskip("sysv_ipc")
+    manifest, semid, shmid = _run_and_die("""
+        import ipckit
+        a, b = ipckit.pair("sysv+shm")
+        print(a._seg.manifest, a._seg.semid, a._seg.shmid)
+    """).split()
+    entry = os.path.basename(manifest)
+    try:
+        assert semid in _sem_ids()  # the set outlives kill -9
+        rc, dry, _ = run_cli(capsys, "cleanup", "--dry-run", "--prefix", "ipckit-sysv")
+        assert rc == 0
+        listed = [line.removeprefix("would remove ") for line in dry.splitlines() if line.startswith("would remove ")]
+        mine = [line for line in listed if f" {entry} " in line]
+        assert len(mine) == 1 and os.path.exists(manifest)
+        rc, real, _ = run_cli(capsys, "cleanup", "--prefix", "ipckit-sysv")
+        assert rc == 0
+        removed = [line.removeprefix("removed ") for line in real.splitlines() if line.startswith("removed ")]
+        assert [line for line in removed if f" {entry} " in line] == mine
+        # Other runs' stale records may come and go between the two runs; none the dry run listed survives.
+        for line in listed:
+            assert line in removed or not os.path.exists(os.path.join(os.path.dirname(manifest),
+                                                                      line.split()[2]))
+        assert not os.path.exists(manifest)
+        assert semid not in _sem_ids() and shmid not in {row["shmid"] for row in _proc.sysv_table("shm")}
+    finally:
+        from ipckit.backends import sysv_shm
+
+        sysv_shm._RECORD.reclaim_if_stale(manifest)
+
+
 def test_a_live_sysv_channel_is_not_reported(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("sysv_ipc")
     import ipckit

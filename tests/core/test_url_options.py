@@ -116,3 +116,89 @@ def test_options_through_the_public_api() -> None:
         ipckit.pair("pipe://", bogus=1)
     with pytest.raises(ConfigurationError, match="valid options"):
         ipckit.pair("memory://?bogus=1")
+
+
+# --------------------------------------------------------------------------- A.5: bounds and messages
+@pytest.mark.parametrize("value,reason", [(-1, "below the minimum"), (0, "below the minimum"),
+                                          (2**31 + 1, "above the maximum"),
+                                          (2.5, "a float is not a whole number of bytes"),
+                                          ("2.5", "'2.5' is not a size"), (True, "a bool is not an integer")])
+@pytest.mark.parametrize("scheme", ["shm", "sysv+shm"])
+def test_ring_capacity_is_bounded_with_a_message_naming_option_value_and_range(
+        scheme: str, value: object, reason: str) -> None:
+    # Before: -1 and 0 made a ring silently, 2**31 + 1 raised a raw ValueError from the ring,
+    # 2.5 said "expected string or bytes-like object".
+    with pytest.raises(ConfigurationError) as info:
+        ipckit.pair(f"{scheme}://", capacity=value)
+    text = str(info.value)
+    assert f"bad value {value!r} for option 'capacity' ({reason})" in text
+    assert "allowed: a size in bytes from 1 to 2147483648 (an integer, or a string like 4096, 64KiB, 8MiB)" in text
+
+
+def test_capacity_bound_is_declared_on_the_field() -> None:
+    from ipckit.backends.common.ring.buffer import MAX_CAPACITY
+    from ipckit.backends.common.ring.channel import RingOptions
+    from ipckit.options import Bounds, option_bounds
+
+    assert option_bounds(RingOptions, "capacity") == Bounds(minimum=1, maximum=MAX_CAPACITY)
+    assert option_bounds(RingOptions, "spin") is None
+
+
+def test_option_declares_bounds_and_validate_hook_runs_last() -> None:
+    from dataclasses import dataclass
+
+    from ipckit.options import allowed_values, option
+
+    @dataclass
+    class Opts(Options):
+        level: int = option(3, minimum=1, maximum=9)
+        ratio: float | None = option(0.5, above=0)
+        kind: str = option("a", choices=("a", "B"))
+        low: int = 0
+        high: int = 10
+
+        def validate(self) -> None:
+            if self.low > self.high:
+                raise ConfigurationError(f"low={self.low} is above high={self.high}; allowed: low <= high")
+
+    assert allowed_values(Opts, "level") == "an integer from 1 to 9"
+    assert allowed_values(Opts, "ratio") == "a number > 0, or None"
+    assert allowed_values(Opts, "kind") == "one of 'a', 'b'"
+    assert parse_options(Opts, {"level": "9", "kind": "b"}, {"ratio": None}).level == 9
+    assert parse_options(Opts, {}, {"kind": "A"}).kind == "A"  # choices ignore case, the value is kept
+    for kwargs, text in [({"level": 10}, "bad value 10 for option 'level' (above the maximum); allowed: an integer "
+                                         "from 1 to 9"),
+                         ({"level": 2.0}, "bad value 2.0 for option 'level' (a float is not an integer)"),
+                         ({"ratio": 0}, "bad value 0 for option 'ratio' (not above 0); allowed: a number > 0, or None"),
+                         ({"ratio": float("nan")}, "bad value nan for option 'ratio' (not above 0)"),
+                         ({"kind": "c"}, "bad value 'c' for option 'kind' (not one of the choices); allowed: one of "
+                                         "'a', 'b'"),
+                         ({"low": 11}, "low=11 is above high=10")]:
+        with pytest.raises(ConfigurationError) as info:
+            parse_options(Opts, {}, kwargs)
+        assert text in str(info.value)
+
+
+@pytest.mark.parametrize("url,kwargs,text", [
+    ("pipe://?mode=999", {}, "bad value '999' for option 'mode' (not octal digits); allowed: a permission mask"),
+    ("pipe://", {"mode": 0o1000}, "bad value 512 for option 'mode' (above the maximum); allowed: a permission mask "
+                                  "from 0o000 to 0o777"),
+    ("pipe://", {"pipe_size": 0}, "bad value 0 for option 'pipe_size' (below the minimum); allowed: a size in bytes "
+                                  ">= 1"),
+    ("pipe://", {"default_timeout": "soon"}, "bad value 'soon' for option 'default_timeout' (not a number); allowed: "
+                                             "a number >= 0, or None"),
+    ("pipe://", {"serializer": 12}, "bad value 12 for option 'serializer' (a value of type int is none of these); "
+                                    "allowed: a serializer name"),
+    ("memory://", {"capacity": -1}, "bad value -1 for option 'capacity' (below the minimum)"),
+    ("unix://", {"type": "dgram"}, "bad value 'dgram' for option 'type' (not one of the choices); allowed: one of "
+                                   "'stream', 'seqpacket'"),
+    ("unix://", {"backlog": 2**40}, "bad value 1099511627776 for option 'backlog' (above the maximum)"),
+    ("unix://", {"handshake_timeout": 0}, "bad value 0 for option 'handshake_timeout' (not above 0); allowed: a "
+                                          "number > 0"),
+    ("unix://", {"allow_uids": "me"}, "bad value 'me' for option 'allow_uids' ('me' is not a uid); allowed: uids"),
+    ("unix://", {"authkey": 12}, "bad value of type int for option 'authkey'; allowed: bytes or str, or None"),
+])
+def test_option_errors_name_option_value_and_what_is_allowed(url: str, kwargs: dict[str, object], text: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        ipckit.pair(url, **kwargs)
+    assert text in str(info.value)

@@ -54,7 +54,7 @@ from ipckit.framing import (
     crc32,
     decode_header,
 )
-from ipckit.options import Options
+from ipckit.options import Options, option
 from ipckit.serializers import Buffer
 
 __all__ = ["DescriptorChannel", "FdStreamChannel", "READ_BUFFER", "StreamOptions", "grow_pipe"]
@@ -68,7 +68,7 @@ class StreamOptions(Options):
     ``checksum``: CRC32 over every payload.
     """
 
-    pipe_size: int = 1024 * 1024
+    pipe_size: int = option(1024 * 1024, minimum=1)
     checksum: bool = False
 
 

@@ -33,6 +33,7 @@ from ...registry import get_backend
 from .. import workers
 from ..signals import signal_storm
 from .helpers import KiB, MiB, ResultThread, blob, send_each, timing_bounds, wait_until_blocked
+from .option_rules import OptionRules
 
 __all__ = ["ChannelContract"]
 
@@ -61,7 +62,7 @@ def pickle_channel(ch: Channel) -> bytes:
     return pickle.dumps(ch)
 
 
-class ChannelContract:
+class ChannelContract(OptionRules):
     """What every channel does, on every backend (the promises of docs/contract.md §3).
 
     Subclasses set ``scheme`` (and optionally ``options``: extra keyword options for every

@@ -44,7 +44,7 @@ from ipckit.errors import (
     SendTimeout,
     UnsupportedOperation,
 )
-from ipckit.options import Capabilities, Options
+from ipckit.options import Capabilities, Options, option
 
 from . import buffer as _ring
 from .waiting import WaitStrategy, Waker, Watch
@@ -87,7 +87,9 @@ RING_CAPS: Final = Capabilities(
 
 @dataclass
 class RingOptions(Options):
-    capacity: int = 4 * 1024 * 1024
+    """``capacity``: bytes per direction (rounded up to a page); ``spin``: spin briefly before blocking."""
+
+    capacity: int = option(4 * 1024 * 1024, minimum=1, maximum=_ring.MAX_CAPACITY)
     spin: bool = True
 
 
