@@ -16,10 +16,11 @@ Features:
     ``/tmp``, ``ipckit-sysv-<uid>``); a named endpoint's manifest is its rendezvous file.
     Openers check the file's and the objects' owner and mode (``IPC_STAT`` uid/cuid, mode
     ``& 0o077 == 0``) and the segment's initialised magic and nonce.  The segment is marked
-    ``IPC_RMID`` as soon as both ends are attached (the kernel frees it at the last detach, even
-    after ``kill -9``); the creator removes the semaphores and the manifest when it closes, the
-    other end only when the creator died.  Objects of crashed processes are reclaimed when the
-    name is used again and by :func:`cleanup_stale`.
+    ``IPC_RMID`` as soon as both ends are attached from their own processes (the kernel frees it
+    at the last detach, even after ``kill -9``) -- not while an end may still travel to a child,
+    which re-attaches by id; the creator removes the semaphores and the manifest when it closes,
+    the other end when the creator died, or closed while that end was travelling.  Objects of
+    crashed processes are reclaimed when the name is used again and by :func:`cleanup_stale`.
 
 URL format:
     ``sysv+shm://`` for ``pair()``; ``sysv+shm://name`` (``[A-Za-z0-9._-]``, up to 200
@@ -36,7 +37,9 @@ Platform notes:
     Linux x86-64 (ring ordering; attaching a segment already marked for removal by its id is
     Linux behaviour).  An end passes to a ``multiprocessing`` child under *spawn* (pickled as
     ids + role, the child re-attaches) and under *fork* (the child takes the end over); close
-    the end you hand over in the parent.  One thread may send while another receives.
+    the end you hand over in the parent, right after ``start()`` if you like: until the child
+    has claimed it the end is "handing off", which the peer's liveness check honours.  One
+    thread may send while another receives.
 """
 
 from __future__ import annotations
@@ -72,8 +75,10 @@ from .common.faults import fault
 from .common.paths import NAME_RE
 from .common.ring.channel import (
     ATTACHED,
+    CLOSED,
     FREE,
     H_MAGIC,
+    H_PID,
     H_STATE,
     HANDOFF,
     PAGE,
@@ -160,12 +165,10 @@ def _detach_quiet(shm: Any) -> None:
 
 
 def _map(shm: Any) -> Any:
-    """A ctypes array over the attachment; the segment is detached when the last view of it dies."""
+    """A ctypes array over the attachment (detached by :meth:`_Segment.close`'s finalizer)."""
     array_type = ctypes.c_ubyte * int(shm.size)
     mapping_type: Any = type("_SysvMapping", (array_type,), {})  # a Python subclass takes weak references
-    obj = mapping_type.from_address(int(shm.address))
-    weakref.finalize(obj, _detach_quiet, shm)
-    return obj
+    return mapping_type.from_address(int(shm.address))
 
 
 @final
@@ -180,6 +183,7 @@ class _Segment:
         self.shmkey = shmkey
         self.nonce = nonce
         self.manifest = manifest  # rendezvous file (named) until published, then the registry file
+        self.removed = False  # this attachment marked the segment IPC_RMID (or saw it done)
         self._mem: Any = _map(shm)
         self.buf: memoryview | None = memoryview(self._mem).cast("B")
         self.hdr: memoryview = self.buf[:128].cast("Q")
@@ -196,17 +200,28 @@ class _Segment:
 
     def mark_removed(self) -> None:
         """IPC_RMID the segment (freed at the last detach; attachers by id still work on Linux)."""
+        self.removed = True
         try:
             self.shm.remove()
         except Exception:
             pass
 
     def close(self) -> None:
+        mem, self._mem = self._mem, None
+        if mem is None:
+            return
         self.hdr.release()
         if self.buf is not None:
             self.buf.release()
             self.buf = None
-        self._mem = None  # the finalizer detaches once no view of the mapping is left
+        # Detach once no view of the mapping is left (a recv_view the caller still holds keeps it
+        # mapped).  The finalizer is armed only now, once nothing of ipckit's uses the mapping any
+        # more: armed earlier, it ran before an open end's close in two places, which then wrote
+        # into a detached segment, a segfault (issue 10, B.7c) -- at interpreter exit (the atexit
+        # hook of weakref.finalize may run before ipckit's close-at-exit), and when the garbage
+        # collector breaks a cycle holding an end (weakref callbacks run before __del__).  A
+        # segment never closed stays attached until the process exits; the kernel detaches it.
+        weakref.finalize(mem, _detach_quiet, self.shm).atexit = False
 
 
 def _create_segment(manifest: str, capacity: int, maxmsg: int, mode: int, *, rendezvous: bool) -> _Segment:
@@ -355,9 +370,36 @@ class SysvShmChannel(RingChannel):
         self._alive_held = True
         if exclusive and self._hdr[H_STATE[role]] != FREE:
             raise EndpointExists(errno.EEXIST, f"{self._url} already had a peer")
-        self._mark_attached()
+        self._mark_attached()  # after the alive count is held: see _peer_gone
         if role == 1:
             self._peer_waker.post()  # a listener waiting in accept()
+        self._maybe_remove()
+
+    def _maybe_remove(self) -> None:
+        """IPC_RMID the segment once both ends are attached from their own processes.
+
+        Not before, as ``shm://`` keeps its names: until then an end may still travel to a
+        spawned child, which re-attaches by id, and a segment marked for removal is freed at its
+        last detach -- the parent closing both ends of a pair right after starting the two
+        children would free it under them (issue 10, B.7a).  A named endpoint's segment waits for
+        ``accept()`` too (its rendezvous record names the key).  Until the mark, the segment is
+        in the channel's record, so a crash leaves nothing :func:`cleanup_stale` cannot find.
+        """
+        seg = self._seg
+        hdr = self._hdr
+        if seg.removed or not hdr[_H_PUBLISHED] or self._handed_off or self._pid != os.getpid():
+            return  # (a copy in a process that does not own the end decides nothing)
+        peer = 1 - self._role
+        pid = hdr[H_PID[peer]]
+        if hdr[H_STATE[peer]] == ATTACHED and pid and pid != os.getpid():
+            seg.mark_removed()
+
+    def _check(self) -> None:
+        super()._check()
+        # Before each sleep of a wait: two children that claimed their ends at the same moment
+        # may each have read the other as still travelling.
+        if not self._seg.removed:
+            self._maybe_remove()
 
     def _release_alive(self) -> None:
         if self._alive_held:
@@ -366,11 +408,20 @@ class SysvShmChannel(RingChannel):
                 release_alive(self._seg.semid, _ALIVE[self._role])
 
     def _peer_gone(self) -> bool:
-        """True when the peer end was attached and its process no longer holds its alive semaphore."""
+        """True when the peer end was attached and its process no longer holds its alive semaphore.
+
+        A zero count alone is not death: a clean close sets CLOSED before it releases; an end on
+        its way to a child is HANDOFF (set by the parent before the fork or the pickling) until
+        the child, which takes its count *before* it publishes its pid and ATTACHED, has claimed
+        it -- the parent's close may release the parent's count first (issue 10, B.7b).  So the
+        words are read around the count, and only an end that stayed ATTACHED in the same
+        process throughout is dead; a hand-off that never completes is, after a grace period.
+        """
         if self._peer_dead:
             return True
         peer = 1 - self._role
         hdr = self._hdr
+        pid = hdr[H_PID[peer]]
         state = hdr[H_STATE[peer]]
         if state not in (ATTACHED, HANDOFF) or hdr[_H_SEMS_GONE]:
             return False
@@ -381,10 +432,11 @@ class SysvShmChannel(RingChannel):
         if alive:
             self._handoff_since = None
             return False
-        state = hdr[H_STATE[peer]]  # a clean close sets CLOSED before releasing
-        if state == ATTACHED:
-            self._peer_dead = True
-        elif state == HANDOFF:
+        now_state = hdr[H_STATE[peer]]
+        if now_state == ATTACHED:
+            # Claimed by another process meanwhile (it held its count before these words): alive.
+            self._peer_dead = state == ATTACHED and hdr[H_PID[peer]] == pid
+        elif now_state == HANDOFF:
             now = time.monotonic()
             if self._handoff_since is None:
                 self._handoff_since = now
@@ -392,11 +444,11 @@ class SysvShmChannel(RingChannel):
         return self._peer_dead
 
     def _publish(self) -> None:
-        """Creator, peer attached: mark the segment for removal and free the rendezvous name."""
+        """Creator, peer attached: free the rendezvous name (the record moves to the registry),
+        and mark the segment for removal if the peer is in another process."""
         seg = self._seg
         if self._role != 0 or seg.hdr[_H_PUBLISHED]:
             return
-        seg.mark_removed()
         fields = {"semkey": seg.semkey, "semid": seg.semid, "shmkey": seg.shmkey, "shmid": seg.shmid,
                   "nonce": f"{seg.nonce:032x}"}
         path = seg.registry_file
@@ -416,6 +468,7 @@ class SysvShmChannel(RingChannel):
             break
         seg.hdr[_H_PUBLISHED] = 1
         _RECORD.unlink_if_ours(seg.manifest, f"{seg.nonce:032x}")
+        self._maybe_remove()  # the peer connected from its own process (as it usually does)
 
     def _both_attached(self) -> None:
         self._publish()  # nothing can be left behind from now on
@@ -423,16 +476,43 @@ class SysvShmChannel(RingChannel):
     # -- closing / hand-off ------------------------------------------------------------------
     def _end_closed(self, mine: bool) -> None:
         self._release_alive()
-        # The creator removes everything; the other end only what a dead creator left.
-        if mine and (self._role == 0 or self._peer_gone()):
+        if not mine:
+            return
+        # The creator removes everything -- unless the other end is still on its way to a child,
+        # which re-attaches by id (as shm:// keeps its names for it): that end removes it all when
+        # it closes, as it does what a dead creator left.  Both ends publish their state before
+        # reading the other's, with a semaphore call in between, so one of them always sees the
+        # other closed.
+        peer_state = self._hdr[H_STATE[1 - self._role]]
+        if self._role == 0:
+            if peer_state != HANDOFF:
+                _remove_all(self._seg)
+        elif peer_state == CLOSED or self._peer_gone():
             _remove_all(self._seg)
 
     def _release_segment(self) -> None:
         self._seg.close()
 
+    def _check_handoff(self) -> None:
+        # The other end closed and removed the objects: the segment lives on only through this
+        # process's attachment, which the close advised after start() would free under the child.
+        if self._hdr[_H_SEMS_GONE]:
+            raise TypeError(
+                f"{self._url}: this end can no longer be handed to another process (the peer closed the "
+                "channel and removed its objects); receive what is left here, or hand the end over before "
+                "the peer closes"
+            )
+
     def _handoff_args(self) -> tuple[Any, ...]:
         # Our copy keeps its alive count until it is closed, so the peer never sees a false death.
         return _rebuild, (self._url, self._seg.ref(), self._role, self._options)
+
+    def _fork_handed(self) -> None:
+        # As the spawn hand-off does (RingChannel.__reduce__): the end travels until the child
+        # claims it.  The child's count is its own (SEM_UNDO is not inherited), so our close may
+        # release ours before the child took one: the peer must not read that gap as a death.
+        super()._fork_handed()
+        self._hdr[H_STATE[self._role]] = HANDOFF
 
     def _take_over_after_fork(self) -> None:
         # A fresh alive count: SEM_UNDO adjustments are not inherited by fork.
@@ -619,9 +699,10 @@ class SysvShmBackend(RingBackend):
         try:
             seg_b = _attach(import_sysv_ipc().attach(seg.shmid), seg.semid, seg.semkey, seg.shmkey, seg.nonce,
                             seg.manifest, "sysv+shm://")
+            # Both ends are attached, but in this process: the segment is marked for removal once
+            # they are in their own processes (_maybe_remove), or when the creator's end closes.
             b = open_end(lambda: SysvShmChannel("sysv+shm://", opts, seg_b, 1), seg_b.close,
                          lambda ch: ch._claim(exclusive=True))
-            seg.mark_removed()  # both attached: the kernel frees it at the last detach
         except BaseException:
             a.close()
             raise
