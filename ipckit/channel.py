@@ -66,11 +66,26 @@ _CLOSE_WAIT = 2.0  # seconds close() waits for a blocked caller to leave before 
 def resolve_serializer(options: Options, peer_trusted: bool) -> Serializer:
     """Pick the serializer for a channel and apply the trust rule of docs/contract.md §5.
 
+    *peer_trusted*: the backend proved the peer is the same user.  For most schemes that proof is
+    only that nobody else can open the channel's objects (owner-only modes, owner-checked on
+    open), so a ``mode`` that grants group or other bits voids it, on every end of the channel: a
+    member of the group could map or open the objects and write into the channel (issue 10, B.9).
+    A scheme that proves each peer's uid by other means (unix://: ``SO_PEERCRED``) declares
+    ``mode_voids_trust = False`` on its options class; every other one, present or future, gets
+    the safe reading.  This function is the one place the rule lives: the factories call it
+    before any OS object exists (so the refusal leaves nothing behind), every channel when it is
+    built.
+
     Default: pickle where the peer is proven trusted (or ``trust=True``), else msgpack.
     Raises:
         UnsafeSerializer: an untrusted serializer (pickle) on a channel whose peer is not trusted.
         SerializerUnavailable / ConfigurationError: unknown name or bad object.
     """
+    why = "this channel's peer is not proven to be the same user"
+    if peer_trusted and options.mode & 0o077 and getattr(options, "mode_voids_trust", True):
+        peer_trusted = False
+        why = (f"mode={options.mode:#o} lets other users open this channel's objects, so its peer is not proven "
+               "to be the same user")
     trusted = peer_trusted or options.trust
     spec = options.serializer
     if spec is None:
@@ -78,9 +93,8 @@ def resolve_serializer(options: Options, peer_trusted: bool) -> Serializer:
     ser = get_serializer(spec)
     if not getattr(ser, "trusted", False) and not trusted:
         raise UnsafeSerializer(
-            f"serializer {getattr(ser, 'name', ser)!r} can run code on receive, and this channel's peer is not "
-            "proven to be the same user; use serializer='msgpack' or 'json', authenticate the peer, "
-            "or pass trust=True if you trust it"
+            f"serializer {getattr(ser, 'name', ser)!r} can run code on receive, and {why}; use "
+            "serializer='msgpack' or 'json', authenticate the peer, or pass trust=True if you trust it"
         )
     return ser
 

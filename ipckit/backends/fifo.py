@@ -102,10 +102,6 @@ def _dir_mode(mode: int) -> int:
     return 0o700 | (0o050 if mode & 0o060 else 0) | (0o005 if mode & 0o006 else 0)
 
 
-def _private(mode: int) -> bool:
-    return not mode & 0o077
-
-
 def _open_fifo(path: str, flags: int) -> int:
     """Open an existing FIFO without following symlinks; refuse anything else or a foreign one."""
     fd = os.open(path, flags | _OPEN_FLAGS)
@@ -121,7 +117,13 @@ def _open_fifo(path: str, flags: int) -> int:
 
 
 def _check_endpoint_dir(path: str, mode: int) -> None:
-    _paths.check_dir(path, "a fifo:// endpoint directory", private=_private(mode))
+    _paths.check_dir(path, "a fifo:// endpoint directory", private=False)
+    _check_dir_mode(path, os.lstat(path), mode)
+
+
+def _check_dir_mode(path: str, st: os.stat_result, mode: int) -> None:
+    # No wider than this end's mode allows (S5): its serializer was chosen from its mode.
+    _paths.check_mode(f"fifo:// endpoint directory {path!r}", st.st_mode, mode, allowed=_dir_mode(mode))
 
 
 def _translate(exc: OSError, what: str) -> IPCError:
@@ -188,7 +190,8 @@ class _FifoListener(Listener):
         self._peer_lock_fd = peer_lock_fd
         self._c2s = c2s_fd  # read end waiting for the next peer (-1 once handed out)
         self._last: weakref.ref[FifoChannel] | None = None
-        self._trusted = _private(opts.mode)
+        # Only this user can open the FIFOs; a wider mode voids that (resolve_serializer's rule).
+        self._trusted = True
 
     @property
     def path(self) -> str:
@@ -291,29 +294,42 @@ class FifoBackend(Backend):
 
     def listen(self, endpoint: Endpoint, options: Any) -> Listener:
         opts: FifoOptions = options
+        what = "a fifo:// endpoint directory"
         if endpoint.address:
             path = self._path(endpoint)
             _paths.check_parent_dir(path)
             try:
-                os.mkdir(path, 0o700)
-                os.chmod(path, _dir_mode(opts.mode))
+                # The mode goes on through a descriptor of the directory made, never by a path
+                # that could have been swapped for a symlink meanwhile (issue 10, B.10).
+                _paths.make_dir(path, _dir_mode(opts.mode), what)
             except FileExistsError:
                 pass  # checked below: ours and private, or refused
             except OSError as exc:
+                if isinstance(exc, IPCError):
+                    raise
                 raise _translate(exc, f"creating {path!r}") from exc
         else:
             path = _paths.make_private_dir()
             if _dir_mode(opts.mode) != 0o700:
-                os.chmod(path, _dir_mode(opts.mode))
+                try:
+                    _paths.set_dir_mode(path, _dir_mode(opts.mode), what)
+                except BaseException:
+                    _paths.rmdir_quiet(path)
+                    raise
         return self._listen_in(path, opts)
 
     def _listen_in(self, path: str, opts: FifoOptions) -> _FifoListener:
         url = f"fifo://{path}"
         fds: list[int] = []
         made: list[str] = []
+        dir_fd = -1
         try:
             try:
                 _check_endpoint_dir(path, opts.mode)
+                # The FIFOs are made and chmod-ed relative to this descriptor of the (checked) endpoint
+                # directory: a directory swapped on the path meanwhile cannot redirect them.
+                dir_fd = _paths.open_dir(path, "a fifo:// endpoint directory")
+                _check_dir_mode(path, os.fstat(dir_fd), opts.mode)
             except FileNotFoundError as exc:
                 raise EndpointNotFound(errno.ENOENT, f"{path!r} vanished while creating the endpoint") from exc
             lock_path = os.path.join(path, _LOCK)
@@ -323,17 +339,17 @@ class FifoBackend(Backend):
             for name in (_C2S, _S2C):
                 fpath = os.path.join(path, name)
                 try:
-                    st = os.lstat(fpath)
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 except FileNotFoundError:
                     pass
                 else:
                     if not stat.S_ISFIFO(st.st_mode):
                         raise PermissionDenied(errno.EPERM, f"{fpath!r} is not a FIFO; refusing to replace it")
                     _paths.check_owned(fpath, st, "FIFO")
-                    os.unlink(fpath)
-                os.mkfifo(fpath, 0o600)
+                    os.unlink(name, dir_fd=dir_fd)
+                os.mkfifo(name, 0o600, dir_fd=dir_fd)
                 made.append(fpath)
-                os.chmod(fpath, opts.mode)
+                os.chmod(name, opts.mode, dir_fd=dir_fd)
             peer_lock_fd = _paths.open_lock(os.path.join(path, _PEER_LOCK))
             fds.append(peer_lock_fd)
             c2s = _open_fifo(os.path.join(path, _C2S), os.O_RDONLY)
@@ -351,6 +367,9 @@ class FifoBackend(Backend):
             if isinstance(exc, OSError) and not isinstance(exc, IPCError):
                 raise _translate(exc, f"listen on {url}") from exc
             raise
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)
 
     def connect(self, endpoint: Endpoint, options: Any, deadline: Deadline) -> Channel:
         opts: FifoOptions = options
@@ -386,7 +405,7 @@ class FifoBackend(Backend):
                     f"{url} already has a peer; a FIFO endpoint takes one writer per direction",
                 )
             grow_pipe(wfd, opts.pipe_size)
-            return FifoChannel(url, opts, rfd=rfd, wfd=wfd, peer_trusted=_private(opts.mode),
+            return FifoChannel(url, opts, rfd=rfd, wfd=wfd, peer_trusted=True,
                                checksum=opts.checksum, lock_fd=lock_fd)
         except BaseException:
             for fd in (rfd, wfd, lock_fd):

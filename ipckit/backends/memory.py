@@ -41,7 +41,7 @@ from ..errors import (
 from ..options import Capabilities, Options, option
 from ..serializers import Buffer
 from ..url import Endpoint
-from .common.paths import NAME_RE
+from .common.paths import NAME_RE, check_mode
 
 __all__ = ["MemoryBackend", "MemoryChannel", "MemoryOptions"]
 
@@ -239,4 +239,8 @@ class MemoryBackend(Backend):
             lst = _listeners.get(name)
         if lst is None:
             raise EndpointNotFound(2, f"nothing listens at memory://{name} in this process")
+        # As every backend's opener (S5 in docs/design.md): an endpoint listening with a wider mode
+        # than this end's is refused, so both ends agree on the trust rule (the reference backend
+        # behaves as the ones with OS objects do, though nobody else can reach it).
+        check_mode(f"memory://{name}", lst._options.mode, options.mode)
         return lst._offer(options)

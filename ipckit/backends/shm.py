@@ -63,7 +63,7 @@ from ..limits import KernelLimit, fmt_bytes
 from ..options import Options
 from ..url import Endpoint
 from .common.faults import fault
-from .common.paths import NAME_RE
+from .common.paths import NAME_RE, check_mode
 from .common.posix import (
     SEM,
     SHM,
@@ -179,7 +179,7 @@ class _Segment:
             if create:
                 self._create(p, capacity, max_message_size, mode)
             else:
-                self._open(p, deadline)
+                self._open(p, deadline, mode)
         except BaseException:
             for made in reversed(self._made):  # semaphores first, the segment's name last
                 made.unlink()
@@ -241,7 +241,7 @@ class _Segment:
             self._made.insert(1, PosixName(SEM, self.name + suffix))
             self.sems.append(sem)
 
-    def _open(self, p: Any, deadline: Deadline) -> None:
+    def _open(self, p: Any, deadline: Deadline, mode: int) -> None:
         while True:
             try:
                 shm = p.SharedMemory(self.name, 0)
@@ -255,6 +255,9 @@ class _Segment:
         self.shm_fd = shm.fd
         os.set_inheritable(self.shm_fd, False)
         check_opened(self.shm_fd, self.name)
+        # No wider than this end's own mode (S5): a segment the group may map is no proof that the
+        # peer is this user, and this end's serializer was chosen from its mode (issue 10, B.9).
+        check_mode(f"shared memory {self.name}", os.fstat(self.shm_fd).st_mode, mode)
         # Wait for the creator's magic (it sizes the segment first, writes the magic last).
         dead_since: float | None = None
         while True:
@@ -488,7 +491,7 @@ class ShmChannel(RingChannel):
 
 def _rebuild(url: str, name: str, role: int, options: ShmOptions) -> ShmChannel:
     deadline = time.monotonic() + 10.0
-    seg = _Segment(name, create=False, capacity=0, max_message_size=0, mode=0, deadline=deadline)
+    seg = _Segment(name, create=False, capacity=0, max_message_size=0, mode=options.mode, deadline=deadline)
     return open_end(lambda: ShmChannel(url, options, seg, role), seg.close, lambda ch: ch._claim(deadline))
 
 
@@ -581,7 +584,7 @@ class ShmBackend(RingBackend):
         try:
             a._claim(None)
             seg_b = _Segment(
-                name, create=False, capacity=0, max_message_size=0, mode=0, deadline=time.monotonic() + 5
+                name, create=False, capacity=0, max_message_size=0, mode=opts.mode, deadline=time.monotonic() + 5
             )
             b = open_end(lambda: ShmChannel("shm://", opts, seg_b, 1), seg_b.close, lambda ch: ch._claim(None))
         except BaseException:
@@ -604,7 +607,7 @@ class ShmBackend(RingBackend):
         opts: ShmOptions = options
         name = _check_name(endpoint.address)
         try:
-            seg = _Segment(name, create=False, capacity=0, max_message_size=0, mode=0, deadline=deadline)
+            seg = _Segment(name, create=False, capacity=0, max_message_size=0, mode=opts.mode, deadline=deadline)
         except OSError as exc:
             if isinstance(exc, IPCError):
                 raise

@@ -13,9 +13,12 @@ Features:
     Lifecycle: keys are random, created with ``IPC_CREAT|IPC_EXCL`` (a taken key is retried
     with a new one; never ``ftok``), mode 0600 (SysV ignores the umask).  Each segment is
     recorded in a 0600 manifest file in a private 0700 directory (``$XDG_RUNTIME_DIR`` or
-    ``/tmp``, ``ipckit-sysv-<uid>``); a named endpoint's manifest is its rendezvous file.
-    Openers check the file's and the objects' owner and mode (``IPC_STAT`` uid/cuid, mode
-    ``& 0o077 == 0``) and the segment's initialised magic and nonce.  The segment is marked
+    ``/tmp``, ``ipckit-sysv-<uid>``; ``~/.cache/ipckit-sysv-<uid>`` if another user took that
+    name in ``/tmp`` first); a named endpoint's manifest is its rendezvous file.
+    Openers check the file's and the objects' owner and mode (``IPC_STAT`` uid/cuid, no
+    group/other bits beyond the opener's ``mode``) and the segment's initialised magic and nonce.
+    A ``mode`` with group bits (pass it to both ends) makes the channel untrusted: a group member
+    could attach by id and write into the rings, so pickle then needs ``trust=True``.  The segment is marked
     ``IPC_RMID`` as soon as both ends are attached from their own processes (the kernel frees it
     at the last detach, even after ``kill -9``) -- not while an end may still travel to a child,
     which re-attaches by id; the creator removes the semaphores and the manifest when it closes,
@@ -96,13 +99,16 @@ from .common.sysv import (
     TimedSemaphore,
     check_private_dir,
     check_sem_set,
-    ensure_private_dir,
+    ensure_registry_dir,
     getval,
     hold_alive,
     import_sysv_ipc,
+    locate_record,
     open_record,
     record_int,
+    registry_candidates,
     registry_dir,
+    registry_dirs,
     release_alive,
     sem_create,
     sem_remove,
@@ -188,9 +194,17 @@ class _Segment:
         self.buf: memoryview | None = memoryview(self._mem).cast("B")
         self.hdr: memoryview = self.buf[:128].cast("Q")
 
+        # The registry directory this channel's record goes to: the one its manifest is in (a pair's,
+        # or a named endpoint's there), chosen when it was created and kept, so that the record is
+        # found where it was put even if registry_dir() changes meanwhile (issue 10, B.11).
+        directory = os.path.dirname(manifest)
+        self.registry: str | None = directory if directory in registry_candidates() else None
+
     @property
     def registry_file(self) -> str:
-        return os.path.join(registry_dir(), f"reg.{self.nonce:032x}")
+        if self.registry is None:  # a rendezvous file elsewhere: the registry of the day, then kept
+            self.registry = registry_dir()
+        return os.path.join(self.registry, f"reg.{self.nonce:032x}")
 
     def current_manifest(self) -> str:
         return self.registry_file if self.hdr[_H_PUBLISHED] else self.manifest
@@ -284,18 +298,25 @@ def _create_segment(manifest: str, capacity: int, maxmsg: int, mode: int, *, ren
         os.close(fd)
 
 
-def _attach(shm: Any, semid: int, semkey: int, shmkey: int, nonce: int | None, manifest: str, what: str) -> _Segment:
-    """Validate an attachment (owner, mode, size, magic, nonce, semaphore set) and wrap it."""
+def _attach(shm: Any, semid: int, semkey: int, shmkey: int, nonce: int | None, manifest: str, what: str,
+            mode: int) -> _Segment:
+    """Validate an attachment (owner, mode, size, magic, nonce, semaphore set) and wrap it.
+
+    The segment and the set may grant group and others no more than this end's *mode* (S5): a
+    wider one is no proof that the peer is this user, and this end's serializer was chosen from
+    its mode (issue 10, B.9).
+    """
     euid = os.geteuid()
     try:
-        if int(shm.uid) != euid or int(shm.cuid) != euid or int(shm.mode) & 0o077:
+        if int(shm.uid) != euid or int(shm.cuid) != euid:
             raise PermissionDenied(
                 errno.EACCES,
                 f"{what}: segment belongs to uid {shm.uid} (creator {shm.cuid}) with mode {int(shm.mode) & 0o777:o}",
             )
+        _paths.check_mode(f"{what}: the segment", int(shm.mode), mode)
         if int(shm.size) < PAGE:
             raise IncompatibleEndpoint(f"{what}: segment of {shm.size} bytes is not an ipckit ring")
-        check_sem_set(semid, semkey, _NSEMS, what)
+        check_sem_set(semid, semkey, _NSEMS, what, mode=mode)
         seg = _Segment(shm, semid, semkey, shmkey, 0, manifest)
     except BaseException:
         _detach_quiet(shm)
@@ -453,7 +474,7 @@ class SysvShmChannel(RingChannel):
                   "nonce": f"{seg.nonce:032x}"}
         path = seg.registry_file
         for _ in range(8):
-            ensure_private_dir(os.path.dirname(path), _DIR_WHAT)
+            ensure_registry_dir(os.path.dirname(path), _DIR_WHAT)
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:  # the directory was just removed by a closing channel
@@ -532,7 +553,8 @@ def _remove_all(seg: _Segment) -> None:
     seg.mark_removed()
     hdr[_H_SEMS_GONE] = 1  # the peer stops using the set before it disappears
     sem_remove(seg.semid)
-    _paths.rmdir_quiet(registry_dir())
+    if seg.registry is not None:
+        _paths.rmdir_quiet(seg.registry)  # once empty
 
 
 
@@ -549,7 +571,7 @@ def _rebuild(url: str, ref: tuple[int, int, int, int, int, str], role: int, opti
         # sysv_ipc.attach() of an id whose segment was already freed raises ValueError, not
         # ExistentialError: the same "gone" for the child that came to take the end over.
         raise EndpointNotFound(errno.ENOENT, f"{url}: the segment is gone (every end closed?)") from exc
-    seg = _attach(shm, semid, semkey, shmkey, nonce, manifest, url)
+    seg = _attach(shm, semid, semkey, shmkey, nonce, manifest, url, options.mode)
     return open_end(lambda: SysvShmChannel(url, options, seg, role), seg.close,
                     lambda ch: ch._claim(exclusive=False))
 
@@ -571,11 +593,11 @@ def _rendezvous(address: str) -> tuple[str, str]:
     name = address.strip("/")
     if not NAME_RE.match(name):
         raise InvalidAddress(f"sysv+shm name {address!r} must match [A-Za-z0-9._-]{{1,200}} (or be an absolute path)")
-    directory = registry_dir()
-    return directory, os.path.join(directory, f"ep.{name}")
+    path = locate_record(f"ep.{name}")  # where a listener put it (or would put it now)
+    return os.path.dirname(path), path
 
 
-def _connect_segment(url: str, path: str, deadline: Deadline) -> _Segment:
+def _connect_segment(url: str, path: str, deadline: Deadline, mode: int) -> _Segment:
     """Read the rendezvous file (waiting for it and for its creator) and attach by key."""
     sysv_ipc = import_sysv_ipc()
     while True:
@@ -614,7 +636,7 @@ def _connect_segment(url: str, path: str, deadline: Deadline) -> _Segment:
     if int(shm.id) != shmid:
         _detach_quiet(shm)
         raise IncompatibleEndpoint(f"{url}: another segment now uses its key (stale endpoint)")
-    return _attach(shm, semid, semkey, shmkey, nonce, path, url)
+    return _attach(shm, semid, semkey, shmkey, nonce, path, url, mode)
 
 
 @final
@@ -650,23 +672,25 @@ class SysvShmBackend(RingBackend):
     def find_stale(cls, sweep: Sweep) -> list[StaleObject]:
         # The manifests cleanup_stale() would reclaim, judged by the same rule without removing
         # anything; the registry directory too once nothing live is left in it.
-        base = registry_dir()
-        name = os.path.basename(base)
-        if not name.startswith(sweep.prefix):
-            return []
-        try:
-            entries = sorted(os.listdir(base))
-        except OSError:
-            return []
-        found = [
-            StaleObject(path, "sysv+shm:// object", "every end is dead: no alive semaphore is held",
-                        name=name, label=entry)
-            for entry in entries
-            if os.path.isfile(path := os.path.join(base, entry)) and _RECORD.reclaim_if_stale(path, dry_run=True)
-        ]
-        if len(found) == len(entries):
-            why = "every record in it is stale" if entries else "empty"
-            found.append(StaleObject(base, "directory", why, name=name))
+        found: list[StaleObject] = []
+        for base in registry_dirs():  # (a directory another user put at a candidate is never ours to judge)
+            name = os.path.basename(base)
+            if not name.startswith(sweep.prefix):
+                continue
+            try:
+                entries = sorted(os.listdir(base))
+            except OSError:
+                continue
+            stale = [
+                StaleObject(path, "sysv+shm:// object", "every end is dead: no alive semaphore is held",
+                            name=name, label=entry)
+                for entry in entries
+                if os.path.isfile(path := os.path.join(base, entry)) and _RECORD.reclaim_if_stale(path, dry_run=True)
+            ]
+            if len(stale) == len(entries):
+                why = "every record in it is stale" if entries else "empty"
+                stale.append(StaleObject(base, "directory", why, name=name))
+            found += stale
         return found
 
     @classmethod
@@ -678,9 +702,11 @@ class SysvShmBackend(RingBackend):
 
     def pair(self, endpoint: Endpoint, options: Any) -> tuple[Channel, Channel]:
         opts: SysvShmOptions = options
-        directory = registry_dir()
         for _ in range(8):
-            ensure_private_dir(directory, _DIR_WHAT)
+            # A squatted shared name moves the record to the fallback (registry_dir), so a pair never
+            # fails because another user created a directory first (issue 10, B.11).
+            directory = registry_dir()
+            ensure_registry_dir(directory, _DIR_WHAT)
             try:
                 seg = _create_segment(os.path.join(directory, f"reg.{secrets.token_hex(16)}"), opts.capacity,
                                       opts.max_message_size, opts.mode, rendezvous=False)
@@ -698,7 +724,7 @@ class SysvShmBackend(RingBackend):
             raise
         try:
             seg_b = _attach(import_sysv_ipc().attach(seg.shmid), seg.semid, seg.semkey, seg.shmkey, seg.nonce,
-                            seg.manifest, "sysv+shm://")
+                            seg.manifest, "sysv+shm://", opts.mode)
             # Both ends are attached, but in this process: the segment is marked for removal once
             # they are in their own processes (_maybe_remove), or when the creator's end closes.
             b = open_end(lambda: SysvShmChannel("sysv+shm://", opts, seg_b, 1), seg_b.close,
@@ -710,13 +736,13 @@ class SysvShmBackend(RingBackend):
 
     def listen(self, endpoint: Endpoint, options: Any) -> Listener:
         opts: SysvShmOptions = options
-        directory, path = _rendezvous(endpoint.address)
         url = f"sysv+shm://{endpoint.address}" if endpoint.address.startswith("/") else \
             f"sysv+shm://{endpoint.address.strip('/')}"
         seg: _Segment | None = None
         for _ in range(8):
-            if path.startswith(registry_dir() + os.sep):
-                ensure_private_dir(directory, _DIR_WHAT)
+            directory, path = _rendezvous(endpoint.address)  # (again after a race: the registry may move)
+            if directory in registry_candidates():
+                ensure_registry_dir(directory, _DIR_WHAT)
             else:
                 check_private_dir(directory, _DIR_WHAT)
             try:
@@ -749,6 +775,6 @@ class SysvShmBackend(RingBackend):
             f"sysv+shm://{endpoint.address.strip('/')}"
         if os.path.lexists(directory):
             check_private_dir(directory, _DIR_WHAT)
-        seg = _connect_segment(url, path, deadline)
+        seg = _connect_segment(url, path, deadline, opts.mode)
         # A failed attach never marks the listener's segment closed.
         return open_end(lambda: SysvShmChannel(url, opts, seg, 1), seg.close, lambda ch: ch._claim(exclusive=True))

@@ -125,6 +125,11 @@ class UnixOptions(Options):
     buffer_size: int = option(4 * 1024 * 1024, minimum=1, maximum=_C_INT_MAX)
     checksum: bool = False
 
+    #: Each peer's uid is proven by ``SO_PEERCRED`` on its own connection, so a wider socket file
+    #: ``mode`` only opens the door to connecting: a same-user peer stays trusted, another uid is
+    #: not (the trust rule in ``ipckit.channel.resolve_serializer``).
+    mode_voids_trust: ClassVar[bool] = False
+
     def validate(self) -> None:
         # allow_uids and authkey take several spellings: checked here, once, when options are parsed.
         _allowed_uids(self)
@@ -854,16 +859,17 @@ class UnixBackend(Backend):
                 lock_fd = _paths.lock_path_exclusively(path + ".lock")
                 self._clear_stale(path, kind)
             sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_NONBLOCK)
-            try:
-                sock.bind(addr.sockaddr)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise EndpointExists(errno.EADDRINUSE, f"{addr.url} is in use by a live server") from exc
-                raise
             if addr.path is not None:
-                st = os.lstat(addr.path)
-                inode = (st.st_dev, st.st_ino)
-                os.chmod(addr.path, opts.mode)  # before listen(): nobody can connect in between
+                # Its mode is set before the file appears at the address (never chmod by path
+                # after bind: issue 10, B.10), and before listen(): nobody can connect in between.
+                inode = _paths.bind_with_mode(sock, addr.path, opts.mode)
+            else:
+                try:
+                    sock.bind(addr.sockaddr)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        raise EndpointExists(errno.EADDRINUSE, f"{addr.url} is in use by a live server") from exc
+                    raise
             sock.listen(opts.backlog)
             return _UnixListener(addr, opts, sock, lock_fd=lock_fd, own_dir=own_dir, inode=inode)
         except BaseException as exc:

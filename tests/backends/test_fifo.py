@@ -13,16 +13,20 @@ from ipckit.testing import (
     ListenerContract,
     PeerCloseContract,
     PeerDeathContract,
+    SecurityContract,
     SelectableContract,
 )
 
 
 class TestFifo(ChannelContract, DuplexContract, PeerCloseContract, SelectableContract, LargeMessageContract,
-               CrossProcessContract, PeerDeathContract, FramedStreamContract, ListenerContract):
+               CrossProcessContract, PeerDeathContract, FramedStreamContract, ListenerContract, SecurityContract):
     scheme = "fifo"
 
     def fresh_url(self) -> str:
         return f"fifo://{os.path.join(self.tmpdir, 'ep')}"
+
+    def url_in(self, directory: str) -> str:
+        return f"fifo://{os.path.join(directory, 'ep')}"
 
 
 # --------------------------------------------------------------------------- F-1 … F-8

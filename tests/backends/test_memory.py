@@ -8,8 +8,10 @@ from ipckit.testing import (
     LargeMessageContract,
     ListenerContract,
     PeerCloseContract,
+    SecurityContract,
 )
 
 
-class TestMemory(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, ListenerContract):
+class TestMemory(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, ListenerContract,
+                 SecurityContract):
     scheme = "memory"

@@ -33,6 +33,7 @@ from ipckit.testing import (
     ListenerContract,
     PeerCloseContract,
     PeerDeathContract,
+    SecurityContract,
 )
 
 posix_ipc = pytest.importorskip("posix_ipc")
@@ -44,7 +45,7 @@ if not is_registered("shm"):  # until the registry lists it
 
 
 class TestShm(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, CrossProcessContract,
-              PeerDeathContract, ListenerContract):
+              PeerDeathContract, ListenerContract, SecurityContract):
     scheme = "shm"
 
 

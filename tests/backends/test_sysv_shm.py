@@ -39,6 +39,7 @@ from ipckit.testing import (
     ListenerContract,
     PeerCloseContract,
     PeerDeathContract,
+    SecurityContract,
     as_user,
     signal_storm,
     spawn_peer,
@@ -53,8 +54,11 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class TestSysvShm(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, CrossProcessContract,
-                  PeerDeathContract, ListenerContract):
+                  PeerDeathContract, ListenerContract, SecurityContract):
     scheme = "sysv+shm"
+
+    def url_in(self, directory: str) -> str:
+        return f"sysv+shm://{os.path.join(directory, 'ep')}"
 
 
 # --------------------------------------------------------------------------- helpers

@@ -15,24 +15,31 @@ from ipckit.testing import (
     ListenerContract,
     PeerCloseContract,
     PeerDeathContract,
+    SecurityContract,
     SelectableContract,
 )
 
 
 class _UnixUrls:
     tmpdir: str
+    #: SO_PEERCRED proves each peer's uid, so a wider socket mode leaves a same-user peer trusted.
+    mode_is_the_proof = False
 
     def fresh_url(self) -> str:
         return f"unix://{os.path.join(self.tmpdir, 's.sock')}"
 
+    def url_in(self, directory: str) -> str:
+        return f"unix://{os.path.join(directory, 's.sock')}"
+
 
 class TestUnix(_UnixUrls, ChannelContract, DuplexContract, PeerCloseContract, SelectableContract,
-               LargeMessageContract, CrossProcessContract, PeerDeathContract, FramedStreamContract, ListenerContract):
+               LargeMessageContract, CrossProcessContract, PeerDeathContract, FramedStreamContract, ListenerContract,
+               SecurityContract):
     scheme = "unix"
 
 
 class TestUnixSeqpacket(_UnixUrls, ChannelContract, DuplexContract, PeerCloseContract, SelectableContract,
-                        CrossProcessContract, PeerDeathContract, ListenerContract):
+                        CrossProcessContract, PeerDeathContract, ListenerContract, SecurityContract):
     """Message-oriented: one packet per message (up to about 4 MiB, so no LargeMessageContract)."""
 
     scheme = "unix"

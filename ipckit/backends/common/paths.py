@@ -4,10 +4,20 @@ Why these rules (S1, S2, S4, S6, F-5, F-6, U-2 in docs/design.md):
 
 * Generated names carry 128 bits of randomness and the ``ipckit`` prefix, so they cannot be
   guessed and ``ipckit cleanup`` can find them.
-* Modes are set explicitly with ``fchmod``/``chmod`` after creation, so the umask never widens
-  (or narrows) them.
+* Modes are set explicitly after creation, so the umask never widens (or narrows) them, and
+  never by a path someone else could redirect between two calls (issue 10, B.10): a directory's
+  through a descriptor opened ``O_DIRECTORY|O_NOFOLLOW`` and owner-checked (:func:`make_dir`,
+  :func:`set_dir_mode`); files relative to a descriptor of their own private directory; a Unix
+  socket is bound in a fresh private directory, given its mode there and only then linked to its
+  address (:func:`bind_with_mode`).  The umask is not used: it is process-wide, so narrowing it
+  around one ``bind`` would change every file other threads create meanwhile.
+* Endpoints are created only in a parent directory where no other user can swap what we create
+  (:func:`check_parent_dir`): not world-writable without the sticky bit, owned by us or root.
 * Anything found at an address is ``lstat``-ed first: a symlink, a file of the wrong type or an
   object of another owner is refused, never followed or reused; files are opened ``O_NOFOLLOW``.
+* An object this end opens may grant group and others no more than this end's ``mode`` option
+  (:func:`check_mode`, S5 in docs/design.md): a wider one would void the same-user proof this
+  end's serializer relies on.
 * Liveness of a creator is an ``flock`` it holds for its lifetime; the kernel drops it when the
   process dies, so "lock free" proves the endpoint stale.
 """
@@ -19,6 +29,7 @@ import fcntl
 import os
 import re
 import secrets
+import socket
 import stat
 import tempfile
 from typing import TYPE_CHECKING
@@ -42,7 +53,13 @@ __all__ = [
     "make_private_dir",
     "generated_name",
     "check_parent_dir",
+    "check_dir",
     "check_owned",
+    "check_mode",
+    "open_dir",
+    "make_dir",
+    "set_dir_mode",
+    "bind_with_mode",
     "open_lock",
     "try_lock",
     "lock_path_exclusively",
@@ -82,14 +99,27 @@ def make_private_dir(parent: str | None = None) -> str:
     """Create a fresh ``ipckit-*`` directory with mode 0700 (set explicitly, umask-proof)."""
     try:
         path = tempfile.mkdtemp(prefix=PREFIX, dir=parent or runtime_dir())
-        os.chmod(path, 0o700)
     except OSError as exc:
         raise from_oserror(exc, "creating a private directory") from exc
+    try:
+        set_dir_mode(path, 0o700, "a private directory")
+    except BaseException:
+        rmdir_quiet(path)
+        raise
     return path
 
 
 def check_parent_dir(path: str) -> None:
-    """The directory that will hold *path* must exist and be a real directory."""
+    """The directory that will hold *path* must exist, be a directory, and be safe to create in.
+
+    Safe means no other user can replace what we create there between two of our calls (which
+    would redirect a later step, e.g. a chmod, to a file of their choosing): refused with
+    PermissionDenied are a world-writable directory without the sticky bit, and one owned by
+    another user than us or root (its owner can do anything in it).  A group-writable directory
+    is accepted: nothing ipckit does there follows a path twice (see the module docstring), and
+    peers check the owner of what they find.  The parent itself may be reached through a symlink
+    (``/var/run`` -> ``/run``): its target is what is checked.
+    """
     parent = os.path.dirname(path) or "."
     try:
         st = os.stat(parent)
@@ -99,6 +129,162 @@ def check_parent_dir(path: str) -> None:
         raise from_oserror(exc, f"checking directory {parent!r}") from exc
     if not stat.S_ISDIR(st.st_mode):
         raise InvalidAddress(f"{parent!r} (parent of {path!r}) is not a directory")
+    _check_safe_parent(parent, st)
+
+
+def _check_safe_parent(parent: str, st: os.stat_result) -> None:
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise PermissionDenied(
+            errno.EPERM,
+            f"directory {parent!r} is writable by every user and has no sticky bit, so anyone could replace "
+            "an endpoint created there; use a directory of your own (or set the sticky bit, chmod +t)",
+        )
+    if st.st_uid not in (os.geteuid(), 0):
+        raise PermissionDenied(
+            errno.EPERM,
+            f"directory {parent!r} belongs to uid {st.st_uid}, who could replace an endpoint created there; "
+            "use a directory of your own",
+        )
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_dir(path: str, what: str, *, dir_fd: int | None = None) -> int:
+    """A descriptor of the directory *path* of ours, never through a symlink in its last component.
+
+    Raises:
+        FileNotFoundError: nothing there (callers decide what that means).
+        PermissionDenied: a symlink, not a directory, or another owner's.
+    """
+    try:
+        fd = os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:  # (a symlink to a file says ENOTDIR, not ELOOP)
+            try:
+                if stat.S_ISLNK(os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    exc.errno = errno.ELOOP
+            except OSError:
+                pass
+        if exc.errno == errno.ELOOP:
+            raise PermissionDenied(errno.ELOOP, f"{path!r} is a symlink; ipckit never follows one to {what}") from exc
+        if exc.errno == errno.ENOTDIR:
+            raise PermissionDenied(errno.ENOTDIR, f"{path!r} exists and is not {what}") from exc
+        raise
+    try:
+        check_owned(path, os.fstat(fd), "directory")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def set_dir_mode(path: str, mode: int, what: str) -> None:
+    """Set *mode* on the directory of ours at *path*: ``fchmod`` on a descriptor, never ``chmod``
+    through a name that may have been swapped for a symlink meanwhile (PermissionDenied then)."""
+    try:
+        fd = open_dir(path, what)
+    except FileNotFoundError as exc:
+        raise EndpointNotFound(errno.ENOENT, f"{path!r} vanished while creating {what}") from exc
+    except OSError as exc:
+        if isinstance(exc, IPCError):
+            raise
+        raise from_oserror(exc, f"opening {path!r}") from exc
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def make_dir(path: str, mode: int, what: str) -> None:
+    """Create the directory *path* exclusively and give it *mode* (umask-proof, race-free).
+
+    Raises:
+        FileExistsError: *path* exists (the caller checks what is there).
+        PermissionDenied: what is at *path* right after ``mkdir`` is not the directory we made
+            (another user swapped it); it is left alone.
+    """
+    os.mkdir(path, 0o700)
+    set_dir_mode(path, mode, what)
+
+
+def check_mode(what: str, st_mode: int, mode: int, *, allowed: int | None = None) -> None:
+    """An object this end opens may grant group and others no more than this end's *mode* does.
+
+    *allowed*: the bits *mode* allows on this kind of object, when they differ from *mode*
+    itself (a fifo:// directory gets search bits for the FIFOs' read/write ones).
+
+    Raises:
+        PermissionDenied: the object is open to more users than this end's ``mode`` option says;
+            the message says what to pass (and that pickle then needs ``trust=True``).
+    """
+    have = st_mode & 0o777  # (SysV modes carry flags above the permission bits)
+    if have & 0o077 & ~(mode if allowed is None else allowed):
+        raise PermissionDenied(
+            errno.EACCES,
+            f"{what} has mode {have:#o}, open to more users than this end's mode={mode:#o} allows; pass the mode "
+            "it was created with here too if that is intended (a mode wider than owner-only means the peer is not "
+            "proven to be you, so pickle then needs trust=True)",
+        )
+
+
+def bind_with_mode(sock: socket.socket, path: str, mode: int) -> tuple[int, int]:
+    """Bind the Unix socket *sock* at *path* with permission bits *mode*; ``(st_dev, st_ino)``.
+
+    ``bind`` creates the socket file with ``0777 & ~umask``, and a ``chmod(path)`` after it would
+    follow a symlink another user swapped in between (making us chmod a file of their choosing).
+    So the socket is bound in a fresh private directory made next to *path* (the same file
+    system), its mode is set there, where nobody else can reach it, and only then is it linked to
+    *path* -- ``link(2)`` fails if the name exists, so nothing found there is ever replaced -- and
+    the private name removed.  Every step goes through directory descriptors, so a directory
+    swapped on the way cannot redirect one either.  Nobody can connect before the final link.
+
+    Raises:
+        EndpointExists: something appeared at *path* meanwhile (nothing was replaced).
+        OSError: any other failure (the caller translates it); nothing is left behind.
+    """
+    parent, name = os.path.split(path)
+    parent = parent or "."
+    parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _check_safe_parent(parent, os.fstat(parent_fd))  # the directory we really hold
+        private = generated_name(".bind")
+        os.mkdir(private, 0o700, dir_fd=parent_fd)
+        try:
+            private_fd = open_dir(private, "a private directory", dir_fd=parent_fd)
+            try:
+                os.fchmod(private_fd, 0o700)
+                # The kernel resolves the bind address itself: through /proc, the directory we hold
+                # (and a short address, whatever the length of *path*); the plain path otherwise.
+                via_proc = f"/proc/self/fd/{private_fd}"
+                where = via_proc if os.path.isdir(via_proc) else os.path.join(parent, private)
+                sock.bind(os.path.join(where, "s"))
+                try:
+                    os.chmod("s", mode, dir_fd=private_fd)
+                    st = os.stat("s", dir_fd=private_fd, follow_symlinks=False)
+                    try:
+                        os.link("s", name, src_dir_fd=private_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
+                    except FileExistsError as exc:
+                        raise EndpointExists(
+                            errno.EEXIST,
+                            f"{path!r} appeared while binding (another process is racing for this address); "
+                            "nothing was replaced",
+                        ) from exc
+                finally:
+                    try:
+                        os.unlink("s", dir_fd=private_fd)
+                    except OSError:
+                        pass
+            finally:
+                os.close(private_fd)
+        finally:
+            try:
+                os.rmdir(private, dir_fd=parent_fd)
+            except OSError:
+                pass
+    finally:
+        os.close(parent_fd)
+    return st.st_dev, st.st_ino
 
 
 def check_dir(path: str, what: str, *, private: bool) -> None:

@@ -35,7 +35,9 @@ Semaphore sets and SEM_UNDO liveness (:func:`sem_create`, :func:`semops`, :func:
 
 Rendezvous records (:class:`RecordFormat`)
     SysV objects have no names, so each ipckit object is recorded in a 0600 file (a
-    *record*) in a private 0700 directory (:func:`registry_dir`): the keys and ids of the
+    *record*) in a private 0700 directory (:func:`registry_dir`; where another user created
+    its name in the shared temp directory first, a fallback only we can create,
+    :func:`registry_candidates`): the keys and ids of the
     SysV objects it uses (``shm``, ``sem``, ``msg``), a nonce, and ``end`` once complete.  A
     named endpoint's record is its rendezvous file.  Its creator holds an ``flock`` on it while
     building; a record whose creator is gone and whose ends are all dead is stale, and
@@ -53,6 +55,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import pwd
 import secrets
 import stat
 import time
@@ -91,6 +94,7 @@ __all__ = [
     "check_sem_set",
     "create_at_random_key",
     "ensure_private_dir",
+    "ensure_registry_dir",
     "getval",
     "hold_alive",
     "import_sysv_ipc",
@@ -98,8 +102,11 @@ __all__ = [
     "owned_row",
     "proc_row",
     "random_key",
+    "locate_record",
     "record_int",
+    "registry_candidates",
     "registry_dir",
+    "registry_dirs",
     "release_alive",
     "remove_recorded",
     "sem_create",
@@ -436,18 +443,20 @@ def owned_row(kind: Kind, ident: int, key: int) -> dict[str, int] | None:
     return row
 
 
-def check_sem_set(semid: int, semkey: int, nsems: int, what: str) -> None:
-    """The set *semid* exists at *semkey*, is ours and private, and has *nsems* semaphores."""
+def check_sem_set(semid: int, semkey: int, nsems: int, what: str, *, mode: int = 0o600) -> None:
+    """The set *semid* exists at *semkey*, is ours, grants group and others no more than *mode*
+    (the opener's ``mode`` option), and has *nsems* semaphores."""
     row = proc_row("sem", semid)
     if row is None or row["key"] != semkey:
         raise IncompatibleEndpoint(f"{what}: its semaphore set {semid} is gone (stale endpoint)")
     euid = os.geteuid()
-    if row["uid"] != euid or row["cuid"] != euid or row["perms"] & 0o077:
+    if row["uid"] != euid or row["cuid"] != euid:
         raise PermissionDenied(
             errno.EACCES,
             f"{what}: semaphore set {semid} belongs to uid {row['uid']} (creator {row['cuid']}) "
             f"with mode {row['perms'] & 0o777:o}",
         )
+    _paths.check_mode(f"{what}: semaphore set {semid}", row["perms"], mode)
     if row["nsems"] != nsems:
         raise IncompatibleEndpoint(f"{what}: semaphore set {semid} has {row['nsems']} semaphores, not {nsems}")
 
@@ -456,18 +465,122 @@ def check_sem_set(semid: int, semkey: int, nsems: int, what: str) -> None:
 _YOUNG: Final = 2.0  # a record without ids younger than this may belong to a creator about to lock it
 
 
+def _home_cache() -> str | None:
+    """``<home>/.cache`` of this user, when the home directory (from the password database, not
+    ``$HOME``, which ``sudo`` may keep from another user) is ours and nobody else may write in it:
+    then nobody else can create anything in it.  None without such a home (``nobody``'s is
+    ``/nonexistent``)."""
+    euid = os.geteuid()
+    try:
+        home = pwd.getpwuid(euid).pw_dir
+        st = os.stat(home)
+    except (KeyError, OSError):
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or st.st_mode & 0o022:
+        return None
+    return os.path.join(home, ".cache")
+
+
+def registry_candidates() -> list[str]:
+    """Where this user's records may live, the preferred first (issue 10, B.11).
+
+    ``ipckit-sysv-<uid>`` in :func:`~ipckit.backends.common.paths.runtime_dir`: in a private
+    ``$XDG_RUNTIME_DIR`` nobody else can create it, so that is the only candidate.  In the shared
+    temp directory anyone can create the name first (a squatter would make every sysv+shm
+    ``pair()`` and ``listen()`` of ours fail), so ``<home>/.cache/ipckit-sysv-<uid>`` follows: a
+    place only we can create.  Both are deterministic, so ``connect()`` looks where ``listen()``
+    put the record (:func:`locate_record`).
+    """
+    name = f"ipckit-sysv-{os.geteuid()}"
+    runtime = _paths.runtime_dir()
+    candidates = [os.path.join(runtime, name)]
+    if runtime != os.environ.get("XDG_RUNTIME_DIR"):
+        cache = _home_cache()
+        if cache is not None:
+            candidates.append(os.path.join(cache, name))
+    return candidates
+
+
+def _taken(path: str) -> bool:
+    """True when another user holds *path*: something of theirs (a directory, a symlink, a file)
+    is there.  Ours (even if wrongly made) is not taken: check_private_dir says what is wrong."""
+    try:
+        return os.lstat(path).st_uid != os.geteuid()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # a parent we cannot search is no place for our records
+
+
 def registry_dir() -> str:
-    """The private directory of this user's records (not created)."""
-    return os.path.join(_paths.runtime_dir(), f"ipckit-sysv-{os.geteuid()}")
+    """The directory this user's new records go to (not created): the first of
+    :func:`registry_candidates` no other user holds.  When every one is held, the first:
+    :func:`ensure_registry_dir` then raises the error that says what to do."""
+    candidates = registry_candidates()
+    return next((c for c in candidates if not _taken(c)), candidates[0])
+
+
+def registry_dirs() -> list[str]:
+    """This user's existing registry directories (for sweeps and lookups): candidates that are
+    directories of ours, whatever else another user put at the others."""
+    found = []
+    for c in registry_candidates():
+        try:
+            st = os.lstat(c)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            found.append(c)
+    return found
+
+
+def locate_record(entry: str) -> str:
+    """The path of the record *entry* (``ep.<name>``): in the first of this user's registry
+    directories that has it, else where :func:`registry_dir` would create it."""
+    for d in registry_dirs():
+        if os.path.lexists(path := os.path.join(d, entry)):
+            return path
+    return os.path.join(registry_dir(), entry)
+
+
+def ensure_registry_dir(path: str, what: str = "a SysV rendezvous directory") -> None:
+    """:func:`ensure_private_dir` for a registry directory (its ``.cache`` parent made if missing).
+
+    Raises:
+        PermissionDenied: another user holds *path* and so every candidate (no safe fallback
+            exists here); the message says how to get a place of one's own.
+    """
+    if _taken(path):
+        owner = "another user"
+        try:
+            owner = f"uid {os.lstat(path).st_uid}"
+        except OSError:
+            pass
+        raise PermissionDenied(
+            errno.EPERM,
+            f"{path!r}, the directory of this user's sysv+shm records, was created by {owner}, and there is no "
+            "safe place to fall back to (no private $XDG_RUNTIME_DIR, no home directory of this user's); set "
+            "XDG_RUNTIME_DIR to a private (0700) directory of yours, or have that directory removed",
+        )
+    parent = os.path.dirname(path)
+    if os.path.basename(parent) == ".cache" and path != registry_candidates()[0]:
+        try:
+            os.mkdir(parent, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise from_oserror(exc, f"creating {parent}") from exc
+    ensure_private_dir(path, what)
 
 
 def ensure_private_dir(path: str, what: str = "a SysV rendezvous directory") -> None:
     """Create *path* (0700) unless it exists; either way it must be a private directory of ours."""
     try:
-        os.mkdir(path, 0o700)
-        os.chmod(path, 0o700)
+        _paths.make_dir(path, 0o700, what)  # the mode set through a descriptor, not the name
     except FileExistsError:
         pass
+    except IPCError:
+        raise
     except OSError as exc:
         raise from_oserror(exc, f"creating {path}") from exc
     check_private_dir(path, what)
@@ -634,20 +747,21 @@ class RecordFormat:
             os.close(fd)
 
     def sweep(self, directory: str | None = None) -> list[str]:
-        """Reclaim every stale record of this format in *directory* (default: the registry,
-        which is removed once empty); the file names removed.  Foreign files are left alone."""
-        base = directory or registry_dir()
+        """Reclaim every stale record of this format in *directory* (default: every registry
+        directory of this user's, each removed once empty); the file names removed.  Foreign files
+        are left alone."""
         removed: list[str] = []
-        try:
-            entries = sorted(os.listdir(base))
-        except OSError:
-            return removed
-        for entry in entries:
-            path = os.path.join(base, entry)
-            if os.path.isfile(path) and self.reclaim_if_stale(path):
-                removed.append(entry)
-        if directory is None:
-            _paths.rmdir_quiet(base)
+        for base in [directory] if directory else registry_dirs():
+            try:
+                entries = sorted(os.listdir(base))
+            except OSError:
+                continue
+            for entry in entries:
+                path = os.path.join(base, entry)
+                if os.path.isfile(path) and self.reclaim_if_stale(path):
+                    removed.append(entry)
+            if directory is None:
+                _paths.rmdir_quiet(base)
         return removed
 
 

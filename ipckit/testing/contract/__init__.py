@@ -26,6 +26,8 @@ The classes carry no ``Test`` prefix, so pytest collects only the subclasses.  O
 ``peer_death``     :class:`PeerDeathContract` — ``inheritable`` and ``detects_peer_close``
 ``framed_stream``  :class:`FramedStreamContract` — not ``message_oriented``, ``cross_process``
 ``listener``       :class:`ListenerContract` — ``named``
+``security``       :class:`SecurityContract` — ``named`` (the trust rule under a widened mode, the
+                   opener's mode check, safe parent directories)
 ``required``       :func:`required_contracts`, the rule above
 ``helpers``        :func:`timing_bounds`, :func:`wait_until_blocked` and what the mixins share
 """
@@ -42,6 +44,7 @@ from .listener import ListenerContract
 from .peer_close import PeerCloseContract
 from .peer_death import PeerDeathContract
 from .required import ALL_CONTRACTS, required_contracts
+from .security import SecurityContract
 from .selectable import SelectableContract
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "PeerDeathContract",
     "FramedStreamContract",
     "ListenerContract",
+    "SecurityContract",
     "ChildEnds",
     "ALL_CONTRACTS",
     "required_contracts",

@@ -12,6 +12,7 @@ from .large_message import LargeMessageContract
 from .listener import ListenerContract
 from .peer_close import PeerCloseContract
 from .peer_death import PeerDeathContract
+from .security import SecurityContract
 from .selectable import SelectableContract
 
 __all__ = ["required_contracts", "ALL_CONTRACTS"]
@@ -19,7 +20,7 @@ __all__ = ["required_contracts", "ALL_CONTRACTS"]
 #: Every contract class, the base first: what :func:`required_contracts` chooses from.
 ALL_CONTRACTS: tuple[type, ...] = (ChannelContract, DuplexContract, PeerCloseContract, SelectableContract,
                                    LargeMessageContract, CrossProcessContract, PeerDeathContract,
-                                   FramedStreamContract, ListenerContract)
+                                   FramedStreamContract, ListenerContract, SecurityContract)
 
 
 def required_contracts(caps: Capabilities) -> set[type]:
@@ -29,7 +30,8 @@ def required_contracts(caps: Capabilities) -> set[type]:
     SelectableContract if ``selectable``; LargeMessageContract unless the transport caps messages
     below 8 MiB; CrossProcessContract if ``inheritable``; PeerDeathContract if ``inheritable`` and
     ``detects_peer_close``; FramedStreamContract if not ``message_oriented`` and ``cross_process``
-    (a byte stream whose frames a dying peer can cut); ListenerContract if ``named``.
+    (a byte stream whose frames a dying peer can cut); ListenerContract and SecurityContract if
+    ``named``.
     """
     needed: set[type] = {ChannelContract}
     if caps.duplex:
@@ -48,4 +50,5 @@ def required_contracts(caps: Capabilities) -> set[type]:
         needed.add(FramedStreamContract)
     if caps.named:
         needed.add(ListenerContract)
+        needed.add(SecurityContract)
     return needed

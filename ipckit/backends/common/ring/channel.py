@@ -572,6 +572,18 @@ class RingBackend(Backend):
         """The provider's own probe (its library, its kernel interface)."""
         return True, ""
 
+    @classmethod
+    def notes(cls) -> list[str]:
+        """Which per-message fast path the rings run here (read at call time), and how to get the C one."""
+        from . import cursor
+
+        if cursor.IMPLEMENTATION == "c":
+            return ["shm rings: C per-message fast path"]
+        if os.environ.get("IPCKIT_PURE_PYTHON", "") not in ("", "0"):
+            return ["shm rings: pure-Python fast path (IPCKIT_PURE_PYTHON is set)"]
+        return ["shm rings: pure-Python fast path -- the C extension was not built; reinstall ipckit with a C "
+                "compiler and the Python headers (gcc, python3-dev) for several times faster small messages"]
+
 
 _C = TypeVar("_C", bound=RingChannel)
 
@@ -594,18 +606,6 @@ def open_end(make: Callable[[], _C], release_segment: Callable[[], object], clai
         ch.close()
         raise
     return ch
-
-    @classmethod
-    def notes(cls) -> list[str]:
-        """Which per-message fast path the rings run here (read at call time), and how to get the C one."""
-        from . import cursor
-
-        if cursor.IMPLEMENTATION == "c":
-            return ["shm rings: C per-message fast path"]
-        if os.environ.get("IPCKIT_PURE_PYTHON", "") not in ("", "0"):
-            return ["shm rings: pure-Python fast path (IPCKIT_PURE_PYTHON is set)"]
-        return ["shm rings: pure-Python fast path -- the C extension was not built; reinstall ipckit with a C "
-                "compiler and the Python headers (gcc, python3-dev) for several times faster small messages"]
 
 
 def _no_sleeping_flag(sleeping: bool) -> None:
