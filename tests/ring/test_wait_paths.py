@@ -6,6 +6,7 @@ recv_bytes_into, recv_view), poll and a listener's accept, on both ring schemes.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import threading
@@ -20,7 +21,7 @@ from ipckit.backends.common.ring import waiting
 from ipckit.backends.common.ring.channel import RingChannel
 from ipckit.backends.common.ring.waiting import WaitStrategy
 from ipckit.channel import Channel
-from ipckit.errors import ChannelClosed, ChannelTimeout, EndOfChannel, PeerDied, RecvTimeout
+from ipckit.errors import ChannelClosed, ChannelTimeout, EndOfChannel, IPCError, PeerDied, RecvTimeout
 from ipckit.testing import workers
 from ipckit.testing.contract.helpers import ResultThread, timing_bounds, wait_until_blocked
 from ipckit.testing.peers import spawn_peer
@@ -127,6 +128,29 @@ def test_receive_wakes_for_a_message_sent_while_it_waits(ends: tuple[RingChannel
     else:
         assert got == payload and type(got) is bytes
     assert waits.by(b._wait)
+
+
+class FailingWaker:
+    """A wake-up hint whose wait fails as a broken semaphore would."""
+
+    def wait(self, timeout: float) -> bool:
+        raise OSError(errno.EIO, "injected semaphore failure")
+
+    def post(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("op", [*RECEIVES, "poll"])
+def test_an_os_error_of_the_wait_is_reported_as_an_ipckit_error(ends: tuple[RingChannel, RingChannel],
+                                                               monkeypatch: pytest.MonkeyPatch, op: str) -> None:
+    """Every path reports what its wait raises the same way: an ipckit error, the OSError its cause."""
+    _, b = ends
+    monkeypatch.setattr(b, "_own_waker", FailingWaker())
+    b._wait.spin_enabled = False
+    b._wait.yield_time = 0.0
+    with pytest.raises(IPCError) as info:
+        b.poll(5.0) if op == "poll" else RECEIVES[op](b, 5.0)
+    assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.EIO
 
 
 def test_message_already_there_does_not_wait(ends: tuple[RingChannel, RingChannel], waits: Waits) -> None:

@@ -41,8 +41,10 @@ from ipckit.errors import (
     IPCError,
     PeerDied,
     RecvTimeout,
+    ResourceExhausted,
     SendTimeout,
     UnsupportedOperation,
+    from_oserror,
 )
 from ipckit.options import Capabilities, Options, option
 
@@ -285,8 +287,12 @@ class RingChannel(Channel):
                     rp = rc.own
                     if words[_WRITE_POS] == rp and self._await_data(deadline, (words, _WRITE_POS, rp, _WRITER_CLOSED)):
                         data = rc.recv_held()
-            except (OSError, MemoryError):
-                pass  # nothing was consumed: the general path takes the same step and reports it
+            except IPCError:
+                raise
+            except OSError as exc:  # reported as the general path reports them (Channel._locked_recv)
+                raise from_oserror(exc, f"recv on {self._url}") from exc
+            except MemoryError as exc:
+                raise ResourceExhausted(f"out of memory receiving on {self._url}") from exc
             finally:
                 lock.release()
             if data is not None:
