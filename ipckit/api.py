@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .backend import Backend
 from .channel import Channel, Listener, resolve_serializer
 from .deadline import deadline_from
+from .errors import IPCError, ResourceExhausted, from_oserror
 from .options import Options, parse_options
 from .registry import get_backend
 from .url import Endpoint, parse_url
@@ -26,6 +28,31 @@ def _prepare(url: str, kwargs: dict[str, Any]) -> tuple[Backend, Endpoint, Optio
     return cls(), endpoint, options
 
 
+_T = TypeVar("_T")
+
+
+def _shown(endpoint: Endpoint) -> str:
+    # Without the query: options such as authkey stay out of error messages.
+    return f"{endpoint.scheme}://{endpoint.address}"
+
+
+def _opening(what: str, make: Callable[[], _T]) -> _T:
+    """Run a backend factory; an OS error that escapes it leaves as the ipckit error for it.
+
+    The one boundary for every backend (P8 in docs/contract.md): EMFILE/ENFILE/ENOSPC/ENOMEM
+    become ResourceExhausted naming the limit (``ipckit.errors.from_oserror``), whichever call of
+    the backend met them.  A backend releases what it made before the error leaves it.
+    """
+    try:
+        return make()
+    except IPCError:
+        raise
+    except OSError as exc:
+        raise from_oserror(exc, what) from exc
+    except MemoryError as exc:
+        raise ResourceExhausted(f"{what}: out of memory") from exc
+
+
 def pair(url: str = "pipe://", **options: Any) -> tuple[Channel, Channel]:
     """Create two connected channels; hand one to a child process.
 
@@ -37,7 +64,7 @@ def pair(url: str = "pipe://", **options: Any) -> tuple[Channel, Channel]:
         ResourceExhausted, EndpointError: the OS refused.
     """
     backend, endpoint, opts = _prepare(url, options)
-    return backend.pair(endpoint, opts)
+    return _opening(f"pair() on {_shown(endpoint)}", lambda: backend.pair(endpoint, opts))
 
 
 def listen(url: str, **options: Any) -> Listener:
@@ -48,7 +75,7 @@ def listen(url: str, **options: Any) -> Listener:
         InvalidAddress, PermissionDenied, ConfigurationError, UnsupportedOperation: as the message says.
     """
     backend, endpoint, opts = _prepare(url, options)
-    return backend.listen(endpoint, opts)
+    return _opening(f"listen() on {_shown(endpoint)}", lambda: backend.listen(endpoint, opts))
 
 
 def connect(url: str, *, timeout: float | None = DEFAULT_CONNECT_TIMEOUT, **options: Any) -> Channel:
@@ -62,4 +89,5 @@ def connect(url: str, *, timeout: float | None = DEFAULT_CONNECT_TIMEOUT, **opti
         PermissionDenied, PeerRejected, InvalidAddress, ConfigurationError: as the message says.
     """
     backend, endpoint, opts = _prepare(url, options)
-    return backend.connect(endpoint, opts, deadline_from(timeout))
+    deadline = deadline_from(timeout)
+    return _opening(f"connect() to {_shown(endpoint)}", lambda: backend.connect(endpoint, opts, deadline))

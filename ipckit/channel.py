@@ -251,8 +251,10 @@ class Channel(ABC):
             deadline = None
             lock.acquire()
         else:
-            deadline = deadline_from(timeout)
-            if not lock.acquire(True, remaining(deadline) or 0.0):
+            deadline = deadline_from(timeout)  # None for a timeout beyond any wait (deadline.MAX_WAIT)
+            if deadline is None:
+                lock.acquire()
+            elif not lock.acquire(True, remaining(deadline) or 0.0):
                 raise SendTimeout(f"send timed out after {timeout} s waiting for another sending thread")
         try:
             if self._closed:
@@ -340,8 +342,10 @@ class Channel(ABC):
             deadline = None
             lock.acquire()
         else:
-            deadline = deadline_from(timeout)
-            if not lock.acquire(True, remaining(deadline) or 0.0):
+            deadline = deadline_from(timeout)  # None for a timeout beyond any wait (deadline.MAX_WAIT)
+            if deadline is None:
+                lock.acquire()
+            elif not lock.acquire(True, remaining(deadline) or 0.0):
                 raise RecvTimeout(f"recv timed out after {timeout} s waiting for another receiving thread")
         try:
             if self._closed:

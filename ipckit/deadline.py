@@ -11,21 +11,35 @@ import time
 
 from .errors import ConfigurationError
 
-__all__ = ["Deadline", "deadline_from", "remaining", "poll_fd", "Backoff"]
+__all__ = ["Deadline", "MAX_WAIT", "deadline_from", "remaining", "poll_ms", "poll_fd", "Backoff"]
 
 #: An absolute ``time.monotonic()`` value, or ``None`` for "wait forever".
 Deadline = float | None
+
+#: The longest wait one call to the kernel can express: ``poll(2)`` takes an int of milliseconds
+#: (about 24.8 days; ``threading`` locks and ``semtimedop`` allow more).  Any timeout is valid, but
+#: one at least this long is no deadline at all: :func:`deadline_from` makes it None, so no wait
+#: ever passes the kernel (or a lock's ``acquire``) a number it cannot take, and none has to
+#: split a long wait into slices.
+MAX_WAIT = (2**31 - 1) / 1000.0
+_MAX_POLL_MS = 2**31 - 1
 
 _monotonic = time.monotonic
 
 
 def deadline_from(timeout: float | None) -> Deadline:
-    """Turn a ``timeout`` (None = forever, 0 = poll, >0 seconds) into an absolute deadline."""
+    """Turn a ``timeout`` (None = forever, 0 = poll, >0 seconds) into an absolute deadline.
+
+    Every non-negative number is valid, ``inf`` and ``2**63`` included; from :data:`MAX_WAIT` on
+    it means "no deadline" (None), like ``None``.
+    """
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout or timeout < 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
         # Bool, non-numbers, NaN and negatives are caller errors, reported as ipckit's ValueError.
         raise ConfigurationError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+    if timeout >= MAX_WAIT:
+        return None
     return _monotonic() + timeout
 
 
@@ -44,8 +58,10 @@ def poll_ms(deadline: Deadline, cap: float | None = None) -> int | None:
         left = cap
     if left is None:
         return None
-    # Round up so a wait never returns just before the deadline and spins once more.
-    return int(left * 1000.0 + 0.999)
+    # Round up so a wait never returns just before the deadline and spins once more; a deadline
+    # not made by deadline_from may lie beyond what poll(2) takes.
+    ms = left * 1000.0 + 0.999
+    return int(ms) if ms < _MAX_POLL_MS else _MAX_POLL_MS
 
 
 def poll_fd(poller: select.poll, deadline: Deadline, cap: float | None = None) -> list[tuple[int, int]]:

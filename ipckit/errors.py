@@ -41,7 +41,7 @@ __all__ = [
     "BackendUnavailable",
     "SerializerUnavailable",
 ]
-# ``from_oserror`` and ``again`` below are for backends (docs/writing-a-backend.md), not for
+# ``from_oserror``, ``errno_of`` and ``again`` below are for backends (docs/writing-a-backend.md), not for
 # users: importable by name, but not part of ``__all__`` (so not re-exported by ``ipckit``).
 
 
@@ -197,13 +197,34 @@ _HINTS: dict[int, str] = {
 }
 
 
+# C extensions (posix_ipc) raise some OSErrors *without* an errno, with fixed messages; the errno
+# is recovered from the message so the limit errors below still name their limit.
+_ERRNO_OF_MESSAGE: tuple[tuple[str, int], ...] = (
+    ("maximum number of files open", _errno.EMFILE),
+    ("total number of open files", _errno.ENFILE),
+    ("Insufficient space for a new queue", _errno.ENOSPC),
+)
+
+
+def errno_of(exc: OSError) -> int:
+    """The errno of *exc*, recovered from the message of an errno-less one a C extension raised (or 0)."""
+    if exc.errno:
+        return exc.errno
+    text = str(exc)
+    for fragment, code in _ERRNO_OF_MESSAGE:
+        if fragment in text:
+            return code
+    return 0
+
+
 def from_oserror(exc: OSError, what: str) -> IPCError:
     """Translate an ``OSError`` raised while doing *what* into the matching ipckit error.
 
     The caller raises the result ``from exc`` so the OS error stays visible as ``__cause__``.
-    Unknown errnos become ``ChannelBroken``.
+    Unknown errnos become ``ChannelBroken``; the limits (EMFILE, ENFILE, ENOSPC, ENOMEM) are
+    ResourceExhausted naming the limit.
     """
-    code = exc.errno or 0
+    code = errno_of(exc)
     cls = _ERRNO_MAP.get(code, ChannelBroken)
     hint = _HINTS.get(code)
     text = f"{what}: {exc.strerror or exc}"

@@ -295,6 +295,7 @@ class FifoBackend(Backend):
     def listen(self, endpoint: Endpoint, options: Any) -> Listener:
         opts: FifoOptions = options
         what = "a fifo:// endpoint directory"
+        made_dir = True  # this call made the directory: a failure below removes it (empty by then)
         if endpoint.address:
             path = self._path(endpoint)
             _paths.check_parent_dir(path)
@@ -303,7 +304,7 @@ class FifoBackend(Backend):
                 # that could have been swapped for a symlink meanwhile (issue 10, B.10).
                 _paths.make_dir(path, _dir_mode(opts.mode), what)
             except FileExistsError:
-                pass  # checked below: ours and private, or refused
+                made_dir = False  # checked below: ours and private, or refused
             except OSError as exc:
                 if isinstance(exc, IPCError):
                     raise
@@ -316,7 +317,12 @@ class FifoBackend(Backend):
                 except BaseException:
                     _paths.rmdir_quiet(path)
                     raise
-        return self._listen_in(path, opts)
+        try:
+            return self._listen_in(path, opts)
+        except BaseException:
+            if made_dir:  # _listen_in removed what it made in it; with no descriptor left it made nothing
+                _paths.rmdir_quiet(path)
+            raise
 
     def _listen_in(self, path: str, opts: FifoOptions) -> _FifoListener:
         url = f"fifo://{path}"
@@ -418,7 +424,11 @@ class FifoBackend(Backend):
         if endpoint.address:
             raise InvalidAddress("fifo:// pair() takes no address (use listen()/connect() for a named endpoint)")
         path = _paths.make_private_dir()
-        listener = self._listen_in(path, opts)
+        try:
+            listener = self._listen_in(path, opts)
+        except BaseException:
+            _paths.rmdir_quiet(path)  # _listen_in removed what it made in it
+            raise
         try:
             client = self.connect(Endpoint("fifo", path), opts, None)
             try:

@@ -93,17 +93,19 @@ class PipeBackend(Backend):
 
     def pair(self, endpoint: Endpoint, options: Any) -> tuple[Channel, Channel]:
         opts: PipeOptions = options
-        r1, w1 = os.pipe2(os.O_CLOEXEC)
-        r2, w2 = os.pipe2(os.O_CLOEXEC)
-        fds = [r1, w1, r2, w2]
+        fds: list[int] = []  # the descriptors no channel owns yet: closed here if anything fails
+        a: PipeChannel | None = None
         try:
+            fds += os.pipe2(os.O_CLOEXEC)
+            fds += os.pipe2(os.O_CLOEXEC)
+            r1, w1, r2, w2 = fds
             grow_pipe(w1, opts.pipe_size)
             grow_pipe(w2, opts.pipe_size)
             a = PipeChannel("pipe://", opts, rfd=r1, wfd=w2, peer_trusted=True, checksum=opts.checksum)
             fds = [r2, w1]
             b = PipeChannel("pipe://", opts, rfd=r2, wfd=w1, peer_trusted=True, checksum=opts.checksum)
         except BaseException:
-            if len(fds) == 2:
+            if a is not None:
                 a.close()
             for fd in fds:
                 os.close(fd)

@@ -180,10 +180,14 @@ class _Segment:
                 self._create(p, capacity, max_message_size, mode)
             else:
                 self._open(p, deadline, mode)
-        except BaseException:
+        except BaseException as exc:
             for made in reversed(self._made):  # semaphores first, the segment's name last
                 made.unlink()
             self.close()
+            if isinstance(exc, (OSError, MemoryError)) and not isinstance(exc, IPCError):
+                # Any step may meet a limit (descriptors for the lock, the mapping or a semaphore;
+                # room in /dev/shm; memory): ResourceExhausted naming it, with nothing left behind.
+                raise posix_error(exc, f"{'creating' if create else 'opening'} {name}") from exc
             raise
         self._made = []
 

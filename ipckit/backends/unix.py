@@ -54,11 +54,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
 import os
 import select
 import socket
 import stat
 import struct
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -69,7 +71,7 @@ from .. import _handoff
 from ..backend import Backend
 from ..channel import Channel, Listener
 from ..cleanup import StaleObject, Sweep
-from ..deadline import Backoff, Deadline, poll_ms, remaining
+from ..deadline import MAX_WAIT, Backoff, Deadline, poll_ms, remaining
 from ..errors import (
     BufferTooSmall,
     ChannelClosed,
@@ -118,7 +120,7 @@ class UnixOptions(Options):
     type: str = option("stream", choices=("stream", "seqpacket"))
     allow_uids: Any = None
     authkey: Any = field(default=None, repr=False)
-    handshake_timeout: float = option(5.0, above=0)
+    handshake_timeout: float = option(5.0, above=0, maximum=MAX_WAIT)  # a deadline poll(2) can wait for
     abstract: bool = False
     backlog: int = option(128, minimum=1, maximum=_C_INT_MAX)
     max_pending: int = option(128, minimum=1)
@@ -288,7 +290,7 @@ class UnixStreamChannel(FdStreamChannel):
     capabilities: ClassVar[Capabilities] = _CAPS
 
     def __init__(self, url: str, options: Options, sock: socket.socket, *, peer_trusted: bool,
-                 reconnect: bool = False, checksum: bool = False) -> None:
+                 checksum: bool = False) -> None:
         self._sock: socket.socket | None = None
         # The socket stays in blocking mode: a receive with no deadline blocks in recv() itself
         # (close() wakes it with shutdown), and every other call passes MSG_DONTWAIT.
@@ -300,7 +302,6 @@ class UnixStreamChannel(FdStreamChannel):
         self._sendmsg = sock.sendmsg
         self._recv_into = sock.recv_into
         self._trusted = peer_trusted
-        self._reconnect = reconnect
 
     def _raw_writev(self, bufs: list[memoryview]) -> int:
         return self._sendmsg(bufs, (), self._send_flags)
@@ -370,23 +371,14 @@ def _rebuild_stream(handed: _handoff.HandedFds, url: str, options: Options, trus
 
 def _reduce(ch: UnixStreamChannel | UnixSeqpacketChannel, fd: int, rebuild: Callable[..., Channel],
             extra: tuple[Any, ...]) -> _handoff.ReduceValue:
-    # Outside a multiprocessing hand-off a client end travels as its address: the receiver makes
-    # its own connection (the server accepts it like any other client).
+    # Outside a multiprocessing hand-off every end refuses, a connected client's too (the
+    # contract: plain pickling is a TypeError); another process connects to the URL itself.
     url, options = ch._url, ch._options
     return _handoff.reduce_fds(
         ch, rebuild, (fd,), (url, options, ch._trusted, *extra),
         refuse=f"this unix:// channel ({url}) can only be passed to a child process as an argument of "
                "multiprocessing.Process (it travels as a duplicated socket); otherwise connect to the "
-               "listener's URL from the other process",
-        otherwise=(lambda: (_reconnect, (url, options))) if ch._reconnect else None)
-
-
-def _reconnect(url: str, options: Options) -> Channel:
-    from ..api import DEFAULT_CONNECT_TIMEOUT
-    from ..deadline import deadline_from
-    from ..url import parse_url
-
-    return UnixBackend().connect(parse_url(url), options, deadline_from(DEFAULT_CONNECT_TIMEOUT))
+               "listener's URL from the other process")
 
 
 # ----------------------------------------------------------------------------- seqpacket channel
@@ -440,6 +432,20 @@ def _set_sndbuf(sock: socket.socket, size: int) -> None:
         pass
 
 
+_HUNG_UP = select.POLLHUP | select.POLLRDHUP
+
+
+def _peer_hung_up(sock: socket.socket) -> bool:
+    """A seqpacket socket whose recv() gave 0: True at the end of the stream (the peer's end is
+    closed and nothing is queued), False when that was a packet of 0 bytes and more may follow."""
+    poller = select.poll()
+    poller.register(sock.fileno(), _HUNG_UP)
+    if not any(ev & _HUNG_UP for _, ev in poller.poll(0)):
+        return False
+    (queued,) = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))
+    return bool(queued == 0)  # the peer ended: only empty packets (if any) are left before the end
+
+
 @final
 class UnixSeqpacketChannel(DescriptorChannel):
     """A message-oriented channel over ``SOCK_SEQPACKET``: one packet per message, no framing.
@@ -450,12 +456,10 @@ class UnixSeqpacketChannel(DescriptorChannel):
 
     capabilities: ClassVar[Capabilities] = _SEQ_CAPS
 
-    def __init__(self, url: str, options: Options, sock: socket.socket, *, peer_trusted: bool,
-                 reconnect: bool = False) -> None:
+    def __init__(self, url: str, options: Options, sock: socket.socket, *, peer_trusted: bool) -> None:
         self._sock: socket.socket | None = None
         super().__init__(url, options, peer_trusted=peer_trusted)
         self._trusted = peer_trusted
-        self._reconnect = reconnect
         opts: UnixOptions = options  # type: ignore[assignment]
         sock.setblocking(False)
         _set_sndbuf(sock, getattr(opts, "buffer_size", UnixOptions.buffer_size))
@@ -533,8 +537,13 @@ class UnixSeqpacketChannel(DescriptorChannel):
                 self._wait_readable(deadline)
                 continue
             except ConnectionResetError:
-                n = 0
-            if n == 0:
+                n = -1
+            if n <= 0:
+                # recv() gives 0 for the end of the stream and for a packet of 0 bytes alike; the
+                # latter (no tag: nothing ipckit sends) must not read as the death of a live peer.
+                if n == 0 and not _peer_hung_up(sock):
+                    sock.recv_into(self._tag, 1)  # consume it
+                    raise ProtocolError(f"an empty packet (no tag byte) on {self._url}; it was discarded")
                 self._recv_error = PeerDied(f"the peer of {self._url} ended without closing the channel")
                 raise again(self._recv_error)
             tag = self._peek[0]
@@ -624,14 +633,12 @@ def _rebuild_seqpacket(handed: _handoff.HandedFds, url: str, options: Options, t
     return UnixSeqpacketChannel(url, options, socket.socket(fileno=fd), peer_trusted=trusted)
 
 
-def _make_channel(url: str, opts: UnixOptions, sock: socket.socket, *, trusted: bool,
-                  reconnect: bool = False) -> Channel:
+def _make_channel(url: str, opts: UnixOptions, sock: socket.socket, *, trusted: bool) -> Channel:
     """Wrap a connected socket; closes it if the channel cannot be built (e.g. UnsafeSerializer)."""
     try:
         if sock.type == socket.SOCK_SEQPACKET:
-            return UnixSeqpacketChannel(url, opts, sock, peer_trusted=trusted, reconnect=reconnect)
-        return UnixStreamChannel(url, opts, sock, peer_trusted=trusted, reconnect=reconnect,
-                                 checksum=opts.checksum)
+            return UnixSeqpacketChannel(url, opts, sock, peer_trusted=trusted)
+        return UnixStreamChannel(url, opts, sock, peer_trusted=trusted, checksum=opts.checksum)
     except BaseException:
         sock.close()
         raise
@@ -653,10 +660,21 @@ class _UnixListener(Listener):
         self._allowed = _allowed_uids(opts)
         self._seqpacket = sock.type == socket.SOCK_SEQPACKET
         self._pending: dict[int, _auth.ServerHandshake] = {}
-        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._epoll = select.epoll()
-        self._epoll.register(sock.fileno(), select.EPOLLIN)
-        self._epoll.register(self._wake, select.EPOLLIN)
+        # If either descriptor cannot be made (the descriptor limit), the other is closed here; the
+        # socket and the lock are listen()'s to release.
+        wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            ep = select.epoll()
+            try:
+                ep.register(sock.fileno(), select.EPOLLIN)
+                ep.register(wake, select.EPOLLIN)
+            except BaseException:
+                ep.close()
+                raise
+        except BaseException:
+            os.close(wake)
+            raise
+        self._wake, self._epoll = wake, ep
         self._closed = False
 
     @property
@@ -942,4 +960,4 @@ class UnixBackend(Backend):
         except BaseException:
             sock.close()
             raise
-        return _make_channel(addr.url, opts, sock, trusted=key is not None or uid == os.geteuid(), reconnect=True)
+        return _make_channel(addr.url, opts, sock, trusted=key is not None or uid == os.geteuid())

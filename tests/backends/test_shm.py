@@ -794,3 +794,82 @@ def test_t6_64mib_numpy_array_crosses_with_one_copy_per_side() -> None:
     assert (nbytes, got_crc) == (size, crc)
     assert send_peak < size // 16, f"the sender allocated {send_peak} bytes: the array was copied"
     assert recv_peak < size + size // 16, f"the receiver allocated {recv_peak} bytes: more than one copy"
+
+
+@pytest.mark.parametrize("capacity", [1 << 40, (1 << 64) - 1], ids=["2**40", "2**64-1"])
+def test_s8_forged_capacity_is_incompatible_not_a_raw_error(capacity: int) -> None:
+    """Issue 10, B.12: a capacity the ring cannot have made connect() raise a raw ValueError."""
+    url = f"shm://s8c-{secrets.token_hex(6)}"
+    with ipckit.listen(url, capacity=8192) as lst:
+        hdr = lst._chan._hdr  # type: ignore[attr-defined]
+        good = hdr[2]
+        hdr[2] = capacity
+        with pytest.raises(IncompatibleEndpoint, match="another layout"):
+            ipckit.connect(url, timeout=2)
+        hdr[2] = good
+        with ipckit.connect(url, timeout=2) as c, lst.accept(timeout=5) as s:  # nothing was left attached
+            c.send_bytes(b"fine")
+            assert s.recv_bytes(timeout=5) == b"fine"
+
+
+_FULL_SHM_SCRIPT = r"""
+import json, os, subprocess, sys
+subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", "/dev/shm"], check=True)
+import ipckit
+from ipckit.errors import ResourceExhausted
+for end in ipckit.pair("shm", capacity=4096):  # the imports, with room to spare
+    end.close()
+out = []
+for op in ("pair", "listen"):
+    for free in range(12):  # pages left in /dev/shm: the segment (5 pages here) and each semaphore (1)
+        st = os.statvfs("/dev/shm")
+        fd = os.open("/dev/shm/filler", os.O_CREAT | os.O_RDWR, 0o600)
+        if st.f_bavail > free:
+            os.posix_fallocate(fd, 0, (st.f_bavail - free) * st.f_frsize)
+        os.close(fd)
+        made = []
+        try:
+            if op == "pair":
+                made = list(ipckit.pair("shm", capacity=4096))
+            else:
+                made = [ipckit.listen("shm://full", capacity=4096)]
+            result = "ok"
+        except ResourceExhausted as exc:
+            result = "ResourceExhausted: " + str(exc)
+        except BaseException as exc:
+            result = f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
+        left = sorted(n for n in os.listdir("/dev/shm") if n != "filler")
+        for obj in made:
+            obj.close()
+        os.unlink("/dev/shm/filler")
+        out.append([op, free, result, [] if made else left])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare -m and a private tmpfs on /dev/shm")
+def test_full_dev_shm_at_every_step_is_resource_exhausted_and_leaves_nothing() -> None:
+    """Issue 10, B.12: with /dev/shm full at each step of creating a channel (the segment's pages, then
+    each semaphore), pair() and listen() work or raise ResourceExhausted naming /dev/shm, and leave no
+    entry there (a full /dev/shm while creating the semaphores was a raw OSError)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(["unshare", "-m", sys.executable, "-c", _FULL_SHM_SCRIPT], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    for op, free, result, left in rows:
+        assert result == "ok" or (result.startswith("ResourceExhausted: ") and "/dev/shm" in result), (op, free, result)
+        assert left == [], (op, free, left)
+    for op in ("pair", "listen"):
+        outcomes = [r[2] for r in rows if r[0] == op]
+        assert outcomes[0] != "ok" and outcomes[-1] == "ok"
+        # Some level of free space lets the segment be made but not its semaphores.
+        assert any("creating /ipckit." in r and "reserving" not in r for r in outcomes), outcomes

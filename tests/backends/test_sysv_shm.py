@@ -683,3 +683,22 @@ def test_ipckit_cleanup_command_keeps_live_manifests_and_reclaims_dead_ones(name
         with ipckit.connect(url, timeout=5) as c, lst.accept(timeout=5) as s:  # the rendezvous survived
             c.send_bytes(b"alive")
             assert s.recv_bytes(timeout=5) == b"alive"
+
+
+@pytest.mark.parametrize("capacity", [1 << 40, (1 << 64) - 1], ids=["2**40", "2**64-1"])
+def test_v8_forged_capacity_is_incompatible_not_a_raw_error(name: str, capacity: int) -> None:
+    """Issue 10, B.12: a capacity the ring cannot have made connect() raise a raw ValueError (and
+    leave the segment attached)."""
+    from ipckit.backends.common.ring import channel as ring_channel
+
+    url = f"sysv+shm://{name}"
+    with ipckit.listen(url, capacity=8192) as lst:
+        hdr = lst._chan._hdr  # type: ignore[attr-defined]
+        good = hdr[ring_channel.H_CAPACITY]
+        hdr[ring_channel.H_CAPACITY] = capacity
+        with pytest.raises(IncompatibleEndpoint, match="another layout"):
+            ipckit.connect(url, timeout=2)
+        hdr[ring_channel.H_CAPACITY] = good
+        with ipckit.connect(url, timeout=2) as c, lst.accept(timeout=5) as s:
+            c.send_bytes(b"fine")
+            assert s.recv_bytes(timeout=5) == b"fine"

@@ -516,3 +516,29 @@ def test_selectable_listener(tmp: str) -> None:
 
 
 _ = (errno, ChannelTimeout)
+
+
+# --------------------------------------------------------------------------- issue 10, B.12
+def test_seqpacket_zero_length_packet_is_not_the_end_of_a_live_peer() -> None:
+    """A packet of 0 bytes (no tag: not something ipckit sends) read like the end of the stream
+    gave a sticky PeerDied while the peer lived on.  It is a ProtocolError now, the packet is
+    discarded and the channel stays usable both ways; the real end still reads as before."""
+    a, b = ipckit.pair("unix://", type="seqpacket")
+    with a, b:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=os.dup(a.fileno()))
+        with raw:
+            raw.send(b"")
+            a.send_bytes(b"after")
+            assert b.poll(5.0)
+            with pytest.raises(ProtocolError, match="empty packet"):
+                b.recv_bytes(timeout=5)
+            assert b.recv_bytes(timeout=5) == b"after"
+            a.send_bytes(b"")  # ipckit's own empty message: a tag byte, a real message
+            assert b.recv_bytes(timeout=5) == b""
+            b.send_bytes(b"back")
+            assert a.recv_bytes(timeout=5) == b"back"
+            raw.send(b"")  # a zero-length packet just before the peer ends without goodbye
+        a._handed_off = True  # type: ignore[attr-defined]  # close without the goodbye packet: a crash
+        a.close()
+        with pytest.raises(PeerDied):
+            b.recv_bytes(timeout=5)

@@ -205,7 +205,13 @@ def make_dir(path: str, mode: int, what: str) -> None:
             (another user swapped it); it is left alone.
     """
     os.mkdir(path, 0o700)
-    set_dir_mode(path, mode, what)
+    try:
+        set_dir_mode(path, mode, what)
+    except PermissionDenied:
+        raise  # not the directory made here: left alone
+    except BaseException:
+        rmdir_quiet(path)  # made here, still empty (e.g. no descriptor left to open it): nothing stays
+        raise
 
 
 def check_mode(what: str, st_mode: int, mode: int, *, allowed: int | None = None) -> None:

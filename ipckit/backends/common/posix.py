@@ -58,6 +58,7 @@ from ipckit.errors import (
     IPCError,
     PermissionDenied,
     ResourceExhausted,
+    errno_of,
     from_oserror,
 )
 
@@ -389,25 +390,6 @@ _LIMIT_HINTS: Final[dict[str, dict[int, str]]] = {
 }
 
 
-# posix_ipc raises these as OSError *without* an errno, with fixed messages; the errno is
-# recovered from the message so the hints above apply.
-_ERRNO_OF_MESSAGE: Final = (
-    ("maximum number of files open", errno.EMFILE),
-    ("total number of open files", errno.ENFILE),
-    ("Insufficient space for a new queue", errno.ENOSPC),
-)
-
-
-def _errno_of(exc: OSError) -> int:
-    if exc.errno:
-        return exc.errno
-    text = str(exc)
-    for fragment, code in _ERRNO_OF_MESSAGE:
-        if fragment in text:
-            return code
-    return 0
-
-
 def interrupted(exc: BaseException) -> bool:
     """True for a wait a signal interrupted: retry it with what is left of the deadline.
 
@@ -480,7 +462,7 @@ def posix_error(
         hint = _LIMIT_HINTS[kind].get(errno.ENOMEM, "out of kernel memory")
         return ResourceExhausted(f"{what}: {exc} ({hint})")
     if isinstance(exc, OSError):
-        code = _errno_of(exc)
+        code = errno_of(exc)  # posix_ipc's errno-less EMFILE/ENFILE/ENOSPC too: the hints above apply
         limit = _LIMIT_HINTS[kind].get(code)
         if limit is not None:
             return ResourceExhausted(f"{what}: {exc.strerror or exc} ({limit})")

@@ -151,7 +151,13 @@ class DescriptorChannel(Channel):
     _recv_error: IPCError | None
 
     def _watch(self, rfd: int, wfd: int) -> None:
-        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        except BaseException:
+            # A half-made end (the descriptor limit): its maker still owns rfd/wfd and closes them;
+            # marked closed, this end never closes them a second time from __del__.
+            self._closed = True
+            raise
         self._rpoll = select.poll()
         self._rpoll.register(rfd, _POLLIN)
         self._rpoll.register(self._wake, _POLLIN)

@@ -32,6 +32,7 @@ from ...options import Capabilities
 from ...registry import get_backend
 from .. import workers
 from ..signals import signal_storm
+from .boundaries import ErrorBoundaries
 from .helpers import KiB, MiB, ResultThread, blob, send_each, timing_bounds, wait_until_blocked
 from .option_rules import OptionRules
 
@@ -62,7 +63,7 @@ def pickle_channel(ch: Channel) -> bytes:
     return pickle.dumps(ch)
 
 
-class ChannelContract(OptionRules):
+class ChannelContract(OptionRules, ErrorBoundaries):
     """What every channel does, on every backend (the promises of docs/contract.md §3).
 
     Subclasses set ``scheme`` (and optionally ``options``: extra keyword options for every

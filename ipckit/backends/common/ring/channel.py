@@ -126,13 +126,17 @@ def initialize_segment(buf: memoryview, segment_size: int, capacity: int, max_me
 
 
 def header_matches(hdr: memoryview, magic: int, version: int, segment_size: int) -> bool:
-    """True when an initialised header is ours: magic, version, owner, and a layout of this size."""
-    return (
-        hdr[H_MAGIC] == magic
-        and hdr[H_VERSION] == version
-        and hdr[H_UID] == os.geteuid()
-        and layout(int(hdr[H_CAPACITY]))[2] == segment_size
-    )
+    """True when an initialised header is ours: magic, version, owner, and a layout of this size.
+
+    The header is shared memory another process wrote: a capacity no ring can have (beyond
+    MAX_CAPACITY) is a mismatch like any other, never an error of its own.
+    """
+    if hdr[H_MAGIC] != magic or hdr[H_VERSION] != version or hdr[H_UID] != os.geteuid():
+        return False
+    try:
+        return layout(int(hdr[H_CAPACITY]))[2] == segment_size
+    except ValueError:
+        return False
 
 
 class _ForkedRing:
