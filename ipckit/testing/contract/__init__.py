@@ -16,7 +16,9 @@ the contract then connects pairs with ``listen``/``connect``.
 
 The classes carry no ``Test`` prefix, so pytest collects only the subclasses.  One module per class:
 
-``channel``        :class:`ChannelContract` — always
+``channel``        :class:`ChannelContract` — always; with its parts ``option_rules``
+                   (``OptionRules``: every option's type and bounds) and ``boundaries``
+                   (``ErrorBoundaries``: huge timeouts, the descriptor limit, plain pickling)
 ``duplex``         :class:`DuplexContract` — ``duplex``
 ``peer_close``     :class:`PeerCloseContract` — ``detects_peer_close``
 ``selectable``     :class:`SelectableContract` — ``selectable``
