@@ -21,7 +21,10 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 
 def _prepare(url: str, kwargs: dict[str, Any]) -> tuple[Backend, Endpoint, Options]:
     endpoint = parse_url(url)
-    cls = get_backend(endpoint.scheme)
+    try:
+        cls = get_backend(endpoint.scheme)
+    except OSError as exc:  # its first import met a limit (no descriptor left to open the module)
+        raise from_oserror(exc, f"loading the {endpoint.scheme}:// backend") from exc
     options = parse_options(cls.options_class, endpoint.options, kwargs)
     # Refuse an unsafe serializer before any OS object exists, so nothing is left to clean up.
     resolve_serializer(options, cls.capabilities.proves_same_user)

@@ -268,3 +268,46 @@ def test_pipe_options() -> None:
     finally:
         a.close()
         b.close()
+
+
+# --------------------------------------------------------------------------- issue 10, B.12
+def _first_use_with_no_descriptor_left() -> str:
+    import resource
+
+    from ipckit import registry
+
+    # As in a fresh process: the backend's module is imported by the first pair().
+    sys.modules.pop("ipckit.backends.pipe", None)
+    registry._LOADED.pop("pipe", None)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(fds) + 8, hard))
+    fill = []
+    try:
+        while True:
+            fill.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    try:
+        ipckit.pair("pipe://")
+        outcome = "made"
+    except ipckit.ResourceExhausted as exc:
+        outcome = f"ResourceExhausted: {exc}"
+    except BaseException as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    finally:
+        for fd in fill:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    a, b = ipckit.pair("pipe://")  # the import is retried once descriptors are free
+    a.close()
+    b.close()
+    return outcome
+
+
+def test_first_use_with_no_descriptor_left_is_resource_exhausted() -> None:
+    """The import of a backend's module on first use met the descriptor limit as a raw OSError."""
+    from ipckit.testing.contract.boundaries import in_forked_child
+
+    outcome = in_forked_child(_first_use_with_no_descriptor_left)
+    assert outcome.startswith("ResourceExhausted: loading the pipe:// backend") and "RLIMIT_NOFILE" in outcome
