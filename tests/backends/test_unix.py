@@ -542,3 +542,20 @@ def test_seqpacket_zero_length_packet_is_not_the_end_of_a_live_peer() -> None:
         a.close()
         with pytest.raises(PeerDied):
             b.recv_bytes(timeout=5)
+
+
+def test_listener_that_cannot_make_its_epoll_leaks_no_eventfd(tmp: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """unix listen() with the descriptor limit reached between its eventfd and its epoll left the
+    eventfd open, one per failed attempt."""
+    from ipckit.backends import unix as unix_mod
+
+    def no_descriptor_left() -> Any:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(unix_mod.select, "epoll", no_descriptor_left)
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(ipckit.ResourceExhausted, match="RLIMIT_NOFILE"):
+            ipckit.listen(f"unix://{tmp}/s.sock")
+    assert set(os.listdir("/proc/self/fd")) == before
+    assert os.listdir(tmp) == []
