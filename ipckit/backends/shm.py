@@ -39,12 +39,14 @@ Platform notes:
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
 import secrets
 import struct
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, final
 
@@ -135,23 +137,74 @@ def _map(fd: int, size: int) -> mmap.mmap:
     return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
 
 
-class _PosixWaker:
-    """posix_ipc semaphore as a wake-up hint (never a mutex)."""
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
-    __slots__ = ("_busy", "_signal", "sem")
+
+def _libc_sem() -> tuple[Any, Any, Any] | None:
+    """libc's ``sem_open``, ``sem_timedwait`` and ``sem_close`` through ctypes, or None."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own libc (and libpthread)
+        sem_open, timedwait, sem_close = libc.sem_open, libc.sem_timedwait, libc.sem_close
+    except (OSError, AttributeError):
+        return None
+    sem_open.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    sem_open.restype = ctypes.c_void_p
+    timedwait.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Timespec)]
+    timedwait.restype = ctypes.c_int
+    sem_close.argtypes = [ctypes.c_void_p]
+    sem_close.restype = ctypes.c_int
+    return sem_open, timedwait, sem_close
+
+
+_LIBC_SEM = _libc_sem()
+
+
+class _PosixWaker:
+    """posix_ipc semaphore as a wake-up hint (never a mutex).
+
+    The wait is libc's ``sem_timedwait`` through ctypes, on a handle of the same semaphore
+    opened by name, not posix_ipc's ``acquire``: when a signal interrupts that, posix_ipc runs the
+    Python handlers itself and replaces whatever they raised (all but KeyboardInterrupt) with its
+    SignalError, so a handler's exception was lost and the wait ran on to its deadline.  ctypes
+    returns EINTR untouched; the handler then runs as ``wait`` returns, and its exception
+    propagates at once.  Without libc's functions (or if the name is gone already) the wait
+    falls back to posix_ipc.
+    """
+
+    __slots__ = ("__weakref__", "_busy", "_handle", "_signal", "_ts", "sem")
 
     def __init__(self, sem: Any) -> None:
         p = import_posix_ipc()
         self.sem = sem
         self._busy = p.BusyError
         self._signal = p.SignalError
+        self._ts = _Timespec()
+        self._handle: int | None = None
+        if _LIBC_SEM is not None:
+            handle = _LIBC_SEM[0](os.fsencode(sem.name), 0)
+            if handle:  # SEM_FAILED is NULL on glibc and musl
+                self._handle = handle
+                weakref.finalize(self, _LIBC_SEM[2], handle)
 
     def wait(self, timeout: float) -> bool:
-        try:
-            self.sem.acquire(timeout)
-            return True
-        except (self._busy, self._signal):  # timeout, or EINTR: the caller re-checks its deadline
-            return False
+        handle = self._handle
+        if handle is None:
+            try:
+                self.sem.acquire(timeout)
+                return True
+            except (self._busy, self._signal):  # timeout, or EINTR: the caller re-checks its deadline
+                return False
+        ts = self._ts
+        # sem_timedwait takes an absolute CLOCK_REALTIME time; a wake-up is a hint the caller
+        # re-checks, so a day stands in for any longer wait (inf and 2**63 would not convert).
+        when = time.time() + max(0.0, min(timeout, 86_400.0))
+        sec = int(when)
+        ts.tv_sec = sec
+        ts.tv_nsec = min(int((when - sec) * 1e9), 999_999_999)
+        # 0: a post was consumed; -1 with ETIMEDOUT or EINTR: the caller re-checks its deadline.
+        assert _LIBC_SEM is not None
+        return bool(_LIBC_SEM[1](handle, ctypes.byref(ts)) == 0)
 
     def post(self) -> None:
         try:

@@ -34,7 +34,9 @@ from .. import workers
 from ..signals import signal_storm
 from .boundaries import ErrorBoundaries
 from .helpers import KiB, MiB, ResultThread, blob, send_each, timing_bounds, wait_until_blocked
+from .interrupts import InterruptContract
 from .option_rules import OptionRules
+from .threads import ThreadContract
 
 __all__ = ["ChannelContract"]
 
@@ -63,7 +65,7 @@ def pickle_channel(ch: Channel) -> bytes:
     return pickle.dumps(ch)
 
 
-class ChannelContract(OptionRules, ErrorBoundaries):
+class ChannelContract(OptionRules, ErrorBoundaries, InterruptContract, ThreadContract):
     """What every channel does, on every backend (the promises of docs/contract.md §3).
 
     Subclasses set ``scheme`` (and optionally ``options``: extra keyword options for every
