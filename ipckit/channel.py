@@ -139,6 +139,9 @@ class Channel(ABC):
     * One thread may send while another receives.  Two threads sending (or receiving) at once are
       serialised; neither corrupts a message.
     * Only ipckit errors leave these methods; the OS or library error is kept as ``__cause__``.
+    * A forked process uses the ends it was handed as ``multiprocessing.Process`` arguments; on any
+      other end it inherited, every call raises :class:`UnsupportedOperation` and ``close()`` is
+      silent, so the parent's channel is never touched (``ipckit._handoff``).
 
     Channels are made by :func:`ipckit.pair`, :func:`ipckit.connect` and
     :meth:`Listener.accept`, never constructed directly.
@@ -200,7 +203,7 @@ class Channel(ABC):
             PeerDied / ChannelBroken / EndOfChannel: the peer is gone.
         """
         if self._closed:
-            raise ChannelClosed(f"send on closed channel {self._url}")
+            raise self._closed_error("send")
         try:
             if self._dumps_parts is not None:
                 parts: Sequence[Buffer] = self._dumps_parts(obj)
@@ -229,7 +232,7 @@ class Channel(ABC):
             EncodeError: *data* is not a contiguous bytes-like object (also a ``TypeError``).
         """
         if self._closed:
-            raise ChannelClosed(f"send on closed channel {self._url}")
+            raise self._closed_error("send")
         self._send_view(memoryview(data) if type(data) is bytes else as_byte_view(data), timeout)
 
     def _too_large(self, n: int) -> str:
@@ -258,7 +261,7 @@ class Channel(ABC):
                 raise SendTimeout(f"send timed out after {timeout} s waiting for another sending thread")
         try:
             if self._closed:
-                raise ChannelClosed(f"send on closed channel {self._url}")
+                raise self._closed_error("send")
             if type(payload) is list:
                 self._send_parts(payload, n, deadline)
             else:
@@ -334,7 +337,7 @@ class Channel(ABC):
 
     def _locked_recv(self, timeout: float | None, into: Any) -> Any:
         if self._closed:
-            raise ChannelClosed(f"recv on closed channel {self._url}")
+            raise self._closed_error("recv")
         if timeout is USE_DEFAULT:
             timeout = self._default_timeout
         lock = self._recv_lock
@@ -349,7 +352,7 @@ class Channel(ABC):
                 raise RecvTimeout(f"recv timed out after {timeout} s waiting for another receiving thread")
         try:
             if self._closed:
-                raise ChannelClosed(f"recv on closed channel {self._url}")
+                raise self._closed_error("recv")
             if into is None:
                 return self._recv_message(deadline)
             if into is _VIEW:
@@ -374,7 +377,7 @@ class Channel(ABC):
             ChannelClosed: this side was closed.
         """
         if self._closed:
-            raise ChannelClosed(f"poll on closed channel {self._url}")
+            raise self._closed_error("poll")
         deadline = deadline_from(timeout)
         try:
             return self._poll(deadline)
@@ -391,7 +394,7 @@ class Channel(ABC):
             ChannelClosed: this side was closed.
         """
         if self._closed:
-            raise ChannelClosed(f"fileno on closed channel {self._url}")
+            raise self._closed_error("fileno")
         return self._fileno()
 
     # ------------------------------------------------------------------ closing
@@ -510,18 +513,56 @@ class Channel(ABC):
     def _fileno(self) -> int:
         raise UnsupportedOperation(f"{self._url} has no selectable descriptor")
 
-    # The three fork hooks are called by ipckit._handoff's at-fork handler (spawn and forkserver
-    # pickle instead: see __reduce__).
+    # ------------------------------------------------------------------ forked copies
+    # ipckit._handoff's at-fork handler calls _fork_handed, _fork_adopt and _disown_after_fork
+    # (spawn and forkserver pickle instead: see __reduce__).  A forked process uses only the ends
+    # it was handed; every other copy it inherited is disowned here, once, for every backend.
+
+    #: True in a forked process for an end it inherited without a hand-off: every call raises
+    #: UnsupportedOperation (through the closed checks: nothing is added to the hot paths).
+    _fork_copy = False
+
+    def _closed_error(self, call: str) -> IPCError:
+        """The error of *call* on an end that is not open in this process."""
+        if self._fork_copy:
+            return UnsupportedOperation(
+                f"{call} on {self._url} in process {os.getpid()}: this end was inherited through fork without "
+                "being handed over; pass it as an argument of multiprocessing.Process, or connect to its URL")
+        return ChannelClosed(f"{call} on closed channel {self._url}")
+
     def _fork_handed(self) -> None:
         """Parent, before a fork: this end is an argument of the multiprocessing child being started."""
         self._handed_off = True
 
     def _fork_adopt(self) -> None:
-        """Child, after a fork: this end was handed over and is now this process's to use and close."""
+        """Child, after a fork: this end was handed over and is now this process's to use and close.
+
+        The locks are new: a parent thread may have been inside a send or receive at the fork, and
+        no thread of this process will ever release what it held.  Backends that keep more
+        per-process state extend this (calling it first).
+        """
         self._handed_off = False
+        self._pid = os.getpid()
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+
+    def _disown_after_fork(self, multiprocessing_child: bool) -> None:
+        """Child, after a fork: this end was not handed over.  From now on every call raises
+        UnsupportedOperation and ``close()`` does nothing (no goodbye: the parent's channel is not
+        this process's to end); then the backend drops this process's copies (``_fork_release``)."""
+        self._fork_copy = True
+        self._handed_off = True
+        self._closed = True
+        try:
+            self._fork_release(multiprocessing_child)
+        except Exception:  # dropping a copy is best effort; the child must start regardless
+            pass
 
     def _fork_release(self, multiprocessing_child: bool) -> None:  # noqa: B027 - optional hook, doing nothing by default
-        """Child, after a fork: this end was not handed over (default: keep the copy untouched)."""
+        """Child, after a fork, for an end it was not handed (already marked closed): drop this
+        process's copies of what the end holds, silently, so the peer still sees the parent's close
+        or death.  Called with no lock (a parent thread may have held them at the fork); must never
+        write to the channel.  Default: nothing (the copies go with the process)."""
 
 
 _VIEW = object()
@@ -645,7 +686,8 @@ class Listener(ABC):
 
 def _close_all_at_exit() -> None:
     # A process that exits normally closes its channels cleanly, so peers see EndOfChannel
-    # rather than PeerDied.
+    # rather than PeerDied.  A forked process holds only what it created or adopted here (the
+    # at-fork handler empties the set in the child).
     for ch in list(_live_channels):
         try:
             ch.close()
@@ -656,7 +698,9 @@ def _close_all_at_exit() -> None:
 atexit.register(_close_all_at_exit)
 
 
-# The fork/spawn hand-off lives in ``_handoff``; it gets the live set from here (no import cycle).
-_handoff.install(_live_channels, Channel)
+# The fork/spawn hand-off lives in ``_handoff``; it gets the live set and the close-all from here
+# (no import cycle).  _handoff also runs the close-all at the end of multiprocessing children, which
+# end with os._exit under fork and forkserver (no atexit there).
+_handoff.install(_live_channels, Channel, _close_all_at_exit)
 
 _ = ConfigurationError  # re-exported for backends

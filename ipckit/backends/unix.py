@@ -63,7 +63,7 @@ import struct
 import termios
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
@@ -98,7 +98,7 @@ from ..serializers import Buffer
 from ..url import Endpoint
 from .common import auth as _auth
 from .common import paths as _paths
-from .common.stream import DescriptorChannel, FdStreamChannel, rejection_error, write_with_linger
+from .common.stream import DescriptorChannel, FdStreamChannel, bytes_waiting, rejection_error, write_with_linger
 
 __all__ = ["UnixBackend", "UnixOptions", "UnixStreamChannel", "UnixSeqpacketChannel", "MAX_PATH"]
 
@@ -110,8 +110,7 @@ _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _TAG_DATA = b"\x00"
 _TAG_GOODBYE = b"\x01"
 _TAG_REJECTED = b"\x02"  # + a short reason: the server refused this client (its first and only packet)
-_ANY_SIZE = (0,)  # recv_into's nbytes (0: the whole view) and flags, as map() arguments
-_DONTWAIT = (socket.MSG_DONTWAIT,)
+_SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)  # Linux; Python 3.11's socket module lacks the name
 
 
 _C_INT_MAX = 2**31 - 1  # backlog and SO_SNDBUF are C ints
@@ -303,7 +302,6 @@ class UnixStreamChannel(FdStreamChannel):
         self._send_flags = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
         self._sendmsg = sock.sendmsg
         self._recv_into = sock.recv_into
-        self._recv_blocking = sock.recv_into  # C-level, as the stream kit requires
         self._trusted = peer_trusted
 
     def _raw_writev(self, bufs: list[memoryview]) -> int:
@@ -317,8 +315,11 @@ class UnixStreamChannel(FdStreamChannel):
         except ConnectionResetError:
             return 0  # the peer closed with unread data: end of stream (without goodbye → PeerDied)
 
-    def _reads(self, view: memoryview) -> Iterator[int]:
-        return map(self._recv_into, (view,), _ANY_SIZE, _DONTWAIT)  # the kit maps ConnectionResetError to 0
+    def _raw_read_blocking(self, view: memoryview) -> int:
+        try:
+            return self._recv_into(view)
+        except ConnectionResetError:
+            return 0
 
     def _pending_rejection(self) -> PeerRejected | None:
         # A refused client's send fails before it read anything: look (without consuming) for the
@@ -340,6 +341,19 @@ class UnixStreamChannel(FdStreamChannel):
         if not flags & FLAG_REJECTED or len(data) < HEADER_SIZE + n:
             return None
         return rejection_error(self._url, data[HEADER_SIZE : HEADER_SIZE + n])
+
+    def _peek_incoming(self) -> bytes | None:
+        # Everything queued, looked at with MSG_PEEK (a stream socket's peek spans its packets).
+        sock = self._sock
+        if sock is None:
+            return None
+        try:
+            waiting = bytes_waiting(sock.fileno())
+            return sock.recv(waiting, socket.MSG_PEEK | socket.MSG_DONTWAIT) if waiting > 0 else b""
+        except (BlockingIOError, ConnectionResetError):
+            return b""  # nothing queued (a reset is reported only once nothing is)
+        except OSError:
+            return None
 
     def _unblock_reader(self) -> None:
         # Makes a recv() blocked in another thread return 0 at once; we are closing anyway.
@@ -499,7 +513,7 @@ class UnixSeqpacketChannel(DescriptorChannel):
             except BlockingIOError:
                 pass
             except (BrokenPipeError, ConnectionResetError) as exc:
-                raise again(self._peer_gone()) from exc
+                raise again(self._peer_gone(deadline)) from exc
             except OSError as exc:
                 if exc.errno in (errno.EMSGSIZE, errno.ENOBUFS):
                     raise MessageTooLarge(self._too_large(total)) from exc
@@ -523,6 +537,35 @@ class UnixSeqpacketChannel(DescriptorChannel):
             return None
         return rejection_error(self._url, packet[1:])
 
+    def _goodbye_after_unread(self) -> bool | None:
+        # A seqpacket peek sees one packet; SO_PEEK_OFF moves it along the queue, packet by packet
+        # (the offset is in bytes: the sum of the packets before), so the tags can be read in turn.
+        sock = self._sock
+        if sock is None:
+            return None
+        offset = 0
+        try:
+            while True:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_PEEK_OFF, offset)
+                try:
+                    n = sock.recv_into(self._peek, 1, socket.MSG_PEEK | socket.MSG_TRUNC | socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return None
+                except ConnectionResetError:
+                    continue  # reported once, ahead of the queued packets (as in _next_length)
+                if n == 0:
+                    return False  # the end of the stream, no goodbye before it (or an empty packet)
+                if self._peek[0] == _TAG_GOODBYE[0]:
+                    return True
+                offset += n
+        except OSError:
+            return None
+        finally:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_PEEK_OFF, -1)
+            except OSError:
+                pass
+
     # ---------------------------------------------------------------- receiving
     def _next_length(self, deadline: Deadline) -> int:
         """Wait for the next data packet and return its payload length (handles goodbye and EOF)."""
@@ -537,7 +580,9 @@ class UnixSeqpacketChannel(DescriptorChannel):
                 self._wait_readable(deadline)
                 continue
             except ConnectionResetError:
-                n = -1
+                # The peer closed with our packets unread: a datagram socket reports that once,
+                # ahead of the packets still queued (its goodbye among them), so look again.
+                continue
             if n <= 0:
                 # recv() gives 0 for the end of the stream and for a packet of 0 bytes alike; the
                 # latter (no tag: nothing ipckit sends) must not read as the death of a live peer.
@@ -553,13 +598,10 @@ class UnixSeqpacketChannel(DescriptorChannel):
                 packet = sock.recv(n)
                 self._recv_error = rejection_error(self._url, packet[1 : 1 + REJECT_REASON_MAX])
                 raise again(self._recv_error)
-            if tag == _TAG_GOODBYE[0]:
-                # Recorded before the packet is consumed: an exception a signal handler raises
-                # between the two must not turn a clean close into a crash (PeerDied).
-                self._recv_error = EndOfChannel(f"the peer closed {self._url} and every message was received")
-                sock.recv_into(self._tag, 1)
-                raise again(self._recv_error)
             sock.recv_into(self._tag, 1)  # consume it
+            if tag == _TAG_GOODBYE[0]:
+                self._recv_error = EndOfChannel(f"the peer closed {self._url} and every message was received")
+                raise again(self._recv_error)
             raise ProtocolError(f"unknown packet tag 0x{tag:02x} on {self._url}; the packet was discarded")
 
     def _discard(self) -> None:
@@ -593,7 +635,7 @@ class UnixSeqpacketChannel(DescriptorChannel):
         self._sock.recvmsg_into([self._tag, view[:n]])
         return n
 
-    def _poll_locked(self, deadline: Deadline) -> bool:
+    def _poll(self, deadline: Deadline) -> bool:
         if self._recv_error is not None:
             return True
         events = self._rpoll.poll(poll_ms(deadline))
@@ -618,11 +660,9 @@ class UnixSeqpacketChannel(DescriptorChannel):
                 os.close(wake)
 
     def _fork_release(self, multiprocessing_child: bool) -> None:
-        # As fdstream: a multiprocessing child drops the parent's other ends silently.
-        if multiprocessing_child:
-            self._closed = True
-            self._handed_off = True
-            self._close()
+        # As the stream kit: any forked child drops the parent's other ends silently (the base
+        # class marked this end handed off, so _close says no goodbye).
+        self._close()
 
     def _say_goodbye(self, sock: socket.socket) -> None:
         write_with_linger(sock.fileno(), lambda: sock.send(_TAG_GOODBYE, socket.MSG_NOSIGNAL))

@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +21,11 @@ import ipckit
 from ..channel import Channel
 from ..errors import EndOfChannel
 from ..framing import FLAG_CHECKSUM, encode_header
-from .peers import kill_self, ready
+from .peers import kill_self, ready, set_pdeathsig
 
 __all__ = ["Dial", "attach", "make_payload", "check_payload", "echo", "send_messages", "recv_messages",
            "send_then_kill", "recv_then_kill", "partial_frame_then_kill", "forge_header_then_wait", "frame_bytes",
-           "drain", "write_frames"]
+           "drain", "write_frames", "send_then_exit", "fork_helper_then_send"]
 
 
 @dataclass(frozen=True)
@@ -175,3 +176,69 @@ def drain(end: Channel | Dial) -> tuple[list[int], str]:
         return seqs, type(exc).__name__
     finally:
         ch.close()
+
+
+def send_then_exit(end: Channel | Dial, messages: list[bytes], how: str) -> None:
+    """Send *messages* (``send_bytes``), then end the way *how* says: ``"close"`` the channel and
+    return, ``"return"`` without closing it (the process's exit is left to close it), or ``"kill"``
+    this process (SIGKILL: nothing is closed).
+
+    For a plain ``multiprocessing.Process`` of any start method (no :func:`ready`: a forkserver
+    child is not :func:`~ipckit.testing.peers.spawn_peer`'s): the exit code tells how it went --
+    0 after a return, -9 after the kill, 1 if anything raised.
+    """
+    set_pdeathsig()  # under forkserver the parent is the fork server, which the test stops
+    ch = attach(end)
+    for m in messages:
+        ch.send_bytes(m, timeout=30.0)
+    if how == "close":
+        ch.close()
+    elif how == "kill":
+        kill_self()
+    elif how != "return":
+        raise ValueError(f"how must be 'close', 'return' or 'kill', not {how!r}")
+
+
+def fork_helper_then_send(end: Channel | Dial, messages: list[bytes]) -> str:
+    """Fork a helper with a bare ``os.fork()`` that tries to send on the end it inherited, then send
+    *messages* and close the end while the helper still lives; return the name of what the
+    helper's send raised (``"sent"`` if it went through).
+
+    The helper was not handed the end (it is no multiprocessing child of ours), so its copy must be
+    unusable and must not keep the channel open: the peer gets EndOfChannel from this process's
+    close, not PeerDied when the helper exits.
+    """
+    ch = attach(end)
+    verdict_r, verdict_w = os.pipe2(os.O_CLOEXEC)
+    hold_r, hold_w = os.pipe2(os.O_CLOEXEC)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python >= 3.12: fork() with threads
+        pid = os.fork()
+    if pid == 0:  # the helper: never returns into the peer function
+        try:
+            os.close(verdict_r)
+            os.close(hold_w)
+            set_pdeathsig()
+            try:
+                ch.send_bytes(b"from the helper", timeout=1.0)
+                verdict = "sent"
+            except BaseException as exc:
+                verdict = type(exc).__name__
+            os.write(verdict_w, verdict.encode())
+            os.close(verdict_w)
+            os.read(hold_r, 1)  # alive, holding whatever it inherited, until released
+        finally:
+            os._exit(0)
+    os.close(verdict_w)
+    os.close(hold_r)
+    try:
+        verdict = os.read(verdict_r, 100).decode() or "the helper exited without a verdict"
+        ready()
+        for m in messages:
+            ch.send_bytes(m, timeout=30.0)
+        ch.close()
+    finally:
+        os.close(verdict_r)
+        os.close(hold_w)  # lets the helper go
+        os.waitpid(pid, 0)
+    return verdict

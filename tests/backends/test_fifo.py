@@ -8,18 +8,21 @@ from ipckit.testing import (
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
+    ForkContract,
     FramedStreamContract,
     LargeMessageContract,
     ListenerContract,
     PeerCloseContract,
     PeerDeathContract,
+    PeerExitContract,
     SecurityContract,
     SelectableContract,
 )
 
 
 class TestFifo(ChannelContract, DuplexContract, PeerCloseContract, SelectableContract, LargeMessageContract,
-               CrossProcessContract, PeerDeathContract, FramedStreamContract, ListenerContract, SecurityContract):
+               CrossProcessContract, PeerDeathContract, FramedStreamContract, ListenerContract, SecurityContract,
+               PeerExitContract, ForkContract):
     scheme = "fifo"
 
     def fresh_url(self) -> str:

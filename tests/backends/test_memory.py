@@ -5,6 +5,7 @@ from __future__ import annotations
 from ipckit.testing import (
     ChannelContract,
     DuplexContract,
+    ForkContract,
     LargeMessageContract,
     ListenerContract,
     PeerCloseContract,
@@ -13,5 +14,5 @@ from ipckit.testing import (
 
 
 class TestMemory(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, ListenerContract,
-                 SecurityContract):
+                 SecurityContract, ForkContract):
     scheme = "memory"

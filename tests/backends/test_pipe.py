@@ -6,16 +6,18 @@ from ipckit.testing import (
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
+    ForkContract,
     FramedStreamContract,
     LargeMessageContract,
     PeerCloseContract,
     PeerDeathContract,
+    PeerExitContract,
     SelectableContract,
 )
 
 
 class TestPipe(ChannelContract, DuplexContract, PeerCloseContract, SelectableContract, LargeMessageContract,
-               CrossProcessContract, PeerDeathContract, FramedStreamContract):
+               CrossProcessContract, PeerDeathContract, FramedStreamContract, PeerExitContract, ForkContract):
     scheme = "pipe"
 
 
@@ -151,14 +153,16 @@ def test_a6_two_writers_small_frames_protocol_error() -> None:
     """A-6: two processes writing into one end: the sequence numbers expose it (ProtocolError)."""
     a, b = ipckit.pair("pipe://")
     try:
-        with spawn_peer(workers.send_messages, b, ["first"], False) as p1, \
-                spawn_peer(workers.send_messages, b, ["second"], False) as p2:
+        # Killed after sending: a child's normal exit would close its end, and the first goodbye
+        # in the stream would end it before the duplicate frame shows.
+        with spawn_peer(workers.send_then_kill, b, [b"first"]) as p1, \
+                spawn_peer(workers.send_then_kill, b, [b"second"]) as p2:
             b.close()
             p1.wait_ready()
             p2.wait_ready()
-            p1.join()
-            p2.join()
-            assert a.recv(timeout=5.0) in ("first", "second")
+            p1.wait_exit()
+            p2.wait_exit()
+            assert a.recv_bytes(timeout=5.0) in (b"first", b"second")
             with pytest.raises(ProtocolError):
                 a.recv(timeout=5.0)
             with pytest.raises(ChannelBroken):
@@ -174,15 +178,15 @@ def test_a6_two_writers_large_frames_never_wrong_message() -> None:
     msgs1 = [workers.make_payload(i, 256 * 1024) for i in range(3)]
     msgs2 = [workers.make_payload(100 + i, 256 * 1024) for i in range(3)]
     try:
-        with spawn_peer(workers.send_messages, b, msgs1, False) as p1, \
-                spawn_peer(workers.send_messages, b, msgs2, False) as p2:
+        with spawn_peer(workers.send_then_kill, b, msgs1) as p1, \
+                spawn_peer(workers.send_then_kill, b, msgs2) as p2:  # killed: no goodbye (see above)
             b.close()
             p1.wait_ready()
             p2.wait_ready()
             a.max_message_size  # noqa: B018
             with pytest.raises(ProtocolError):
                 for _ in range(6):
-                    data = a.recv(timeout=10.0)
+                    data = a.recv_bytes(timeout=10.0)
                     workers.check_payload(data)  # any message returned is a whole, correct one
             p1.kill()
             p2.kill()

@@ -29,10 +29,12 @@ from ipckit.testing import (
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
+    ForkContract,
     LargeMessageContract,
     ListenerContract,
     PeerCloseContract,
     PeerDeathContract,
+    PeerExitContract,
     SecurityContract,
 )
 
@@ -45,7 +47,7 @@ if not is_registered("shm"):  # until the registry lists it
 
 
 class TestShm(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, CrossProcessContract,
-              PeerDeathContract, ListenerContract, SecurityContract):
+              PeerDeathContract, ListenerContract, SecurityContract, PeerExitContract, ForkContract):
     scheme = "shm"
 
 

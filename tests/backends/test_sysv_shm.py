@@ -35,10 +35,12 @@ from ipckit.testing import (
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
+    ForkContract,
     LargeMessageContract,
     ListenerContract,
     PeerCloseContract,
     PeerDeathContract,
+    PeerExitContract,
     SecurityContract,
     as_user,
     signal_storm,
@@ -54,7 +56,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class TestSysvShm(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, CrossProcessContract,
-                  PeerDeathContract, ListenerContract, SecurityContract):
+                  PeerDeathContract, ListenerContract, SecurityContract, PeerExitContract, ForkContract):
     scheme = "sysv+shm"
 
     def url_in(self, directory: str) -> str:

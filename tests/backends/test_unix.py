@@ -10,11 +10,13 @@ from ipckit.testing import (
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
+    ForkContract,
     FramedStreamContract,
     LargeMessageContract,
     ListenerContract,
     PeerCloseContract,
     PeerDeathContract,
+    PeerExitContract,
     SecurityContract,
     SelectableContract,
 )
@@ -34,12 +36,13 @@ class _UnixUrls:
 
 class TestUnix(_UnixUrls, ChannelContract, DuplexContract, PeerCloseContract, SelectableContract,
                LargeMessageContract, CrossProcessContract, PeerDeathContract, FramedStreamContract, ListenerContract,
-               SecurityContract):
+               SecurityContract, PeerExitContract, ForkContract):
     scheme = "unix"
 
 
 class TestUnixSeqpacket(_UnixUrls, ChannelContract, DuplexContract, PeerCloseContract, SelectableContract,
-                        CrossProcessContract, PeerDeathContract, ListenerContract, SecurityContract):
+                        CrossProcessContract, PeerDeathContract, ListenerContract, SecurityContract, PeerExitContract,
+                        ForkContract):
     """Message-oriented: one packet per message (up to about 4 MiB, so no LargeMessageContract)."""
 
     scheme = "unix"

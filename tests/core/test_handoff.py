@@ -14,6 +14,7 @@ import multiprocessing.forkserver
 import multiprocessing.popen_fork
 import multiprocessing.process
 import multiprocessing.reduction
+import multiprocessing.util
 import os
 import pickle
 import sys
@@ -63,6 +64,70 @@ def test_get_spawning_popen_exists_and_is_none_outside_a_spawn() -> None:
 def test_reduction_dupfd_exists() -> None:
     assert callable(getattr(multiprocessing.reduction, "DupFd", None)), _changed(
         "multiprocessing.reduction.DupFd", "is gone")
+
+
+BOOTSTRAP = "multiprocessing.process.BaseProcess._bootstrap"
+
+
+def test_bootstrap_runs_the_after_fork_hooks_and_then_the_exit_finalizers() -> None:
+    # A child's exit closes its channels through these: _bootstrap clears the inherited finalizers
+    # and runs the after-fork hooks (_after_fork), runs the target, then util._exit_function(),
+    # which runs the finalizers, before a fork or forkserver child's os._exit.
+    names = multiprocessing.process.BaseProcess._bootstrap.__code__.co_names
+    assert "_after_fork" in names, _changed(BOOTSTRAP, "no longer runs _after_fork()")
+    assert "_exit_function" in names, _changed(BOOTSTRAP, "no longer runs util._exit_function()")
+    after_fork = multiprocessing.process.BaseProcess._after_fork.__code__.co_names
+    assert "_run_after_forkers" in after_fork, _changed(BOOTSTRAP, "_after_fork() no longer runs the after-fork hooks")
+    exit_code = multiprocessing.util._exit_function.__code__
+    assert "_run_finalizers" in exit_code.co_names + exit_code.co_varnames, _changed(
+        "multiprocessing.util._exit_function", "no longer runs the finalizers")
+
+
+def test_register_after_fork_and_finalize_exist() -> None:
+    internal = "multiprocessing.util.register_after_fork/Finalize"
+    assert callable(getattr(multiprocessing.util, "register_after_fork", None)), _changed(
+        internal, "has no register_after_fork")
+    assert callable(getattr(multiprocessing.util, "Finalize", None)), _changed(internal, "has no Finalize")
+
+
+def _exit_if_close_all_is_a_finalizer() -> None:
+    registry = multiprocessing.util._finalizer_registry  # type: ignore[attr-defined]
+    found = [f for f in list(registry.values()) if getattr(f, "_callback", None) is _handoff._close_all_in_child]
+    sys.exit(0 if found else 3)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_childs_exit_finalizers_hold_the_close_all(method: str, forkserver: None) -> None:
+    """In a child of every start method, ipckit's close-all is among the finalizers multiprocessing
+    runs at the child's end (after its _bootstrap cleared the inherited ones)."""
+    ctx: Any = multiprocessing.get_context(method)
+    proc = ctx.Process(target=_exit_if_close_all_is_a_finalizer, daemon=True)
+    proc.start()
+    proc.join(30)
+    code = proc.exitcode
+    proc.close()
+    assert code == 0, (f"{method}: the close-all is not a finalizer of the child (exit {code}): "
+                       + _changed(BOOTSTRAP, "or multiprocessing.util.Finalize changed"))
+
+
+def _exit_if_launch_holds_the_current_process() -> None:
+    frame: types.FrameType | None = sys._getframe()
+    while frame is not None and frame.f_code.co_name != "_launch":
+        frame = frame.f_back
+    found = None if frame is None else frame.f_locals.get("process_obj")
+    sys.exit(0 if found is not None and found is multiprocessing.process.current_process() else 3)
+
+
+def test_a_fork_child_is_the_process_obj_of_the_launch_frame_it_inherited() -> None:
+    # A fork-started child that forks a helper finds its own _launch frame on the stack: the
+    # at-fork handler tells it from a real start by this identity.
+    proc = multiprocessing.get_context("fork").Process(target=_exit_if_launch_holds_the_current_process)
+    proc.start()
+    proc.join(30)
+    code = proc.exitcode
+    proc.close()
+    assert code == 0, _changed("multiprocessing.process.current_process",
+                               "in a fork child is not the Process its inherited _launch frame started")
 
 
 def test_the_module_finds_nothing_changed_here() -> None:
@@ -163,6 +228,12 @@ def test_a_missing_get_spawning_popen_is_reported(monkeypatch: pytest.MonkeyPatc
     finally:
         a.close()
         b.close()
+
+
+def test_a_missing_finalize_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(multiprocessing.util, "Finalize")
+    with pytest.raises(UnsupportedOperation, match=r"multiprocessing\.util\.register_after_fork/Finalize"):
+        _handoff.check_internals()
 
 
 def test_a_missing_dupfd_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,6 +22,7 @@ from ipckit.testing import contract as contract_package
 from ipckit.testing.contract import (
     ALL_CONTRACTS,
     CrossProcessContract,
+    ForkContract,
     FramedStreamContract,
     LargeMessageContract,
     PeerDeathContract,
@@ -93,7 +94,7 @@ def test_required_contracts_reads_capabilities() -> None:
 
     minimal = Capabilities(duplex=False, message_oriented=True, detects_peer_close=False, inheritable=False,
                            max_message_size=4096)
-    assert required_contracts(minimal) == {ChannelContract}
+    assert required_contracts(minimal) == {ChannelContract, ForkContract}  # forks happen everywhere
     full = Capabilities(selectable=True, named=True)
     assert required_contracts(full) == MIXINS
     assert PeerDeathContract not in required_contracts(Capabilities(detects_peer_close=False))

@@ -26,6 +26,9 @@ The classes carry no ``Test`` prefix, so pytest collects only the subclasses.  O
 ``cross_process``  :class:`CrossProcessContract` — ``inheritable`` (and :class:`ChildEnds`, the
                    helper of every mixin that runs a peer process)
 ``peer_death``     :class:`PeerDeathContract` — ``inheritable`` and ``detects_peer_close``
+``peer_exit``      :class:`PeerExitContract` — ``inheritable`` and ``detects_peer_close`` (a clean
+                   close or return vs a kill, under fork, spawn and forkserver)
+``fork``           :class:`ForkContract` — always (forked processes use only the ends handed to them)
 ``framed_stream``  :class:`FramedStreamContract` — not ``message_oriented``, ``cross_process``
 ``listener``       :class:`ListenerContract` — ``named``
 ``security``       :class:`SecurityContract` — ``named`` (the trust rule under a widened mode, the
@@ -39,12 +42,14 @@ from __future__ import annotations
 from .channel import ChannelContract
 from .cross_process import ChildEnds, CrossProcessContract
 from .duplex import DuplexContract
+from .fork import ForkContract
 from .framed_stream import FramedStreamContract
 from .helpers import timing_bounds, wait_until_blocked
 from .large_message import LargeMessageContract
 from .listener import ListenerContract
 from .peer_close import PeerCloseContract
 from .peer_death import PeerDeathContract
+from .peer_exit import PeerExitContract
 from .required import ALL_CONTRACTS, required_contracts
 from .security import SecurityContract
 from .selectable import SelectableContract
@@ -57,6 +62,8 @@ __all__ = [
     "LargeMessageContract",
     "CrossProcessContract",
     "PeerDeathContract",
+    "PeerExitContract",
+    "ForkContract",
     "FramedStreamContract",
     "ListenerContract",
     "SecurityContract",

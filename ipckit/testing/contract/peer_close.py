@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from ...channel import Channel
-from ...errors import ChannelBroken, EndOfChannel
-from .helpers import ResultThread, wait_until_blocked
+from ...errors import EndOfChannel
+from .helpers import KiB, ResultThread, blob, wait_until_blocked
 
 __all__ = ["PeerCloseContract"]
 
@@ -47,8 +47,48 @@ class PeerCloseContract:
             waiter.outcome()
 
     def test_send_after_peer_closed(self) -> None:
+        """A send to a peer that closed cleanly raises EndOfChannel (never PeerDied), and keeps doing so."""
         a, b = self.make_pair()
         b.close()
-        with pytest.raises((EndOfChannel, ChannelBroken)):
-            for _ in range(100):  # a stream may accept a few bytes before noticing
-                a.send_bytes(b"x" * 1000, timeout=1.0)
+        with pytest.raises(EndOfChannel):
+            a.send_bytes(b"x" * 1000, timeout=1.0)
+        with pytest.raises(EndOfChannel):
+            a.send_bytes(b"x", timeout=1.0)
+        with pytest.raises(EndOfChannel):
+            a.recv_bytes(timeout=1.0)
+
+    @pytest.mark.parametrize("unread", [0, 2])
+    def test_send_to_closed_peer_keeps_its_messages_for_recv(self, unread: int) -> None:
+        """The peer sent messages (and left *unread* of ours unread), then closed: the send raises
+        EndOfChannel, and every message it sent is still received, then EndOfChannel.  On a stream
+        the goodbye comes after those messages (some already in the read-ahead buffer, some still
+        in the kernel); telling a close from a crash must not consume them."""
+        a, b = self.make_pair()
+        for i in range(unread):
+            a.send_bytes(b"never read %d" % i, timeout=5.0)
+        messages = [blob(n, n) for n in (0, 10, 5000, 100 * KiB, 3)]
+        for m in messages[:3]:
+            b.send_bytes(m, timeout=5.0)
+        assert a.recv_bytes(timeout=5.0) == messages[0]  # a stream may read the next ones ahead
+        for m in messages[3:]:
+            b.send_bytes(m, timeout=5.0)
+        b.close()
+        with pytest.raises(EndOfChannel):
+            a.send_bytes(b"to a peer that closed", timeout=5.0)
+        assert [a.recv_bytes(timeout=5.0) for _ in messages[1:]] == messages[1:]
+        with pytest.raises(EndOfChannel):
+            a.recv_bytes(timeout=5.0)
+        with pytest.raises(EndOfChannel):
+            a.send_bytes(b"again", timeout=5.0)
+
+    def test_recv_after_peer_closed_with_ours_unread(self) -> None:
+        """The peer closed with messages of ours unread: recv (no send first) still gets every
+        message it sent, then EndOfChannel (a socket reports the reset before the queued data)."""
+        a, b = self.make_pair()
+        a.send_bytes(b"never read", timeout=5.0)
+        for i in range(3):
+            b.send_bytes(b"%d" % i, timeout=5.0)
+        b.close()
+        assert [a.recv_bytes(timeout=5.0) for _ in range(3)] == [b"0", b"1", b"2"]
+        with pytest.raises(EndOfChannel):
+            a.recv_bytes(timeout=5.0)
