@@ -150,10 +150,13 @@ class FifoChannel(FdStreamChannel):
 
     def _raw_readinto(self, view: memoryview) -> int:
         got = os.readv(self._rfd, [view])
-        if got == 0 and not any(ev & select.POLLHUP for _, ev in self._hup_poll.poll(0)):
-            # No writer has opened the FIFO yet (no POLLHUP): that is "not connected yet", not EOF.
+        if got == 0 and not self._ended():
             raise BlockingIOError(errno.EAGAIN, "no writer yet")
         return got
+
+    def _ended(self) -> bool:
+        # No writer has opened the FIFO yet (no POLLHUP): a 0 read is "not connected yet", not EOF.
+        return any(ev & select.POLLHUP for _, ev in self._hup_poll.poll(0))
 
     def _fork_adopt(self) -> None:
         super()._fork_adopt()

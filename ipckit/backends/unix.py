@@ -63,7 +63,7 @@ import struct
 import termios
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
@@ -111,6 +111,8 @@ _TAG_DATA = b"\x00"
 _TAG_GOODBYE = b"\x01"
 _TAG_REJECTED = b"\x02"  # + a short reason: the server refused this client (its first and only packet)
 _SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)  # Linux; Python 3.11's socket module lacks the name
+_ANY_SIZE = (0,)  # recv_into's nbytes (0: the whole view) and flags, as map() arguments
+_DONTWAIT = (socket.MSG_DONTWAIT,)
 
 
 _C_INT_MAX = 2**31 - 1  # backlog and SO_SNDBUF are C ints
@@ -302,6 +304,7 @@ class UnixStreamChannel(FdStreamChannel):
         self._send_flags = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
         self._sendmsg = sock.sendmsg
         self._recv_into = sock.recv_into
+        self._recv_blocking = sock.recv_into  # C-level, as the stream kit requires
         self._trusted = peer_trusted
 
     def _raw_writev(self, bufs: list[memoryview]) -> int:
@@ -315,11 +318,8 @@ class UnixStreamChannel(FdStreamChannel):
         except ConnectionResetError:
             return 0  # the peer closed with unread data: end of stream (without goodbye → PeerDied)
 
-    def _raw_read_blocking(self, view: memoryview) -> int:
-        try:
-            return self._recv_into(view)
-        except ConnectionResetError:
-            return 0
+    def _reads(self, view: memoryview) -> Iterator[int]:
+        return map(self._recv_into, (view,), _ANY_SIZE, _DONTWAIT)  # the kit maps ConnectionResetError to 0
 
     def _pending_rejection(self) -> PeerRejected | None:
         # A refused client's send fails before it read anything: look (without consuming) for the
@@ -598,10 +598,13 @@ class UnixSeqpacketChannel(DescriptorChannel):
                 packet = sock.recv(n)
                 self._recv_error = rejection_error(self._url, packet[1 : 1 + REJECT_REASON_MAX])
                 raise again(self._recv_error)
-            sock.recv_into(self._tag, 1)  # consume it
             if tag == _TAG_GOODBYE[0]:
+                # Recorded before the packet is consumed: an exception a signal handler raises
+                # between the two must not turn a clean close into a crash (PeerDied).
                 self._recv_error = EndOfChannel(f"the peer closed {self._url} and every message was received")
+                sock.recv_into(self._tag, 1)
                 raise again(self._recv_error)
+            sock.recv_into(self._tag, 1)  # consume it
             raise ProtocolError(f"unknown packet tag 0x{tag:02x} on {self._url}; the packet was discarded")
 
     def _discard(self) -> None:
@@ -635,7 +638,7 @@ class UnixSeqpacketChannel(DescriptorChannel):
         self._sock.recvmsg_into([self._tag, view[:n]])
         return n
 
-    def _poll(self, deadline: Deadline) -> bool:
+    def _poll_locked(self, deadline: Deadline) -> bool:
         if self._recv_error is not None:
             return True
         events = self._rpoll.poll(poll_ms(deadline))

@@ -14,6 +14,17 @@ Why it looks like this:
 * A receive that times out consumes nothing: a partly received message stays buffered and the
   next call resumes it.  A send that times out after part of a frame left poisons the stream
   (ChannelBroken), because the peer can never find the next frame boundary.
+* An exception a signal handler raises (KeyboardInterrupt, an alarm's timeout) can come out of any
+  call, also right after a ``read``/``write`` returned and before its count was stored.  A send
+  it cuts after part of the frame left, or with a write whose count was lost, poisons the send
+  side the same way; a receive it cuts in a wait keeps the partial frame buffered and resumes
+  next time, one it cuts with a read whose count was lost breaks the receive side (the bytes are
+  gone from the kernel).  The blocking socket read, where a signal usually lands, records its
+  count from C (see ``_read_blocking``) so an interrupted wait there resumes too.  State that must
+  change together (read position and sequence number) is updated with no call in between: a
+  handler only runs at calls and loop edges.
+* ``poll()`` runs under the receive lock: it shares the poll set (``select.poll`` objects are not
+  thread-safe) and the read-ahead buffer with ``recv``.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ import select
 import struct
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,6 +247,25 @@ class DescriptorChannel(Channel):
         if self._wake >= 0:
             os.eventfd_write(self._wake, 1)
 
+    def _poll(self, deadline: Deadline) -> bool:
+        # Under the receive lock: a poll shares the poll set (not thread-safe) and, on streams,
+        # the read-ahead buffer with a recv in another thread; and close() then waits for it.
+        lock = self._recv_lock
+        if deadline is None:
+            lock.acquire()
+        elif not lock.acquire(True, remaining(deadline) or 0.0):
+            return False  # another thread is receiving: whatever arrives is its message
+        try:
+            if self._closed:
+                raise ChannelClosed(f"channel {self._url} was closed while polling")
+            return self._poll_locked(deadline)
+        finally:
+            lock.release()
+
+    def _poll_locked(self, deadline: Deadline) -> bool:
+        """``_poll`` with the receive lock held."""
+        raise NotImplementedError
+
     def _wait_readable(self, deadline: Deadline) -> None:
         events = self._rpoll.poll(poll_ms(deadline))
         if self._closed:
@@ -339,7 +369,7 @@ class FdStreamChannel(DescriptorChannel):
             if wfd != rfd:
                 os.set_blocking(wfd, False)
         self._checksum = checksum
-        self._blocked = False  # a thread is inside _raw_read_blocking
+        self._blocked = False  # a thread is inside _read_blocking
         self._watch(rfd, wfd)
         self._rbuf = bytearray(READ_BUFFER)
         self._rmv = memoryview(self._rbuf)
@@ -347,6 +377,8 @@ class FdStreamChannel(DescriptorChannel):
         self._rend = 0
         self._read_first = False  # last read filled the buffer: more is probably waiting
         self._sseq = 0
+        self._frame_sent = 0  # bytes of a frame in _write_rest that left; -1 while a write's count is unknown
+        self._counts: list[int] = []  # the count of a blocking read, stored from C (_read_blocking)
         self._rseq = 0
         self._expect_head = _head_word(0)
         self._send_error: IPCError | None = None
@@ -363,13 +395,29 @@ class FdStreamChannel(DescriptorChannel):
     def _raw_readinto(self, view: memoryview) -> int:
         return os.readv(self._rfd, [view])
 
-    #: Subclasses whose reads can block and still be woken by close() set this and implement
-    #: ``_raw_read_blocking`` and ``_unblock_reader`` (sockets: shutdown(SHUT_RD)).  Pipes cannot:
-    #: nothing but the peer wakes a blocked read on a pipe, so they always wait in poll().
+    def _reads(self, view: memoryview) -> Iterator[int]:
+        """The read ``_raw_readinto(view)`` makes, as a lazy iterator of its one count.
+
+        Nothing is read until the iterator is consumed, which the slow paths do from C
+        (``list.extend``): the count is then stored before a signal handler can run.  Return a
+        ``map`` over a C-level callable, never a generator (its Python frame reopens the window).
+        """
+        return map(os.readv, (self._rfd,), ([view],))
+
+    def _ended(self) -> bool:
+        """A read returned 0: True if that is the end of the stream (a FIFO: not before a writer opened)."""
+        return True
+
+    #: Subclasses whose reads can block and still be woken by close() set this, set
+    #: ``_recv_blocking`` and implement ``_unblock_reader`` (sockets: shutdown(SHUT_RD)).  Pipes
+    #: cannot: nothing but the peer wakes a blocked read on a pipe, so they always wait in poll().
     _blocking_reads = False
 
-    def _raw_read_blocking(self, view: memoryview) -> int:
-        raise NotImplementedError
+    #: The blocking read ``(view) -> count`` (ConnectionResetError counts as the end of the
+    #: stream).  It must be a C-level callable, e.g. ``socket.recv_into``, never a Python
+    #: function: ``_read_blocking`` calls it from C so that its count is stored before a signal
+    #: handler can run.
+    _recv_blocking: Callable[[memoryview], int]
 
     def _unblock_reader(self) -> None:
         raise NotImplementedError
@@ -404,12 +452,30 @@ class FdStreamChannel(DescriptorChannel):
             written = 0
         except OSError as exc:
             raise self._send_failed(exc, 0, deadline) from exc
+        except BaseException as exc:
+            # A signal handler's exception, raised as the write returned: how much of the frame
+            # left is lost with the return value, so the stream can no longer be trusted.
+            self._send_interrupted(exc, -1, total)
+            raise
         if written == total:
             self._sseq += 1
             return
-        self._write_rest(bufs, written, total, deadline)
+        self._frame_sent = written
+        try:
+            self._write_rest(bufs, written, total, deadline)
+        except BaseException as exc:
+            # _write_rest keeps _frame_sent current: 0 means nothing of the frame left (or all of
+            # it did, and it was counted), so the channel stays usable.
+            if not isinstance(exc, IPCError) and self._frame_sent != 0:
+                self._send_interrupted(exc, self._frame_sent, total)
+            raise
 
     def _write_rest(self, bufs: list[memoryview], written: int, total: int, deadline: Deadline) -> None:
+        """Write the rest of a frame *written* bytes into it, waiting for room (slow path).
+
+        ``_frame_sent`` tracks what left for ``_write_frame``'s interrupt handling: the count
+        so far, -1 while a write is in flight, 0 once the whole frame left (``_sseq`` advanced).
+        """
         done = written
         while True:
             # Drop what has been written from the front of the buffer list.
@@ -421,9 +487,6 @@ class FdStreamChannel(DescriptorChannel):
                 else:
                     bufs[0] = bufs[0][written:]
                     written = 0
-            if done == total:
-                self._sseq += 1
-                return
             events = self._wpoll.poll(poll_ms(deadline))
             if self._closed:
                 self._poison_send(done, "closed while sending")
@@ -434,17 +497,34 @@ class FdStreamChannel(DescriptorChannel):
                     raise SendTimeout(f"send timed out after {done} of {total} bytes of the frame; "
                                       "the stream is now broken")
                 raise SendTimeout(f"send timed out on {self._url}: the peer is not reading; nothing was sent")
+            self._frame_sent = -1
             try:
                 written = self._raw_writev(bufs[:512])
             except BlockingIOError:
                 written = 0
             except OSError as exc:
+                self._frame_sent = done
                 raise self._send_failed(exc, done, deadline) from exc
             done += written
+            if done == total:  # counted before any call, so an interrupt after it sees a whole frame
+                self._sseq += 1
+                self._frame_sent = 0
+                return
+            self._frame_sent = done
 
     def _poison_send(self, done: int, why: str) -> None:
         if done:
             self._send_error = ChannelBroken(f"{why}; the peer can no longer find message boundaries on {self._url}")
+
+    def _send_interrupted(self, exc: BaseException, done: int, total: int) -> None:
+        """Poison the send side after *exc* cut a frame (*done* bytes of *total* left; -1: unknown)."""
+        if self._send_error is not None:
+            return
+        sent = "an unknown part" if done < 0 else f"{done} of {total} bytes"
+        self._send_error = ChannelBroken(
+            f"a send on {self._url} was interrupted by {type(exc).__name__} (raised by a signal handler) "
+            f"after {sent} of its frame had left; the peer can no longer find message boundaries, so "
+            "this end sends no more: close the channel and open a new one")
 
     def _send_failed(self, exc: OSError, done: int, deadline: Deadline = 0.0) -> IPCError:
         if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
@@ -500,20 +580,21 @@ class FdStreamChannel(DescriptorChannel):
             start = self._rpos + HEADER_SIZE
             end = start + n
         data = bytes(self._rmv[start:end])
-        self._rpos = end
-        self._advance_rseq()
         if flags & FLAG_REJECTED:
-            self._recv_error = rejection_error(self._url, data)
+            self._recv_error = rejection_error(self._url, data)  # before the frame is consumed
+            self._rpos = end
+            self._rseq += 1
             raise again(self._recv_error)
+        # Position and sequence number move together (no call in between: see the module docstring);
+        # a stale _expect_head only sends the next message down this checked path.
+        self._rpos = end
+        self._rseq += 1
+        self._expect_head = _head_word(self._rseq)
         if flags & FLAG_CHECKSUM and crc32(data) != crc:
             raise self._break(ProtocolError(f"checksum mismatch in message {self._rseq - 1} on {self._url}"))
         if self._epoll is not None:
             self._sync_ready()
         return data
-
-    def _advance_rseq(self) -> None:
-        self._rseq += 1
-        self._expect_head = _head_word(self._rseq)
 
     def _header(self, pos: int) -> tuple[int, int, int]:
         try:
@@ -521,9 +602,10 @@ class FdStreamChannel(DescriptorChannel):
         except (ProtocolError, MessageTooLarge) as exc:
             raise self._break(exc) from None
         if flags & FLAG_GOODBYE:
+            end = EndOfChannel(f"the peer closed {self._url} and every message was received")
             self._rpos = pos + HEADER_SIZE
-            self._advance_rseq()
-            self._recv_error = EndOfChannel(f"the peer closed {self._url} and every message was received")
+            self._rseq += 1
+            self._recv_error = end
             if self._epoll is not None:
                 self._sync_ready()
             raise again(self._recv_error)
@@ -551,19 +633,33 @@ class FdStreamChannel(DescriptorChannel):
         crc: int | None = self._pending[2]
         view = memoryview(out)
         n = len(out)
+        pending = self._pending
+        counts = self._counts
         while have < n:
+            # The slow path can afford to record each read's count from C (see _reads): an
+            # interrupt anywhere here leaves the message pending with an exact count, resumable.
+            got = -1
             try:
-                got = self._raw_readinto(view[have:])
+                counts.extend(self._reads(view[have:]))
             except BlockingIOError:
-                self._pending[1] = have
+                pass
+            except ConnectionResetError:
+                got = 0  # a socket peer closed with unread data: the end of the stream
+            finally:
+                if counts:
+                    got = counts[0]
+                    del counts[0]
+                    have += got
+                    pending[1] = have
+            if got < 0 or (got == 0 and not self._ended()):
                 self._wait_readable(deadline)
                 continue
             if got == 0:
                 self._pending = None
                 raise self._eof(f"the peer ended in the middle of a {n}-byte message ({have} bytes received)")
-            have += got
         self._pending = None
-        self._advance_rseq()
+        self._rseq += 1
+        self._expect_head = _head_word(self._rseq)
         if crc is not None and crc32(out) != crc:
             raise self._break(ProtocolError(f"checksum mismatch in message {self._rseq - 1} on {self._url}"))
         return out
@@ -578,43 +674,72 @@ class FdStreamChannel(DescriptorChannel):
         read_first = self._read_first
         while self._rend - self._rpos < need:
             if deadline is None and self._blocking_reads:
-                got = self._read_blocking(self._rmv[self._rend :])
+                got = self._read_blocking()
             else:
                 if not read_first:
-                    self._wait_readable(deadline)
+                    self._wait_readable(deadline)  # an exception here leaves the buffer as it was
                 read_first = False
                 try:
                     got = self._raw_readinto(self._rmv[self._rend :])
                 except BlockingIOError:
                     continue
+                except OSError:
+                    raise
+                except BaseException:
+                    self._read_interrupted()
+                    raise
+                self._rend += got
             if got == 0:
                 partial = self._rend - self._rpos
                 if partial:
                     raise self._eof(f"the peer ended in the middle of a message ({partial} bytes of a frame)")
                 raise self._eof(f"the peer of {self._url} ended without closing the channel")
-            self._rend += got
             self._read_first = self._rend == READ_BUFFER
 
-    def _read_blocking(self, view: memoryview) -> int:
-        # One system call instead of poll + read.  close() from another thread sees _blocked and
-        # wakes the call with _unblock_reader(); the closed/blocked checks on both sides are
-        # ordered by the GIL, so one of them always sees the other.
+    def _read_blocking(self) -> int:
+        """Read into the buffer at ``_rend`` with one blocking call and advance ``_rend``; the count.
+
+        One system call instead of poll + read.  close() from another thread sees _blocked and
+        wakes the call with _unblock_reader(); the closed/blocked checks on both sides are
+        ordered by the GIL, so one of them always sees the other.
+        """
+        counts = self._counts
         self._blocked = True
         try:
             if self._closed:
                 raise ChannelClosed(f"channel {self._url} was closed while receiving")
-            got = self._raw_read_blocking(view)
+            # A signal usually lands while this call blocks: the read then fails with EINTR and
+            # the handler's exception comes out of it, nothing read.  But one that lands as the
+            # read returns would lose its count, and the bytes with it.  Here map() calls the read
+            # from C and list.extend stores the count before any Python code (or handler) runs,
+            # and the finally clause below accounts for it either way.
+            counts.extend(map(self._recv_blocking, (self._rmv[self._rend :],)))
+        except ConnectionResetError:
+            pass  # the peer closed with unread data: end of stream (without goodbye: PeerDied)
         finally:
             self._blocked = False
+            got = 0
+            if counts:
+                got = counts[0]
+                del counts[0]
+                self._rend += got
         if self._closed:
             raise ChannelClosed(f"channel {self._url} was closed while receiving")
         return got
+
+    def _read_interrupted(self) -> None:
+        """Break the receive side: an exception came out of a read whose count (and bytes) it lost."""
+        if self._recv_error is None:
+            self._recv_error = ChannelBroken(
+                f"a receive on {self._url} was interrupted by an exception (raised by a signal handler) "
+                "as a read returned, so the bytes it read are lost and the stream lost its message "
+                "boundaries: close the channel and open a new one")
 
     def _eof(self, why: str) -> IPCError:
         self._recv_error = PeerDied(why)
         return again(self._recv_error)
 
-    def _poll(self, deadline: Deadline) -> bool:
+    def _poll_locked(self, deadline: Deadline) -> bool:
         while True:
             if self._recv_error is not None or self._pending is not None:
                 return True
@@ -634,6 +759,11 @@ class FdStreamChannel(DescriptorChannel):
                 got = self._raw_readinto(self._rmv[self._rend :])
             except BlockingIOError:
                 continue
+            except OSError:
+                raise
+            except BaseException:
+                self._read_interrupted()
+                raise
             if got == 0:
                 return True  # end of stream: recv will raise at once
             self._rend += got
@@ -707,6 +837,18 @@ class FdStreamChannel(DescriptorChannel):
                     pass
 
     # ---------------------------------------------------------------- hand-off
+    def _fork_adopt(self) -> None:
+        super()._fork_adopt()
+        self._blocked = False  # a parent thread's blocking read: no thread of this process is in one
+        # fileno()'s epoll set and readiness eventfd are shared with the parent's copy too (and
+        # _sync_ready writes the eventfd): drop this process's handles; fileno() makes new ones.
+        epoll, self._epoll = self._epoll, None
+        ready, self._ready_fd = self._ready_fd, -1
+        if epoll is not None:
+            epoll.close()
+        if ready >= 0:
+            os.close(ready)
+
     # ---------------------------------------------------------------- the peer's goodbye, unread
     def _peek_incoming(self) -> bytes | None:
         """What the kernel holds unread in the receive direction, without consuming it (None:
