@@ -178,20 +178,13 @@ class ForkContract(ChildEnds):
                 ch.recv_bytes(timeout=10.0)
             assert peer.join() == "UnsupportedOperation", "the child's helper could use the child's end"
 
-    def test_end_handed_while_a_parent_thread_is_inside_send(self, request: pytest.FixtureRequest) -> None:
+    def test_end_handed_while_a_parent_thread_is_inside_send(self) -> None:
         """A parent thread is inside ``send()`` (waiting for room) when the end goes to a fork child:
-        the child's send does not wait on the lock that thread held at the fork, and its message
-        arrives after everything sent before."""
+        the child's send does not wait on the lock that thread held at the fork, nor carry on with
+        that thread's message, and its own message arrives after everything sent before."""
         if not self.caps.inheritable:
             pytest.skip("the backend's ends do not pass to child processes")
         a, b = self.make_pair()
-        from ...backends.common.ring.channel import RingChannel  # the kit, not a scheme
-
-        if isinstance(a, RingChannel):
-            request.node.add_marker(pytest.mark.xfail(
-                reason="issue 10, A.2 (ring half, open; docs/design.md C-12): the child's copy of the ring writer "
-                       "keeps the parent thread's pending message, so the child's send fails with 'a message is "
-                       "already pending' (or sends the parent's message)", strict=False))
         filled = 0
         with pytest.raises(SendTimeout):  # small messages: each goes in whole or not at all
             while True:

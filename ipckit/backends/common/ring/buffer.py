@@ -512,6 +512,12 @@ class RingWriter(Ring):
                 self._pending = None
                 return True
 
+    def forget_pending(self) -> None:
+        """Drop the pending message without writing anything (in a forked child that adopted this
+        end: the message is the parent thread's, which finishes or aborts it there)."""
+        self._pending = None
+        self._fast_max = -1 if self._abort_pending else self._maxmsg
+
     def abort(self) -> bool:
         """Give up on the pending message.  Returns True if the reader will never see any of it.
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -544,12 +543,11 @@ class RingChannel(Channel):
 
     def _fork_adopt(self) -> None:
         """In a multiprocessing fork child that was handed this end: it is ours now."""
-        super()._fork_adopt()
-        self._pid = os.getpid()
-        self._send_lock = threading.Lock()  # a parent thread may have held them at the fork
-        self._recv_lock = threading.Lock()
+        super()._fork_adopt()  # new locks: a parent thread may have held them at the fork
         self._wc.lock = self._send_lock
         self._rc.lock = self._recv_lock
+        # A message a parent thread was writing at the fork is that thread's to finish or abort.
+        self._w.forget_pending()
         try:
             self._take_over_after_fork()
         except Exception:  # never fail the fork; a broken end raises on use instead
