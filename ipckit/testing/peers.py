@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 __all__ = [
+    "run_forked",
     "Peer",
     "PeerFailed",
     "spawn_peer",
@@ -280,9 +281,25 @@ def as_user(fn: Callable[..., Any], *args: Any, uid: int = NOBODY, gid: int | No
 
         pytest.skip("as_user() needs root to switch to another uid")
     gid = uid if gid is None else gid
+    return run_forked(fn, *args, timeout=timeout, what=f"as_user({getattr(fn, '__name__', fn)})",
+                      before=lambda: _drop_to(uid, gid))
+
+
+def run_forked(fn: Callable[..., Any], *args: Any, timeout: float = 60.0, what: str = "forked child",
+               before: Callable[[], object] | None = None) -> Any:
+    """Run ``fn(*args)`` in a child made by a bare ``os.fork()`` and return its result.
+
+    For checks that change the process itself (uid, resource limits, inherited ends): the test
+    runner keeps its own state.  *before* runs first in the child (e.g. dropping privileges).  The
+    child ends with ``os._exit`` and never returns into the caller; an exception of *fn* that
+    pickles is re-raised here with its own type.
+    Raises:
+        PeerFailed: the child crashed, raised something that does not pickle, or did not report
+            within *timeout* (it is then killed).
+    """
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with the runner's threads: fn uses none
         pid = os.fork()
     if pid == 0:  # child: never return into the test runner
         code = 0
@@ -290,7 +307,8 @@ def as_user(fn: Callable[..., Any], *args: Any, uid: int = NOBODY, gid: int | No
             os.close(rfd)
             set_pdeathsig()
             try:
-                _drop_to(uid, gid)
+                if before is not None:
+                    before()
                 outcome: tuple[Any, ...] = ("result", fn(*args))
             except BaseException as exc:
                 try:
@@ -321,7 +339,7 @@ def as_user(fn: Callable[..., Any], *args: Any, uid: int = NOBODY, gid: int | No
             left = deadline - time.monotonic()
             if left <= 0 or not poller.poll(int(left * 1000) + 1):
                 os.kill(pid, signal.SIGKILL)
-                raise PeerFailed(f"as_user({getattr(fn, '__name__', fn)}) did not finish within {timeout} s")
+                raise PeerFailed(f"{what} did not finish within {timeout} s")
             chunk = os.read(rfd, 1 << 16)
             if not chunk:
                 break
@@ -330,10 +348,10 @@ def as_user(fn: Callable[..., Any], *args: Any, uid: int = NOBODY, gid: int | No
         os.close(rfd)
         _, status = os.waitpid(pid, 0)
     if not chunks:
-        raise PeerFailed(f"as_user child exited with status {status} without reporting")
+        raise PeerFailed(f"{what} exited with status {status} without reporting")
     outcome = pickle.loads(b"".join(chunks))
     if outcome[0] == "result":
         return outcome[1]
     if outcome[0] == "raised":
         raise outcome[1]
-    raise PeerFailed(f"as_user child failed: {outcome[1]}\n{outcome[2]}")
+    raise PeerFailed(f"{what} failed: {outcome[1]}\n{outcome[2]}")

@@ -22,9 +22,6 @@ import math
 import os
 import pickle
 import resource
-import signal
-import time
-import traceback
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -37,7 +34,7 @@ from ... import _proc
 from ...channel import Channel, Listener
 from ...errors import ChannelBroken, ChannelClosed, EndOfChannel, ResourceExhausted
 from ...options import Capabilities
-from ..peers import PeerFailed, set_pdeathsig
+from ..peers import run_forked
 from .helpers import ResultThread, wait_until_blocked
 
 __all__ = ["ErrorBoundaries", "HUGE_TIMEOUTS", "in_forked_child"]
@@ -54,52 +51,7 @@ def in_forked_child(fn: Callable[[], Any], timeout: float = 60.0) -> Any:
     Raises:
         PeerFailed: the child crashed or did not report within *timeout*.
     """
-    rfd, wfd = os.pipe2(os.O_CLOEXEC)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with the runner's threads: fn uses none of them
-        pid = os.fork()
-    if pid == 0:  # child: never return into the test runner
-        code = 0
-        try:
-            os.close(rfd)
-            set_pdeathsig()
-            try:
-                outcome: tuple[Any, ...] = ("result", fn())
-            except BaseException as exc:
-                outcome = ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
-            data = memoryview(pickle.dumps(outcome))
-            while data:
-                data = data[os.write(wfd, data):]
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    try:
-        import select
-
-        poller = select.poll()
-        poller.register(rfd, select.POLLIN)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not poller.poll(int(left * 1000) + 1):
-                os.kill(pid, signal.SIGKILL)
-                raise PeerFailed(f"forked child running {getattr(fn, '__name__', fn)} did not finish in {timeout} s")
-            chunk = os.read(rfd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(rfd)
-        _, status = os.waitpid(pid, 0)
-    if not chunks:
-        raise PeerFailed(f"forked child exited with status {status} without reporting")
-    outcome = pickle.loads(b"".join(chunks))
-    if outcome[0] == "result":
-        return outcome[1]
-    raise PeerFailed(f"forked child raised {outcome[1]}\n{outcome[2]}")
+    return run_forked(fn, timeout=timeout, what=f"forked child running {getattr(fn, '__name__', fn)}")
 
 
 def _fds() -> set[int]:

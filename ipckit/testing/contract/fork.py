@@ -12,13 +12,6 @@ not have.
 
 from __future__ import annotations
 
-import os
-import pickle
-import select
-import signal
-import time
-import traceback
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +21,7 @@ from ... import channel as _channel
 from ...channel import Channel
 from ...errors import EndOfChannel, SendTimeout
 from .. import workers
-from ..peers import ready, set_pdeathsig, spawn_peer
+from ..peers import ready, run_forked, spawn_peer
 from .cross_process import ChildEnds
 from .helpers import ResultThread, wait_until_blocked
 
@@ -41,49 +34,10 @@ _NOT_GIVEN: dict[str, Channel] = {}
 def in_bare_fork(fn: Callable[[], Any], timeout: float = 30.0) -> Any:
     """Run ``fn()`` in a child made by a bare ``os.fork()`` (no multiprocessing); return its result.
 
-    The child ends with ``os._exit`` and never returns into the caller; an exception in *fn* fails
-    the caller with the child's traceback.
+    The child ends with ``os._exit`` and never returns into the caller; an exception in *fn* is
+    re-raised here (PeerFailed with the child's traceback when it does not pickle).
     """
-    rfd, wfd = os.pipe2(os.O_CLOEXEC)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # Python >= 3.12: fork() with threads
-        pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(rfd)
-            set_pdeathsig()
-            try:
-                outcome: tuple[Any, ...] = ("result", fn())
-            except BaseException as exc:
-                outcome = ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
-            data = memoryview(pickle.dumps(outcome))
-            while data:
-                data = data[os.write(wfd, data):]
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    chunks = []
-    try:
-        poller = select.poll()
-        poller.register(rfd, select.POLLIN)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not poller.poll(int(left * 1000) + 1):
-                os.kill(pid, signal.SIGKILL)
-                raise AssertionError(f"the forked child did not finish within {timeout} s")
-            chunk = os.read(rfd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(rfd)
-        os.waitpid(pid, 0)
-    assert chunks, "the forked child exited without reporting"
-    outcome = pickle.loads(b"".join(chunks))
-    if outcome[0] == "error":
-        raise AssertionError(f"the forked child raised {outcome[1]}\n{outcome[2]}")
-    return outcome[1]
+    return run_forked(fn, timeout=timeout, what="the bare-forked child")
 
 
 def try_every_call(ends: tuple[Channel, ...]) -> dict[str, tuple[str, str]]:
