@@ -614,10 +614,18 @@ def _connect_segment(url: str, path: str, deadline: Deadline, mode: int) -> _Seg
                 raise IncompatibleEndpoint(f"{path!r} is not an ipckit sysv+shm endpoint file")
             if "end" in fields:
                 break
-            if _paths.try_lock(fd) and record_int(fields, "semid") is not None:
+            # Fields read before the lock may predate the creator's last write: a creator that
+            # finished between our read and our lock leaves the lock free and the record complete,
+            # so read it again under the lock before calling it half-made.
+            # An empty record is never locked here: its creator may not have taken its lock yet,
+            # and holding it then would make that creator's listen() fail.
+            if record_int(fields, "semid") is not None and _paths.try_lock(fd) \
+                    and "end" not in (fields := _RECORD.read(fd, path)):
                 raise IncompatibleEndpoint(
                     f"{url} is half-made: its creator died while creating it; listen() on the name reclaims it"
                 )
+            if "end" in fields:
+                break
         finally:
             os.close(fd)
         if deadline is not None and time.monotonic() >= deadline:

@@ -255,6 +255,33 @@ def test_v3_creator_killed_the_other_end_cleans_up(name: str) -> None:
         if os.path.isdir(sysv_kit.registry_dir()) else True
 
 
+def test_connect_reads_the_record_again_under_the_lock(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A creator that finishes between a connector's read and its lock is not "half-made".
+
+    The first read is made to return the record as it was before the creator's last write (ids,
+    no ``end``); the lock is then free because the creator is done.  That interleaving failed a
+    CI run: connect() must read again under the lock and attach.
+    """
+    real_read = sysv_kit.RecordFormat.read
+    calls: list[int] = []
+
+    def early_read(self: sysv_kit.RecordFormat, fd: int, path: str) -> dict[str, str]:
+        fields = real_read(self, fd, path)
+        calls.append(1)
+        if len(calls) == 1:
+            fields.pop("end", None)
+        return fields
+
+    with ipckit.listen(f"sysv+shm://{name}") as lst:
+        monkeypatch.setattr(sysv_kit.RecordFormat, "read", early_read)
+        with ipckit.connect(lst.url, timeout=5) as c:
+            monkeypatch.undo()
+            assert len(calls) == 2
+            with lst.accept(timeout=5) as s:
+                s.send_bytes(b"whole")
+                assert c.recv_bytes(timeout=5) == b"whole"
+
+
 def _listen_accept_send_die(url: str) -> None:
     with ipckit.listen(url) as lst:
         ch = lst.accept(timeout=10)
