@@ -160,6 +160,10 @@ class Channel(ABC):
         self._loads = ser.loads
         self._dumps_parts = getattr(ser, "dumps_parts", None)
         self._max = options.max_message_size
+        # What a send may carry: our own limit, lowered to the peer's once its hello told us
+        # (issue 10, A.3), so an oversized message is refused here and never breaks the receiver.
+        self._send_max = self._max
+        self._peer_max: int | None = None
         self._default_timeout = options.default_timeout
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
@@ -220,7 +224,7 @@ class Channel(ABC):
             return
         views = [as_byte_view(p) for p in parts]
         total = _nbytes(views)
-        if total > self._max:
+        if total > self._send_max:
             raise MessageTooLarge(self._too_large(total))
         self._locked_send(views, total, timeout)
 
@@ -236,12 +240,21 @@ class Channel(ABC):
         self._send_view(memoryview(data) if type(data) is bytes else as_byte_view(data), timeout)
 
     def _too_large(self, n: int) -> str:
-        return (f"message of {n} bytes exceeds max_message_size={self._max} on {self._url}; "
-                "raise max_message_size on both ends or send smaller messages")
+        if n > self._max or self._peer_max is None:
+            return (f"message of {n} bytes exceeds max_message_size={self._max} on {self._url}; "
+                    "raise max_message_size on both ends or send smaller messages")
+        return (f"message of {n} bytes exceeds the peer's max_message_size={self._peer_max} on {self._url} "
+                f"(this end allows {self._max}); nothing was sent: raise max_message_size on the "
+                "receiving end or send smaller messages")
+
+    def _learn_peer_limit(self, peer_max: int) -> None:
+        """Record the peer's ``max_message_size`` from its hello; sends above it are then refused."""
+        self._peer_max = peer_max
+        self._send_max = min(self._max, peer_max)
 
     def _send_view(self, view: memoryview, timeout: float | None) -> None:
         n = view.nbytes
-        if n > self._max:
+        if n > self._send_max:
             raise MessageTooLarge(self._too_large(n))
         self._locked_send(view, n, timeout)
 

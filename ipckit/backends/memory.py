@@ -154,10 +154,20 @@ class MemoryChannel(Channel):
             self._cond.notify_all()
 
 
-def _make_pair(url: str, options: MemoryOptions) -> tuple[MemoryChannel, MemoryChannel]:
+def _make_pair(url: str, options: MemoryOptions,
+               peer_options: MemoryOptions | None = None) -> tuple[MemoryChannel, MemoryChannel]:
+    """Two joined ends; the second has *peer_options* (a connecting client's) when given.
+
+    Each end learns the other's ``max_message_size`` at once (the hello of the other backends,
+    issue 10, A.3), so a send above the receiver's limit is refused by the sender.
+    """
     cond = threading.Condition()
     ab, ba = _Direction(), _Direction()
-    return MemoryChannel(url, options, cond, ab, ba), MemoryChannel(url, options, cond, ba, ab)
+    a = MemoryChannel(url, options, cond, ab, ba)
+    b = MemoryChannel(url, peer_options or options, cond, ba, ab)
+    a._learn_peer_limit(b.max_message_size)
+    b._learn_peer_limit(a.max_message_size)
+    return a, b
 
 
 @final
@@ -169,7 +179,7 @@ class _MemoryListener(Listener):
         self._backlog: deque[MemoryChannel] = deque()
 
     def _offer(self, options: MemoryOptions) -> MemoryChannel:
-        a, b = _make_pair(self._url, options)
+        a, b = _make_pair(self._url, self._options, options)  # the accepted end has the listener's options
         with self._cond:
             if self._closed:
                 a.close()

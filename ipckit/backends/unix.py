@@ -480,6 +480,7 @@ class UnixSeqpacketChannel(DescriptorChannel):
         sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         self._limit = min(sndbuf - 32, _seqpacket_kernel_limit()) - 1
         self._max = min(self._max, self._limit)
+        self._send_max = self._max
         self._sock = sock
         self._fd = sock.fileno()
         self._watch(self._fd, self._fd)
