@@ -174,12 +174,13 @@ def _make_pair(url: str, options: MemoryOptions,
 class _MemoryListener(Listener):
     def __init__(self, url: str, name: str, options: MemoryOptions) -> None:
         super().__init__(url, options)
+        self._opts = options  # (typed: the base keeps them as Options)
         self._name = name
         self._cond = threading.Condition()
         self._backlog: deque[MemoryChannel] = deque()
 
     def _offer(self, options: MemoryOptions) -> MemoryChannel:
-        a, b = _make_pair(self._url, self._options, options)  # the accepted end has the listener's options
+        a, b = _make_pair(self._url, self._opts, options)  # the accepted end has the listener's options
         with self._cond:
             if self._closed:
                 a.close()

@@ -32,6 +32,7 @@ __all__ = ["ListenerContract"]
 class ListenerContract:
     """Named endpoints: listen / connect / accept (``capabilities.named``)."""
 
+    scheme: ClassVar[str]
     own: Callable[[Any], Any]
     fresh_url: Callable[[], str]
     options: ClassVar[dict[str, Any]]
