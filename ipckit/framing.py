@@ -22,14 +22,16 @@ import zlib
 from .errors import MessageTooLarge, ProtocolError
 
 __all__ = ["HEADER", "HEADER_SIZE", "MAGIC", "VERSION", "FLAG_CHECKSUM", "FLAG_GOODBYE", "FLAG_REJECTED",
-           "REJECT_REASON_MAX", "encode_header", "encode_rejection", "decode_header", "crc32"]
+           "FLAG_HELLO", "FLAG_TRAILER", "REJECT_REASON_MAX", "encode_header", "encode_rejection", "decode_header", "crc32"]
 
 MAGIC = b"\xa9K"
 VERSION = 1
 FLAG_CHECKSUM = 0x01
 FLAG_GOODBYE = 0x02
 FLAG_REJECTED = 0x04
-_KNOWN_FLAGS = FLAG_CHECKSUM | FLAG_GOODBYE | FLAG_REJECTED
+FLAG_HELLO = 0x08  # the first frame of a connection: magic, protocol version, the sender's limits (issue 10, A.3)
+FLAG_TRAILER = 0x10  # the payload is followed by one commit byte: 1 delivers it, 0 discards it (a cut send)
+_KNOWN_FLAGS = FLAG_CHECKSUM | FLAG_GOODBYE | FLAG_REJECTED | FLAG_HELLO | FLAG_TRAILER
 REJECT_REASON_MAX = 512
 HEADER = struct.Struct("<2sBBIQI")
 HEADER_SIZE = HEADER.size
