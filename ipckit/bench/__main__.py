@@ -56,16 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="short cells: everything in under a minute")
     p.add_argument("--sizes", type=_sizes, help="message sizes, e.g. 64,4KiB,64KiB,1MiB")
+    p.add_argument("--obj-sizes", dest="obj_sizes", type=_sizes,
+                   help="object workload sizes: up to 4KiB a dict with that blob, above a numpy array "
+                        "(default 64,1MiB,6220800 = a 1080p frame)")
     p.add_argument("--backends", type=_none_or_csv, help="ipckit schemes / --url labels (default: all available)")
     p.add_argument("--baselines", type=_none_or_csv,
-                   help="mp.Pipe,mp.Queue,os.pipe,os.pipe+hdr20,unix.socket,faster-fifo,memcpy or none "
+                   help="mp.Pipe,mp.Queue,os.pipe,os.pipe+hdr20,unix.socket,faster-fifo,pyzmq,memcpy or none "
                         "(default: all)")
     p.add_argument("--serializers", type=_none_or_csv, help="serializers to cost on their own (default: all; none)")
     p.add_argument("--workloads", type=_csv, help="rtt,stream,memcpy,serializer (default: all)")
     p.add_argument("--duration", type=float, help="seconds per cell (default 1.0; --quick 0.12)")
     p.add_argument("--placement", type=_csv, default=None,
-                   help="split (parent cpu0, peer cpu1), same (both cpu0), none; comma list or 'both' "
-                        "(default: split)")
+                   help="split (parent cpu0, peer cpu1), same (both cpu0), none (unpinned), busy (unpinned, "
+                        "one CPU-bound process per core); comma list, 'both' (split,same) or 'all' "
+                        "(default: all)")
     p.add_argument("--url", type=_url, action="append", default=[], metavar="LABEL=URL",
                    help="URL for a scheme (LABEL = scheme) or an extra labelled variant; repeatable")
     p.add_argument("--seed", type=int, default=0, help="payload RNG seed")
@@ -83,13 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from .model import BenchConfig, quick_config
+    from .model import PLACEMENTS, BenchConfig, quick_config
 
-    placements = args.placement or ["split"]
+    # Every placement by default: users do not pin, and their machines do other work (issue 11).
+    placements = args.placement or list(PLACEMENTS)
     if placements in (["both"], ["all"]):
-        placements = ["split", "same"] if placements == ["both"] else ["split", "same", "none"]
+        placements = ["split", "same"] if placements == ["both"] else list(PLACEMENTS)
     overrides: dict[str, Any] = {"placements": placements, "seed": args.seed, "urls": dict(args.url)}
-    for name in ("sizes", "backends", "baselines", "serializers", "workloads", "duration"):
+    for name in ("sizes", "obj_sizes", "backends", "baselines", "serializers", "workloads", "duration"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import struct
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -32,10 +34,11 @@ __all__ = [
     "MpQueueSubject",
     "FasterFifoSubject",
     "IceoryxSubject",
+    "PyzmqSubject",
 ]
 
 #: Baseline names, in report order.
-BASELINES = ["mp.Pipe", "mp.Queue", "os.pipe", "os.pipe+hdr20", "unix.socket", "faster-fifo", "iceoryx2"]
+BASELINES = ["mp.Pipe", "mp.Queue", "os.pipe", "os.pipe+hdr20", "unix.socket", "faster-fifo", "pyzmq", "iceoryx2"]
 #: What ``--baselines`` accepts: the cross-process baselines and the in-process ``memcpy``.
 KNOWN_BASELINES = [*BASELINES, "memcpy"]
 
@@ -291,6 +294,9 @@ class _QueueLink:
             self.recv = recv  # type: ignore[method-assign]
         else:
             self.recv = qin.get  # type: ignore[method-assign]
+        # A queue carries objects anyway (put pickles): the object path is the same call.
+        self.send_obj = self.send
+        self.recv_obj = self.recv
 
     def send(self, data: Buffer) -> None:
         self.qout.put(data)
@@ -345,6 +351,61 @@ class FasterFifoSubject(Subject):
         kw = {"timeout": 3600.0}
         parent = _QueueLink(to_child, to_parent, kw)
         return Prepared(_QueueChild(to_child, to_parent, kw), lambda _t, _g: parent)
+
+
+# ---------------------------------------------------------------------------------- pyzmq
+class _ZmqLink:
+    """A zmq PAIR socket: ``send``/``recv`` for bytes, ``send_pyobj``/``recv_pyobj`` for objects."""
+
+    def __init__(self, url: str, bind: bool) -> None:
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PAIR)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if bind:
+            self.sock.bind(url)
+        else:
+            self.sock.connect(url)
+        self.send = self.sock.send  # type: ignore[method-assign]
+        self.recv = self.sock.recv  # type: ignore[method-assign]
+        self.send_obj = self.sock.send_pyobj
+        self.recv_obj = self.sock.recv_pyobj
+
+    def send(self, data: Buffer) -> None:
+        self.sock.send(data)
+
+    def recv(self) -> Buffer:
+        return self.sock.recv()
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+    def abort(self) -> None:
+        # A receive blocked in the measuring thread ends with ContextTerminated.
+        self.ctx.destroy(linger=0)
+
+
+@dataclass
+class _ZmqChild:
+    url: str
+
+    def open(self) -> Link:
+        return _ZmqLink(self.url, bind=False)
+
+
+@dataclass
+class PyzmqSubject(Subject):
+    def prepare(self) -> Prepared:
+        directory = tempfile.mkdtemp(prefix="ipckit-bench-zmq-")
+        url = f"ipc://{directory}/pair"
+        parent = _ZmqLink(url, bind=True)
+
+        def cleanup() -> None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+        return Prepared(_ZmqChild(url), lambda _t, _g: parent, cleanup=cleanup)
 
 
 # --------------------------------------------------------------------------------- iceoryx2
@@ -448,6 +509,10 @@ def baseline_subjects(max_message: int) -> tuple[list[Subject], list[SkippedSubj
                                           max_message=max_message))
     else:
         skipped.append(SkippedSubject("faster-fifo", "not installed (pip install faster-fifo)"))
+    if _importable("zmq"):
+        subjects.append(PyzmqSubject("pyzmq", "baseline", "pyzmq PAIR over ipc://, send/recv (objects: send_pyobj)"))
+    else:
+        skipped.append(SkippedSubject("pyzmq", "not installed (pip install pyzmq)"))
     if _importable("iceoryx2"):
         subjects.append(IceoryxSubject("iceoryx2", "baseline", "iceoryx2 pub/sub Slice[u8], busy-poll receive",
                                        max_message=max_message))

@@ -23,6 +23,8 @@ __all__ = [
     "load_json",
     "fmt_size",
     "DEFAULT_SIZES",
+    "DEFAULT_OBJ_SIZES",
+    "FRAME_1080P",
     "QUICK_SIZES",
     "PLACEMENTS",
     "WORKLOADS",
@@ -33,8 +35,15 @@ KiB = 1024
 MiB = 1024 * 1024
 DEFAULT_SIZES = [64, 4 * KiB, 64 * KiB, 1 * MiB]
 QUICK_SIZES = [64, 4 * KiB, 64 * KiB, 1 * MiB]
-PLACEMENTS = ("split", "same", "none")
-WORKLOADS = ("rtt", "stream", "memcpy", "serializer", "import")
+#: ``split``/``same``: both processes pinned to two CPUs / one CPU; ``none``: unpinned, as users
+#: run; ``busy``: unpinned while one CPU-bound process runs on each core (a machine doing other work).
+PLACEMENTS = ("split", "same", "none", "busy")
+#: ``rtt``/``stream``: bytes through send_bytes/recv_bytes; ``obj-rtt``/``obj-stream``: Python objects
+#: through send/recv (a small dict at sizes up to 4 KiB, numpy uint8 arrays above: what users send).
+WORKLOADS = ("rtt", "stream", "obj-rtt", "obj-stream", "memcpy", "serializer", "import")
+#: The object workloads' sizes: a small dict with a 64-byte blob, a 1 MiB array, a 1080p RGB frame.
+FRAME_1080P = 1920 * 1080 * 3
+DEFAULT_OBJ_SIZES = [64, 1 * MiB, FRAME_1080P]
 #: The ``format`` field of a saved run; a reader that changes the layout bumps it.
 FORMAT = "ipckit-bench/1"
 
@@ -44,6 +53,7 @@ class BenchConfig:
     """What to measure.  ``backends=None`` means every registered scheme; ``baselines=None`` all."""
 
     sizes: list[int] = field(default_factory=lambda: list(DEFAULT_SIZES))
+    obj_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_OBJ_SIZES))  # obj-rtt / obj-stream
     backends: list[str] | None = None
     baselines: list[str] | None = None
     serializers: list[str] | None = None  # None: every registered serializer; [] none

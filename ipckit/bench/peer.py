@@ -6,6 +6,8 @@ Commands arrive on a ``multiprocessing`` control pipe, never on the measured lin
 ``("echo",)``  echo every message until an empty one; reply ``("done", cpu_seconds)``
 ``("sink",)``  receive until an empty message, then send the 12-byte ack
                ``<count u64><crc32 of the last message u32>`` on the link; reply ``("done", cpu_seconds)``
+``("echo-obj",)``  the same with objects (``send_obj``/``recv_obj``) until ``None``
+``("sink-obj",)``  receive objects until ``None``, then ``send_obj(count)``
 ``("quit",)``  close the link and exit
 """
 
@@ -58,6 +60,19 @@ def peer_main(child_arg: ChildArg, ctrl: Connection, cpus: set[int] | None) -> N
                     count += 1
                     last = m
                 send(ACK.pack(count, zlib.crc32(last) if last is not None else 0))
+            elif op == "echo-obj":
+                send_obj, recv_obj = link.send_obj, link.recv_obj  # type: ignore[attr-defined]
+                while True:
+                    o = recv_obj()
+                    if o is None:
+                        break
+                    send_obj(o)
+            elif op == "sink-obj":
+                recv_obj = link.recv_obj  # type: ignore[attr-defined]
+                count = 0
+                while recv_obj() is not None:
+                    count += 1
+                link.send_obj(count)  # type: ignore[attr-defined]
             elif op == "quit":
                 break
             else:

@@ -68,7 +68,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def headline(cell: Cell) -> float | None:
     """The number a ratio compares: p50 µs (rtt, lower is better) or MB/s (stream/memcpy)."""
-    if cell.workload == "rtt":
+    if cell.workload in ("rtt", "obj-rtt"):
         return cell.p50_us
     if cell.workload == "serializer":
         return cell.mean_us
@@ -86,17 +86,25 @@ def _style(kind: str) -> str:
     return {"ipckit": "bold cyan", "baseline": "", "reference": "dim"}.get(kind, "")
 
 
-def _rtt_table(report: BenchReport, placement: str) -> Table:
+_TITLES = {
+    "rtt": "Ping-pong round trip, send_bytes/recv_bytes",
+    "obj-rtt": "Ping-pong round trip of objects, send/recv (dict up to 4 KiB, numpy array above)",
+    "stream": "One-way streaming, send_bytes/recv_bytes",
+    "obj-stream": "One-way streaming of objects, send/recv",
+}
+
+
+def _rtt_table(report: BenchReport, placement: str, workload: str = "rtt") -> Table:
     from rich.table import Table
 
-    t = Table(title=f"Ping-pong round trip, placement={placement} (µs; xref = p50 / ref p50, lower is better)",
+    t = Table(title=f"{_TITLES[workload]}, placement={placement} (µs; xref = p50 / ref p50, lower is better)",
               title_justify="left")
     for col in ("size", "subject", "p50", "p90", "p99", "max", *(f"x{r}" for r in REFERENCES), "CPU µs/rt",
                 "steal %", "n"):
         t.add_column(col, justify="left" if col in ("size", "subject") else "right")
-    sizes = sorted({c.size for c in report.cells if c.workload == "rtt" and c.placement == placement})
+    sizes = sorted({c.size for c in report.cells if c.workload == workload and c.placement == placement})
     for size in sizes:
-        rows = [c for c in report.cells if c.workload == "rtt" and c.placement == placement and c.size == size]
+        rows = [c for c in report.cells if c.workload == workload and c.placement == placement and c.size == size]
         for i, c in enumerate(rows):
             label = fmt_size(size) if i == 0 else ""
             if c.error:
@@ -110,17 +118,17 @@ def _rtt_table(report: BenchReport, placement: str) -> Table:
     return t
 
 
-def _stream_table(report: BenchReport, placement: str) -> Table:
+def _stream_table(report: BenchReport, placement: str, workload: str = "stream") -> Table:
     from rich.table import Table
 
-    t = Table(title=f"One-way streaming, placement={placement} (xref = MB/s / ref MB/s, higher is better)",
+    t = Table(title=f"{_TITLES[workload]}, placement={placement} (xref = MB/s / ref MB/s, higher is better)",
               title_justify="left")
+    kinds = ("stream", "memcpy") if workload == "stream" else (workload,)
     for col in ("size", "subject", "MB/s", "msg/s", *(f"x{r}" for r in REFERENCES), "CPU µs/msg", "steal %", "n"):
         t.add_column(col, justify="left" if col in ("size", "subject") else "right")
-    sizes = sorted({c.size for c in report.cells if c.workload in ("stream", "memcpy") and c.placement == placement})
+    sizes = sorted({c.size for c in report.cells if c.workload in kinds and c.placement == placement})
     for size in sizes:
-        rows = [c for c in report.cells if c.workload in ("stream", "memcpy") and c.placement == placement
-                and c.size == size]
+        rows = [c for c in report.cells if c.workload in kinds and c.placement == placement and c.size == size]
         for i, c in enumerate(rows):
             label = fmt_size(size) if i == 0 else ""
             name = c.subject + (" (1 process)" if c.workload == "memcpy" else "")
@@ -172,6 +180,10 @@ def print_report(report: BenchReport, console: Console | None = None) -> None:
             console.print(_rtt_table(report, p))
         if any(c.workload in ("stream", "memcpy") and c.placement == p for c in report.cells):
             console.print(_stream_table(report, p))
+        if any(c.workload == "obj-rtt" and c.placement == p for c in report.cells):
+            console.print(_rtt_table(report, p, "obj-rtt"))
+        if any(c.workload == "obj-stream" and c.placement == p for c in report.cells):
+            console.print(_stream_table(report, p, "obj-stream"))
     if any(c.workload == "serializer" for c in report.cells):
         console.print(_serializer_table(report))
     t = Table(title="Targets (docs/design.md §5.3; ratios within this run)", title_justify="left")
@@ -285,6 +297,20 @@ def to_markdown(report: BenchReport) -> str:
             rows = _md_rows(report, subjects, sizes, p, ("stream", "memcpy"),
                             lambda c: f"{fmt_num(c.mb_s)} ({fmt_us(c.cpu_us_per_msg)})")
             out.append(_md_table(["subject", *(fmt_size(s) for s in sizes)], rows) + "\n")
+        osizes = sorted({c.size for c in report.cells if c.workload in ("obj-rtt", "obj-stream")})
+        osubjects = list(dict.fromkeys(c.subject for c in report.cells if c.workload in ("obj-rtt", "obj-stream")))
+        if any(c.workload == "obj-rtt" and c.placement == p for c in report.cells):
+            out.append(f"**Objects through send/recv, round trip p50 / p99 (µs), placement `{p}`** — a dict "
+                       "up to 4 KiB, a numpy uint8 array above; ratio is p50 ÷ mp.Pipe send/recv p50\n")
+            rows = _md_rows(report, osubjects, osizes, p, ("obj-rtt",),
+                            lambda c: f"{fmt_us(c.p50_us)} / {fmt_us(c.p99_us)}")
+            out.append(_md_table(["subject", *(fmt_size(s) for s in osizes)], rows) + "\n")
+        if any(c.workload == "obj-stream" and c.placement == p for c in report.cells):
+            out.append(f"**Objects through send/recv, one-way msg/s (CPU µs/msg), placement `{p}`** — ratio is "
+                       "MB/s ÷ mp.Pipe\n")
+            rows = _md_rows(report, osubjects, osizes, p, ("obj-stream",),
+                            lambda c: f"{fmt_num(c.msg_s)} ({fmt_us(c.cpu_us_per_msg)})")
+            out.append(_md_table(["subject", *(fmt_size(s) for s in osizes)], rows) + "\n")
         steals = [c.steal_pct for c in report.cells if c.placement == p and c.steal_pct is not None]
         if steals:
             out.append(f"Host steal per cell, placement `{p}`: median {sorted(steals)[len(steals) // 2]:.1f} %, "

@@ -30,6 +30,7 @@ from .baselines import select_baselines
 from .links import ipckit_subjects
 from .model import (
     DEFAULT_SIZES,
+    FRAME_1080P,
     PLACEMENTS,
     QUICK_SIZES,
     WORKLOADS,
@@ -95,9 +96,10 @@ _INITIAL_AFFINITY = frozenset(os.sched_getaffinity(0))
 def _cpus_for(placement: str, allowed: set[int] | None = None) -> tuple[set[int] | None, set[int] | None]:
     """``(parent_cpus, child_cpus)`` for a placement; None leaves affinity alone.
 
-    ``split``: parent on the first allowed CPU, child on the second; ``same``: both on the first.
+    ``split``: parent on the first allowed CPU, child on the second; ``same``: both on the first;
+    ``none`` and ``busy``: unpinned (``busy`` adds the CPU hogs of :class:`_Hogs`).
     """
-    if placement == "none":
+    if placement in ("none", "busy"):
         return None, None
     cpus = sorted(allowed if allowed is not None else _INITIAL_AFFINITY)
     if placement == "same":
@@ -430,6 +432,156 @@ def _stream(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random
     return cell
 
 
+class _Hogs:
+    """One CPU-bound process per allowed CPU, unpinned, for the ``busy`` placement.
+
+    They are plain interpreters spinning in a loop (what a machine doing other work looks like to
+    the scheduler); they run at the same priority as the measured processes and are killed when
+    the placement ends.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        for _ in range(n):
+            self.procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+        self.procs.clear()
+
+
+def sample_object(size: int) -> Any:
+    """What the object workloads send: a small dict up to 4 KiB, numpy uint8 arrays above.
+
+    The dict is the one users send most, ``{"id", "op", "args", "blob"}`` with a *size*-byte blob;
+    :data:`~.model.FRAME_1080P` is a 1080x1920x3 frame, other sizes a flat array.
+    """
+    if size <= 4 * KiB:
+        return {"id": 7, "op": "add", "args": [1, 2.5], "blob": random.Random(size).randbytes(size)}
+    shape = (1080, 1920, 3) if size == FRAME_1080P else (size,)
+    return np.random.default_rng(size).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def _same_object(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.shape == b.shape and bool(np.array_equal(a, b))
+    return bool(a == b)
+
+
+def _obj_link(peer: Peer) -> tuple[Callable[[Any], None], Callable[[], Any]]:
+    link = peer.link
+    send_obj, recv_obj = getattr(link, "send_obj", None), getattr(link, "recv_obj", None)
+    if send_obj is None or recv_obj is None:
+        raise _NoObjectPath(f"{peer.subject.name} has no object path")
+    return send_obj, recv_obj
+
+
+class _NoObjectPath(Exception):
+    """The subject carries bytes only (raw fd baselines): its object cells are left out."""
+
+
+def _obj_rtt(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
+    """Ping-pong of one object through ``send``/``recv`` (the peer echoes it with the same calls)."""
+    send, recv = _obj_link(peer)
+    cell = Cell(peer.subject.name, peer.subject.kind, "obj-rtt", placement, size)
+    obj = sample_object(size)
+    pc = time.perf_counter_ns
+    lat: list[int] = []
+    append = lat.append
+    # Large objects take milliseconds a round trip: a shorter warm-up keeps the cell near its duration.
+    warmup = cfg.warmup if size <= 64 * KiB else max(3, cfg.warmup // 10)
+    end_ns = int(cfg.duration * 1e9)
+    peer.command("echo-obj")
+    steal0 = read_steal()
+    cpu0 = time.process_time()
+    warm_end = pc() + end_ns // 10
+    warm = 0
+    while warm < warmup:
+        send(obj)
+        recv()
+        warm += 1
+        if pc() > warm_end:
+            break
+    start = pc()
+    deadline = start + end_ns
+    back: Any = None
+    while True:
+        t0 = pc()
+        send(obj)
+        back = recv()
+        t1 = pc()
+        append(t1 - t0)
+        if (t1 >= deadline and len(lat) >= cfg.min_count) or len(lat) >= cfg.max_count:
+            break
+    elapsed = (pc() - start) / 1e9
+    parent_cpu = time.process_time() - cpu0
+    send(None)
+    child_cpu = float(peer.control(cfg.cell_timeout)[1])
+    steal1 = read_steal()
+    if not _same_object(back, obj):
+        raise AssertionError("the last reply of the object ping-pong differs from what was sent")
+    arr = np.asarray(lat, dtype=np.float64) / 1e3
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    total = warm + len(lat)
+    cell.count = len(lat)
+    cell.elapsed_s = elapsed
+    cell.p50_us, cell.p90_us, cell.p99_us = float(p50), float(p90), float(p99)
+    cell.max_us = float(arr.max())
+    cell.mean_us = float(arr.mean())
+    cell.msg_s = len(lat) / elapsed if elapsed > 0 else None
+    cell.mb_s = len(lat) * size / elapsed / 1e6 if elapsed > 0 else None
+    cell.parent_cpu_s, cell.child_cpu_s = parent_cpu, child_cpu
+    cell.cpu_us_per_msg = 1e6 * (parent_cpu + child_cpu) / total
+    cell.steal_pct = steal_pct(steal0, steal1)
+    cell.extra["object"] = "dict" if size <= 4 * KiB else "ndarray"
+    cell.verified = True
+    return cell
+
+
+def _obj_stream(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
+    """One-way stream of objects through ``send``; the peer counts what ``recv`` returned."""
+    send, recv = _obj_link(peer)
+    cell = Cell(peer.subject.name, peer.subject.kind, "obj-stream", placement, size)
+    obj = sample_object(size)
+    batch = max(1, min(256, (256 * KiB) // max(size, 1)))
+    peer.command("sink-obj")
+    steal0 = read_steal()
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    deadline = start + cfg.duration
+    n = 0
+    rng_batch = range(batch)
+    while True:
+        for _ in rng_batch:
+            send(obj)
+        n += batch
+        if (time.perf_counter() >= deadline and n >= cfg.min_count) or n >= cfg.max_count:
+            break
+    send(None)
+    count = recv()
+    elapsed = time.perf_counter() - start
+    parent_cpu = time.process_time() - cpu0
+    child_cpu = float(peer.control(cfg.cell_timeout)[1])
+    steal1 = read_steal()
+    if count != n:
+        raise AssertionError(f"object stream check failed: the peer received {count} of {n} objects")
+    cell.count = n
+    cell.elapsed_s = elapsed
+    cell.msg_s = n / elapsed
+    cell.mb_s = n * size / elapsed / 1e6
+    cell.mean_us = 1e6 * elapsed / n
+    cell.parent_cpu_s, cell.child_cpu_s = parent_cpu, child_cpu
+    cell.cpu_us_per_msg = 1e6 * (parent_cpu + child_cpu) / n
+    cell.steal_pct = steal_pct(steal0, steal1)
+    cell.extra["object"] = "dict" if size <= 4 * KiB else "ndarray"
+    cell.verified = True
+    return cell
+
+
 def measure_memcpy(size: int, duration: float, placement: str = "none") -> Cell:
     """One-process copy bandwidth (numpy ``copyto``) of *size* bytes: the ceiling for target T3."""
     cell = Cell("memcpy", "reference", "memcpy", placement, size)
@@ -619,7 +771,9 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
 
     do_rtt = "rtt" in cfg.workloads
     do_stream = "stream" in cfg.workloads
-    per_placement = len(subjects) * len(cfg.sizes) * (do_rtt + do_stream) + (len(cfg.sizes) if want_memcpy else 0)
+    n_obj = len(cfg.obj_sizes) * (("obj-rtt" in cfg.workloads) + ("obj-stream" in cfg.workloads))
+    per_subject = len(cfg.sizes) * (do_rtt + do_stream) + n_obj
+    per_placement = len(subjects) * per_subject + (len(cfg.sizes) if want_memcpy else 0)
     ser_names = cfg.serializers
     if "serializer" in cfg.workloads:
         from ipckit.serializers import serializer_names
@@ -644,6 +798,7 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
             parent_cpus, child_cpus = _cpus_for(placement, original_affinity)
             os.sched_setaffinity(0, parent_cpus if parent_cpus is not None else original_affinity)
             tick(f"[{placement}] starting {len(subjects)} peers", None)
+            hogs = _Hogs(len(original_affinity)) if placement == "busy" else None
             peers = [Peer(s, child_cpus) for s in subjects]
             try:
                 for peer in peers:
@@ -651,7 +806,7 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
                 for peer in [p for p in peers if p.skip is not None]:
                     peers.remove(peer)
                     peer.close()
-                    total -= len(cfg.sizes) * (do_rtt + do_stream)
+                    total -= per_subject
                     if not any(s.name == peer.subject.name for s in skipped):
                         skipped.append(SkippedSubject(peer.subject.name, peer.skip or ""))
                 for peer in peers:
@@ -672,6 +827,17 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
                             cell = _run_cell(peer, cfg, workload, size, placement, rng)
                             cells.append(cell)
                             tick(desc, cell)
+                for workload in ("obj-rtt", "obj-stream"):
+                    if workload not in cfg.workloads:
+                        continue
+                    for size in cfg.obj_sizes:
+                        for peer in peers:
+                            desc = f"[{placement}] {workload} {fmt_size(size)} {peer.subject.name}"
+                            tick(desc, None)
+                            cell = _run_cell(peer, cfg, workload, size, placement, rng)
+                            if cell.error != _NO_OBJECT_PATH:
+                                cells.append(cell)
+                            tick(desc, cell)
                 if want_memcpy and not do_stream:
                     for size in cfg.sizes:
                         cells.append(measure_memcpy(size, cfg.duration, placement))
@@ -679,6 +845,8 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
             finally:
                 for peer in peers:
                     peer.close()
+                if hogs is not None:
+                    hogs.stop()
         if "serializer" in cfg.workloads and ser_names:
             os.sched_setaffinity(0, _cpus_for(cfg.placements[0], original_affinity)[0] or original_affinity)
             tick("serializers", None)
@@ -720,9 +888,19 @@ def _run_cell(peer: Peer, cfg: BenchConfig, workload: str, size: int, placement:
     if peer.error is not None:
         return Cell(peer.subject.name, peer.subject.kind, workload, placement, size, error=peer.error)
     result: list[Cell] = []
-    fn = _rtt if workload == "rtt" else _stream
+    fn = _LOOPS[workload]
+    if workload.startswith("obj-"):
+        try:
+            _obj_link(peer)
+        except _NoObjectPath:
+            return Cell(peer.subject.name, peer.subject.kind, workload, placement, size, error=_NO_OBJECT_PATH)
     _guarded(peer, cfg, lambda: result.append(fn(peer, cfg, size, placement, rng)))
     if result:
         return result[0]
     return Cell(peer.subject.name, peer.subject.kind, workload, placement, size, error=peer.error)
 
+
+_LOOPS: dict[str, Callable[[Peer, BenchConfig, int, str, random.Random], Cell]] = {
+    "rtt": _rtt, "stream": _stream, "obj-rtt": _obj_rtt, "obj-stream": _obj_stream}
+#: The error of an object cell for a bytes-only subject (dropped from the report, not a failure).
+_NO_OBJECT_PATH = "no object path"

@@ -6,7 +6,9 @@ the spawned peer (``multiprocessing`` spawn context), which calls ``child_arg.op
 :class:`Link`; the parent calls :meth:`Prepared.complete` after the peer started.
 
 A :class:`Link` has ``send(buffer)`` and ``recv() -> buffer`` (one whole message each), ``close()``
-and, on the parent side, ``abort()`` which wakes a receive blocked on a peer that hung.  The
+and, on the parent side, ``abort()`` which wakes a receive blocked on a peer that hung.  A link
+that carries Python objects as well also has ``send_obj(obj)`` / ``recv_obj() -> obj`` (the
+object workloads skip a subject without them).  The
 measurement loops bind ``link.send`` / ``link.recv`` once, so a link that stores bound methods
 (:class:`ConnLink`) adds nothing per message.
 
@@ -117,6 +119,9 @@ class ConnLink:
         self.conn = conn
         self.send = conn.send_bytes  # type: ignore[method-assign]
         self.recv = conn.recv_bytes  # type: ignore[method-assign]
+        # The object path users call: Connection.send/recv, Channel.send/recv (default serializer).
+        self.send_obj = conn.send
+        self.recv_obj = conn.recv
 
     def send(self, data: Buffer) -> None:  # replaced per instance by the bound method
         self.conn.send_bytes(data)

@@ -35,7 +35,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> BenchReport:
     # iceoryx2 (optional third-party baseline) keeps a global /dev/shm management segment by design,
     # which the machine-wide leak guard would report on a fresh machine: not part of the smoke run.
     baselines = ",".join(b for b in [*BASELINES, "memcpy"] if b != "iceoryx2")
-    rc = main(["--sizes", "64,4KiB", "--duration", "0.005", "--placement", PLACEMENT, "--baselines", baselines,
+    rc = main(["--sizes", "64,4KiB", "--obj-sizes", "64,64KiB",
+               "--duration", "0.005", "--placement", PLACEMENT, "--baselines", baselines,
                "--serializers",
                "pickle,msgpack", "--no-progress", "--json", str(out / "r.json"), "--plot", str(out / "plots"),
                "--markdown", str(out / "r.md")])
@@ -102,6 +103,36 @@ def test_compare(report: BenchReport, tmp_path: Path, capsys: pytest.CaptureFixt
     path = Path(report.meta["_out"]) / "r.json"
     assert main(["--compare", str(path), str(path)]) == 0
     assert "after / before" in capsys.readouterr().out
+
+
+def test_object_workloads_cover_every_subject_with_an_object_path(report: BenchReport) -> None:
+    """send()/recv() of a dict and of a numpy array: ipckit channels and the object baselines;
+    the bytes-only baselines (raw fds) are left out, not reported as failures."""
+    for workload in ("obj-rtt", "obj-stream"):
+        cells = [c for c in report.cells if c.workload == workload]
+        assert cells and all(c.error is None and c.verified and c.count > 0 for c in cells), cells
+        subjects = {c.subject for c in cells}
+        assert {"pipe", "mp.Pipe", "mp.Queue", "pyzmq"} <= subjects
+        assert not subjects & {"os.pipe", "os.pipe+hdr20", "unix.socket"}
+        assert {c.extra["object"] for c in cells} == {"dict", "ndarray"}
+    assert "Objects through send/recv" in (Path(report.meta["_out"]) / "r.md").read_text()
+
+
+def test_busy_placement_runs_unpinned_beside_cpu_hogs() -> None:
+    rep = run(_tiny(backends=["pipe"], baselines=["mp.Pipe"], workloads=["rtt", "obj-rtt"], obj_sizes=[64],
+                    serializers=[], placements=["busy"]))
+    assert {(c.subject, c.workload) for c in rep.cells} == {("pipe", "rtt"), ("mp.Pipe", "rtt"),
+                                                            ("pipe", "obj-rtt"), ("mp.Pipe", "obj-rtt")}
+    assert all(c.placement == "busy" and c.error is None for c in rep.cells)
+    hogs = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"while True: pass" in f.read():
+                    hogs.append(pid)
+        except OSError:
+            continue
+    assert hogs == [], "the busy placement's CPU hogs outlived the run"
 
 
 def test_api_subset_and_markdown() -> None:
