@@ -90,6 +90,7 @@ from .common.ring.channel import (
     H_MAGIC,
     H_PID,
     H_STATE,
+    H_WORDS,
     HANDOFF,
     PAGE,
     RingBackend,
@@ -105,13 +106,13 @@ from .common.ring.channel import (
 __all__ = ["ShmBackend", "ShmChannel", "ShmListener", "ShmOptions", "cleanup_stale"]
 
 SEG_MAGIC: Final = 0x314D48534B435049  # b"IPCKSHM1"
-SEG_VERSION: Final = 2
+SEG_VERSION: Final = 3  # 3: each end's max_message_size in the header (H_LIMIT)
 _PREFIX: Final = "/ipckit."
 _TMP_PREFIX: Final = "/ipckit.tmp."  # segments being built, before link(2) publishes them
 _TMP_GRACE: Final = 10.0  # seconds before an unlocked temporary segment counts as stale
 
 # Segment header words (u64) on page 0: the common ones of the ring channel (magic .. pid), then ours.
-_H_UNLINKED: Final = 9  # 1 once the names were removed (under the unlink lock)
+_H_UNLINKED: Final = H_WORDS  # 1 once the names were removed (under the unlink lock)
 
 # OFD lock bytes of the segment: 0 and 1 = liveness of each end, 2 = mutex around removing the names.
 _LIVE_BYTES: Final = (0, 1)
@@ -647,6 +648,7 @@ class ShmBackend(RingBackend):
         except BaseException:
             a.close()
             raise
+        a._learn_peer_from_header()
         return a, b
 
     def listen(self, endpoint: Endpoint, options: Any) -> Listener:

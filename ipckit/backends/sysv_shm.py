@@ -83,6 +83,7 @@ from .common.ring.channel import (
     H_MAGIC,
     H_PID,
     H_STATE,
+    H_WORDS,
     HANDOFF,
     PAGE,
     RingBackend,
@@ -120,11 +121,12 @@ from .common.sysv import (
 __all__ = ["SysvShmBackend", "SysvShmChannel", "SysvShmListener", "SysvShmOptions", "cleanup_stale"]
 
 SEG_MAGIC: Final = 0x31565953484B4349  # b"ICKHSYV1"
-SEG_VERSION: Final = 1
+SEG_VERSION: Final = 2  # 2: each end's max_message_size in the header (H_LIMIT)
 
 # Segment header words (u64) on page 0: the common ones of the ring channel (magic .. pid), then ours.
-_H_NONCE: Final = (9, 10)
-_H_SEMID, _H_SEMKEY, _H_PUBLISHED, _H_SEMS_GONE = 11, 12, 13, 14
+_H_NONCE: Final = (H_WORDS, H_WORDS + 1)
+_H_SEMID, _H_SEMKEY, _H_PUBLISHED, _H_SEMS_GONE = H_WORDS + 2, H_WORDS + 3, H_WORDS + 4, H_WORDS + 5
+_HDR_BYTES: Final = (_H_SEMS_GONE + 1) * 8  # the header view: every word above
 
 # The semaphore set: two wake-up hints (counting), two "alive" semaphores (SEM_UNDO).
 _WAKE: Final = (0, 1)
@@ -192,7 +194,7 @@ class _Segment:
         self.removed = False  # this attachment marked the segment IPC_RMID (or saw it done)
         self._mem: Any = _map(shm)
         self.buf: memoryview | None = memoryview(self._mem).cast("B")
-        self.hdr: memoryview = self.buf[:128].cast("Q")
+        self.hdr: memoryview = self.buf[:_HDR_BYTES].cast("Q")
 
         # The registry directory this channel's record goes to: the one its manifest is in (a pair's,
         # or a named endpoint's there), chosen when it was created and kept, so that the record is
@@ -740,6 +742,7 @@ class SysvShmBackend(RingBackend):
         except BaseException:
             a.close()
             raise
+        a._learn_peer_from_header()
         return a, b
 
     def listen(self, endpoint: Endpoint, options: Any) -> Listener:

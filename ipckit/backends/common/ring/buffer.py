@@ -512,6 +512,13 @@ class RingWriter(Ring):
                 self._pending = None
                 return True
 
+    def limit_to(self, max_message_size: int) -> None:
+        """Write no message above *max_message_size* from now on (the reader's limit, learned once
+        it attached): :meth:`write` refuses it and the fast path declines it."""
+        self._maxmsg = min(self._maxmsg, max_message_size)
+        if self._fast_max >= 0:
+            self._fast_max = self._maxmsg
+
     def forget_pending(self) -> None:
         """Drop the pending message without writing anything (in a forked child that adopted this
         end: the message is the parent thread's, which finishes or aborts it there)."""

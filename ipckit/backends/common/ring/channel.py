@@ -15,8 +15,10 @@ What a provider supplies (see each hook's docstring): ``_peer_gone`` (its livene
 ``_handoff_args`` (spawn hand-off), ``_take_over_after_fork`` / ``_drop_liveness_copy`` (fork),
 ``_both_attached`` (a listener's peer arrived).
 
-The segment's page 0 starts with the header words of :data:`H_MAGIC` .. :data:`H_PID`; a
-provider adds its own words after them.
+The segment's page 0 starts with the header words of :data:`H_MAGIC` .. :data:`H_LIMIT`; a
+provider adds its own words after them.  Each end publishes its ``max_message_size`` there
+(:data:`H_LIMIT`: the creator's when it initialises the segment, the other end's before it marks
+itself attached), so each end's sends are limited to what the peer receives (issue 10, A.3).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from ipckit.errors import (
 from ipckit.options import Capabilities, Options, option
 
 from . import buffer as _ring
+from . import protocol as _protocol
 from .waiting import WaitStrategy, Waker, Watch
 
 __all__ = [
@@ -70,9 +73,15 @@ _WRITER_CLOSED: Final = _ring.WRITER_CLOSED
 H_MAGIC, H_VERSION, H_CAPACITY, H_MAXMSG, H_UID = 0, 1, 2, 3, 4
 H_STATE: Final = (5, 6)  # per end: FREE, ATTACHED, HANDOFF, CLOSED
 H_PID: Final = (7, 8)  # per end: the pid that holds it (untrusted: a hint for the wait strategy)
+# Per end: its max_message_size (end 1's is valid once that end left FREE).  Untrusted like the pid:
+# it only bounds what this end sends; the receiver checks every message against its own limit.
+H_LIMIT: Final = (H_MAXMSG, 9)
+H_WORDS: Final = 10  # the common words; a provider's start here
 FREE, ATTACHED, HANDOFF, CLOSED = 0, 1, 2, 3
 
 _PID_LIMIT: Final = 1 << 22  # Linux PID_MAX_LIMIT
+# A ring's (and the header's) limit is a u64 below the counters' 2**63: no message can be larger.
+_LIMIT_MAX: Final = _protocol.COUNTER_MAX - 1
 
 RING_CAPS: Final = Capabilities(
     duplex=True,
@@ -119,7 +128,7 @@ def initialize_segment(buf: memoryview, segment_size: int, capacity: int, max_me
     hdr = buf[:PAGE].cast("Q")
     hdr[H_VERSION] = version
     hdr[H_CAPACITY] = capacity
-    hdr[H_MAXMSG] = max_message_size
+    hdr[H_LIMIT[0]] = min(max_message_size, _LIMIT_MAX)
     hdr[H_UID] = os.geteuid()
     hdr.release()
 
@@ -180,10 +189,11 @@ class RingChannel(Channel):
         self._hdr = hdr
         off_a, off_b, size = ring_offsets(segment_size)
         out_off, in_off = (off_a, off_b) if role == 0 else (off_b, off_a)
-        # Receive limit: the smaller of ours and the creator's (the peer's sends are checked by it).
-        maxmsg = min(options.max_message_size, int(hdr[H_MAXMSG]))
-        self._w = _ring.RingWriter(buf, out_off, size, maxmsg)
-        self._r = _ring.RingReader(buf, in_off, size, maxmsg)
+        # Each ring's limit is its reader's max_message_size: ours on the ring we read, the peer's
+        # (from the header, _learn_peer_from_header) on the one we write.
+        own = min(options.max_message_size, _LIMIT_MAX)
+        self._w = _ring.RingWriter(buf, out_off, size, own)
+        self._r = _ring.RingReader(buf, in_off, size, own)
         self._own_waker = own_waker
         self._peer_waker = peer_waker
         self._w.wake_peer = peer_waker.post
@@ -200,6 +210,8 @@ class RingChannel(Channel):
         self._peer_pid = 0
         self._peer_dead = False
         self._view_out = False
+        if role == 1 or hdr[H_STATE[1]] != FREE:  # the peer's limit is published (a listener's learns at accept)
+            self._learn_peer_from_header()
 
     # -- provider hooks ------------------------------------------------------------------------
     def _peer_gone(self) -> bool:
@@ -232,11 +244,19 @@ class RingChannel(Channel):
 
     # -- attach / liveness ---------------------------------------------------------------------
     def _mark_attached(self) -> None:
-        """Publish this process as the end's holder."""
+        """Publish this end's limit and this process as the end's holder (the state last: a peer
+        that sees the end attached reads both)."""
         hdr = self._hdr
+        hdr[H_LIMIT[self._role]] = min(self._max, _LIMIT_MAX)
         hdr[H_PID[self._role]] = os.getpid()
         hdr[H_STATE[self._role]] = ATTACHED
         self._refresh_peer()
+
+    def _learn_peer_from_header(self) -> None:
+        """Limit this end's sends to the peer's published ``max_message_size`` (issue 10, A.3):
+        the base class's checks and the ring writer's own, which its fast path uses too."""
+        self._learn_peer_limit(int(self._hdr[H_LIMIT[1 - self._role]]))
+        self._w.limit_to(min(self._send_max, _LIMIT_MAX))
 
     def _refresh_peer(self) -> None:
         pid = int(self._hdr[H_PID[1 - self._role]])
@@ -642,6 +662,7 @@ class RingListener(Listener):
         # too (_wakeup): a listener has no sleeping flag to raise.
         if not self._wait.wait(attached, deadline, ch._own_waker, _no_sleeping_flag, self._accept_check):
             raise ChannelTimeout(f"no peer connected to {self._url} before the deadline")
+        ch._learn_peer_from_header()  # it published its limit before it marked itself attached
         ch._refresh_peer()
         ch._both_attached()  # nothing can be left behind from now on
         self._chan = None
