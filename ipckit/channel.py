@@ -220,7 +220,7 @@ class Channel(ABC):
                 f"cannot serialize {type(obj).__name__} with {self._serializer.name}: {exc}"
             ) from exc
         if len(parts) == 1:
-            self._send_view(as_byte_view(parts[0]), timeout)
+            self._send_one(parts[0], timeout)  # the path send_bytes takes, fast path included
             return
         views = [as_byte_view(p) for p in parts]
         total = _nbytes(views)
@@ -237,6 +237,15 @@ class Channel(ABC):
         """
         if self._closed:
             raise self._closed_error("send")
+        self._send_one(data, timeout)
+
+    def _send_one(self, data: Any, timeout: float | None) -> None:
+        """Send one buffer as a message: what :meth:`send` (one serialized part) and
+        :meth:`send_bytes` both call, so the object path and the bytes path are one path.
+
+        A backend with a per-message fast path overrides this (falling back to this method for
+        anything its fast path does not take).
+        """
         self._send_view(memoryview(data) if type(data) is bytes else as_byte_view(data), timeout)
 
     def _too_large(self, n: int) -> str:
@@ -300,7 +309,7 @@ class Channel(ABC):
             DecodeError: the message could not be deserialized; it is consumed, the channel stays usable.
             MessageTooLarge / ProtocolError / ChannelBroken: the peer broke the protocol.
         """
-        data = self._locked_recv(timeout, None)
+        data = self._recv_payload(timeout)
         view = data if isinstance(data, memoryview) else memoryview(data)
         try:
             return self._loads(view)
@@ -314,8 +323,16 @@ class Channel(ABC):
 
     def recv_bytes(self, timeout: float | None = USE_DEFAULT) -> bytes:
         """Receive one message as ``bytes``, unserialized. Raises as :meth:`recv` (but never DecodeError)."""
-        data = self._locked_recv(timeout, None)
+        data = self._recv_payload(timeout)
         return data if type(data) is bytes else bytes(data)
+
+    def _recv_payload(self, timeout: float | None) -> Any:
+        """One whole message (bytes, bytearray or a memoryview the caller may keep): what
+        :meth:`recv` deserializes and :meth:`recv_bytes` returns, so both take one path.
+
+        A backend with a per-message fast path overrides this (falling back to this method).
+        """
+        return self._locked_recv(timeout, None)
 
     def recv_bytes_into(self, buf: Any, timeout: float | None = USE_DEFAULT) -> int:
         """Receive one message into the writable buffer *buf*; return its length.
