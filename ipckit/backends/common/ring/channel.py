@@ -123,12 +123,13 @@ def initialize_segment(buf: memoryview, segment_size: int, capacity: int, max_me
     """Initialise both rings and the common header words of a new segment (the creator writes
     its own words, then the magic, last)."""
     off_a, off_b, _ = ring_offsets(segment_size)
+    max_message_size = min(max_message_size, _LIMIT_MAX)
     _ring.initialize(buf, off_a, capacity, max_message_size)
     _ring.initialize(buf, off_b, capacity, max_message_size)
     hdr = buf[:PAGE].cast("Q")
     hdr[H_VERSION] = version
     hdr[H_CAPACITY] = capacity
-    hdr[H_LIMIT[0]] = min(max_message_size, _LIMIT_MAX)
+    hdr[H_LIMIT[0]] = max_message_size
     hdr[H_UID] = os.geteuid()
     hdr.release()
 
