@@ -56,6 +56,7 @@ from ..deadline import Deadline
 from ..errors import (
     ChannelBusy,
     EndpointExists,
+    EndpointNotFound,
     IncompatibleEndpoint,
     InvalidAddress,
     IPCError,
@@ -93,11 +94,13 @@ from .common.ring.channel import (
     H_WORDS,
     HANDOFF,
     PAGE,
+    TRAVEL_GRACE,
     RingBackend,
     RingChannel,
     RingListener,
     RingOptions,
     header_matches,
+    in_transit,
     initialize_segment,
     layout,
     open_end,
@@ -408,19 +411,50 @@ class _Segment:
         self.lock_fd = self.shm_fd = -1
 
 
+def _settled_ipckit_segment(name: str, fd: int, st: os.stat_result) -> bool:
+    """The segment *name*, open as *fd*, is an ipckit segment no creator is building right now."""
+    if name.startswith(_TMP_PREFIX) and time.time() - st.st_ctime < _TMP_GRACE:
+        return False  # possibly a segment being built right now
+    if st.st_size >= 8:
+        magic = struct.unpack("Q", os.pread(fd, 8, 0))[0]
+        if magic not in (0, SEG_MAGIC):
+            return False  # not an ipckit segment: never remove it
+    return True
+
+
+def _travelling(fd: int) -> bool:
+    """An end of the segment open as *fd* is on its way to a child (it holds no lock until it
+    arrives), for at most TRAVEL_GRACE seconds."""
+    data = os.pread(fd, H_WORDS * 8, 0)
+    return len(data) == H_WORDS * 8 and in_transit(struct.unpack(f"{H_WORDS}Q", data), SEG_MAGIC, SEG_VERSION)
+
+
 def _reclaim_stale(name: str) -> bool:
-    """Remove *name*'s objects if they are ours and no end is alive; True if the name is free now."""
+    """Remove *name*'s objects if they are ours and no end is alive or travelling; True if the name
+    is free now."""
+    return reclaim_stale(_names(name), alive=_LIVE_BYTES, mutex=_UNLINK_BYTE,
+                         ours=lambda fd, st: _settled_ipckit_segment(name, fd, st), in_use=_travelling)
 
-    def settled_ipckit_segment(fd: int, st: os.stat_result) -> bool:
-        if name.startswith(_TMP_PREFIX) and time.time() - st.st_ctime < _TMP_GRACE:
-            return False  # possibly a segment being built right now
-        if st.st_size >= 8:
-            magic = struct.unpack("Q", os.pread(fd, 8, 0))[0]
-            if magic not in (0, SEG_MAGIC):
-                return False  # not an ipckit segment: never remove it
-        return True
 
-    return reclaim_stale(_names(name), alive=_LIVE_BYTES, mutex=_UNLINK_BYTE, ours=settled_ipckit_segment)
+def _reclaimable(name: str) -> bool:
+    """What :func:`_reclaim_stale` would decide about the segment *name* that no process holds
+    (so none locks it), read-only: for the dry run of ``ipckit cleanup``."""
+    try:
+        fd = PosixName(SHM, name).open()
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        return st.st_uid == os.geteuid() and _settled_ipckit_segment(name, fd, st) and not _travelling(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _segment_of(semaphore: str) -> str:
+    """The segment name (``/ipckit.x``) of a channel's semaphore entry (``sem.ipckit.x.a``)."""
+    return "/" + semaphore.removeprefix("sem.")[:-2]
 
 
 def _sweep_temporaries() -> None:
@@ -548,8 +582,15 @@ class ShmChannel(RingChannel):
 
 
 def _rebuild(url: str, name: str, role: int, options: ShmOptions) -> ShmChannel:
-    deadline = time.monotonic() + 10.0
-    seg = _Segment(name, create=False, capacity=0, max_message_size=0, mode=options.mode, deadline=deadline)
+    # The segment of a handed end exists, initialised, or is gone for good: no wait for its name.
+    try:
+        seg = _Segment(name, create=False, capacity=0, max_message_size=0, mode=options.mode,
+                       deadline=time.monotonic())
+    except EndpointNotFound as exc:
+        raise EndpointNotFound(
+            errno.ENOENT, f"{url}: the channel is gone (every end closed, or `ipckit cleanup` reclaimed it "
+            f"after this end travelled for more than {TRAVEL_GRACE:.0f} s)") from exc
+    deadline = time.monotonic() + 10.0  # the previous holder may still be handing the lock over
     return open_end(lambda: ShmChannel(url, options, seg, role), seg.close, lambda ch: ch._claim(deadline))
 
 
@@ -597,14 +638,34 @@ class ShmBackend(RingBackend):
 
     @classmethod
     def find_stale(cls, sweep: Sweep) -> list[StaleObject]:
-        # Segments and semaphores (sem.<name>) no process has open or mapped: every end maps both.
-        return sweep.unheld_entries(SHM_DIR, "no live process has it open or mapped", strip="sem.")
+        # Segments and semaphores (sem.<name>) no process has open or mapped (every end maps
+        # both), judged as remove_stale judges them: not a segment being built, not one with an
+        # end on its way to a child (TRAVEL_GRACE); a channel's semaphores go with its segment.
+        unheld = sweep.unheld_entries(SHM_DIR, "no live process has it open or mapped", strip="sem.")
+        entries = [os.path.basename(obj.path) for obj in unheld]
+        stale = {"/" + entry for entry in entries if not entry.startswith("sem.") and _reclaimable("/" + entry)}
+        found = []
+        for obj in unheld:
+            entry = os.path.basename(obj.path)
+            if entry.startswith("sem."):
+                seg = _segment_of(entry)
+                if seg not in stale and PosixName(SHM, seg).stat() is not None:
+                    continue  # its segment is kept (or held), and so is it
+            elif "/" + entry not in stale:
+                continue
+            found.append(obj)
+        return found
 
     @classmethod
     def remove_stale(cls, obj: StaleObject) -> bool:
         entry = os.path.basename(obj.path)
-        if entry.startswith("sem.") or not os.path.lexists(obj.path):
-            return super().remove_stale(obj)  # a semaphore whose segment is gone already
+        if entry.startswith("sem."):
+            seg = _segment_of(entry)
+            if PosixName(SHM, seg).stat() is None:
+                return super().remove_stale(obj)  # a semaphore whose segment is gone already
+            return _reclaim_stale(seg) and not os.path.lexists(obj.path)  # with its segment, as judged
+        if not os.path.lexists(obj.path):
+            return False
         try:
             import_posix_ipc()
         except ImportError:  # without posix_ipc no end of ours can be racing for the name here

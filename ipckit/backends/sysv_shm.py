@@ -52,6 +52,7 @@ import errno
 import fcntl
 import os
 import secrets
+import struct
 import time
 import weakref
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ from .common.ring.channel import (
     RingListener,
     RingOptions,
     header_matches,
+    in_transit,
     initialize_segment,
     layout,
     open_end,
@@ -106,6 +108,7 @@ from .common.sysv import (
     import_sysv_ipc,
     locate_record,
     open_record,
+    owned_row,
     record_int,
     registry_candidates,
     registry_dir,
@@ -135,8 +138,33 @@ _NSEMS: Final = 4
 
 _HANDOFF_GRACE: Final = 10.0  # seconds a handed-over end may take to re-attach before it counts as dead
 
+
+
+def _in_transit(fields: dict[str, str]) -> bool:
+    """An end of the channel a record names is on its way to a child (read from the segment's
+    header, attached read-only for a moment): its record is kept for TRAVEL_GRACE seconds."""
+    shmid, shmkey = record_int(fields, "shmid"), record_int(fields, "shmkey")
+    if shmid is None or shmkey is None or owned_row("shm", shmid, shmkey) is None:
+        return False
+    try:
+        sysv_ipc = import_sysv_ipc()
+        shm = sysv_ipc.attach(shmid, flags=sysv_ipc.SHM_RDONLY)
+    except Exception:  # gone meanwhile (ExistentialError, or ValueError for a freed id)
+        return False
+    try:
+        data = bytes(shm.read(_HDR_BYTES, 0))
+    except Exception:
+        return False
+    finally:
+        _detach_quiet(shm)
+    words = struct.unpack(f"{_HDR_BYTES // 8}Q", data)
+    nonce = words[_H_NONCE[0]] | words[_H_NONCE[1]] << 64
+    return fields.get("nonce") == f"{nonce:032x}" and in_transit(words, SEG_MAGIC, SEG_VERSION)
+
+
 #: This scheme's manifests (rendezvous records); the tag is the one every release wrote.
-_RECORD: Final = RecordFormat(tag="ipckit-sysv-shm/1", what="sysv+shm", nsems=_NSEMS, alive=_ALIVE)
+_RECORD: Final = RecordFormat(tag="ipckit-sysv-shm/1", what="sysv+shm", nsems=_NSEMS, alive=_ALIVE,
+                              in_transit=_in_transit)
 _DIR_WHAT: Final = "a sysv+shm:// rendezvous directory"
 
 
@@ -535,7 +563,7 @@ class SysvShmChannel(RingChannel):
         # claims it.  The child's count is its own (SEM_UNDO is not inherited), so our close may
         # release ours before the child took one: the peer must not read that gap as a death.
         super()._fork_handed()
-        self._hdr[H_STATE[self._role]] = HANDOFF
+        self._mark_travelling()
 
     def _take_over_after_fork(self) -> None:
         # A fresh alive count: SEM_UNDO adjustments are not inherited by fork.

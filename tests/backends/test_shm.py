@@ -875,3 +875,88 @@ def test_full_dev_shm_at_every_step_is_resource_exhausted_and_leaves_nothing() -
         assert outcomes[0] != "ok" and outcomes[-1] == "ok"
         # Some level of free space lets the segment be made but not its semaphores.
         assert any("creating /ipckit." in r and "reserving" not in r for r in outcomes), outcomes
+
+
+# --------------------------------------------------------------------------- cleanup vs. travelling ends
+from ipckit import cleanup as cleanup_mod  # noqa: E402
+from ipckit.backends.common.ring import channel as ring_channel  # noqa: E402
+from ipckit.testing.contract.cross_process import _drain_after_gate, _Gate  # noqa: E402
+from ipckit.testing.workers import make_payload  # noqa: E402
+
+_TRAVEL_COUNT = 3
+
+
+def _travelling_channel(ctx: Any) -> tuple[Any, Any, str]:
+    """A pair whose end ``theirs`` is held at a gate in a spawned child's unpickling, the parent's
+    copies of both ends closed after sending: nothing holds the channel.  ``(process, gate, name)``."""
+    mine, theirs = ipckit.pair("shm://")
+    name = theirs._seg.name  # type: ignore[attr-defined]
+    gate_in, gate_out = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_drain_after_gate, args=(_Gate(gate_in), theirs, _TRAVEL_COUNT), daemon=True)
+    try:
+        proc.start()
+    except BaseException:
+        gate_out.close()
+        raise
+    finally:
+        gate_in.close()
+        theirs.close()
+    for i in range(_TRAVEL_COUNT):
+        mine.send_bytes(make_payload(i, 100 + i), timeout=10.0)
+    mine.close()
+    return proc, gate_out, name
+
+
+def _channel_entries(name: str) -> set[str]:
+    base = name.lstrip("/")
+    return {f"/dev/shm/{base}", f"/dev/shm/sem.{base}.a", f"/dev/shm/sem.{base}.b"}
+
+
+def _finish(proc: Any, gate: Any) -> int | None:
+    try:
+        gate.send(True)
+        proc.join(60)
+        code: int | None = proc.exitcode
+        return code
+    finally:
+        gate.close()
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+        proc.close()
+
+
+def test_s15_cleanup_keeps_a_channel_whose_end_travels_to_a_child() -> None:
+    """Issue 10: an end pickled for a spawned child, the parent's copies closed, the child not yet
+    attached -- no process holds the channel.  ``ipckit cleanup`` (dry run and real run) and
+    cleanup_stale leave it alone, and the child then receives every message."""
+    proc, gate, name = _travelling_channel(mp.get_context("spawn"))
+    try:
+        entries = _channel_entries(name)
+        assert {p for p in entries if os.path.exists(p)} == entries
+        sweep = cleanup_mod.Sweep(prefix=name.lstrip("/"))
+        assert [o for o in shm_mod.ShmBackend.find_stale(sweep) if o.path in entries] == []
+        assert cleanup_mod.find_stale(prefix=name.lstrip("/")) == []
+        for path in sorted(entries):  # what a real run does with each, had the sweep listed it
+            assert not shm_mod.ShmBackend.remove_stale(cleanup_mod.StaleObject(path, "file", "test", scheme="shm"))
+        assert shm_mod.cleanup_stale(prefix=name.lstrip("/")) == []
+        assert {p for p in entries if os.path.exists(p)} == entries
+    finally:
+        code = _finish(proc, gate)
+    assert code == _TRAVEL_COUNT, f"the child exited with {code}; {_TRAVEL_COUNT} is success"
+
+
+def test_s15_an_end_that_never_arrives_is_reclaimed_after_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The travel mark holds for TRAVEL_GRACE only: past it the sweep lists the channel (all three
+    names, dry run = real run) and removes it; the late child finds it gone (EndpointNotFound)."""
+    proc, gate, name = _travelling_channel(mp.get_context("spawn"))
+    try:
+        monkeypatch.setattr(ring_channel, "TRAVEL_GRACE", 0.0)
+        entries = _channel_entries(name)
+        listed = cleanup_mod.find_stale(prefix=name.lstrip("/"))
+        assert {o.path for o in listed} == entries
+        assert all(cleanup_mod.remove(o) or not os.path.exists(o.path) for o in listed)
+        assert {p for p in entries if os.path.exists(p)} == set()
+    finally:
+        code = _finish(proc, gate)
+    assert code == 1, f"the child exited with {code}; 1 is its EndpointNotFound while unpickling"

@@ -731,3 +731,90 @@ def test_v8_forged_capacity_is_incompatible_not_a_raw_error(name: str, capacity:
         with ipckit.connect(url, timeout=2) as c, lst.accept(timeout=5) as s:
             c.send_bytes(b"fine")
             assert s.recv_bytes(timeout=5) == b"fine"
+
+
+# --------------------------------------------------------------------------- cleanup vs. travelling ends
+_TRAVEL_COUNT = 3
+
+
+def _travelling_channel() -> tuple[Any, Any, str, int, int]:
+    """A pair whose end ``theirs`` is held at a gate in a spawned child's unpickling, the parent's
+    copies of both ends closed after sending: no alive semaphore is held.
+    ``(process, gate, record path, semid, shmid)``."""
+    import multiprocessing
+
+    from ipckit.testing.contract.cross_process import _drain_after_gate, _Gate
+    from ipckit.testing.workers import make_payload
+
+    ctx: Any = multiprocessing.get_context("spawn")
+    mine, theirs = ipckit.pair("sysv+shm://")
+    seg = theirs._seg  # type: ignore[attr-defined]
+    record, semid, shmid = seg.current_manifest(), seg.semid, seg.shmid
+    gate_in, gate_out = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_drain_after_gate, args=(_Gate(gate_in), theirs, _TRAVEL_COUNT), daemon=True)
+    try:
+        proc.start()
+    except BaseException:
+        gate_out.close()
+        raise
+    finally:
+        gate_in.close()
+        theirs.close()
+    for i in range(_TRAVEL_COUNT):
+        mine.send_bytes(make_payload(i, 100 + i), timeout=10.0)
+    mine.close()
+    assert sysv_kit.getval(semid, sysv_shm._ALIVE[0]) == sysv_kit.getval(semid, sysv_shm._ALIVE[1]) == 0
+    return proc, gate_out, record, semid, shmid
+
+
+def _finish(proc: Any, gate: Any) -> int | None:
+    try:
+        gate.send(True)
+        proc.join(60)
+        code: int | None = proc.exitcode
+        return code
+    finally:
+        gate.close()
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+        proc.close()
+
+
+def _stale_record(path: str) -> Any:
+    from ipckit.cleanup import StaleObject
+
+    return StaleObject(path, "sysv+shm:// object", "test", scheme="sysv+shm")
+
+
+def test_v14_cleanup_keeps_a_channel_whose_end_travels_to_a_child() -> None:
+    """Issue 10: an end pickled for a spawned child, the parent's copies closed (their alive counts
+    released), the child not yet attached.  ``ipckit cleanup``'s sweep (dry run and real run) leaves
+    the record, the segment and the semaphore set alone, and the child then receives every message."""
+    from ipckit.cleanup import Sweep
+
+    proc, gate, record, semid, shmid = _travelling_channel()
+    try:
+        assert [o for o in sysv_shm.SysvShmBackend.find_stale(Sweep()) if o.path == record] == []
+        assert not sysv_shm.SysvShmBackend.remove_stale(_stale_record(record))
+        assert os.path.exists(record) and semid in _rows("sem") and shmid in _rows("shm")
+    finally:
+        code = _finish(proc, gate)
+    assert code == _TRAVEL_COUNT, f"the child exited with {code}; {_TRAVEL_COUNT} is success"
+
+
+def test_v14_an_end_that_never_arrives_is_reclaimed_after_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The travel mark holds for TRAVEL_GRACE only: past it the dry run lists the record and the real
+    run removes it with its objects; the late child finds the channel gone."""
+    from ipckit.backends.common.ring import channel as ring_channel
+    from ipckit.cleanup import Sweep
+
+    proc, gate, record, semid, shmid = _travelling_channel()
+    try:
+        monkeypatch.setattr(ring_channel, "TRAVEL_GRACE", 0.0)
+        assert [o.path for o in sysv_shm.SysvShmBackend.find_stale(Sweep()) if o.path == record] == [record]
+        assert sysv_shm.SysvShmBackend.remove_stale(_stale_record(record))
+        assert not os.path.exists(record) and semid not in _rows("sem") and shmid not in _rows("shm")
+    finally:
+        code = _finish(proc, gate)
+    assert code == 1, f"the child exited with {code}; 1 is its EndpointNotFound while unpickling"

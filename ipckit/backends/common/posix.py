@@ -323,6 +323,7 @@ def reclaim_stale(
     alive: Sequence[int],
     mutex: int,
     ours: Callable[[int, os.stat_result], bool] | None = None,
+    in_use: Callable[[int], bool] | None = None,
 ) -> bool:
     """Remove *names* if they are this user's and no end is alive; True if the anchor's name is free.
 
@@ -332,6 +333,8 @@ def reclaim_stale(
         mutex: the anchor's byte that serialises removing the names.
         ours: the scheme's further check on the open anchor (its magic, a grace for objects
             still being built); False keeps the object.  The owner check is done already.
+        in_use: asked under the mutex once no liveness byte is locked: True keeps the object
+            (an end on its way to another process, which holds no lock until it arrives).
 
     Holds the removal mutex while checking and removing, so two processes reclaiming at once
     never remove the object the faster one created afterwards.
@@ -350,6 +353,8 @@ def reclaim_stale(
             return False
         with holding(fd, mutex):
             if any(lock_held(fd, byte) for byte in alive):
+                return False
+            if in_use is not None and in_use(fd):  # after the locks: a travelling end marks itself first
                 return False
             names.unlink_if_ours(fd)
             return True

@@ -658,12 +658,16 @@ class RecordFormat:
         what: how messages name an endpoint of the scheme (``"sysv+shm"``).
         nsems: the recorded semaphore set's size.
         alive: the set's ``SEM_UNDO`` liveness semaphores, one per end.
+        in_transit: the scheme's look at the recorded objects (the record's fields) once every
+            alive semaphore is zero: True while an end is on its way to another process, which
+            holds no count until it arrives, so the record is kept (for a bounded time).
     """
 
     tag: str
     what: str
     nsems: int
     alive: tuple[int, ...]
+    in_transit: Callable[[dict[str, str]], bool] | None = None
 
     def read(self, fd: int, path: str) -> dict[str, str]:
         """Owner-checked fields of an open record: ``{}`` while empty, ``{"foreign": "1"}`` for
@@ -703,10 +707,10 @@ class RecordFormat:
     def reclaim_if_stale(self, path: str, *, dry_run: bool = False) -> bool:
         """Remove the record *path* and the objects it records if no live process uses them.
 
-        Stale means: the file is ours, no creator holds its lock, and every alive semaphore is
-        zero (or the set is gone).  Returns True if it was removed (or is gone).  With
-        *dry_run* it only judges (True: it would be removed) and changes nothing; the lock test
-        takes the record's ``flock`` for a moment, as a real run does.
+        Stale means: the file is ours, no creator holds its lock, every alive semaphore is
+        zero (or the set is gone), and no end is in transit (``in_transit``).  Returns True if it
+        was removed (or is gone).  With *dry_run* it only judges (True: it would be removed) and
+        changes nothing; the lock test takes the record's ``flock`` for a moment, as a real run does.
         """
         try:
             fd = open_record(path)
@@ -737,6 +741,9 @@ class RecordFormat:
                             return False
                     except OSError:
                         pass
+            # After the counts: an end marks itself travelling before it lets its count go.
+            if self.in_transit is not None and self.in_transit(fields):
+                return False
             if dry_run:
                 return True
             remove_recorded(fields)

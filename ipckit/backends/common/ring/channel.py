@@ -19,6 +19,9 @@ The segment's page 0 starts with the header words of :data:`H_MAGIC` .. :data:`H
 provider adds its own words after them.  Each end publishes its ``max_message_size`` there
 (:data:`H_LIMIT`: the creator's when it initialises the segment, the other end's before it marks
 itself attached), so each end's sends are limited to what the peer receives (issue 10, A.3).
+An end on its way to a spawned child is HANDOFF, with the time it left (:data:`H_TRAVEL`), until
+the child claims it: nothing holds the channel's liveness meanwhile, so a stale sweep reads the
+header (:func:`in_transit`) and keeps such a channel for :data:`TRAVEL_GRACE` seconds.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, NoReturn, TypeVar, overload
 
@@ -59,7 +62,9 @@ __all__ = [
     "RingChannel",
     "RingListener",
     "RingOptions",
+    "TRAVEL_GRACE",
     "header_matches",
+    "in_transit",
     "initialize_segment",
     "layout",
     "open_end",
@@ -76,12 +81,20 @@ H_PID: Final = (7, 8)  # per end: the pid that holds it (untrusted: a hint for t
 # Per end: its max_message_size (end 1's is valid once that end left FREE).  Untrusted like the pid:
 # it only bounds what this end sends; the receiver checks every message against its own limit.
 H_LIMIT: Final = (H_MAXMSG, 9)
-H_WORDS: Final = 10  # the common words; a provider's start here
+# Per end: when it started travelling to a child (travel_clock_ns), meaningful while it is HANDOFF.
+H_TRAVEL: Final = (10, 11)
+H_WORDS: Final = 12  # the common words; a provider's start here
 FREE, ATTACHED, HANDOFF, CLOSED = 0, 1, 2, 3
 
 _PID_LIMIT: Final = 1 << 22  # Linux PID_MAX_LIMIT
 # A ring's (and the header's) limit is a u64 below the counters' 2**63: no message can be larger.
 _LIMIT_MAX: Final = _protocol.COUNTER_MAX - 1
+
+#: Seconds an end travelling to a child (pickled for spawn/forkserver, or forked, and not yet
+#: claimed there) keeps a channel nobody else holds from being reclaimed as stale (``ipckit
+#: cleanup``, a backend's ``cleanup_stale``, a ``listen()`` on its name).  A child that never
+#: arrives leaves a channel that is reclaimed once this has passed.  docs/contract.md states it.
+TRAVEL_GRACE: Final = 60.0
 
 RING_CAPS: Final = Capabilities(
     duplex=True,
@@ -132,6 +145,26 @@ def initialize_segment(buf: memoryview, segment_size: int, capacity: int, max_me
     hdr[H_LIMIT[0]] = max_message_size
     hdr[H_UID] = os.geteuid()
     hdr.release()
+
+
+def travel_clock_ns() -> int:
+    """The clock of :data:`H_TRAVEL`: one for every process of the machine, never set back, and
+    counting a suspend (a grace period is wall time)."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def in_transit(words: Sequence[int], magic: int, version: int) -> bool:
+    """True when a segment header (its first :data:`H_WORDS` words, as a stale sweep reads them)
+    shows an end that left for a child less than :data:`TRAVEL_GRACE` seconds ago.
+
+    A sweep asks only once no live process holds the channel: the handing end marks itself
+    HANDOFF before it lets its liveness go.  A header of another layout is never in transit.
+    """
+    if len(words) < H_WORDS or words[H_MAGIC] != magic or words[H_VERSION] != version:
+        return False
+    now = travel_clock_ns()
+    grace = int(TRAVEL_GRACE * 1e9)
+    return any(words[H_STATE[end]] == HANDOFF and 0 <= now - words[H_TRAVEL[end]] < grace for end in (0, 1))
 
 
 def header_matches(hdr: memoryview, magic: int, version: int, segment_size: int) -> bool:
@@ -252,6 +285,13 @@ class RingChannel(Channel):
         hdr[H_PID[self._role]] = os.getpid()
         hdr[H_STATE[self._role]] = ATTACHED
         self._refresh_peer()
+
+    def _mark_travelling(self) -> None:
+        """This end is on its way to a child, which claims it (ATTACHED): HANDOFF, and since when
+        (a stale sweep keeps the channel meanwhile, :func:`in_transit`)."""
+        hdr = self._hdr
+        hdr[H_TRAVEL[self._role]] = travel_clock_ns()
+        hdr[H_STATE[self._role]] = HANDOFF  # before the liveness goes (the provider's _handoff_args)
 
     def _learn_peer_from_header(self) -> None:
         """Limit this end's sends to the peer's published ``max_message_size`` (issue 10, A.3):
@@ -557,7 +597,7 @@ class RingChannel(Channel):
             if self._view_out:
                 self._view_out = False
                 self._r.release()
-            self._hdr[H_STATE[self._role]] = HANDOFF
+            self._mark_travelling()
             return self._handoff_args()
 
         return _handoff.reduce_for_spawn(self, build)
