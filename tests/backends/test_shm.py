@@ -960,3 +960,18 @@ def test_s15_an_end_that_never_arrives_is_reclaimed_after_the_grace(monkeypatch:
     finally:
         code = _finish(proc, gate)
     assert code == 1, f"the child exited with {code}; 1 is its EndpointNotFound while unpickling"
+
+
+def test_s15_dry_run_lists_only_what_the_real_run_removes() -> None:
+    """A file in /dev/shm with our prefix but a foreign magic is never removed by the real run (S-8),
+    so the dry run does not list it either (it did: find_stale judged by holders alone)."""
+    name = f"/ipckit.s15-{secrets.token_hex(6)}"
+    seg = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=4096)
+    try:
+        os.pwrite(seg.fd, b"NOTOURS!", 0)
+        seg.close_fd()
+        assert cleanup_mod.find_stale(prefix=name.lstrip("/")) == []
+        assert shm_mod.cleanup_stale(prefix=name.lstrip("/")) == []
+        assert os.path.exists(f"/dev/shm{name}")
+    finally:
+        posix_ipc.unlink_shared_memory(name)
