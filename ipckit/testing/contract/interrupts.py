@@ -136,17 +136,6 @@ class InterruptContract:
         def caps(self) -> Capabilities: ...  # ChannelContract's
 
     # ------------------------------------------------------------------ helpers
-    def _known_to_wedge(self, request: pytest.FixtureRequest) -> None:
-        """The shared-memory rings: still open (see docs/design.md C-15), expected to fail until fixed."""
-        a, _b = self.make_pair()
-        from ...backends.common.ring.channel import RingChannel  # the kit, not a scheme
-
-        if isinstance(a, RingChannel):
-            request.node.add_marker(pytest.mark.xfail(
-                reason="issue 10, B.6 (ring half, open): an interrupt part-way through a ring message leaves the "
-                       "writer with a pending message ('a message is already pending') and the reader's "
-                       "reassembly out of step", strict=False))
-
     def _big(self) -> int:
         """A message larger than any transport buffer (so a send to an idle peer blocks part-way)."""
         return self.limit(8 * MiB)
@@ -222,26 +211,22 @@ class InterruptContract:
 
     # ------------------------------------------------------------------ sending
     @pytest.mark.parametrize("kind", _KINDS)
-    def test_send_to_idle_peer_interrupted(self, kind: str, request: pytest.FixtureRequest) -> None:
+    def test_send_to_idle_peer_interrupted(self, kind: str) -> None:
         """The send blocks on a full buffer (the peer is not reading) and is interrupted there."""
-        self._known_to_wedge(request)
         for delay in _DELAYS:
             self._send_interrupted(_kind(kind), delay, draining=False)
 
     @pytest.mark.parametrize("kind", _KINDS)
-    def test_send_to_draining_peer_interrupted(self, kind: str, request: pytest.FixtureRequest) -> None:
+    def test_send_to_draining_peer_interrupted(self, kind: str) -> None:
         """The peer reads all along, so the interrupt lands anywhere in the transfer (or after it)."""
-        self._known_to_wedge(request)
         for delay in _DELAYS:
             self._send_interrupted(_kind(kind), delay, draining=True)
 
     # ------------------------------------------------------------------ receiving
     @pytest.mark.parametrize("timeout", [10.0, None], ids=["deadline", "forever"])
     @pytest.mark.parametrize("kind", _KINDS)
-    def test_recv_interrupted_mid_message(self, kind: str, timeout: float | None,
-                                          request: pytest.FixtureRequest) -> None:
+    def test_recv_interrupted_mid_message(self, kind: str, timeout: float | None) -> None:
         """A receive interrupted while a large message streams in resumes it, or breaks; never a tail."""
-        self._known_to_wedge(request)
         for delay in _DELAYS:
             a, b = self.make_pair(max_message_size=16 * MiB)
             sizes = [self._big() - 16, 200 * KiB, 100, 300 * KiB]

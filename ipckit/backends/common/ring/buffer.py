@@ -277,7 +277,9 @@ class RingWriter(Ring):
         except BaseException:
             self.detach()
             raise
-        # (parts, part index, offset in part, bytes left, message started?)
+        # [parts, part index, offset in part, bytes left, head, total]: *head* is the write
+        # position of the message's first record, stored before that record is written -- the
+        # reader may have seen part of the message exactly when the write counter is past it.
         self._pending: list[object] | None = None
         self._abort_pending = False
         # Streamed chunks smaller than this are not worth a record unless at the ring's end.
@@ -326,7 +328,7 @@ class RingWriter(Ring):
             return _ALIGN
         left: int = pending[3]  # type: ignore[assignment]
         rec = _record_size(left)
-        if not pending[4] and rec <= self._cap:
+        if pending[4] is None and rec <= self._cap:
             return min(rec, tail)  # padding the tail is progress too
         return min(tail, rec, self._min_chunk + _ALIGN)
 
@@ -340,7 +342,7 @@ class RingWriter(Ring):
 
     # -- writing -------------------------------------------------------------------------
     def _commit(self, wp: int) -> None:
-        self._wp = wp
+        self._c.own = wp  # (the cursor's slot itself: _wp's descriptor would be one more call)
         _publish_write_pos(self._ctl, wp, self._wake)  # a closed reader: the callers check peer_closed()
 
     def try_write(self, data: Buffer) -> bool:
@@ -365,7 +367,11 @@ class RingWriter(Ring):
         dq = self._dq
         dq[i] = _MSG | (n << 32)
         dq[i + 1] = n
-        self._commit(wp + rec)
+        try:
+            self._commit(wp + rec)
+        except BaseException:
+            self.recover()
+            raise
         return True
 
     def try_send(self, data: Buffer) -> bool:
@@ -401,8 +407,8 @@ class RingWriter(Ring):
         return self._write_slow(parts, total)
 
     def _write_slow(self, parts: Sequence[Buffer], total: int) -> bool:
-        if self._pending is not None:
-            raise RuntimeError("a message is already pending on this ring")
+        if self._pending is not None:  # a caller gave up without abort() or recover()
+            self.abort()
         if total > self._maxmsg:
             raise MessageTooLarge(f"message of {total} bytes exceeds max_message_size {self._maxmsg}")
         if total > 0xFFFFFFFFFFFFFFFF:
@@ -410,8 +416,12 @@ class RingWriter(Ring):
         views = [_as_bytes_view(p) for p in parts]
         if sum(len(v) for v in views) != total:
             raise ValueError("parts do not add up to total")
-        self._pending = [views, 0, 0, total, False]
-        return self.pump()
+        try:
+            self._pending = [views, 0, 0, total, None, total]
+            return self.pump()
+        except BaseException:
+            self.recover()
+            raise
 
     def _copy_from_pending(self, dst: int, n: int) -> None:
         pending = self._pending
@@ -442,11 +452,17 @@ class RingWriter(Ring):
         self._commit(self._wp + (self._cap - pos))
 
     def pump(self) -> bool:
-        """Make as much progress on the pending message as space allows; True when done."""
+        """Make as much progress on the pending message as space allows; True when done.
+
+        An exception that escapes part-way (a signal handler's) gives the message up (:meth:`recover`).
+        """
         try:
-            return self._pump()
-        finally:
-            self._fast_max = -1 if self._pending is not None or self._abort_pending else self._maxmsg
+            done = self._pump()
+        except BaseException:
+            self.recover()
+            raise
+        self._fast_max = -1 if self._pending is not None or self._abort_pending else self._maxmsg
+        return done
 
     def _pump(self) -> bool:
         cap = self._cap
@@ -459,9 +475,9 @@ class RingWriter(Ring):
         pending = self._pending
         if pending is None:
             return True
-        total: int = pending[3] if not pending[4] else 0  # type: ignore[assignment]
+        total: int = pending[5]  # type: ignore[assignment]
         free = self._free()
-        if not pending[4]:
+        if pending[4] is None:
             rec = _record_size(total)
             if rec <= cap:
                 # Whole-record path: wait until it fits contiguously, padding at the ring's end.
@@ -474,6 +490,7 @@ class RingWriter(Ring):
                     free -= tail
                 if rec > free:
                     return False
+                pending[4] = self._wp
                 base = self._data + self._wp % cap
                 _HDR.pack_into(self._mv, base, _MSG, total, total)
                 self._copy_from_pending(base + _HDR_SIZE, total)
@@ -497,12 +514,11 @@ class RingWriter(Ring):
                 return False
             chunk = left if last <= room else room - _ALIGN
             base = self._data + pos
-            if not pending[4]:
-                _HDR.pack_into(self._mv, base, _MSG, chunk, pending[3])
-                pending[4] = True
-                pending.append(pending[3])  # remember the declared total for CONT records
+            if pending[4] is None:
+                pending[4] = self._wp
+                _HDR.pack_into(self._mv, base, _MSG, chunk, total)
             else:
-                _HDR.pack_into(self._mv, base, _CONT, chunk, pending[5])
+                _HDR.pack_into(self._mv, base, _CONT, chunk, total)
             self._copy_from_pending(base + _HDR_SIZE, chunk)
             pending[3] = left - chunk
             rec = _record_size(chunk)
@@ -531,15 +547,37 @@ class RingWriter(Ring):
         A streamed message already partly committed is cancelled with an ABORT record (written
         now, or before the next message if the ring is full); the reader drops the partial one.
         """
-        pending = self._pending
-        if pending is None:
-            return True
-        self._pending = None
-        if pending[4]:
-            self._abort_pending = True
+        if self._drop_pending():
             self.pump()
         self._fast_max = -1 if self._abort_pending else self._maxmsg
         return True
+
+    def _drop_pending(self) -> bool:
+        """Forget the pending message; an ABORT record is due when the reader may have seen part
+        of it (the write counter went past its head).  True when an ABORT is due."""
+        pending = self._pending
+        self._pending = None
+        if pending is not None and pending[4] is not None and self._wp > pending[4]:  # type: ignore[operator]
+            self._abort_pending = True
+        return self._abort_pending
+
+    def recover(self) -> None:
+        """After an exception escaped a write part-way (a signal handler's, ``KeyboardInterrupt``):
+        make the state whole again, whatever step it cut.
+
+        The pending message is given up as :meth:`abort` does, except that the ABORT record is left
+        to the next write (nothing here waits or can fail on the ring).  The write counter is
+        published again: a commit cut between its private and its shared store covers a complete
+        record (records are written before they are committed), which the reader may now take.
+        A record cut before its commit is beyond the counter and is simply overwritten.  So the
+        reader sees the messages before, a stray ABORT at most (which it skips), and the next
+        message; never part of one as a whole.
+        """
+        if self._detached:
+            return
+        self._drop_pending()
+        self._fast_max = -1 if self._abort_pending else self._maxmsg
+        _publish_write_pos(self._ctl, self._wp, self._wake)
 
     def close(self) -> None:
         """Mark the writing side closed (the reader sees EOF once drained) and drop views."""
@@ -553,9 +591,21 @@ class RingWriter(Ring):
 
 
 class RingReader(Ring):
-    """The consuming end.  Not thread-safe; one reader per ring."""
+    """The consuming end.  Not thread-safe; one reader per ring.
 
-    __slots__ = ("_asm_", "_asm_got", "_asm_total", "_asm_view", "_cur_", "_cur_end", "_into", "counters")
+    Exception safety (a signal handler's exception, ``KeyboardInterrupt``, can come out of any
+    step): every step changes at most one slot that says where the reader is, after the work it
+    stands for -- a message handed out (``_cur_``, with ``_cur_end`` set first), a streamed
+    message begun with its first chunk (``_asm_``, with its buffer, total and progress set
+    first), one more chunk taken (``_asm_at``: bytes reassembled and the ring position after the
+    chunk, one tuple) -- so a cut
+    step is redone or finished by the next call (:meth:`peek` reconciles the counter with
+    ``_asm_at`` and hands out a message whose last chunk came in), and the shared read counter
+    is published again by :meth:`recover`.  A message is never handed out twice once
+    :meth:`release` consumed it, nor a part of one as a whole.
+    """
+
+    __slots__ = ("_asm_", "_asm_at", "_asm_total", "_asm_view", "_cur_", "_cur_end", "_into", "counters")
     _cursor_type = _cursor.Reader
     #: The ring's control words (u64); ``counters[WRITE_POS] != read_pos`` means data waits.  For
     #: spin loops only: read, never write.  (An attribute, not a property: a wait reads it first.)
@@ -574,11 +624,13 @@ class RingReader(Ring):
         self._asm_: bytearray | None = None
         self._asm_view: memoryview | None = None
         self._asm_total = 0
-        self._asm_got = 0
+        self._asm_at = (0, 0)  # (bytes reassembled, ring position after the last chunk taken)
         self._into: memoryview | None = None
 
     # The hot state lives in the cursor: this reader's counter (_rp), the writer's as last seen
-    # (_wp), and whether a message is held, which stops the cursor's fast path (hold).
+    # (_wp), and whether a message is held or reassembled, which stops the cursor's fast path
+    # (hold: raised before either is set, lowered after both are cleared -- a stale raised flag
+    # only sends the next message through peek(), which lowers it again).
     _rp = _CursorField("own")
     _wp = _CursorField("peer")
 
@@ -587,25 +639,15 @@ class RingReader(Ring):
         """The message handed out by peek(), until release()."""
         return self._cur_
 
-    @_cur.setter
-    def _cur(self, view: memoryview | None) -> None:
-        self._cur_ = view
-        self._c.hold = view is not None or self._asm_ is not None
-
     @property
     def _asm(self) -> bytearray | None:
         """The reassembly buffer of a streamed message (empty: reassembling into the caller's)."""
         return self._asm_
 
-    @_asm.setter
-    def _asm(self, buf: bytearray | None) -> None:
-        self._asm_ = buf
-        self._c.hold = buf is not None or self._cur_ is not None
-
     # -- queries -------------------------------------------------------------------------
     def has_data(self) -> bool:
         """Cheap predicate: committed bytes are waiting (a message, a chunk or padding)."""
-        return self._cur is not None or self._ctl[_W_WPOS] != self._rp
+        return self._cur_ is not None or self._ctl[_W_WPOS] != self._rp
 
     def writer_closed(self) -> bool:
         return self._ctl[_W_WCLOSED] != 0
@@ -621,7 +663,7 @@ class RingReader(Ring):
 
     # -- reading -------------------------------------------------------------------------
     def _publish(self, rp: int) -> None:
-        self._rp = rp
+        self._c.own = rp  # (the cursor's slot itself: _rp's descriptor would be one more call)
         _publish_read_pos(self._ctl, rp, self._wake)
 
     def _load_wp(self, rp: int) -> int:
@@ -642,18 +684,38 @@ class RingReader(Ring):
         Raises:
             ProtocolError: anything read from shared memory is out of bounds or inconsistent.
         """
-        cur = self._cur
+        try:
+            return self._peek(into)
+        except BaseException:
+            self.recover()
+            raise
+
+    def _peek(self, into: memoryview | None) -> memoryview | None:
+        cur = self._cur_
         if cur is not None:
-            return cur
+            if self._asm_ is not None or self._rp < self._cur_end:
+                return cur
+            self._finish_release(cur)  # a release() cut after it consumed the message
         cap = self._cap
         mv = self._mv
         while True:
             rp = self._rp
+            if self._asm_ is not None:
+                got, end = self._asm_at
+                if end > rp:  # a step cut between taking its chunk and publishing the counter
+                    self._publish(end)
+                    rp = end
+                if got == self._asm_total:  # complete (handed out now, or its step was cut)
+                    view = self._asm_view
+                    assert view is not None
+                    self._cur_end = rp
+                    self._cur_ = view  # _asm_ stays set until release(): this view is the message
+                    return view
             avail = self._wp - rp
             if avail <= 0:
                 avail = self._load_wp(rp) - rp
                 if avail == 0:
-                    if self._asm is not None and not self._asm:
+                    if self._asm_ is not None and not self._asm_:
                         self._own_asm()
                     return None
             pos = rp % cap
@@ -661,7 +723,7 @@ class RingReader(Ring):
             kind, chunk, total = _HDR.unpack_from(mv, base)
             rec = (chunk + _HDR_SIZE + _ALIGN - 1) & ~(_ALIGN - 1)
             if kind == _MSG:
-                if rec > avail or rec > cap - pos or chunk > total or self._asm is not None:
+                if rec > avail or rec > cap - pos or chunk > total or self._asm_ is not None:
                     raise ProtocolError(
                         f"bad message record (chunk {chunk}, total {total}, {avail} committed)"
                     )
@@ -671,27 +733,31 @@ class RingReader(Ring):
                     )
                 if chunk == total:
                     view = mv[base + _HDR_SIZE : base + _HDR_SIZE + chunk]
-                    self._cur = view
                     self._cur_end = rp + rec
+                    self._c.hold = True
+                    self._cur_ = view
                     return view
                 into_ = into if into is not None and len(into) >= total else None
                 if into_ is None:
                     try:
-                        self._asm = asm = bytearray(total)
+                        asm = bytearray(total)
                     except MemoryError as exc:  # a bounded but still too large total
                         raise ProtocolError(f"cannot allocate {total} bytes for a message") from exc
-                    self._asm_view = memoryview(asm)
+                    asm_view = memoryview(asm)
                 else:
-                    self._asm = bytearray()  # marker: reassembling into the caller's buffer
-                    self._asm_view = into_[:total]
+                    asm = bytearray()  # marker: reassembling into the caller's buffer
+                    asm_view = into_[:total]
+                self._asm_view = asm_view  # (read only while _asm_ is set, which comes last)
                 self._asm_total = total
-                self._asm_got = 0
+                got = 0
             elif kind == _CONT:
+                asm = None
+                got = self._asm_at[0]
                 if (
-                    self._asm is None
+                    self._asm_ is None
                     or total != self._asm_total
                     or chunk == 0
-                    or chunk > total - self._asm_got
+                    or chunk > total - got
                     or rec > avail
                     or rec > cap - pos
                 ):
@@ -703,27 +769,25 @@ class RingReader(Ring):
                 self._publish(rp + tail)
                 continue
             elif kind == _ABORT:
-                if self._asm is None:
-                    raise ProtocolError("abort record outside a streamed message")
-                self._drop_asm()
+                # The writer gave up on a streamed message; outside one (its send was cut after its
+                # last record, or before anything of the next), there is nothing to drop.
+                if self._asm_ is not None:
+                    self._drop_asm()
                 self._publish(rp + _ALIGN)
                 continue
             else:
                 raise ProtocolError(f"unknown record kind {kind}")
-            # A chunk of a streamed message: copy it out and free its space at once.
-            got = self._asm_got
-            asm_view = self._asm_view
-            assert asm_view is not None
-            asm_view[got : got + chunk] = mv[base + _HDR_SIZE : base + _HDR_SIZE + chunk]
-            got += chunk
-            self._asm_got = got
+            # A chunk of a streamed message: copy it out (again, if a cut step left it), record it
+            # with the step's one store (for the first chunk: the message begun, _asm_, last), and
+            # free its space at once.
+            dst = self._asm_view
+            assert dst is not None
+            dst[got : got + chunk] = mv[base + _HDR_SIZE : base + _HDR_SIZE + chunk]
+            self._asm_at = (got + chunk, rp + rec)
+            if asm is not None:
+                self._c.hold = True
+                self._asm_ = asm
             self._publish(rp + rec)
-            if got == self._asm_total:
-                self._cur = asm_view
-                self._cur_end = self._rp
-                self._asm = None
-                self._asm_view = None
-                return asm_view
 
     def try_read_bytes(self) -> bytes | None:
         """Fast path (the cursor's ``recv``): the next message as ``bytes`` if it is one whole
@@ -742,31 +806,69 @@ class RingReader(Ring):
 
     def _own_asm(self) -> None:
         """Move a half-reassembled message out of the caller's buffer before returning to it,
-        so a timed-out ``recv_bytes_into`` never has its buffer written to later."""
+        so a timed-out (or interrupted) ``recv_bytes_into`` never has its buffer written to later."""
         old = self._asm_view
         assert old is not None
-        self._asm = asm = bytearray(self._asm_total)
-        self._asm_view = memoryview(asm)
-        self._asm_view[: self._asm_got] = old[: self._asm_got]
-        old.release()
+        got = self._asm_at[0]
+        asm = bytearray(self._asm_total)
+        view = memoryview(asm)
+        view[:got] = old[:got]
+        if self._cur_ is old:
+            self._cur_ = view
+        self._asm_view = view
+        self._asm_ = asm
+        try:
+            old.release()
+        except BufferError:  # still exported by a caller's frame (an interrupted recv_bytes_into)
+            pass
 
     def _drop_asm(self) -> None:
-        if self._asm_view is not None:
-            self._asm_view.release()
-        self._asm = None
+        view = self._asm_view
+        self._asm_ = None
         self._asm_view = None
+        if self._cur_ is None:
+            self._c.hold = False
+        if view is not None:
+            view.release()
 
     def release(self) -> None:
         """Consume the message returned by :meth:`peek` (invalidating its view)."""
-        cur = self._cur
+        cur = self._cur_
         if cur is not None:
-            self._cur = None
             try:
-                cur.release()
-            except BufferError:  # the caller exported it (e.g. numpy); it stays readable
-                pass
-            if self._cur_end != self._rp:
-                self._publish(self._cur_end)
+                if self._cur_end > self._rp:  # a message in the ring itself: its space is free now
+                    self._publish(self._cur_end)
+                self._finish_release(cur)
+            except BaseException:
+                self.recover()
+                raise
+
+    def _finish_release(self, cur: memoryview) -> None:
+        """The rest of :meth:`release`, once the message is consumed (the counter is past it)."""
+        self._asm_ = None  # a reassembled message: its buffer was the message
+        self._asm_view = None
+        self._cur_ = None
+        self._c.hold = False
+        try:
+            cur.release()
+        except BufferError:  # the caller exported it (e.g. numpy); it stays readable
+            pass
+
+    def recover(self) -> None:
+        """After an exception escaped a read part-way: publish the read counter again (a step cut
+        between its private and its shared store would leave the writer short of space), and
+        move a message being reassembled into the caller's buffer into one of its own (the
+        caller may reuse its buffer before the next call resumes the message)."""
+        if self._detached:
+            return
+        rp = self._rp
+        if self._asm_ is not None:
+            end = self._asm_at[1]
+            if end > rp:
+                rp = end
+            if not self._asm_ and self._asm_total:
+                self._own_asm()
+        self._publish(rp)
 
     def try_read(self) -> bytes | None:
         """Return the next message as bytes (one copy) or None if none is complete yet."""
@@ -798,7 +900,7 @@ class RingReader(Ring):
 
     def close(self) -> None:
         """Mark the reading side closed (the writer's sends fail) and drop every view."""
-        self._cur = None
+        self._cur_ = None
         self._drop_asm()
         if not self._detached:
             _p.close_reader(self._ctl, self._wake)

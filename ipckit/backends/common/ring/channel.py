@@ -397,33 +397,41 @@ class RingChannel(Channel):
         if self._wait.peer_pid is None:
             self._refresh_peer()
         w = self._w
-        while True:
-            try:
+        try:
+            while True:
                 ok = self._wait.wait(w.can_progress, deadline, self._own_waker, w.set_sleeping, self._send_check)
-            except IPCError:
-                w.abort()
-                raise
-            if w.peer_closed():
-                w.abort()
-                raise EndOfChannel(f"the peer closed {self._url}")
-            if w.pump():
-                return
-            if not ok:
-                w.abort()
-                if self._peer_gone():
-                    raise PeerDied(f"the peer of {self._url} died")
-                raise SendTimeout(f"send on {self._url} timed out (the ring is full)")
+                if w.peer_closed():
+                    w.abort()
+                    raise EndOfChannel(f"the peer closed {self._url}")
+                if w.pump():
+                    return
+                if not ok:
+                    w.abort()
+                    if self._peer_gone():
+                        raise self._died(f"the peer of {self._url} died")
+                    raise SendTimeout(f"send on {self._url} timed out (the ring is full)")
+        except BaseException:
+            # Whatever came out of the wait or a step (a check's error, a signal handler's exception):
+            # the message is given up whole, the writer left ready for the next one (issue 10, B.6).
+            w.recover()
+            raise
+
+    def _died(self, message: str) -> PeerDied:
+        """The PeerDied to raise; from now on every send comes to :meth:`_send_liveness` and raises
+        it again (the fast path's budget is spent), as every receive does once nothing is left."""
+        self._wc.budget = 0
+        return PeerDied(message)
 
     def _send_liveness(self) -> None:
-        self._wc.budget = self.liveness_every
         self._check_pid()
         if self._peer_gone():
-            raise PeerDied(f"the peer of {self._url} died")
+            raise self._died(f"the peer of {self._url} died")
+        self._wc.budget = self.liveness_every
 
     def _send_check(self) -> None:
         self._check()
         if self._peer_gone():
-            raise PeerDied(f"the peer of {self._url} died")
+            raise self._died(f"the peer of {self._url} died")
 
     # -- receiving ------------------------------------------------------------------------------
     # Every receive (recv, recv_bytes, recv_bytes_into, recv_view) and poll waits in one place,
@@ -437,7 +445,7 @@ class RingChannel(Channel):
         self._check()
         self._check_pid()
         if self._peer_gone() and not self._r.has_data():
-            raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
+            raise self._died(f"the peer of {self._url} died; every message it committed was received")
 
     def _await_data(self, deadline: Deadline, watch: Watch | None = None) -> bool:
         """Wait until bytes are committed or the writer closed (True), or *deadline* passed (False).
@@ -453,7 +461,7 @@ class RingChannel(Channel):
         """
         r = self._r
         if self._peer_dead and not r.has_data():
-            raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
+            raise self._died(f"the peer of {self._url} died; every message it committed was received")
         ws = self._wait
         if ws.peer_pid is None:  # learn where the peer runs (same CPU: never spin)
             self._refresh_peer()
@@ -465,7 +473,7 @@ class RingChannel(Channel):
             return True
         self._check_pid()
         if self._peer_gone() and not r.has_data():
-            raise PeerDied(f"the peer of {self._url} died; every message it committed was received")
+            raise self._died(f"the peer of {self._url} died; every message it committed was received")
         return False
 
     @overload
@@ -485,8 +493,8 @@ class RingChannel(Channel):
         """
         r = self._r
         if self._view_out:  # the previous recv_view's message: consumed now
-            self._view_out = False
             r.release()
+            self._view_out = False  # (after: an interrupted release is finished by the next call)
         expired = False
         while True:
             view = r.peek(into)
@@ -524,14 +532,20 @@ class RingChannel(Channel):
 
     def _recv_message_into(self, view: memoryview, deadline: Deadline) -> int:
         msg = self._next(deadline, view)
-        n = len(msg)
-        if n > len(view):
-            data = bytes(msg)
+        try:
+            n = len(msg)
+            if n > len(view):
+                data = bytes(msg)
+                self._r.release()
+                raise BufferTooSmall(f"message of {n} bytes does not fit the {len(view)}-byte buffer", data)
+            if msg.obj is not view.obj:
+                view[:n] = msg
             self._r.release()
-            raise BufferTooSmall(f"message of {n} bytes does not fit the {len(view)}-byte buffer", data)
-        if msg.obj is not view.obj:
-            view[:n] = msg
-        self._r.release()
+        except BaseException:
+            # A message reassembled into *view* and not consumed (a signal handler's exception) is
+            # moved out of it: the next receive returns it, and the caller may reuse its buffer.
+            self._r.recover()
+            raise
         return n
 
     def _recv_view(self, deadline: Deadline) -> Any:

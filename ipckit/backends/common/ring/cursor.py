@@ -59,8 +59,9 @@ _MAX_CAPACITY: Final = _p.MAX_CAPACITY
 _MSG: Final = _p.MSG
 _W_RPOS: Final = _p.W_RPOS
 _W_WPOS: Final = _p.W_WPOS
-_publish_write_pos = _p.publish_write_pos
-_publish_read_pos = _p.publish_read_pos
+_W_RSLEEP: Final = _p.W_RSLEEP
+_W_RCLOSED: Final = _p.W_RCLOSED
+_W_WSLEEP: Final = _p.W_WSLEEP
 _PACK_MAX: Final = 1024  # one struct call moves header and payload up to this size
 _PACKERS: list[Callable[..., None] | None] = [None] * (_PACK_MAX + 1)
 _UNPACKERS: list[Callable[..., tuple[int, int, int, bytes]] | None] = [None] * (_PACK_MAX + 1)
@@ -186,8 +187,19 @@ class PyWriter(_PyCursor):
             self._dq[i + 1] = n
         self.own = end
         self.budget -= 1
-        # The publication store, after header and payload; False: the reader has closed.
-        return _publish_write_pos(self._ctl, end, self.wake)
+        # The publication store, after header and payload, right after the private one: no call
+        # between them, where a signal handler's exception could leave the record committed here
+        # but not published (as in C).  The rest is protocol.publish_write_pos's wake-up rule;
+        # False: the reader has closed.
+        ctl = self._ctl
+        ctl[_W_WPOS] = end
+        if ctl[_W_RSLEEP]:
+            if ctl[_W_RCLOSED]:
+                return False
+            wake = self.wake
+            if wake is not None:
+                wake()
+        return True
 
 
 class PyReader(_PyCursor):
@@ -240,7 +252,14 @@ class PyReader(_PyCursor):
         else:
             data = self._mv[start + _HEADER : start + _HEADER + n].tobytes()
         self.own = rp = rp + size
-        _publish_read_pos(self._ctl, rp, self.wake)
+        # Published right after the private store, with no call between them (see PyWriter.send_held);
+        # then protocol.publish_read_pos's wake-up rule.
+        ctl = self._ctl
+        ctl[_W_RPOS] = rp
+        if ctl[_W_WSLEEP]:
+            wake = self.wake
+            if wake is not None:
+                wake()
         return data
 
 
