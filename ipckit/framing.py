@@ -12,17 +12,33 @@ A ``GOODBYE`` frame (no payload) is written by ``close()``: end of stream after 
 a short UTF-8 reason of at most :data:`REJECT_REASON_MAX` bytes) is what a server writes to a
 client it refuses before closing the connection: the client's receive raises PeerRejected with
 the reason instead of reporting a crash.
+
+A ``HELLO`` frame opens each direction of a connection made by ``connect()``/``accept()``: the
+client sends one at connect (after the ``authkey`` handshake, if any), the server one at accept.
+Its payload (:func:`encode_hello`, at most :data:`HELLO_MAX` bytes) is::
+
+    magic 4s = b"IKhl" | protocol u16 | reserved u16 | max_message_size u64   (16 bytes; later
+                                                                              versions may append)
+
+The hello is outside the sequence: it carries sequence 0 and the first message after it is frame
+0 too, so a stream without one (``pipe://`` pairs, whose ends share one options set) numbers its
+frames the same way.  It is only valid as the first frame a receiver sees.  A server reads the
+client's hello inside ``accept()`` (a client that sends none is dropped there); a client reads the
+server's on its receive path (its first ``recv``/``poll``), having usually learnt the server's
+limit at connect already from what the listener published (:func:`decode_hello` reads both).
 """
 
 from __future__ import annotations
 
+import errno
 import struct
 import zlib
 
-from .errors import MessageTooLarge, ProtocolError
+from .errors import IncompatibleEndpoint, MessageTooLarge, ProtocolError
 
 __all__ = ["HEADER", "HEADER_SIZE", "MAGIC", "VERSION", "FLAG_CHECKSUM", "FLAG_GOODBYE", "FLAG_REJECTED",
-           "FLAG_HELLO", "FLAG_TRAILER", "REJECT_REASON_MAX", "encode_header", "encode_rejection", "decode_header", "crc32"]
+           "FLAG_HELLO", "FLAG_TRAILER", "REJECT_REASON_MAX", "HELLO_MAX", "PROTOCOL", "encode_header",
+           "encode_rejection", "decode_header", "crc32", "encode_hello", "hello_payload", "decode_hello"]
 
 MAGIC = b"\xa9K"
 VERSION = 1
@@ -33,6 +49,13 @@ FLAG_HELLO = 0x08  # the first frame of a connection: magic, protocol version, t
 FLAG_TRAILER = 0x10  # the payload is followed by one commit byte: 1 delivers it, 0 discards it (a cut send)
 _KNOWN_FLAGS = FLAG_CHECKSUM | FLAG_GOODBYE | FLAG_REJECTED | FLAG_HELLO | FLAG_TRAILER
 REJECT_REASON_MAX = 512
+#: The hello's payload: magic, protocol version, reserved, the sender's max_message_size.
+_HELLO = struct.Struct("<4sHHQ")
+_HELLO_MAGIC = b"IKhl"
+#: The version of the connection protocol a hello announces (frames, hello, goodbye, rejection).
+PROTOCOL = 1
+#: Largest hello payload a receiver reads (room for fields later versions append).
+HELLO_MAX = 128
 HEADER = struct.Struct("<2sBBIQI")
 HEADER_SIZE = HEADER.size
 _SEQ_MASK = 0xFFFFFFFF
@@ -75,9 +98,44 @@ def decode_header(data: bytes | bytearray | memoryview, offset: int, expected_se
         if length > REJECT_REASON_MAX or flags & FLAG_GOODBYE:
             raise ProtocolError(f"malformed rejection frame ({length} bytes)")
         return flags, length, crc
+    if flags & FLAG_HELLO:  # bounded by its own limit: a tiny max_message_size still reads a hello
+        if length > HELLO_MAX or flags & (FLAG_GOODBYE | FLAG_REJECTED):
+            raise ProtocolError(f"malformed hello frame ({length} bytes)")
+        return flags, length, crc
     if length > max_size:
         raise MessageTooLarge(f"peer announced a {length}-byte message, over max_message_size={max_size}; "
                               "the stream cannot be resynchronised and is now broken")
     if flags & FLAG_GOODBYE and length:
         raise ProtocolError("goodbye frame with a payload")
     return flags, length, crc
+
+
+def hello_payload(max_message_size: int) -> bytes:
+    """The hello payload announcing *max_message_size* (also what a listener publishes)."""
+    return _HELLO.pack(_HELLO_MAGIC, PROTOCOL, 0, max_message_size)
+
+
+def encode_hello(max_message_size: int) -> bytes:
+    """The whole HELLO frame (sequence 0: the hello is outside the sequence)."""
+    payload = hello_payload(max_message_size)
+    return encode_header(0, len(payload), FLAG_HELLO) + payload
+
+
+def decode_hello(payload: bytes | bytearray | memoryview, who: str) -> int:
+    """The peer's ``max_message_size`` from a hello payload sent by *who* ("the client", ...).
+
+    Raises:
+        ProtocolError: not an ipckit hello (short, or a wrong magic).
+        IncompatibleEndpoint: a hello of another protocol version.
+    """
+    if len(payload) < _HELLO.size or len(payload) > HELLO_MAX:
+        raise ProtocolError(f"{who} sent a malformed hello ({len(payload)} bytes): it is not an ipckit peer")
+    magic, protocol, _reserved, max_message_size = _HELLO.unpack_from(payload, 0)
+    if magic != _HELLO_MAGIC:
+        raise ProtocolError(f"{who} sent a hello with magic {bytes(magic)!r}: it is not an ipckit peer")
+    if protocol != PROTOCOL:
+        raise IncompatibleEndpoint(errno.EPROTO, f"{who} speaks ipckit protocol {protocol}, this end speaks "
+                                   f"{PROTOCOL}: use the same ipckit version on both ends")
+    if max_message_size < 1:
+        raise ProtocolError(f"{who} announced max_message_size={max_message_size} in its hello")
+    return int(max_message_size)

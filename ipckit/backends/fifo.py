@@ -13,7 +13,13 @@ Features:
       FIFOs are removed and recreated; a live one raises EndpointExists.
     * ``connect()`` never hangs on an absent peer: opens are non-blocking and retried (ENXIO: no
       reader yet) until the deadline.  Connecting does not need the server to be in ``accept()``
-      for the first peer, so one thread may ``connect()`` and then ``accept()``.
+      for the first peer, so one thread may ``connect()`` and then ``accept()``; a client may
+      also send and close before ``accept()``, and its messages are still delivered.
+    * The client's first frame is its hello (``ipckit.framing``), read by ``accept()``, which
+      returns only a peer whose hello arrived: a writer below ipckit that sends garbage, or no
+      hello within ``handshake_timeout``, is dropped and ``accept()`` waits for the next.  The
+      server's hello is the first frame the client reads; the client knows the server's limit
+      before that already, from the listener's ``lock`` file (written at ``listen()``).
     * One writer per direction: a client holds an ``flock`` on ``peer.lock`` while connected; a
       second client gets EndpointExists at once, so frames are never interleaved.  The listener
       serves one peer at a time; ``accept()`` for the next peer waits until the previous one left.
@@ -30,6 +36,7 @@ URL format:
 Options:
     ``pipe_size`` — requested kernel buffer per FIFO (default 1 MiB; capped by the system limit).
     ``checksum`` — CRC32 over every payload (default off).
+    ``handshake_timeout`` — seconds a client that opened the endpoint has to send its hello (default 5).
     Common options: ``serializer``, ``max_message_size``, ``default_timeout``, ``mode`` (of the
     FIFOs; default 0600 — a wider mode also opens the directory and drops the same-user proof,
     so pickle then needs ``trust=True``), ``trust``.
@@ -46,6 +53,7 @@ import errno
 import os
 import select
 import stat
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, final
@@ -54,22 +62,33 @@ from .. import _handoff
 from ..backend import Backend
 from ..channel import Channel, Listener
 from ..cleanup import StaleObject, Sweep
-from ..deadline import Backoff, Deadline
+from ..deadline import MAX_WAIT, Backoff, Deadline, poll_ms, remaining
 from ..errors import (
     ChannelBusy,
     ChannelClosed,
     ChannelTimeout,
     EndpointExists,
     EndpointNotFound,
+    IncompatibleEndpoint,
     InvalidAddress,
     IPCError,
+    MessageTooLarge,
     PermissionDenied,
+    ProtocolError,
     from_oserror,
 )
-from ..options import Capabilities, Options
+from ..framing import FLAG_HELLO, HEADER_SIZE, decode_header, decode_hello
+from ..options import Capabilities, Options, option
 from ..url import Endpoint
 from .common import paths as _paths
-from .common.stream import FdStreamChannel, StreamOptions, grow_pipe
+from .common.stream import (
+    FdStreamChannel,
+    StreamOptions,
+    bytes_waiting,
+    grow_pipe,
+    publish_limits,
+    published_limit,
+)
 
 __all__ = ["FifoBackend", "FifoChannel", "FifoOptions"]
 
@@ -82,7 +101,9 @@ _OPEN_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
 
 @dataclass
 class FifoOptions(StreamOptions):
-    """Same options as ``pipe://``: ``pipe_size`` and ``checksum``."""
+    """``pipe://``'s options (``pipe_size``, ``checksum``) and ``handshake_timeout``."""
+
+    handshake_timeout: float = option(5.0, above=0, maximum=MAX_WAIT)
 
 
 _CAPS = Capabilities(
@@ -182,7 +203,7 @@ class FifoChannel(FdStreamChannel):
 
 
 def _rebuild_fifo_channel(handed: _handoff.HandedFds, url: str, options: Options, trusted: bool,
-                          resume: tuple[int, int, bytes], checksum: bool) -> FifoChannel:
+                          resume: tuple[Any, ...], checksum: bool) -> FifoChannel:
     rfd, wfd, lock = _handoff.take_fds(handed)
     ch = FifoChannel(url, options, rfd=rfd, wfd=wfd, peer_trusted=trusted, checksum=checksum, lock_fd=lock)
     ch._resume(*resume)
@@ -198,6 +219,16 @@ class _FifoListener(Listener):
         self._lock_fd = lock_fd
         self._peer_lock_fd = peer_lock_fd
         self._c2s = c2s_fd  # read end waiting for the next peer (-1 once handed out)
+        self._s2c = -1  # write end towards the next peer, once it opened its read end
+        # What accept() read of the next client's hello, and since when the client is known.
+        self._hello = bytearray()
+        self._hello_len = -1
+        self._came: float | None = None
+        self._hello_poll = select.poll()
+        self._forget_client()
+        #: pair() makes both ends from one options set: no server hello (its client learns the limit
+        #: from the lock file), so the client's descriptor is readable only for messages.
+        self._greets = True
         self._last: weakref.ref[FifoChannel] | None = None
         # Only this user can open the FIFOs; a wider mode voids that (resolve_serializer's rule).
         self._trusted = True
@@ -217,27 +248,20 @@ class _FifoListener(Listener):
             if last is not None and not last.closed:
                 raise ChannelBusy(f"{self._url} serves one peer at a time; close the previous channel first")
             self._reopen(deadline, backoff)
-        hup = select.poll()
-        hup.register(self._c2s, select.POLLIN)
-        while True:
-            if self._closed:
-                raise ChannelClosed(f"listener {self._url} was closed while accepting")
-            try:
-                wfd = _open_fifo(self._file(_S2C), os.O_WRONLY)
-                break
-            except OSError as exc:
-                if exc.errno != errno.ENXIO:
-                    raise _translate(exc, f"accept on {self._url}") from exc
-            # A client that attached and left before we got here: start over with a fresh FIFO.
-            if any(ev & select.POLLHUP for _, ev in hup.poll(0)):
-                hup.unregister(self._c2s)
-                os.close(self._c2s)
-                self._c2s = -1
-                self._reopen(deadline, backoff)
-                hup.register(self._c2s, select.POLLIN)
-            if not backoff.sleep(deadline):
-                raise ChannelTimeout(f"no peer attached to {self._url} before the timeout")
+        peer_max = self._await_hello(deadline, backoff)
         rfd, self._c2s = self._c2s, -1
+        wfd, self._s2c = self._s2c, -1
+        self._forget_client()
+        if wfd < 0:
+            # The client sent its hello (and maybe messages and its goodbye) and left before this
+            # accept: its messages are still delivered, and sends report its close (EndOfChannel,
+            # or PeerDied) through a pipe without a reader.
+            try:
+                reader, wfd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            except BaseException:
+                os.close(rfd)
+                raise
+            os.close(reader)
         try:
             grow_pipe(wfd, opts.pipe_size)
             ch = FifoChannel(self._url, opts, rfd=rfd, wfd=wfd, peer_trusted=self._trusted, checksum=opts.checksum)
@@ -245,8 +269,114 @@ class _FifoListener(Listener):
             os.close(rfd)
             os.close(wfd)
             raise
+        try:
+            ch._learn_peer_limit(peer_max)
+            if self._greets:
+                ch._say_hello()
+        except BaseException:
+            ch.close()
+            raise
         self._last = weakref.ref(ch)
         return ch
+
+    def _await_hello(self, deadline: Deadline, backoff: Backoff) -> int:
+        """Read the next client's hello from ``c2s`` (exactly its bytes: what follows stays for the
+        channel) and open ``s2c`` towards it; the client's ``max_message_size``.
+
+        A FIFO tells little about its writers: a read of 0 is "no writer yet" until POLLHUP says
+        one came and left.  A client shows itself by its first bytes or by having opened ``s2c``
+        (opening its write side then succeeds); from then on it has ``handshake_timeout`` to
+        complete its hello.  One that fails (garbage, leaves early, too slow) is dropped: a fresh
+        ``c2s`` read end, and the wait goes on.  What was read of a hello is kept across accepts.
+        ``self._s2c`` stays -1 when the client left already (its hello and messages are there).
+        """
+        opts: FifoOptions = self._options  # type: ignore[assignment]
+        while True:
+            if self._closed:
+                raise ChannelClosed(f"listener {self._url} was closed while accepting")
+            try:
+                peer_max = self._read_hello()
+            except (ProtocolError, IncompatibleEndpoint, MessageTooLarge):
+                self._drop_client(deadline, backoff)
+                continue
+            gone = self._writer_left()
+            if self._s2c < 0:
+                try:
+                    self._s2c = _open_fifo(self._file(_S2C), os.O_WRONLY)
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:
+                        raise _translate(exc, f"accept on {self._url}") from exc
+                else:
+                    self._client_seen()
+            if peer_max is not None and (self._s2c >= 0 or gone):
+                return peer_max
+            if gone and peer_max is None and not self._more_to_read():
+                self._drop_client(deadline, backoff)  # it left before its hello was whole (or said nothing)
+                continue
+            if self._came is not None and time.monotonic() - self._came > opts.handshake_timeout:
+                self._drop_client(deadline, backoff)  # too slow: the next client may be waiting
+                continue
+            if remaining(deadline) == 0.0:
+                raise ChannelTimeout(f"no peer attached to {self._url} before the timeout")
+            if peer_max is None:
+                # Woken by the client's bytes; the open of s2c and close() are looked at every 20 ms.
+                self._hello_poll.poll(poll_ms(deadline, 0.02))
+            else:
+                backoff.sleep(deadline)  # a hello, and its client has not opened s2c yet
+
+    def _read_hello(self) -> int | None:
+        """Read on towards a whole hello, never past it; the client's limit once it is whole."""
+        buf = self._hello
+        while True:
+            if self._hello_len >= 0 and len(buf) == HEADER_SIZE + self._hello_len:
+                return decode_hello(bytes(buf[HEADER_SIZE:]), f"a client of {self._url}")
+            need = HEADER_SIZE if self._hello_len < 0 else HEADER_SIZE + self._hello_len
+            try:
+                chunk = os.read(self._c2s, need - len(buf))
+            except BlockingIOError:
+                return None
+            if not chunk:
+                return None
+            self._client_seen()
+            buf += chunk
+            if len(buf) == HEADER_SIZE and self._hello_len < 0:
+                flags, n, _ = decode_header(buf, 0, 0, 0)
+                if not flags & FLAG_HELLO:
+                    raise ProtocolError(f"a client of {self._url} did not start with an ipckit hello")
+                self._hello_len = n
+
+    def _writer_left(self) -> bool:
+        """A writer opened ``c2s`` since our read end was opened, and none is left (POLLHUP)."""
+        return any(ev & select.POLLHUP for _, ev in self._hello_poll.poll(0))
+
+    def _more_to_read(self) -> bool:
+        try:
+            return bytes_waiting(self._c2s) > 0
+        except OSError:
+            return False
+
+    def _client_seen(self) -> None:
+        if self._came is None:
+            self._came = time.monotonic()
+
+    def _forget_client(self) -> None:
+        """Start over for the next client: no hello bytes, no timer, a poll set on ``c2s``."""
+        self._hello = bytearray()
+        self._hello_len = -1
+        self._came = None
+        if self._c2s >= 0:
+            self._hello_poll = select.poll()
+            self._hello_poll.register(self._c2s, select.POLLIN)
+
+    def _drop_client(self, deadline: Deadline, backoff: Backoff) -> None:
+        """Let go of a client that failed its hello: our ``s2c`` write end, and a fresh ``c2s``."""
+        if self._s2c >= 0:
+            os.close(self._s2c)
+            self._s2c = -1
+        os.close(self._c2s)
+        self._c2s = -1
+        self._forget_client()
+        self._reopen(deadline, backoff)
 
     def _reopen(self, deadline: Deadline, backoff: Backoff) -> None:
         """Open a fresh read end once the previous peer has let go of ``peer.lock``.
@@ -264,11 +394,13 @@ class _FifoListener(Listener):
             self._c2s = _open_fifo(self._file(_C2S), os.O_RDONLY)
         except OSError as exc:
             raise _translate(exc, f"accept on {self._url}") from exc
+        self._forget_client()
 
     def _close(self) -> None:
-        if self._c2s >= 0:
-            os.close(self._c2s)
-            self._c2s = -1
+        for fd in (self._c2s, self._s2c):
+            if fd >= 0:
+                os.close(fd)
+        self._c2s = self._s2c = -1
         for name in (_C2S, _S2C, _PEER_LOCK, _LOCK):
             _paths.unlink_quiet(self._file(name))
         _paths.rmdir_quiet(self._path)
@@ -350,6 +482,7 @@ class FifoBackend(Backend):
             lock_path = os.path.join(path, _LOCK)
             lock_fd = _paths.lock_path_exclusively(lock_path)
             fds.append(lock_fd)
+            publish_limits(lock_fd, opts.max_message_size)  # what a client reads at connect
             # We hold the lock: whatever FIFOs are here belong to a creator that died.  Recreate them.
             for name in (_C2S, _S2C):
                 fpath = os.path.join(path, name)
@@ -420,13 +553,25 @@ class FifoBackend(Backend):
                     f"{url} already has a peer; a FIFO endpoint takes one writer per direction",
                 )
             grow_pipe(wfd, opts.pipe_size)
-            return FifoChannel(url, opts, rfd=rfd, wfd=wfd, peer_trusted=True,
-                               checksum=opts.checksum, lock_fd=lock_fd)
+            ch = FifoChannel(url, opts, rfd=rfd, wfd=wfd, peer_trusted=True,
+                             checksum=opts.checksum, lock_fd=lock_fd)
         except BaseException:
             for fd in (rfd, wfd, lock_fd):
                 if fd >= 0:
                     os.close(fd)
             raise
+        try:
+            # The server's limit holds from here on, before any accept (the listener published
+            # it); our hello is the first frame it reads, the server's the first we read.
+            limit = published_limit(os.path.join(path, _LOCK))
+            if limit is not None:
+                ch._learn_peer_limit(limit)
+            ch._hello_due = True
+            ch._say_hello()
+        except BaseException:
+            ch.close()
+            raise
+        return ch
 
     def pair(self, endpoint: Endpoint, options: Any) -> tuple[Channel, Channel]:
         opts: FifoOptions = options
@@ -438,8 +583,11 @@ class FifoBackend(Backend):
         except BaseException:
             _paths.rmdir_quiet(path)  # _listen_in removed what it made in it
             raise
+        listener._greets = False  # one options set: the client learnt the limit from the lock file
         try:
             client = self.connect(Endpoint("fifo", path), opts, None)
+            assert isinstance(client, FifoChannel)
+            client._hello_due = False
             try:
                 server = listener.accept(timeout=5.0)
             except BaseException:

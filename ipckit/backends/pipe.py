@@ -69,7 +69,7 @@ class PipeChannel(FdStreamChannel):
 
 
 def _rebuild_pipe_channel(handed: _handoff.HandedFds, url: str, options: Options,
-                          resume: tuple[int, int, bytes], checksum: bool) -> PipeChannel:
+                          resume: tuple[Any, ...], checksum: bool) -> PipeChannel:
     rfd, wfd = _handoff.take_fds(handed)
     ch = PipeChannel(url, options, rfd=rfd, wfd=wfd, peer_trusted=True, checksum=checksum)
     ch._resume(*resume)
@@ -104,6 +104,9 @@ class PipeBackend(Backend):
             a = PipeChannel("pipe://", opts, rfd=r1, wfd=w2, peer_trusted=True, checksum=opts.checksum)
             fds = [r2, w1]
             b = PipeChannel("pipe://", opts, rfd=r2, wfd=w1, peer_trusted=True, checksum=opts.checksum)
+            # One options set, so no hello: each end learns the other's (equal) limit directly.
+            a._learn_peer_limit(b.max_message_size)
+            b._learn_peer_limit(a.max_message_size)
         except BaseException:
             if a is not None:
                 a.close()

@@ -92,13 +92,30 @@ from ..errors import (
     again,
     from_oserror,
 )
-from ..framing import FLAG_REJECTED, HEADER_SIZE, REJECT_REASON_MAX, decode_header, encode_rejection
+from ..framing import (
+    FLAG_REJECTED,
+    HEADER_SIZE,
+    HELLO_MAX,
+    REJECT_REASON_MAX,
+    decode_header,
+    decode_hello,
+    encode_rejection,
+    hello_payload,
+)
 from ..options import Capabilities, Options, option
 from ..serializers import Buffer
 from ..url import Endpoint
 from .common import auth as _auth
 from .common import paths as _paths
-from .common.stream import DescriptorChannel, FdStreamChannel, bytes_waiting, rejection_error, write_with_linger
+from .common.stream import (
+    DescriptorChannel,
+    FdStreamChannel,
+    bytes_waiting,
+    publish_limits,
+    published_limit,
+    rejection_error,
+    write_with_linger,
+)
 
 __all__ = ["UnixBackend", "UnixOptions", "UnixStreamChannel", "UnixSeqpacketChannel", "MAX_PATH"]
 
@@ -110,6 +127,7 @@ _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _TAG_DATA = b"\x00"
 _TAG_GOODBYE = b"\x01"
 _TAG_REJECTED = b"\x02"  # + a short reason: the server refused this client (its first and only packet)
+_TAG_HELLO = b"\x03"  # + the hello payload (ipckit.framing): the first packet of each direction
 _SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)  # Linux; Python 3.11's socket module lacks the name
 _ANY_SIZE = (0,)  # recv_into's nbytes (0: the whole view) and flags, as map() arguments
 _DONTWAIT = (socket.MSG_DONTWAIT,)
@@ -274,11 +292,16 @@ def _peer_uid(sock: socket.socket, allowed: frozenset[int], who: str) -> int:
     return int(uid)
 
 
-def _refuse(conn: socket.socket, seqpacket: bool) -> None:
-    """Tell a client the server refused it (a REJECTED frame or packet) before closing; best effort."""
+def _refuse(conn: socket.socket, seqpacket: bool, reason: str | None = None) -> None:
+    """Tell a client the server refused it (a REJECTED frame or packet) before closing; best effort.
+
+    *reason* defaults to the credential check's (the client's uid is not allowed).
+    """
     try:
-        _pid, uid, _gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-        reason = f"uid {uid} is not in the server's allow_uids"
+        if reason is None:
+            _pid, uid, _gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                               _PEERCRED.size))
+            reason = f"uid {uid} is not in the server's allow_uids"
         data = _TAG_REJECTED + reason.encode()[:REJECT_REASON_MAX] if seqpacket else encode_rejection(reason)
         conn.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
     except OSError:
@@ -309,6 +332,9 @@ class UnixStreamChannel(FdStreamChannel):
 
     def _raw_writev(self, bufs: list[memoryview]) -> int:
         return self._sendmsg(bufs, (), self._send_flags)
+
+    def _writes(self, bufs: list[memoryview]) -> Iterator[int]:
+        return map(self._sendmsg, (bufs,), ((),), (self._send_flags,))  # C-level, as the stream kit requires
 
     _blocking_reads = True
 
@@ -376,7 +402,7 @@ class UnixStreamChannel(FdStreamChannel):
 
 
 def _rebuild_stream(handed: _handoff.HandedFds, url: str, options: Options, trusted: bool,
-                    resume: tuple[int, int, bytes], checksum: bool) -> UnixStreamChannel:
+                    resume: tuple[Any, ...], checksum: bool) -> UnixStreamChannel:
     (fd,) = _handoff.take_fds(handed)
     ch = UnixStreamChannel(url, options, socket.socket(fileno=fd), peer_trusted=trusted, checksum=checksum)
     ch._resume(*resume)
@@ -446,6 +472,20 @@ def _set_sndbuf(sock: socket.socket, size: int) -> None:
         pass
 
 
+def _packet_limit(sock: socket.socket, opts: Options) -> int:
+    """Largest message of a seqpacket channel on *sock* (its send buffer raised to ``buffer_size``)."""
+    _set_sndbuf(sock, getattr(opts, "buffer_size", UnixOptions.buffer_size))
+    sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    return min(sndbuf - 32, _seqpacket_kernel_limit()) - 1
+
+
+def _listener_limit(sock: socket.socket, opts: UnixOptions) -> int:
+    """The ``max_message_size`` of the channels a listener on *sock* accepts (what it publishes)."""
+    if sock.type == socket.SOCK_SEQPACKET:
+        return min(opts.max_message_size, _packet_limit(sock, opts))
+    return opts.max_message_size
+
+
 _HUNG_UP = select.POLLHUP | select.POLLRDHUP
 
 
@@ -476,9 +516,7 @@ class UnixSeqpacketChannel(DescriptorChannel):
         self._trusted = peer_trusted
         opts: UnixOptions = options  # type: ignore[assignment]
         sock.setblocking(False)
-        _set_sndbuf(sock, getattr(opts, "buffer_size", UnixOptions.buffer_size))
-        sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        self._limit = min(sndbuf - 32, _seqpacket_kernel_limit()) - 1
+        self._limit = _packet_limit(sock, opts)
         self._max = min(self._max, self._limit)
         self._send_max = self._max
         self._sock = sock
@@ -496,6 +534,51 @@ class UnixSeqpacketChannel(DescriptorChannel):
                     f"(send buffer SO_SNDBUF and the kernel's packet allocation limit) on {self._url}; "
                     "use type=stream for larger messages")
         return super()._too_large(n)
+
+    # ---------------------------------------------------------------- the hello
+    #: True on a connected client until the server's hello packet was read.
+    _hello_due = False
+
+    def _say_hello(self) -> None:
+        """Send this end's hello packet, the first of its direction (at connect or accept)."""
+        sock = self._sock
+        assert sock is not None
+        try:
+            sock.send(_TAG_HELLO + hello_payload(self._max), socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the peer is gone: the next send or receive reports it (a refused client's, the reason)
+        except OSError as exc:
+            raise from_oserror(exc, f"sending the hello on {self._url}") from exc
+
+    def _take_hello(self, n: int) -> None:
+        """Consume the hello packet of *n* bytes at the head of the queue and learn the peer's limit.
+
+        Raises ProtocolError / IncompatibleEndpoint for a malformed or unexpected one (discarded;
+        the channel stays usable, as for any packet it cannot use).
+        """
+        sock = self._sock
+        assert sock is not None
+        packet = sock.recv(min(n, 1 + HELLO_MAX))
+        if not self._hello_due:
+            raise ProtocolError(f"an unexpected hello packet on {self._url}; it was discarded")
+        self._hello_due = False
+        self._learn_peer_limit(decode_hello(packet[1:], f"the peer of {self._url}"))
+
+    def _take_waiting_hello(self) -> bool:
+        """poll(): consume a hello packet at the head of the queue, if there is one (never blocks)."""
+        sock = self._sock
+        assert sock is not None
+        try:
+            n = sock.recv_into(self._peek, 1, socket.MSG_PEEK | socket.MSG_TRUNC | socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        if n <= 0 or self._peek[0] != _TAG_HELLO[0]:
+            return False
+        try:
+            self._take_hello(n)
+        except IPCError:
+            pass  # a bad hello is discarded, as recv would; the channel stays usable
+        return True
 
     # ---------------------------------------------------------------- sending
     def _send_message(self, view: memoryview, deadline: Deadline) -> None:
@@ -599,6 +682,9 @@ class UnixSeqpacketChannel(DescriptorChannel):
                 packet = sock.recv(n)
                 self._recv_error = rejection_error(self._url, packet[1 : 1 + REJECT_REASON_MAX])
                 raise again(self._recv_error)
+            if tag == _TAG_HELLO[0]:
+                self._take_hello(n)
+                continue
             if tag == _TAG_GOODBYE[0]:
                 # Recorded before the packet is consumed: an exception a signal handler raises
                 # between the two must not turn a clean close into a crash (PeerDied).
@@ -640,12 +726,17 @@ class UnixSeqpacketChannel(DescriptorChannel):
         return n
 
     def _poll_locked(self, deadline: Deadline) -> bool:
-        if self._recv_error is not None:
-            return True
-        events = self._rpoll.poll(poll_ms(deadline))
-        if self._closed:
-            raise ChannelClosed(f"channel {self._url} was closed while polling")
-        return any(fd == self._fd for fd, _ in events)
+        while True:
+            if self._recv_error is not None:
+                return True
+            events = self._rpoll.poll(poll_ms(deadline))
+            if self._closed:
+                raise ChannelClosed(f"channel {self._url} was closed while polling")
+            if not any(fd == self._fd for fd, _ in events):
+                return False
+            # A waiting hello is not a message: take it and look again (within the same deadline).
+            if not self._hello_due or not self._take_waiting_hello():
+                return True
 
     def _fileno(self) -> int:
         return self._fd
@@ -672,15 +763,21 @@ class UnixSeqpacketChannel(DescriptorChannel):
         write_with_linger(sock.fileno(), lambda: sock.send(_TAG_GOODBYE, socket.MSG_NOSIGNAL))
 
     def __reduce__(self) -> Any:
-        return _reduce(self, self._fd, _rebuild_seqpacket, ())
+        return _reduce(self, self._fd, _rebuild_seqpacket, (self._hello_due, self._peer_max))
 
 
-def _rebuild_seqpacket(handed: _handoff.HandedFds, url: str, options: Options, trusted: bool) -> UnixSeqpacketChannel:
+def _rebuild_seqpacket(handed: _handoff.HandedFds, url: str, options: Options, trusted: bool, hello_due: bool,
+                       peer_max: int | None) -> UnixSeqpacketChannel:
     (fd,) = _handoff.take_fds(handed)
-    return UnixSeqpacketChannel(url, options, socket.socket(fileno=fd), peer_trusted=trusted)
+    ch = UnixSeqpacketChannel(url, options, socket.socket(fileno=fd), peer_trusted=trusted)
+    ch._hello_due = hello_due
+    if peer_max is not None:
+        ch._learn_peer_limit(peer_max)
+    return ch
 
 
-def _make_channel(url: str, opts: UnixOptions, sock: socket.socket, *, trusted: bool) -> Channel:
+def _make_channel(url: str, opts: UnixOptions, sock: socket.socket, *,
+                  trusted: bool) -> UnixStreamChannel | UnixSeqpacketChannel:
     """Wrap a connected socket; closes it if the channel cannot be built (e.g. UnsafeSerializer)."""
     try:
         if sock.type == socket.SOCK_SEQPACKET:
@@ -706,7 +803,9 @@ class _UnixListener(Listener):
         self._key = _authkey(opts)
         self._allowed = _allowed_uids(opts)
         self._seqpacket = sock.type == socket.SOCK_SEQPACKET
-        self._pending: dict[int, _auth.ServerHandshake] = {}
+        # Every new client is pending until its handshake (authentication, then its hello) is
+        # done, and is trusted (pickle) or not by then: fd -> (handshake, trusted).
+        self._pending: dict[int, tuple[_auth.ServerHandshake, bool]] = {}
         # If either descriptor cannot be made (the descriptor limit), the other is closed here; the
         # socket and the lock are listen()'s to release.
         wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -737,7 +836,7 @@ class _UnixListener(Listener):
             self._expire(time.monotonic())
             wait = remaining(deadline)
             if self._pending:
-                first = min(h.deadline for h in self._pending.values()) - time.monotonic()
+                first = min(h.deadline for h, _ in self._pending.values()) - time.monotonic()
                 wait = max(0.0, first) if wait is None else min(wait, max(0.0, first))
             events = self._epoll.poll(-1 if wait is None else wait)
             if self._closed:
@@ -772,40 +871,60 @@ class _UnixListener(Listener):
                 _refuse(conn, self._seqpacket)
                 conn.close()
                 raise
-            trusted = uid == os.geteuid()
-            if self._key is None:
-                return _make_channel(self._url, opts, conn, trusted=trusted)
-            hs = _auth.ServerHandshake(conn, self._key, self._seqpacket, time.monotonic() + opts.handshake_timeout)
+            # An authenticated peer is trusted; otherwise SO_PEERCRED proved (or not) the same user.
+            trusted = self._key is not None or uid == os.geteuid()
+            hs = _auth.ServerHandshake(conn, self._key, self._seqpacket, time.monotonic() + opts.handshake_timeout,
+                                       _TAG_HELLO if self._seqpacket else None)
             try:
                 hs.start()
             except PeerRejected:
                 conn.close()
                 continue
             if len(self._pending) >= opts.max_pending:
-                oldest = min(self._pending, key=lambda k: self._pending[k].deadline)
+                oldest = min(self._pending, key=lambda k: self._pending[k][0].deadline)
                 self._drop(oldest)
-            self._pending[conn.fileno()] = hs
-            self._epoll.register(conn.fileno(), select.EPOLLIN)
+            fd = conn.fileno()
+            self._pending[fd] = (hs, trusted)
+            self._epoll.register(fd, select.EPOLLIN)
+            # A client that connected earlier may have sent its hello (and more) already.
+            ch = self._progress(fd)
+            if ch is not None:
+                return ch
 
     def _progress(self, fd: int) -> Channel | None:
-        hs = self._pending[fd]
+        """Advance the handshake of the pending client *fd*; its channel once the hello is read."""
+        hs, trusted = self._pending[fd]
         try:
             done = hs.step()
         except PeerRejected:
             self._drop(fd)
             raise
+        except IncompatibleEndpoint as exc:
+            _refuse(hs.sock, self._seqpacket, str(exc))  # an ipckit client of another version hears why
+            self._drop(fd)
+            return None
+        except ProtocolError:
+            self._drop(fd)  # not an ipckit client (or it left before its hello): accept keeps waiting
+            return None
         if not done:
             return None
         self._epoll.unregister(fd)
         del self._pending[fd]
-        return _make_channel(self._url, self.options, hs.sock, trusted=True)
+        ch = _make_channel(self._url, self.options, hs.sock, trusted=trusted)
+        try:
+            ch._learn_peer_limit(hs.peer_max)
+            ch._say_hello()
+        except BaseException:
+            ch.close()
+            raise
+        return ch
 
     def _expire(self, now: float) -> None:
-        for fd in [fd for fd, h in self._pending.items() if h.deadline <= now]:
+        for fd in [fd for fd, (h, _) in self._pending.items() if h.deadline <= now]:
             self._drop(fd)
 
     def _drop(self, fd: int) -> None:
-        hs = self._pending.pop(fd)
+        hs, _ = self._pending.pop(fd)
         try:
             self._epoll.unregister(fd)
         except OSError:
@@ -902,6 +1021,9 @@ class UnixBackend(Backend):
         except BaseException:
             first.close()
             raise
+        # One options set, so no hello: each end learns the other's (equal) limit directly.
+        first._learn_peer_limit(second.max_message_size)
+        second._learn_peer_limit(first.max_message_size)
         return first, second
 
     def listen(self, endpoint: Endpoint, options: Any) -> Listener:
@@ -924,6 +1046,9 @@ class UnixBackend(Backend):
                 lock_fd = _paths.lock_path_exclusively(path + ".lock")
                 self._clear_stale(path, kind)
             sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_NONBLOCK)
+            if lock_fd >= 0:
+                # Before anyone can connect: a client reads the server's limit here at connect.
+                publish_limits(lock_fd, _listener_limit(sock, opts))
             if addr.path is not None:
                 # Its mode is set before the file appears at the address (never chmod by path
                 # after bind: issue 10, B.10), and before listen(): nobody can connect in between.
@@ -1007,4 +1132,27 @@ class UnixBackend(Backend):
         except BaseException:
             sock.close()
             raise
-        return _make_channel(addr.url, opts, sock, trusted=key is not None or uid == os.geteuid())
+        ch = _make_channel(addr.url, opts, sock, trusted=key is not None or uid == os.geteuid())
+        try:
+            _greet_server(ch, addr)
+        except BaseException:
+            ch.close()
+            raise
+        return ch
+
+
+def _greet_server(ch: UnixStreamChannel | UnixSeqpacketChannel, addr: _Address) -> None:
+    """The client's side of the hello: send ours, and learn the server's limit before accept.
+
+    A path listener published its limit in ``<path>.lock`` (read owner-checked, O_NOFOLLOW).
+    Where there is none to read (an abstract address, or a server of another uid whose lock
+    file we may not trust), the limit comes with the server's hello frame, read on this
+    client's receive path (its first ``recv`` or ``poll``): until then sends are checked
+    against this end's own limit only.
+    """
+    ch._hello_due = True
+    if addr.path is not None:
+        limit = published_limit(addr.path + ".lock")
+        if limit is not None:
+            ch._learn_peer_limit(limit)
+    ch._say_hello()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from ipckit.testing import (
     ChannelContract,
@@ -30,6 +31,20 @@ class TestFifo(ChannelContract, DuplexContract, PeerCloseContract, SelectableCon
 
     def url_in(self, directory: str) -> str:
         return f"fifo://{os.path.join(directory, 'ep')}"
+
+    def raw_client(self, url: str) -> Callable[[bytes], None]:
+        """A writer below ipckit: opens the endpoint's ``c2s`` FIFO, writes the bytes, closes."""
+        c2s = os.path.join(url[len("fifo://"):], "c2s")
+
+        def send(data: bytes) -> None:
+            fd = os.open(c2s, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                if data:
+                    assert os.write(fd, data) == len(data)
+            finally:
+                os.close(fd)
+
+        return send
 
 
 # --------------------------------------------------------------------------- F-1 … F-8

@@ -11,6 +11,12 @@ bytes, the client 68, never more than :data:`MAX_PREAUTH_READ`)::
 Both sides prove knowledge of the key on a fresh challenge from the other (no replay), digests
 are compared with ``hmac.compare_digest``, and each side learns the verdict of the other, so a
 wrong key is :class:`PeerRejected` on both ends.  Nothing is deserialized before this succeeds.
+
+:class:`ServerHandshake` then (and without an ``authkey``, at once) reads the client's ipckit
+hello (``ipckit.framing``): on a stream exactly its header and then exactly its payload, so the
+messages a client sent after it stay in the socket for the channel; on seqpacket one packet.  A
+client that sends no valid hello fails with :class:`ProtocolError` (or
+:class:`IncompatibleEndpoint` for another protocol version), which a listener drops quietly.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import select
 import socket
 
 from ipckit.deadline import Deadline, poll_ms
-from ipckit.errors import ChannelTimeout, PeerRejected
+from ipckit.errors import ChannelTimeout, MessageTooLarge, PeerRejected, ProtocolError
+from ipckit.framing import FLAG_HELLO, HEADER_SIZE, HELLO_MAX, decode_header, decode_hello
 
 __all__ = ["MAX_PREAUTH_READ", "ServerHandshake", "client_handshake", "coerce_key"]
 
@@ -94,26 +101,93 @@ class _Reader:
         del self._buf[:need]
         return out
 
+    def packet(self) -> bytes | None:
+        """One whole packet (SOCK_SEQPACKET; at most MAX_PREAUTH_READ bytes are kept), else None."""
+        assert self._seqpacket
+        try:
+            chunk = self._sock.recv(MAX_PREAUTH_READ)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise PeerRejected(exc.errno or errno.EPROTO, "the peer left during the handshake") from exc
+        if not chunk:
+            raise PeerRejected(errno.EPROTO, "the peer closed the connection during the handshake")
+        return chunk
+
 
 class ServerHandshake:
-    """The server side as a non-blocking state machine, so one slow client never stalls others.
+    """The server side as a non-blocking state machine, so one slow client never stalls others:
+    the authentication (with a *key*), then the client's hello.
 
-    Call :meth:`start` once, then :meth:`step` whenever the socket is readable until it returns True.
+    Call :meth:`start` once, then :meth:`step` whenever the socket is readable until it returns
+    True; :attr:`peer_max` is then the client's ``max_message_size``.  *hello_tag* is the first
+    byte of a hello packet on seqpacket (None: a stream, the hello is a frame).
+
+    Raises (from step):
+        PeerRejected: the client failed the authentication (wrong key, or left during it).
+        ProtocolError / IncompatibleEndpoint: no valid hello (garbage, another protocol, or the
+            client left before its hello was whole).
     """
 
-    def __init__(self, sock: socket.socket, key: bytes, seqpacket: bool, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, key: bytes | None, seqpacket: bool, deadline: float,
+                 hello_tag: bytes | None = None) -> None:
         self.sock = sock
         self.deadline = deadline
+        self.peer_max = 0
         self._key = key
+        self._seqpacket = seqpacket
+        self._hello_tag = hello_tag
         self._reader = _Reader(sock, seqpacket)
         self._nonce = os.urandom(_NONCE)
         self._state = 0
+        self._hello_len = -1  # the payload length its header announced (streams)
 
     def start(self) -> None:
+        if self._key is None:
+            self._state = 3
+            return
         _send_all(self.sock, _MAGIC + self._nonce)
         self._state = 1
 
     def step(self) -> bool:
+        if self._state < 3 and not self._authenticate():
+            return False
+        if self._state == 3:
+            try:
+                payload = self._hello()
+            except PeerRejected as exc:
+                raise ProtocolError(f"a client left before its hello was complete: {exc}") from exc
+            if payload is None:
+                return False
+            self.peer_max = decode_hello(payload, "a client")
+            self._state = 4
+        return True
+
+    def _hello(self) -> bytes | None:
+        """The client's hello payload once whole, else None; reads no byte past it."""
+        if self._seqpacket:
+            packet = self._reader.packet()
+            if packet is None:
+                return None
+            if packet[:1] != self._hello_tag:
+                raise ProtocolError("a client did not start with an ipckit hello packet")
+            return packet[1:]
+        if self._hello_len < 0:
+            header = self._reader.read(HEADER_SIZE)
+            if header is None:
+                return None
+            try:
+                flags, n, _ = decode_header(header, 0, 0, 0)  # ProtocolError for anything but a frame
+            except MessageTooLarge:
+                flags = 0  # a message frame: not a hello either
+            if not flags & FLAG_HELLO:
+                raise ProtocolError("a client did not start with an ipckit hello frame")
+            assert n <= HELLO_MAX  # decode_header bounds a hello
+            self._hello_len = n
+        return self._reader.read(self._hello_len)
+
+    def _authenticate(self) -> bool:
+        assert self._key is not None
         if self._state == 1:
             reply = self._reader.read(_REPLY)
             if reply is None:

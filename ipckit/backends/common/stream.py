@@ -33,6 +33,7 @@ import errno
 import fcntl
 import os
 import select
+import stat
 import struct
 import termios
 import time
@@ -59,18 +60,24 @@ from ipckit.errors import (
 from ipckit.framing import (
     FLAG_CHECKSUM,
     FLAG_GOODBYE,
+    FLAG_HELLO,
     FLAG_REJECTED,
     HEADER,
     HEADER_SIZE,
+    HELLO_MAX,
     MAGIC,
     VERSION,
     crc32,
     decode_header,
+    decode_hello,
+    encode_hello,
+    hello_payload,
 )
 from ipckit.options import Options, option
 from ipckit.serializers import Buffer
 
-__all__ = ["DescriptorChannel", "FdStreamChannel", "READ_BUFFER", "StreamOptions", "grow_pipe"]
+__all__ = ["DescriptorChannel", "FdStreamChannel", "READ_BUFFER", "StreamOptions", "grow_pipe", "publish_limits",
+           "published_limit"]
 
 
 @dataclass
@@ -132,6 +139,41 @@ def rejection_error(url: str, reason: bytes) -> PeerRejected:
     """The PeerRejected a client raises for the server's REJECTED frame (or packet) on *url*."""
     text = reason.decode("utf-8", "replace") or "no reason given"
     return PeerRejected(errno.EACCES, f"the server of {url} refused this connection: {text}")
+
+
+def publish_limits(lock_fd: int, max_message_size: int) -> None:
+    """Write a listener's limits (its hello payload) into the lock file it holds for its lifetime.
+
+    A client may connect and send before the server accepts, so it cannot wait for the server's
+    hello to learn the server's limit: it reads them here at connect (:func:`published_limit`).
+    Written before the endpoint can be connected to.
+    """
+    data = hello_payload(max_message_size)
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, data, 0)
+
+
+def published_limit(lock_path: str) -> int | None:
+    """The ``max_message_size`` the listener published in *lock_path*; None when nothing there is
+    to be trusted (no file, a symlink, not a regular file of ours, or no valid hello in it): the
+    client then learns the limit from the server's hello frame when it arrives."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return None
+        data = os.pread(fd, HELLO_MAX, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        return decode_hello(data, "the listener")
+    except IPCError:
+        return None
 
 
 #: How long (at most, and within its deadline) a send that found the peer's end closed waits for
@@ -585,6 +627,10 @@ class FdStreamChannel(DescriptorChannel):
             self._rpos = end
             self._rseq += 1
             raise again(self._recv_error)
+        if flags & FLAG_HELLO:
+            self._rpos = end  # outside the sequence: _rseq stays
+            self._take_hello(data)
+            return self._recv_message(deadline)
         # Position and sequence number move together (no call in between: see the module docstring);
         # a stale _expect_head only sends the next message down this checked path.
         self._rpos = end
@@ -595,6 +641,56 @@ class FdStreamChannel(DescriptorChannel):
         if self._epoll is not None:
             self._sync_ready()
         return data
+
+    # ---------------------------------------------------------------- the hello (framing docstring)
+    #: True on a connected client until the server's hello was read: it is then the first frame.
+    _hello_due = False
+
+    def _say_hello(self) -> None:
+        """Write this end's hello, the first frame of its direction (at connect or accept).
+
+        The stream is fresh, so the small frame fits at once.  A peer already gone is not an
+        error here: the next send or receive reports it (a refused client's, the server's reason).
+        """
+        frame = memoryview(encode_hello(self._max))
+        try:
+            written = self._raw_writev([frame])
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        except OSError as exc:
+            raise from_oserror(exc, f"sending the hello on {self._url}") from exc
+        if written != frame.nbytes:
+            self._send_error = ChannelBroken(f"the hello on {self._url} did not fit the fresh stream; "
+                                             "close the channel and connect again")
+            raise again(self._send_error)
+
+    def _take_hello(self, payload: bytes) -> None:
+        """The peer's hello arrived (receive lock held, frame consumed): learn its limit."""
+        if not self._hello_due:
+            raise self._break(ProtocolError(f"an unexpected hello frame on {self._url} (it is only valid "
+                                            "as the server's first frame)"))
+        try:
+            peer_max = decode_hello(payload, f"the peer of {self._url}")
+        except IPCError as exc:
+            raise self._break(exc) from None
+        self._hello_due = False
+        self._learn_peer_limit(peer_max)
+
+    def _skip_buffered_hello(self) -> None:
+        """poll(): take a whole hello waiting in the read-ahead buffer, so it reports messages only."""
+        pos = self._rpos
+        if self._rend - pos < HEADER_SIZE:
+            return
+        try:
+            flags, n, _ = decode_header(self._rbuf, pos, self._rseq, self._max)
+        except IPCError:
+            return  # recv will raise the protocol error
+        if flags & FLAG_HELLO and self._rend - pos >= HEADER_SIZE + n:
+            self._rpos = pos + HEADER_SIZE + n
+            try:
+                self._take_hello(bytes(self._rmv[pos + HEADER_SIZE : self._rpos]))
+            except IPCError:
+                pass  # recorded as the receive error: poll reports it, recv raises it
 
     def _header(self, pos: int) -> tuple[int, int, int]:
         try:
@@ -741,6 +837,8 @@ class FdStreamChannel(DescriptorChannel):
 
     def _poll_locked(self, deadline: Deadline) -> bool:
         while True:
+            if self._hello_due:
+                self._skip_buffered_hello()
             if self._recv_error is not None or self._pending is not None:
                 return True
             if self._frame_buffered():
@@ -876,19 +974,25 @@ class FdStreamChannel(DescriptorChannel):
             if flags & FLAG_GOODBYE:
                 return True
             pos += HEADER_SIZE + n
-            seq += 1
+            if not flags & FLAG_HELLO:  # the hello is outside the sequence
+                seq += 1
         return None
 
-    def _handoff_state(self) -> tuple[int, int, bytes]:
-        """Sequence numbers and read-ahead bytes a process taking this end over must continue from."""
-        return self._sseq, self._rseq, bytes(self._rmv[self._rpos : self._rend])
+    def _handoff_state(self) -> tuple[int, int, bytes, bool, int | None]:
+        """Sequence numbers, read-ahead bytes and the hello's state (still due; the peer's limit)
+        a process taking this end over must continue from."""
+        return self._sseq, self._rseq, bytes(self._rmv[self._rpos : self._rend]), self._hello_due, self._peer_max
 
     def _fork_release(self, multiprocessing_child: bool) -> None:
         # Any forked child drops the parent's other ends without a word (and without the locks: a
         # parent thread may have held them at the fork), so the peer still sees the parent's EOF.
         self._release_fds()
 
-    def _resume(self, sseq: int, rseq: int, buffered: bytes) -> None:
+    def _resume(self, sseq: int, rseq: int, buffered: bytes, hello_due: bool = False,
+                peer_max: int | None = None) -> None:
+        self._hello_due = hello_due
+        if peer_max is not None:
+            self._learn_peer_limit(peer_max)
         self._sseq = sseq
         self._rseq = rseq
         self._expect_head = _head_word(rseq)
