@@ -9,7 +9,14 @@ Features:
     ``handshake_timeout``); handshakes of many clients progress side by side, so a stalled client
     never delays another.  A peer proven to be the same user, or authenticated, is trusted
     (pickle is the default serializer); a foreign uid without ``authkey`` gets msgpack and pickle
-    raises ``UnsafeSerializer``.  A clean close (EndOfChannel) is told apart from a crash
+    raises ``UnsafeSerializer``.  Then each end's first frame (packet) is its hello
+    (``ipckit.framing``: magic, protocol version, ``max_message_size``): ``accept()`` returns only
+    a client whose hello arrived (one that sends garbage, leaves, or is silent for
+    ``handshake_timeout`` is dropped; the messages a client sent before ``accept()`` stay queued for
+    the channel, even if it left), and sends above the peer's limit raise MessageTooLarge.  A
+    client knows the server's limit at connect from ``<path>.lock``, where the listener published
+    it; on an abstract address (no lock file) it learns it from the server's hello, read on its
+    first ``recv``/``poll`` after the accept.  A clean close (EndOfChannel) is told apart from a crash
     (PeerDied); sends use ``MSG_NOSIGNAL``, so a dead peer never raises SIGPIPE.
     A stale socket file left by a killed server is replaced only after a probe connection shows
     nothing listens (under an ``flock`` on ``<path>.lock``); a live server is never stolen
@@ -34,10 +41,10 @@ Options:
     ``type`` — ``stream`` (default) or ``seqpacket``.
     ``allow_uids`` — extra peer uids accepted besides our own (``"1000,1001"`` or a list of ints).
     ``authkey`` — bytes or str; enables mutual HMAC authentication (both ends need the same key).
-    ``handshake_timeout`` — seconds a peer has to finish the authentication handshake (default 5).
+    ``handshake_timeout`` — seconds a client has to finish its handshake (authentication, hello) (default 5).
     ``abstract`` — allow ``unix://@name`` addresses (default False).
     ``backlog`` — ``listen()`` backlog (default 128).
-    ``max_pending`` — authentication handshakes in progress at once; the oldest is dropped beyond it
+    ``max_pending`` — client handshakes in progress at once; the oldest is dropped beyond it
     (default 128).
     ``buffer_size`` — requested socket send buffer of seqpacket channels (default 4 MiB).
     ``checksum`` — CRC32 per frame on stream channels (default off).
