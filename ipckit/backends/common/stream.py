@@ -12,17 +12,25 @@ Why it looks like this:
 * Reads go through a 256 KiB read-ahead buffer: a small message costs one ``read`` and
   ``writev`` sends header and payload in one system call.
 * A receive that times out consumes nothing: a partly received message stays buffered and the
-  next call resumes it.  A send that times out after part of a frame left poisons the stream
-  (ChannelBroken), because the peer can never find the next frame boundary.
+  next call resumes it.  A send cut after part of its frame left (a timeout, close(), a signal
+  handler's exception) aborts the message instead: a frame a write may split (over
+  ``_ATOMIC_FRAME``) ends with a commit byte (``FLAG_TRAILER``: 1 delivers, 0 discards), and what
+  the peer still needs to read the cut frame as discarded (the rest of the header, zeros up to and
+  including the commit byte) is written by the next send or by ``close()`` before anything else
+  (``_write_trailed``, ``_write_tail``).  Smaller frames leave whole or not at all, so they carry no
+  trailer and the hot path no extra step.
 * An exception a signal handler raises (KeyboardInterrupt, an alarm's timeout) can come out of any
-  call, also right after a ``read``/``write`` returned and before its count was stored.  A send
-  it cuts after part of the frame left, or with a write whose count was lost, poisons the send
-  side the same way; a receive it cuts in a wait keeps the partial frame buffered and resumes
-  next time, one it cuts with a read whose count was lost breaks the receive side (the bytes are
-  gone from the kernel).  The blocking socket read, where a signal usually lands, records its
-  count from C (see ``_read_blocking``) so an interrupted wait there resumes too.  State that must
-  change together (read position and sequence number) is updated with no call in between: a
-  handler only runs at calls and loop edges.
+  call, also right after a ``read``/``write`` returned and before its count was stored.  Writes of
+  a trailed frame and of an abort tail record their count from C (``_writes``), so a cut there is
+  always exact and aborts the message; only a small frame's one write can lose its count, and that
+  breaks the send side for good (ChannelBroken) and shuts it, so the peer reads the end of the
+  stream after the last whole message (``_break_send``).  A receive it cuts in a wait keeps the
+  partial frame buffered and resumes next time, one it cuts with a read whose count was lost
+  breaks the receive side (the bytes are gone from the kernel).  The blocking socket read, where
+  a signal usually lands, records its count from C (see ``_read_blocking``) so an interrupted wait
+  there resumes too.  State that must change together (read position and sequence number; an
+  abort's tail and the send side's state) is updated with no call in between: a handler only runs
+  at calls and loop edges.
 * ``poll()`` runs under the receive lock: it shares the poll set (``select.poll`` objects are not
   thread-safe) and the read-ahead buffer with ``recv``.
 """
@@ -33,6 +41,7 @@ import errno
 import fcntl
 import os
 import select
+import socket
 import stat
 import struct
 import termios
@@ -62,6 +71,7 @@ from ipckit.framing import (
     FLAG_GOODBYE,
     FLAG_HELLO,
     FLAG_REJECTED,
+    FLAG_TRAILER,
     HEADER,
     HEADER_SIZE,
     HELLO_MAX,
@@ -123,6 +133,17 @@ _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
 _SEQ_MASK = 0xFFFFFFFF
 _GOODBYE_LINGER = 0.1  # seconds close() may wait to fit the goodbye frame into a full pipe
+#: Largest frame (header included) sent without a commit trailer: one write delivers it whole or
+#: not at all.  A non-blocking write of at most PIPE_BUF bytes to a pipe or FIFO is atomic (all of
+#: it or EAGAIN), and on a Unix stream socket it is one skb (the kernel cuts a write at
+#: SO_SNDBUF/2 - 64 bytes, 36,544 here; over 4096 for every send buffer of 8320 bytes up, and the
+#: default is 212,992), allocated whole or EAGAIN.  A small frame split anyway is finished by the
+#: send, or breaks the send side (``_write_rest``), as before trailers.
+_ATOMIC_FRAME = select.PIPE_BUF
+_COMMIT = memoryview(b"\x01")  # the last byte of a trailed frame that delivers it
+_ZEROS = memoryview(bytes(256 * 1024))  # an abort tail is written from here: no copy of any payload
+_EMPTY = memoryview(b"")
+_TAIL_LINGER = 1.0  # seconds close() may spend finishing an aborted frame (then its goodbye)
 _pack = HEADER.pack
 # The header read as (u64 magic|version|flags|sequence, u64 length, u32 crc) for the fast path.
 _FAST_HEADER = struct.Struct("<QQI").unpack_from
@@ -396,6 +417,14 @@ class DescriptorChannel(Channel):
         return None
 
 
+class _AbortedFrame(IPCError):
+    """Never raised: what ``_send_error`` holds while the tail of an aborted frame waits to be
+    written (the next send or ``close()`` writes it first), so the hot path's one check covers it."""
+
+
+_TAIL_PENDING = _AbortedFrame("an aborted frame's tail is waiting to be written")
+
+
 class FdStreamChannel(DescriptorChannel):
     """A framed duplex channel over a read descriptor and a write descriptor (may be the same)."""
 
@@ -421,6 +450,14 @@ class FdStreamChannel(DescriptorChannel):
         self._sseq = 0
         self._frame_sent = 0  # bytes of a frame in _write_rest that left; -1 while a write's count is unknown
         self._counts: list[int] = []  # the count of a blocking read, stored from C (_read_blocking)
+        # Payloads up to this size go out as one unflagged frame on the hot path (-1 with checksums:
+        # those take _send_flagged); larger ones carry the commit trailer.
+        self._plain_max = -1 if checksum else _ATOMIC_FRAME - HEADER_SIZE
+        self._wcounts: list[int] = []  # write counts stored from C (_writes)
+        # An aborted frame's tail still to write (while _send_error is _TAIL_PENDING): the rest
+        # of its header, then this many zero bytes (the rest of the payload and the 0 commit byte).
+        self._tail_head = _EMPTY
+        self._tail_zeros = 0
         self._rseq = 0
         self._expect_head = _head_word(0)
         self._send_error: IPCError | None = None
@@ -446,6 +483,11 @@ class FdStreamChannel(DescriptorChannel):
         """
         return map(os.readv, (self._rfd,), ([view],))
 
+    def _writes(self, bufs: list[memoryview]) -> Iterator[int]:
+        """The write ``_raw_writev(bufs)`` makes, as a lazy iterator of its one count (as ``_reads``:
+        a ``map`` over a C-level callable, so the slow paths store the count from C)."""
+        return map(os.writev, (self._wfd,), (bufs,))
+
     def _ended(self) -> bool:
         """A read returned 0: True if that is the end of the stream (a FIFO: not before a writer opened)."""
         return True
@@ -467,27 +509,51 @@ class FdStreamChannel(DescriptorChannel):
     # ---------------------------------------------------------------- sending
     def _send_message(self, view: memoryview, deadline: Deadline) -> None:
         if self._send_error is not None:
-            raise again(self._send_error)
+            self._send_blocked(deadline)
         n = view.nbytes
-        if self._checksum:
-            header = _pack(MAGIC, VERSION, FLAG_CHECKSUM, self._sseq & _SEQ_MASK, n, crc32(view))
-        else:
+        if n <= self._plain_max:
             header = _pack(MAGIC, VERSION, 0, self._sseq & _SEQ_MASK, n, 0)
-        self._write_frame([memoryview(header), view], HEADER_SIZE + n, deadline)
+            self._write_frame([memoryview(header), view], HEADER_SIZE + n, deadline)
+        else:
+            self._send_flagged([view], n, deadline)
 
     def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
         if self._send_error is not None:
-            raise again(self._send_error)
-        crc = 0
-        flags = 0
+            self._send_blocked(deadline)
+        if total <= self._plain_max:
+            header = _pack(MAGIC, VERSION, 0, self._sseq & _SEQ_MASK, total, 0)
+            self._write_frame([memoryview(header), *views], HEADER_SIZE + total, deadline)
+        else:
+            self._send_flagged(views, total, deadline)
+
+    def _send_blocked(self, deadline: Deadline) -> None:
+        """The send side's one check found something: raise its sticky error, or first finish the
+        frame an earlier cut send aborted (within this send's *deadline*)."""
+        err = self._send_error
+        if err is None:
+            return
+        if err is not _TAIL_PENDING:
+            raise again(err)
+        if not self._write_tail(self._wpoll, deadline):
+            raise SendTimeout(f"send timed out on {self._url} while finishing the message an earlier send "
+                              "aborted (the peer is not reading); nothing of this message was sent")
+
+    def _send_flagged(self, views: list[memoryview], n: int, deadline: Deadline) -> None:
+        """A frame off the hot path: with a checksum, or one a write may split (the commit trailer)."""
+        flags = crc = 0
         if self._checksum:
             flags = FLAG_CHECKSUM
             for v in views:
                 crc = crc32(v, crc)
-        header = _pack(MAGIC, VERSION, flags, self._sseq & _SEQ_MASK, total, crc)
-        self._write_frame([memoryview(header), *views], HEADER_SIZE + total, deadline)
+        if HEADER_SIZE + n <= _ATOMIC_FRAME:
+            header = _pack(MAGIC, VERSION, flags, self._sseq & _SEQ_MASK, n, crc)
+            self._write_frame([memoryview(header), *views], HEADER_SIZE + n, deadline)
+            return
+        header = _pack(MAGIC, VERSION, flags | FLAG_TRAILER, self._sseq & _SEQ_MASK, n, crc)
+        self._write_trailed([memoryview(header), *views, _COMMIT], HEADER_SIZE + n + 1, deadline)
 
     def _write_frame(self, bufs: list[memoryview], total: int, deadline: Deadline) -> None:
+        """Write a frame of at most ``_ATOMIC_FRAME`` bytes: one write, whole or nothing (hot path)."""
         try:
             written = self._raw_writev(bufs)
         except BlockingIOError:
@@ -495,8 +561,8 @@ class FdStreamChannel(DescriptorChannel):
         except OSError as exc:
             raise self._send_failed(exc, 0, deadline) from exc
         except BaseException as exc:
-            # A signal handler's exception, raised as the write returned: how much of the frame
-            # left is lost with the return value, so the stream can no longer be trusted.
+            # A signal handler's exception, raised as the write returned: whether the frame left
+            # is lost with the return value, so the stream can no longer be trusted.
             self._send_interrupted(exc, -1, total)
             raise
         if written == total:
@@ -513,10 +579,13 @@ class FdStreamChannel(DescriptorChannel):
             raise
 
     def _write_rest(self, bufs: list[memoryview], written: int, total: int, deadline: Deadline) -> None:
-        """Write the rest of a frame *written* bytes into it, waiting for room (slow path).
+        """Write the rest of a small frame *written* bytes into it, waiting for room (slow path).
 
-        ``_frame_sent`` tracks what left for ``_write_frame``'s interrupt handling: the count
-        so far, -1 while a write is in flight, 0 once the whole frame left (``_sseq`` advanced).
+        Mostly nothing left at all (the kernel takes a small frame whole or not), then this waits
+        and writes it at once.  A frame without a trailer cannot be aborted, so one the kernel did
+        split and that is then cut breaks the send side (:meth:`_break_send`).  ``_frame_sent``
+        tracks what left for ``_write_frame``'s interrupt handling: the count so far, -1 while a
+        write is in flight, 0 once the whole frame left (``_sseq`` advanced).
         """
         done = written
         while True:
@@ -531,11 +600,12 @@ class FdStreamChannel(DescriptorChannel):
                     written = 0
             events = self._wpoll.poll(poll_ms(deadline))
             if self._closed:
-                self._poison_send(done, "closed while sending")
+                if done:
+                    self._break_send("the channel was closed while a send was part-way through a message")
                 raise ChannelClosed(f"channel {self._url} was closed while sending")
             if not events:
-                self._poison_send(done, "a send timed out part-way through a message")
                 if done:
+                    self._break_send("a send timed out part-way through a message")
                     raise SendTimeout(f"send timed out after {done} of {total} bytes of the frame; "
                                       "the stream is now broken")
                 raise SendTimeout(f"send timed out on {self._url}: the peer is not reading; nothing was sent")
@@ -554,26 +624,175 @@ class FdStreamChannel(DescriptorChannel):
                 return
             self._frame_sent = done
 
-    def _poison_send(self, done: int, why: str) -> None:
-        if done:
-            self._send_error = ChannelBroken(f"{why}; the peer can no longer find message boundaries on {self._url}")
+    def _write_trailed(self, bufs: list[memoryview], total: int, deadline: Deadline) -> None:
+        """Write a frame that ends with its commit byte; a cut after part of it left aborts it.
+
+        Every write's count is stored from C (:meth:`_writes`) and added to *done* with no call in
+        between, so whatever cuts the send (its deadline, close(), a signal handler's exception)
+        knows exactly what left: nothing (the message was not sent, the stream is as it was), or
+        part of the frame, which is then aborted (see the ``except`` clause): the message counts
+        as not sent, and the next send or close() first writes what the peer needs to read the
+        frame as discarded.
+        """
+        header = bufs[0]
+        done = 0
+        counts = self._wcounts
+        try:
+            while True:
+                got = 0
+                try:
+                    counts.extend(self._writes(bufs[:512]))
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise self._send_failed(exc, 0, deadline) from exc
+                finally:
+                    if counts:
+                        got = counts[0]
+                        del counts[0]
+                        done += got
+                if done == total:
+                    self._sseq += 1
+                    return
+                while got and bufs:  # drop what left from the front of the buffer list
+                    first = bufs[0].nbytes
+                    if got >= first:
+                        got -= first
+                        bufs.pop(0)
+                    else:
+                        bufs[0] = bufs[0][got:]
+                        got = 0
+                events = self._wpoll.poll(poll_ms(deadline))
+                if self._closed:
+                    raise ChannelClosed(f"channel {self._url} was closed while sending")
+                if not events:
+                    if done:
+                        raise SendTimeout(
+                            f"send timed out on {self._url} after {done} of {total} bytes of the message's frame "
+                            "had left (the peer is not reading): the message was not sent, the peer will discard "
+                            "the part it gets, and the channel stays usable")
+                    raise SendTimeout(f"send timed out on {self._url}: the peer is not reading; nothing was sent")
+        except BaseException:
+            if done == total:  # the exception came as the last write returned: the message left whole
+                self._sseq += 1
+            elif done and self._send_error is None:
+                # Abort the message; no call until all of this is recorded, so no handler can run
+                # in between.  What the peer still needs: the rest of the header if the cut was in
+                # it, then zeros for the rest of the payload and the 0 commit byte.  The frame
+                # keeps its sequence number (the peer counts the discarded frame too).
+                self._tail_head = header[done:] if done < HEADER_SIZE else _EMPTY
+                self._tail_zeros = total - (done if done > HEADER_SIZE else HEADER_SIZE)
+                self._sseq += 1
+                self._send_error = _TAIL_PENDING
+            raise
+
+    def _write_tail(self, poller: select.poll, deadline: Deadline, idle: float | None = None) -> bool:
+        """Write what is left of the aborted frame (``_tail_head``, ``_tail_zeros`` zero bytes).
+
+        True once all of it left (the send side is clear again); False if *deadline* passed first,
+        or (*idle*) a wait for room found none that long.  *poller* waits for room: the send
+        poll set (close() wakes it) or, from close() itself, one on the write descriptor alone.
+        Each count is stored from C and applied with no call in between, so an interrupt anywhere
+        leaves exactly the rest pending.
+        """
+        counts = self._wcounts
+        chunk = 8 * _ZEROS.nbytes
+        while True:
+            head = self._tail_head
+            zeros = self._tail_zeros
+            if not zeros:
+                if self._send_error is _TAIL_PENDING:
+                    self._send_error = None
+                return True
+            bufs = [head] if head.nbytes else []
+            full, part = divmod(zeros if zeros < chunk else chunk, _ZEROS.nbytes)
+            bufs += [_ZEROS] * full
+            if part:
+                bufs.append(_ZEROS[:part])
+            have = head.nbytes
+            try:
+                counts.extend(self._writes(bufs))
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise self._send_failed(exc, 0, deadline) from exc
+            finally:
+                if counts:
+                    got = counts[0]
+                    del counts[0]
+                    if got < have:
+                        self._tail_head = head[got:]
+                    else:
+                        self._tail_head = _EMPTY
+                        self._tail_zeros = zeros - (got - have)
+            if not self._tail_zeros:
+                continue
+            events = poller.poll(poll_ms(deadline, idle))
+            if poller is self._wpoll and self._closed:
+                raise ChannelClosed(f"channel {self._url} was closed while sending")
+            if not events:
+                return False
+
+    def _finish_tail_closing(self) -> None:
+        """close(): write the aborted frame's tail so the goodbye can follow it, within
+        ``_TAIL_LINGER`` and as long as the peer makes room (a wait of ``_GOODBYE_LINGER`` finding
+        none ends it).  If it cannot, the peer reads the end of the stream in the middle of the
+        frame: PeerDied after its last whole message."""
+        poller = select.poll()
+        poller.register(self._wfd, _POLLOUT)
+        try:
+            self._write_tail(poller, time.monotonic() + _TAIL_LINGER, _GOODBYE_LINGER)
+        except (IPCError, OSError):
+            pass  # the peer is gone: nothing to tell it
 
     def _send_interrupted(self, exc: BaseException, done: int, total: int) -> None:
-        """Poison the send side after *exc* cut a frame (*done* bytes of *total* left; -1: unknown)."""
-        if self._send_error is not None:
-            return
+        """*exc* cut an untrailed frame (*done* bytes of *total* left; -1: unknown): the send side breaks."""
         sent = "an unknown part" if done < 0 else f"{done} of {total} bytes"
+        self._break_send(f"a send was interrupted by {type(exc).__name__} (raised by a signal handler) "
+                         f"after {sent} of its frame had left")
+
+    def _break_send(self, why: str) -> None:
+        """The send side can no longer be trusted (*why*): ChannelBroken on every later send, and
+        the write direction is shut, so the peer reads the end of the stream after the last whole
+        message (PeerDied), never waits in the middle of a frame for bytes that cannot come."""
+        if self._send_error is not None and self._send_error is not _TAIL_PENDING:
+            return
         self._send_error = ChannelBroken(
-            f"a send on {self._url} was interrupted by {type(exc).__name__} (raised by a signal handler) "
-            f"after {sent} of its frame had left; the peer can no longer find message boundaries, so "
-            "this end sends no more: close the channel and open a new one")
+            f"{why}; the peer can no longer find message boundaries on {self._url}, so this end sends no "
+            "more: close the channel and open a new one")
+        self._shut_writes()
+
+    def _shut_writes(self) -> None:
+        """End the write direction for the peer without closing the descriptor (it stays ours)."""
+        fd = self._wfd
+        if fd < 0:
+            return
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                sock = socket.socket(fileno=fd)
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                finally:
+                    sock.detach()
+                return
+            # A pipe or FIFO cannot be half-closed: our write end is replaced by one of a pipe
+            # without a reader, so the peer sees the end once no other process holds the old
+            # one, and any later write (a hand-off's too) fails as to a gone peer.
+            r, w = os.pipe2(os.O_CLOEXEC)
+            os.close(r)
+            try:
+                os.dup2(w, fd, inheritable=False)
+            finally:
+                os.close(w)
+        except OSError:
+            pass  # best effort (the descriptor limit): every later send raises ChannelBroken anyway
 
     def _send_failed(self, exc: OSError, done: int, deadline: Deadline = 0.0) -> IPCError:
         if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
             return self._peer_gone(deadline)
         failure = from_oserror(exc, f"send on {self._url}")
         if done:
-            self._send_error = ChannelBroken(f"send failed part-way through a message on {self._url}: {exc}")
+            self._break_send(f"a send failed part-way through a message ({exc})")
         return failure
 
     # ---------------------------------------------------------------- receiving
@@ -605,6 +824,15 @@ class FdStreamChannel(DescriptorChannel):
         return data
 
     def _recv_checked(self, deadline: Deadline) -> Buffer:
+        """The fully checked path: the next message, skipping frames a cut send aborted (all
+        within *deadline*, so a receive that times out after skipping one consumed only that)."""
+        while True:
+            data = self._recv_frame(deadline)
+            if data is not None:
+                return data
+
+    def _recv_frame(self, deadline: Deadline) -> Buffer | None:
+        """The next frame's message, or None for a frame whose sender aborted it (discarded)."""
         if self._recv_error is not None:
             raise again(self._recv_error)
         if self._pending is not None:
@@ -613,6 +841,8 @@ class FdStreamChannel(DescriptorChannel):
             self._fill(HEADER_SIZE, deadline)
         pos = self._rpos
         flags, n, crc = self._header(pos)
+        if flags & FLAG_TRAILER:
+            return self._recv_trailed(n, crc, flags, deadline)
         start = pos + HEADER_SIZE
         end = start + n
         if end > self._rend:
@@ -712,17 +942,20 @@ class FdStreamChannel(DescriptorChannel):
             self._recv_error = ChannelBroken(f"the stream on {self._url} is broken: {exc}")
         return exc
 
-    def _start_large(self, n: int, crc: int, flags: int, deadline: Deadline) -> Buffer:
-        # The message does not fit the read-ahead buffer: receive it straight into its own buffer.
-        out = bytearray(n)
+    def _start_large(self, n: int, crc: int, flags: int, deadline: Deadline) -> Buffer | None:
+        # The message does not fit the read-ahead buffer: receive it straight into its own buffer
+        # (with a trailed frame's commit byte at its end, dropped before it is returned).
+        trailed = bool(flags & FLAG_TRAILER)
+        out = bytearray(n + 1 if trailed else n)
         start = self._rpos + HEADER_SIZE
         have = self._rend - start
         out[:have] = self._rmv[start : self._rend]
         self._rpos = self._rend = 0
-        self._pending = [out, have, crc if flags & FLAG_CHECKSUM else None]
+        self._pending = [out, have, crc if flags & FLAG_CHECKSUM else None, trailed]
         return self._finish_large(deadline)
 
-    def _finish_large(self, deadline: Deadline) -> Buffer:
+    def _finish_large(self, deadline: Deadline) -> Buffer | None:
+        """Receive the rest of the pending large message; None if its sender aborted it."""
         assert self._pending is not None
         out: bytearray = self._pending[0]
         have: int = self._pending[1]
@@ -756,9 +989,46 @@ class FdStreamChannel(DescriptorChannel):
         self._pending = None
         self._rseq += 1
         self._expect_head = _head_word(self._rseq)
-        if crc is not None and crc32(out) != crc:
+        data: Buffer = out
+        if pending[3]:
+            commit = out[-1]
+            if commit != 1:
+                if commit:
+                    raise self._break(ProtocolError(self._bad_commit(commit)))
+                return None  # aborted by a cut send: discarded, its checksum unchecked
+            # Without the commit byte, and no copy (nor a resize: a view of an interrupted read
+            # may still hold the buffer).
+            data = view[:-1]
+        if crc is not None and crc32(data) != crc:
             raise self._break(ProtocolError(f"checksum mismatch in message {self._rseq - 1} on {self._url}"))
-        return out
+        return data
+
+    def _recv_trailed(self, n: int, crc: int, flags: int, deadline: Deadline) -> Buffer | None:
+        """A frame with a commit byte after its *n*-byte payload (at ``_rpos``): its message if the
+        byte is 1, None if it is 0 (a cut send aborted it: the frame is consumed and discarded)."""
+        if HEADER_SIZE + n + 1 > READ_BUFFER:
+            return self._start_large(n, crc, flags, deadline)
+        if self._rend - self._rpos < HEADER_SIZE + n + 1:
+            self._fill(HEADER_SIZE + n + 1, deadline)
+        start = self._rpos + HEADER_SIZE
+        end = start + n
+        commit = self._rbuf[end]
+        if commit > 1:
+            raise self._break(ProtocolError(self._bad_commit(commit)))
+        data = bytes(self._rmv[start:end]) if commit else None
+        # Position and sequence number move together (see the module docstring).
+        self._rpos = end + 1
+        self._rseq += 1
+        self._expect_head = _head_word(self._rseq)
+        if data is not None and flags & FLAG_CHECKSUM and crc32(data) != crc:
+            raise self._break(ProtocolError(f"checksum mismatch in message {self._rseq - 1} on {self._url}"))
+        if self._epoll is not None:
+            self._sync_ready()
+        return data
+
+    def _bad_commit(self, commit: int) -> str:
+        return (f"frame {self._rseq - 1} on {self._url} ends with commit byte {commit} (1 delivers, 0 discards): "
+                "the stream is corrupt")
 
     def _fill(self, need: int, deadline: Deadline) -> None:
         """Read until at least *need* bytes are buffered from ``_rpos``."""
@@ -865,20 +1135,35 @@ class FdStreamChannel(DescriptorChannel):
             if got == 0:
                 return True  # end of stream: recv will raise at once
             self._rend += got
-            if self._rend == READ_BUFFER:
-                return True  # a frame larger than the buffer is arriving; recv streams it
+            if self._rend == READ_BUFFER and self._frame_buffered():
+                # A frame larger than the buffer is arriving (recv streams it); not when the full
+                # buffer only held aborted frames, now skipped: then the loop reads on.
+                return True
             if remaining(deadline) == 0.0:
                 return self._frame_buffered()
 
     def _frame_buffered(self) -> bool:
-        have = self._rend - self._rpos
-        if have < HEADER_SIZE:
-            return False
-        try:
-            _, n, _ = decode_header(self._rbuf, self._rpos, self._rseq, self._max)
-        except IPCError:
-            return True  # recv will raise the protocol error at once
-        return have >= HEADER_SIZE + n or HEADER_SIZE + n > READ_BUFFER
+        """A whole frame (or an error) is buffered, so recv returns at once.  Aborted frames
+        there are consumed on the way (receive lock held), as recv would: they are no message."""
+        while True:
+            pos = self._rpos
+            have = self._rend - pos
+            if have < HEADER_SIZE:
+                return False
+            try:
+                flags, n, _ = decode_header(self._rbuf, pos, self._rseq, self._max)
+            except IPCError:
+                return True  # recv will raise the protocol error at once
+            if not flags & FLAG_TRAILER:
+                return have >= HEADER_SIZE + n or HEADER_SIZE + n > READ_BUFFER
+            size = HEADER_SIZE + n + 1
+            if size > READ_BUFFER:
+                return True  # recv streams it (and only then sees whether it delivers)
+            if have < size or self._rbuf[pos + size - 1]:
+                return have >= size  # incomplete, or delivers (a bad commit byte: recv raises)
+            self._rpos = pos + size
+            self._rseq += 1
+            self._expect_head = _head_word(self._rseq)
 
     # ---------------------------------------------------------------- selectable
     def _fileno(self) -> int:
@@ -911,8 +1196,11 @@ class FdStreamChannel(DescriptorChannel):
 
     def _close(self) -> None:
         try:
-            if self._send_error is None and self._wfd >= 0 and not self._handed_off:
-                self._say_goodbye()
+            if self._wfd >= 0 and not self._handed_off:
+                if self._send_error is _TAIL_PENDING:
+                    self._finish_tail_closing()  # a cut send's aborted frame first, then the goodbye
+                if self._send_error is None:
+                    self._say_goodbye()
         finally:
             self._release_fds()
 
@@ -973,15 +1261,30 @@ class FdStreamChannel(DescriptorChannel):
                 return False
             if flags & FLAG_GOODBYE:
                 return True
-            pos += HEADER_SIZE + n
+            pos += HEADER_SIZE + n + (1 if flags & FLAG_TRAILER else 0)
             if not flags & FLAG_HELLO:  # the hello is outside the sequence
                 seq += 1
         return None
 
-    def _handoff_state(self) -> tuple[int, int, bytes, bool, int | None]:
-        """Sequence numbers, read-ahead bytes and the hello's state (still due; the peer's limit)
-        a process taking this end over must continue from."""
-        return self._sseq, self._rseq, bytes(self._rmv[self._rpos : self._rend]), self._hello_due, self._peer_max
+    def _handoff_state(self) -> tuple[int, int, bytes, bool, int | None, bytes, int]:
+        """Sequence numbers, read-ahead bytes, the hello's state (still due; the peer's limit) and
+        an aborted frame's tail still to write (:meth:`_tail_state`) a process taking this end over
+        must continue from."""
+        return (self._sseq, self._rseq, bytes(self._rmv[self._rpos : self._rend]), self._hello_due, self._peer_max,
+                *self._tail_state())
+
+    def _tail_state(self) -> tuple[bytes, int]:
+        """The rest of an aborted frame's header and its zero count, if one is pending (else b"", 0)."""
+        if self._send_error is _TAIL_PENDING:
+            return bytes(self._tail_head), self._tail_zeros
+        return b"", 0
+
+    def _resume_tail(self, head: bytes, zeros: int) -> None:
+        """Take over an aborted frame's tail from :meth:`_tail_state`: the first send writes it."""
+        if zeros:
+            self._tail_head = memoryview(head)
+            self._tail_zeros = zeros
+            self._send_error = _TAIL_PENDING
 
     def _fork_release(self, multiprocessing_child: bool) -> None:
         # Any forked child drops the parent's other ends without a word (and without the locks: a
@@ -989,7 +1292,8 @@ class FdStreamChannel(DescriptorChannel):
         self._release_fds()
 
     def _resume(self, sseq: int, rseq: int, buffered: bytes, hello_due: bool = False,
-                peer_max: int | None = None) -> None:
+                peer_max: int | None = None, tail_head: bytes = b"", tail_zeros: int = 0) -> None:
+        self._resume_tail(tail_head, tail_zeros)
         self._hello_due = hello_due
         if peer_max is not None:
             self._learn_peer_limit(peer_max)
