@@ -26,6 +26,12 @@ frames the same way.  It is only valid as the first frame a receiver sees.  A se
 client's hello inside ``accept()`` (a client that sends none is dropped there); a client reads the
 server's on its receive path (its first ``recv``/``poll``), having usually learnt the server's
 limit at connect already from what the listener published (:func:`decode_hello` reads both).
+
+A ``TRAILER`` frame ends with one commit byte after its ``length`` payload bytes: 1 delivers the
+message, 0 discards it (a send cut part-way wrote the rest of the frame as zeros), anything else
+is a ProtocolError.  Senders use it for frames a write may split (over ``PIPE_BUF`` bytes with the
+header); smaller frames leave whole or not at all and carry none.  A discarded frame still counts
+in the sequence; its CRC is not checked.  Goodbye, rejection and hello frames never carry one.
 """
 
 from __future__ import annotations
@@ -91,6 +97,8 @@ def decode_header(data: bytes | bytearray | memoryview, offset: int, expected_se
                             "upgrade both ends to the same ipckit")
     if flags & ~_KNOWN_FLAGS:
         raise ProtocolError(f"unknown frame flags 0x{flags:02x}")
+    if flags & FLAG_TRAILER and flags & (FLAG_GOODBYE | FLAG_REJECTED | FLAG_HELLO):
+        raise ProtocolError(f"frame flags 0x{flags:02x}: a goodbye, rejection or hello frame has no commit byte")
     if seq != expected_seq & _SEQ_MASK:
         raise ProtocolError(f"frame sequence {seq}, expected {expected_seq & _SEQ_MASK}: frames were lost, "
                             "replayed or interleaved by a second writer")
