@@ -685,109 +685,106 @@ class RingReader(Ring):
             ProtocolError: anything read from shared memory is out of bounds or inconsistent.
         """
         try:
-            return self._peek(into)
+            cur = self._cur_
+            if cur is not None:
+                if self._asm_ is not None or self._rp < self._cur_end:
+                    return cur
+                self.release()  # finishes a release() cut after it consumed the message
+            cap = self._cap
+            mv = self._mv
+            while True:
+                rp = self._rp
+                if self._asm_ is not None:
+                    got, end = self._asm_at
+                    if end > rp:  # a step cut between taking its chunk and publishing the counter
+                        self._publish(end)
+                        rp = end
+                    if got == self._asm_total:  # complete (handed out now, or its step was cut)
+                        view = self._asm_view
+                        assert view is not None
+                        self._cur_end = rp
+                        self._cur_ = view  # _asm_ stays set until release(): this view is the message
+                        return view
+                avail = self._wp - rp
+                if avail <= 0:
+                    avail = self._load_wp(rp) - rp
+                    if avail == 0:
+                        if self._asm_ is not None and not self._asm_:
+                            self._own_asm()
+                        return None
+                pos = rp % cap
+                base = self._data + pos
+                kind, chunk, total = _HDR.unpack_from(mv, base)
+                rec = (chunk + _HDR_SIZE + _ALIGN - 1) & ~(_ALIGN - 1)
+                if kind == _MSG:
+                    if rec > avail or rec > cap - pos or chunk > total or self._asm_ is not None:
+                        raise ProtocolError(
+                            f"bad message record (chunk {chunk}, total {total}, {avail} committed)"
+                        )
+                    if total > self._maxmsg:
+                        raise ProtocolError(
+                            f"peer announced {total} bytes, above max_message_size {self._maxmsg}"
+                        )
+                    if chunk == total:
+                        view = mv[base + _HDR_SIZE : base + _HDR_SIZE + chunk]
+                        self._cur_end = rp + rec
+                        self._c.hold = True
+                        self._cur_ = view
+                        return view
+                    into_ = into if into is not None and len(into) >= total else None
+                    if into_ is None:
+                        try:
+                            asm = bytearray(total)
+                        except MemoryError as exc:  # a bounded but still too large total
+                            raise ProtocolError(f"cannot allocate {total} bytes for a message") from exc
+                        asm_view = memoryview(asm)
+                    else:
+                        asm = bytearray()  # marker: reassembling into the caller's buffer
+                        asm_view = into_[:total]
+                    self._asm_view = asm_view  # (read only while _asm_ is set, which comes last)
+                    self._asm_total = total
+                    got = 0
+                elif kind == _CONT:
+                    asm = None
+                    got = self._asm_at[0]
+                    if (
+                        self._asm_ is None
+                        or total != self._asm_total
+                        or chunk == 0
+                        or chunk > total - got
+                        or rec > avail
+                        or rec > cap - pos
+                    ):
+                        raise ProtocolError(f"bad continuation record (chunk {chunk}, total {total})")
+                elif kind == _PAD:
+                    tail = cap - pos
+                    if tail > avail:
+                        raise ProtocolError("padding record beyond the committed data")
+                    self._publish(rp + tail)
+                    continue
+                elif kind == _ABORT:
+                    # The writer gave up on a streamed message; outside one (its send was cut after its
+                    # last record, or before anything of the next), there is nothing to drop.
+                    if self._asm_ is not None:
+                        self._drop_asm()
+                    self._publish(rp + _ALIGN)
+                    continue
+                else:
+                    raise ProtocolError(f"unknown record kind {kind}")
+                # A chunk of a streamed message: copy it out (again, if a cut step left it), record it
+                # with the step's one store (for the first chunk: the message begun, _asm_, last), and
+                # free its space at once.
+                dst = self._asm_view
+                assert dst is not None
+                dst[got : got + chunk] = mv[base + _HDR_SIZE : base + _HDR_SIZE + chunk]
+                self._asm_at = (got + chunk, rp + rec)
+                if asm is not None:
+                    self._c.hold = True
+                    self._asm_ = asm
+                self._publish(rp + rec)
         except BaseException:
             self.recover()
             raise
-
-    def _peek(self, into: memoryview | None) -> memoryview | None:
-        cur = self._cur_
-        if cur is not None:
-            if self._asm_ is not None or self._rp < self._cur_end:
-                return cur
-            self._finish_release(cur)  # a release() cut after it consumed the message
-        cap = self._cap
-        mv = self._mv
-        while True:
-            rp = self._rp
-            if self._asm_ is not None:
-                got, end = self._asm_at
-                if end > rp:  # a step cut between taking its chunk and publishing the counter
-                    self._publish(end)
-                    rp = end
-                if got == self._asm_total:  # complete (handed out now, or its step was cut)
-                    view = self._asm_view
-                    assert view is not None
-                    self._cur_end = rp
-                    self._cur_ = view  # _asm_ stays set until release(): this view is the message
-                    return view
-            avail = self._wp - rp
-            if avail <= 0:
-                avail = self._load_wp(rp) - rp
-                if avail == 0:
-                    if self._asm_ is not None and not self._asm_:
-                        self._own_asm()
-                    return None
-            pos = rp % cap
-            base = self._data + pos
-            kind, chunk, total = _HDR.unpack_from(mv, base)
-            rec = (chunk + _HDR_SIZE + _ALIGN - 1) & ~(_ALIGN - 1)
-            if kind == _MSG:
-                if rec > avail or rec > cap - pos or chunk > total or self._asm_ is not None:
-                    raise ProtocolError(
-                        f"bad message record (chunk {chunk}, total {total}, {avail} committed)"
-                    )
-                if total > self._maxmsg:
-                    raise ProtocolError(
-                        f"peer announced {total} bytes, above max_message_size {self._maxmsg}"
-                    )
-                if chunk == total:
-                    view = mv[base + _HDR_SIZE : base + _HDR_SIZE + chunk]
-                    self._cur_end = rp + rec
-                    self._c.hold = True
-                    self._cur_ = view
-                    return view
-                into_ = into if into is not None and len(into) >= total else None
-                if into_ is None:
-                    try:
-                        asm = bytearray(total)
-                    except MemoryError as exc:  # a bounded but still too large total
-                        raise ProtocolError(f"cannot allocate {total} bytes for a message") from exc
-                    asm_view = memoryview(asm)
-                else:
-                    asm = bytearray()  # marker: reassembling into the caller's buffer
-                    asm_view = into_[:total]
-                self._asm_view = asm_view  # (read only while _asm_ is set, which comes last)
-                self._asm_total = total
-                got = 0
-            elif kind == _CONT:
-                asm = None
-                got = self._asm_at[0]
-                if (
-                    self._asm_ is None
-                    or total != self._asm_total
-                    or chunk == 0
-                    or chunk > total - got
-                    or rec > avail
-                    or rec > cap - pos
-                ):
-                    raise ProtocolError(f"bad continuation record (chunk {chunk}, total {total})")
-            elif kind == _PAD:
-                tail = cap - pos
-                if tail > avail:
-                    raise ProtocolError("padding record beyond the committed data")
-                self._publish(rp + tail)
-                continue
-            elif kind == _ABORT:
-                # The writer gave up on a streamed message; outside one (its send was cut after its
-                # last record, or before anything of the next), there is nothing to drop.
-                if self._asm_ is not None:
-                    self._drop_asm()
-                self._publish(rp + _ALIGN)
-                continue
-            else:
-                raise ProtocolError(f"unknown record kind {kind}")
-            # A chunk of a streamed message: copy it out (again, if a cut step left it), record it
-            # with the step's one store (for the first chunk: the message begun, _asm_, last), and
-            # free its space at once.
-            dst = self._asm_view
-            assert dst is not None
-            dst[got : got + chunk] = mv[base + _HDR_SIZE : base + _HDR_SIZE + chunk]
-            self._asm_at = (got + chunk, rp + rec)
-            if asm is not None:
-                self._c.hold = True
-                self._asm_ = asm
-            self._publish(rp + rec)
 
     def try_read_bytes(self) -> bytes | None:
         """Fast path (the cursor's ``recv``): the next message as ``bytes`` if it is one whole
@@ -838,21 +835,18 @@ class RingReader(Ring):
             try:
                 if self._cur_end > self._rp:  # a message in the ring itself: its space is free now
                     self._publish(self._cur_end)
-                self._finish_release(cur)
+                # Consumed (the counter is past it): a cut from here on is finished by peek().
+                self._asm_ = None  # a reassembled message: its buffer was the message
+                self._asm_view = None
+                self._cur_ = None
+                self._c.hold = False
             except BaseException:
                 self.recover()
                 raise
-
-    def _finish_release(self, cur: memoryview) -> None:
-        """The rest of :meth:`release`, once the message is consumed (the counter is past it)."""
-        self._asm_ = None  # a reassembled message: its buffer was the message
-        self._asm_view = None
-        self._cur_ = None
-        self._c.hold = False
-        try:
-            cur.release()
-        except BufferError:  # the caller exported it (e.g. numpy); it stays readable
-            pass
+            try:
+                cur.release()
+            except BufferError:  # the caller exported it (e.g. numpy); it stays readable
+                pass
 
     def recover(self) -> None:
         """After an exception escaped a read part-way: publish the read counter again (a step cut

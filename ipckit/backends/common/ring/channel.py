@@ -393,11 +393,11 @@ class RingChannel(Channel):
         self._finish_send(deadline)
 
     def _finish_send(self, deadline: Deadline) -> None:
-        self._check_pid()
-        if self._wait.peer_pid is None:
-            self._refresh_peer()
+        self._check_pid()  # (first: a copy in another process must never touch the ring)
         w = self._w
         try:
+            if self._wait.peer_pid is None:
+                self._refresh_peer()
             while True:
                 ok = self._wait.wait(w.can_progress, deadline, self._own_waker, w.set_sleeping, self._send_check)
                 if w.peer_closed():
