@@ -37,6 +37,7 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
 import os
@@ -143,6 +144,8 @@ _ATOMIC_FRAME = select.PIPE_BUF
 _COMMIT = memoryview(b"\x01")  # the last byte of a trailed frame that delivers it
 _ZEROS = memoryview(bytes(256 * 1024))  # an abort tail is written from here: no copy of any payload
 _EMPTY = memoryview(b"")
+_ONE = 1
+_NO_FD = frozenset({-1})  # never passed to closerange: (-1, 0) would close every descriptor
 _TAIL_LINGER = 1.0  # seconds close() may spend finishing an aborted frame (then its goodbye)
 _pack = HEADER.pack
 # The header read as (u64 magic|version|flags|sequence, u64 length, u32 crc) for the fast path.
@@ -1210,17 +1213,16 @@ class FdStreamChannel(DescriptorChannel):
         write_with_linger(self._wfd, lambda: self._raw_writev([frame]))
 
     def _release_fds(self) -> None:
-        fds = {self._rfd, self._wfd, self._wake, self._ready_fd}
+        fds = {self._rfd, self._wfd, self._wake, self._ready_fd} - _NO_FD
         self._rfd = self._wfd = self._wake = self._ready_fd = -1
-        if self._epoll is not None:
-            self._epoll.close()
-            self._epoll = None
-        for fd in fds:
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        epoll, self._epoll = self._epoll, None
+        try:
+            if epoll is not None:
+                epoll.close()
+        finally:
+            # All closed in one call from C (closerange ignores errors), so a signal handler's
+            # exception cannot stop the release half-way; a set, so no number is closed twice.
+            collections.deque(map(os.closerange, fds, map(_ONE.__add__, fds)), 0)
 
     # ---------------------------------------------------------------- hand-off
     def _fork_adopt(self) -> None:
