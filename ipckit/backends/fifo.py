@@ -16,8 +16,9 @@ Features:
       for the first peer, so one thread may ``connect()`` and then ``accept()``; a client may
       also send and close before ``accept()``, and its messages are still delivered.
     * The client's first frame is its hello (``ipckit.framing``), read by ``accept()``, which
-      returns only a peer whose hello arrived: a writer below ipckit that sends garbage, or no
-      hello within ``handshake_timeout``, is dropped and ``accept()`` waits for the next.  The
+      returns only a peer whose hello arrived: a writer below ipckit that sends garbage, or does
+      not complete its hello within ``handshake_timeout``, is dropped and ``accept()`` waits for
+      the next (one that writes nothing holds nothing: the next client's hello comes through).  The
       server's hello is the first frame the client reads; the client knows the server's limit
       before that already, from the listener's ``lock`` file (written at ``listen()``).
     * One writer per direction: a client holds an ``flock`` on ``peer.lock`` while connected; a
@@ -36,7 +37,7 @@ URL format:
 Options:
     ``pipe_size`` — requested kernel buffer per FIFO (default 1 MiB; capped by the system limit).
     ``checksum`` — CRC32 over every payload (default off).
-    ``handshake_timeout`` — seconds a client that opened the endpoint has to send its hello (default 5).
+    ``handshake_timeout`` — seconds a client has to complete its hello, from its first byte (default 5).
     Common options: ``serializer``, ``max_message_size``, ``default_timeout``, ``mode`` (of the
     FIFOs; default 0600 — a wider mode also opens the directory and drops the same-user proof,
     so pickle then needs ``trust=True``), ``trust``.
@@ -284,10 +285,11 @@ class _FifoListener(Listener):
         channel) and open ``s2c`` towards it; the client's ``max_message_size``.
 
         A FIFO tells little about its writers: a read of 0 is "no writer yet" until POLLHUP says
-        one came and left.  A client shows itself by its first bytes or by having opened ``s2c``
-        (opening its write side then succeeds); from then on it has ``handshake_timeout`` to
-        complete its hello.  One that fails (garbage, leaves early, too slow) is dropped: a fresh
-        ``c2s`` read end, and the wait goes on.  What was read of a hello is kept across accepts.
+        one came and left, and a writer that says nothing holds nothing of ours (the next
+        client's hello arrives all the same).  From its first byte a client has
+        ``handshake_timeout`` to complete its hello and open ``s2c`` (opening our write side then
+        succeeds).  One that fails (garbage, leaves early, too slow) is dropped: a fresh ``c2s``
+        read end, and the wait goes on.  What was read of a hello is kept across accepts.
         ``self._s2c`` stays -1 when the client left already (its hello and messages are there).
         """
         opts: FifoOptions = self._options  # type: ignore[assignment]
@@ -300,17 +302,16 @@ class _FifoListener(Listener):
                 self._drop_client(deadline, backoff)
                 continue
             gone = self._writer_left()
-            if self._s2c < 0:
-                try:
-                    self._s2c = _open_fifo(self._file(_S2C), os.O_WRONLY)
-                except OSError as exc:
-                    if exc.errno != errno.ENXIO:
-                        raise _translate(exc, f"accept on {self._url}") from exc
-                else:
-                    self._client_seen()
-            if peer_max is not None and (self._s2c >= 0 or gone):
-                return peer_max
-            if gone and peer_max is None and not self._more_to_read():
+            if peer_max is not None:
+                if self._s2c < 0:
+                    try:
+                        self._s2c = _open_fifo(self._file(_S2C), os.O_WRONLY)
+                    except OSError as exc:
+                        if exc.errno != errno.ENXIO:
+                            raise _translate(exc, f"accept on {self._url}") from exc
+                if self._s2c >= 0 or gone:
+                    return peer_max
+            elif gone and not self._more_to_read():
                 self._drop_client(deadline, backoff)  # it left before its hello was whole (or said nothing)
                 continue
             if self._came is not None and time.monotonic() - self._came > opts.handshake_timeout:

@@ -65,6 +65,7 @@ from ipckit.errors import (  # noqa: E402
     PermissionDenied,
     RecvTimeout,
 )
+from ipckit.framing import encode_hello  # noqa: E402
 from ipckit.testing import as_user, kill_self, ready, spawn_peer, timing_bounds  # noqa: E402
 
 
@@ -268,3 +269,54 @@ def test_pair_is_cleaned_up_at_once() -> None:
     finally:
         a.close()
         b.close()
+
+
+# --------------------------------------------------------------------------- the hello (issue 10, A.3/A.4)
+def test_a_silent_writer_does_not_block_the_next_client(tmp: str) -> None:
+    """A process below ipckit that opens both FIFOs and writes nothing is never handed out, and
+    holds nothing up: the next real client's hello comes through and it is served."""
+    url = f"fifo://{tmp}/ep"
+    with ipckit.listen(url) as lst:
+        s2c = os.open(f"{tmp}/ep/s2c", os.O_RDONLY | os.O_NONBLOCK)
+        c2s = os.open(f"{tmp}/ep/c2s", os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            with pytest.raises(ChannelTimeout):
+                lst.accept(timeout=0.3)
+            with ipckit.connect(url, timeout=5.0) as cl, lst.accept(timeout=5.0) as ch:
+                cl.send("real", timeout=5.0)
+                assert ch.recv(timeout=5.0) == "real"
+                ch.send("and back", timeout=5.0)
+                assert cl.recv(timeout=5.0) == "and back"
+        finally:
+            os.close(c2s)
+            os.close(s2c)
+
+
+def test_a_partial_hello_is_dropped_after_the_handshake_timeout(tmp: str) -> None:
+    """A writer that starts a hello and stalls is dropped after handshake_timeout (what it wrote
+    is discarded), so a real client writing into the same FIFO afterwards is served."""
+    url = f"fifo://{tmp}/ep"
+    with ipckit.listen(url, handshake_timeout=0.2) as lst:
+        c2s = os.open(f"{tmp}/ep/c2s", os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(c2s, encode_hello(1 << 20)[:10])
+            with pytest.raises(ChannelTimeout):
+                lst.accept(timeout=0.6)
+            with ipckit.connect(url, timeout=5.0) as cl, lst.accept(timeout=5.0) as ch:
+                cl.send("real", timeout=5.0)
+                assert ch.recv(timeout=5.0) == "real"
+        finally:
+            os.close(c2s)
+
+
+def test_sends_to_a_client_that_left_before_accept_report_its_close(tmp: str) -> None:
+    url = f"fifo://{tmp}/ep"
+    with ipckit.listen(url) as lst:
+        with ipckit.connect(url, timeout=5.0) as cl:
+            cl.send("bye", timeout=5.0)
+        with lst.accept(timeout=5.0) as ch:
+            with pytest.raises(ipckit.EndOfChannel):
+                ch.send("anyone?", timeout=5.0)
+            assert ch.recv(timeout=5.0) == "bye"
+            with pytest.raises(ipckit.EndOfChannel):
+                ch.recv(timeout=5.0)

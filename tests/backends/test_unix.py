@@ -79,6 +79,7 @@ import ipckit  # noqa: E402
 from ipckit.errors import (  # noqa: E402
     ChannelTimeout,
     EndpointExists,
+    IncompatibleEndpoint,
     InvalidAddress,
     MessageTooLarge,
     PeerDied,
@@ -86,7 +87,7 @@ from ipckit.errors import (  # noqa: E402
     PermissionDenied,
     ProtocolError,
 )
-from ipckit.framing import encode_header, encode_hello  # noqa: E402
+from ipckit.framing import FLAG_REJECTED, HEADER_SIZE, encode_header, encode_hello  # noqa: E402
 from ipckit.testing import NOBODY, as_user, kill_self, ready, spawn_peer  # noqa: E402
 
 KEY = b"correct horse battery staple"
@@ -576,3 +577,113 @@ def test_listener_that_cannot_make_its_epoll_leaks_no_eventfd(tmp: str, monkeypa
             ipckit.listen(f"unix://{tmp}/s.sock")
     assert set(os.listdir("/proc/self/fd")) == before
     assert os.listdir(tmp) == []
+
+
+# --------------------------------------------------------------------------- the hello (issue 10, A.3/A.4)
+def _recv_then_try_large(end: Any) -> tuple[Any, str]:
+    """A child's end: receive one message, then try a send above the server's limit."""
+    got = end.recv(timeout=5.0)
+    try:
+        end.send_bytes(b"x" * 100_000, timeout=5.0)
+    except MessageTooLarge as exc:
+        return got, str(exc)
+    finally:
+        end.close()
+    return got, "sent"
+
+
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_client_handed_off_before_the_servers_hello_keeps_the_hello_state(tmp: str, kind: str, method: str) -> None:
+    """A connected client end that travels to a child before it read the server's hello: the
+    child reads the hello (not a protocol error) and keeps the limit learnt at connect."""
+    url = f"unix://{tmp}/h.sock"
+    with ipckit.listen(url, type=kind, max_message_size=64 * 1024) as lst:
+        cl = ipckit.connect(url, type=kind, timeout=5.0)
+        with lst.accept(timeout=5.0) as ch:
+            ch.send("after the hello", timeout=5.0)
+            with spawn_peer(_recv_then_try_large, cl, method=method) as peer:
+                cl.close()
+                got, err = peer.join()
+        assert got == "after the hello"
+        assert "peer's max_message_size=65536" in err
+
+
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+def test_abstract_client_learns_the_servers_limit_from_its_hello(kind: str) -> None:
+    """No lock file on an abstract address: the limit comes with the server's hello, which the
+    client's first poll() (or recv) takes without reporting it as a message."""
+    name = f"@ipckit-test-{os.getpid()}-{time.monotonic_ns()}"
+    with ipckit.listen(f"unix://{name}", abstract=True, type=kind, max_message_size=64 * 1024) as lst, \
+            ipckit.connect(lst.url, abstract=True, type=kind, timeout=5.0) as cl, lst.accept(timeout=5.0) as ch:
+        # accept() sent the hello before it returned: poll() takes it and reports no message.
+        assert cl.poll(0.2) is False
+        with pytest.raises(MessageTooLarge, match="peer's max_message_size=65536"):
+            cl.send_bytes(b"x" * 100_000, timeout=5.0)
+        cl.send("fits", timeout=5.0)
+        assert ch.recv(timeout=5.0) == "fits"
+
+
+def test_client_of_another_protocol_version_is_told_why(tmp: str) -> None:
+    """A hello of another protocol version: the client hears the reason (a REJECTED frame), and
+    accept() drops it and keeps waiting."""
+    url = f"unix://{tmp}/v.sock"
+    with ipckit.listen(url) as lst, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.connect(url[len("unix://"):])
+        hello = bytearray(encode_hello(1 << 20))
+        hello[HEADER_SIZE + 4] = 99  # the protocol version (u16) after the 4-byte magic
+        raw.sendall(hello)
+        with pytest.raises(ChannelTimeout):
+            lst.accept(timeout=0.3)
+        raw.settimeout(2.0)
+        reply = raw.recv(1024)
+        assert reply[:HEADER_SIZE] == encode_header(0, len(reply) - HEADER_SIZE, FLAG_REJECTED)
+        assert b"protocol 99" in reply
+
+
+def test_server_of_another_protocol_version_is_incompatible(tmp: str) -> None:
+    """A server below ipckit whose hello announces another protocol: the client's receive says so
+    (IncompatibleEndpoint), and the stream is broken from then on."""
+    path = f"{tmp}/raw.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+        srv.bind(path)
+        try:
+            srv.listen(1)
+            with ipckit.connect(f"unix://{path}", timeout=5.0) as cl:
+                conn, _ = srv.accept()
+                with conn:
+                    hello = bytearray(encode_hello(1 << 20))
+                    hello[HEADER_SIZE + 4] = 99
+                    conn.sendall(hello + encode_header(0, 0))
+                    with pytest.raises(IncompatibleEndpoint, match="protocol 99"):
+                        cl.recv(timeout=5.0)
+                    with pytest.raises(ipckit.ChannelBroken):
+                        cl.recv(timeout=0)
+        finally:
+            os.unlink(path)
+
+
+def test_many_silent_clients_progress_side_by_side(tmp: str) -> None:
+    """Clients that never say hello expire on their own deadlines, all of them, while a real
+    client that arrives among them is served at once; max_pending bounds how many wait."""
+    url = f"unix://{tmp}/slow.sock"
+    with ipckit.listen(url, handshake_timeout=0.3, max_pending=8) as lst:
+        silent = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(20)]
+        try:
+            for s in silent:
+                s.connect(url[len("unix://"):])
+            with pytest.raises(ChannelTimeout):
+                lst.accept(timeout=0.1)
+            assert len(lst._pending) <= 8  # type: ignore[attr-defined]
+            with ipckit.connect(url, timeout=5.0) as cl, lst.accept(timeout=5.0) as ch:
+                cl.send("served", timeout=5.0)
+                assert ch.recv(timeout=5.0) == "served"
+            with pytest.raises(ChannelTimeout):
+                lst.accept(timeout=0.5)
+            assert not lst._pending  # type: ignore[attr-defined]
+            for s in silent:  # every one was hung up on
+                s.settimeout(2.0)
+                assert s.recv(16) == b""
+        finally:
+            for s in silent:
+                s.close()
