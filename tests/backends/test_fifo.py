@@ -1,4 +1,4 @@
-"""fifo:// runs the whole contract, plus rows F-1…F-8 of docs/design.md."""
+"""fifo:// runs the whole contract, plus rows F-1…F-9 of docs/design.md."""
 
 from __future__ import annotations
 
