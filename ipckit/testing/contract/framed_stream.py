@@ -170,6 +170,22 @@ class FramedStreamContract(ChildEnds):
             ch.close()
             self._reader_got(peer, expected)
 
+    @pytest.mark.parametrize("method", ["fork", "spawn"])
+    def test_aborted_frame_travels_with_a_handed_end(self, method: str) -> None:
+        """An end handed to a child while a cut send's aborted frame is unfinished: the child's
+        first send finishes it (the parent's close, of an end it handed off, writes nothing)."""
+        if not (self.caps.anonymous_pair and self.caps.inheritable):
+            pytest.skip("the ends of this backend are not handed to children as pair ends")
+        a, b = self.make_pair(max_message_size=16 * MiB)
+        with pytest.raises(SendTimeout):
+            a.send_bytes(workers.make_payload(90, 8 * MiB), timeout=0.3)
+        with spawn_peer(workers.send_messages, a, ["after"], method=method) as peer:
+            a.close()
+            assert b.recv(timeout=30.0) == "after"
+            with pytest.raises(EndOfChannel):
+                b.recv(timeout=30.0)
+            assert peer.join() == 1
+
     # ------------------------------------------------------------------ reading commit bytes
     def _write_raw(self, ch: Channel, data: bytes) -> None:
         """Write *data* on *ch*'s stream as if its send path had (the frames carry its sequence numbers)."""
