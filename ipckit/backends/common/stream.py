@@ -18,7 +18,9 @@ Why it looks like this:
   the peer still needs to read the cut frame as discarded (the rest of the header, zeros up to and
   including the commit byte) is written by the next send or by ``close()`` before anything else
   (``_write_trailed``, ``_write_tail``).  Smaller frames leave whole or not at all, so they carry no
-  trailer and the hot path no extra step.
+  trailer and the hot path no extra step.  Receiving (``recv``, ``poll``) does not write the
+  tail: it would need the send lock and write from a receive; until this end sends again or
+  closes (also at exit), its peer waits as for a message that was not sent, which is the truth.
 * An exception a signal handler raises (KeyboardInterrupt, an alarm's timeout) can come out of any
   call, also right after a ``read``/``write`` returned and before its count was stored.  Writes of
   a trailed frame and of an abort tail record their count from C (``_writes``), so a cut there is
@@ -146,7 +148,8 @@ _ZEROS = memoryview(bytes(256 * 1024))  # an abort tail is written from here: no
 _EMPTY = memoryview(b"")
 _ONE = 1
 _NO_FD = frozenset({-1})  # never passed to closerange: (-1, 0) would close every descriptor
-_TAIL_LINGER = 1.0  # seconds close() may spend finishing an aborted frame (then its goodbye)
+_TAIL_LINGER = 2.0  # seconds close() may spend finishing an aborted frame (then its goodbye)...
+_TAIL_IDLE = 0.25  # ...as long as each wait finds room within this (the peer reads)
 _pack = HEADER.pack
 # The header read as (u64 magic|version|flags|sequence, u64 length, u32 crc) for the fast path.
 _FAST_HEADER = struct.Struct("<QQI").unpack_from
@@ -694,7 +697,9 @@ class FdStreamChannel(DescriptorChannel):
 
         True once all of it left (the send side is clear again); False if *deadline* passed first,
         or (*idle*) a wait for room found none that long.  *poller* waits for room: the send
-        poll set (close() wakes it) or, from close() itself, one on the write descriptor alone.
+        poll set (close() wakes it) or, from close() itself, one on the write descriptor alone
+        (then a failed write is False too: close() holds the receive lock that telling a clean
+        close from a crash needs, and does not care).
         Each count is stored from C and applied with no call in between, so an interrupt anywhere
         leaves exactly the rest pending.
         """
@@ -718,6 +723,8 @@ class FdStreamChannel(DescriptorChannel):
             except BlockingIOError:
                 pass
             except OSError as exc:
+                if poller is not self._wpoll:
+                    return False
                 raise self._send_failed(exc, 0, deadline) from exc
             finally:
                 if counts:
@@ -738,15 +745,12 @@ class FdStreamChannel(DescriptorChannel):
 
     def _finish_tail_closing(self) -> None:
         """close(): write the aborted frame's tail so the goodbye can follow it, within
-        ``_TAIL_LINGER`` and as long as the peer makes room (a wait of ``_GOODBYE_LINGER`` finding
-        none ends it).  If it cannot, the peer reads the end of the stream in the middle of the
-        frame: PeerDied after its last whole message."""
+        ``_TAIL_LINGER`` and as long as the peer makes room (a wait of ``_TAIL_IDLE`` finding none
+        ends it).  If it cannot (or the peer is gone), the peer reads the end of the stream in the
+        middle of the frame: PeerDied after its last whole message."""
         poller = select.poll()
         poller.register(self._wfd, _POLLOUT)
-        try:
-            self._write_tail(poller, time.monotonic() + _TAIL_LINGER, _GOODBYE_LINGER)
-        except (IPCError, OSError):
-            pass  # the peer is gone: nothing to tell it
+        self._write_tail(poller, time.monotonic() + _TAIL_LINGER, _TAIL_IDLE)
 
     def _send_interrupted(self, exc: BaseException, done: int, total: int) -> None:
         """*exc* cut an untrailed frame (*done* bytes of *total* left; -1: unknown): the send side breaks."""
