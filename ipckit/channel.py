@@ -29,7 +29,7 @@ import warnings
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from . import _handoff
 from .deadline import Deadline, deadline_from, remaining
@@ -121,6 +121,12 @@ def as_byte_view(data: Any) -> memoryview:
 
 def _nbytes(parts: Sequence[Buffer]) -> int:
     return sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in parts)
+
+
+#: ``blocking=True`` for the lock acquisitions stored from C (``map(lock.acquire, _BLOCK, (timeout,))``).
+_BLOCK: Final = (True,)
+#: ``threading.Lock.acquire`` unbound, to take several locks in one C-level ``map``.
+_lock_acquire: Final = type(threading.Lock()).acquire
 
 
 class Channel(ABC):
@@ -272,16 +278,15 @@ class Channel(ABC):
         if timeout is USE_DEFAULT:
             timeout = self._default_timeout
         lock = self._send_lock
-        if timeout is None:
-            deadline = None
-            lock.acquire()
-        else:
-            deadline = deadline_from(timeout)  # None for a timeout beyond any wait (deadline.MAX_WAIT)
-            if deadline is None:
-                lock.acquire()
-            elif not lock.acquire(True, remaining(deadline) or 0.0):
-                raise SendTimeout(f"send timed out after {timeout} s waiting for another sending thread")
+        deadline = None if timeout is None else deadline_from(timeout)  # None also beyond deadline.MAX_WAIT
+        held: list[bool] = []
         try:
+            # The lock's answer is stored from C (list.extend over a map): an exception a signal
+            # handler raises as acquire() returns then never leaves the lock taken with nobody to
+            # release it (every later send would wait for "another sending thread").
+            held.extend(map(lock.acquire, _BLOCK, (-1 if deadline is None else remaining(deadline) or 0.0,)))
+            if not held[0]:
+                raise SendTimeout(f"send timed out after {timeout} s waiting for another sending thread")
             if self._closed:
                 raise self._closed_error("send")
             if type(payload) is list:
@@ -295,7 +300,8 @@ class Channel(ABC):
         except MemoryError as exc:
             raise ResourceExhausted(f"out of memory sending {n} bytes on {self._url}") from exc
         finally:
-            lock.release()
+            if held and held[0]:
+                lock.release()
 
     # ------------------------------------------------------------------ receiving
     def recv(self, timeout: float | None = USE_DEFAULT) -> Any:
@@ -371,16 +377,12 @@ class Channel(ABC):
         if timeout is USE_DEFAULT:
             timeout = self._default_timeout
         lock = self._recv_lock
-        if timeout is None:
-            deadline = None
-            lock.acquire()
-        else:
-            deadline = deadline_from(timeout)  # None for a timeout beyond any wait (deadline.MAX_WAIT)
-            if deadline is None:
-                lock.acquire()
-            elif not lock.acquire(True, remaining(deadline) or 0.0):
-                raise RecvTimeout(f"recv timed out after {timeout} s waiting for another receiving thread")
+        deadline = None if timeout is None else deadline_from(timeout)  # None also beyond deadline.MAX_WAIT
+        held: list[bool] = []
         try:
+            held.extend(map(lock.acquire, _BLOCK, (-1 if deadline is None else remaining(deadline) or 0.0,)))
+            if not held[0]:  # (stored from C: see _locked_send)
+                raise RecvTimeout(f"recv timed out after {timeout} s waiting for another receiving thread")
             if self._closed:
                 raise self._closed_error("recv")
             if into is None:
@@ -397,7 +399,8 @@ class Channel(ABC):
         except MemoryError as exc:
             raise ResourceExhausted(f"out of memory receiving on {self._url}") from exc
         finally:
-            lock.release()
+            if held and held[0]:
+                lock.release()
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """True if :meth:`recv` would return (or raise EndOfChannel / PeerDied) without blocking.
@@ -443,18 +446,19 @@ class Channel(ABC):
             pass
         # Wait (bounded) for callers blocked in other threads to leave, so _close never pulls a
         # resource out from under a running syscall.
-        got_send = self._send_lock.acquire(True, _CLOSE_WAIT)
-        got_recv = self._recv_lock.acquire(True, _CLOSE_WAIT)
+        # (The answers are stored from C, as in _locked_send: an interrupt never leaves one taken.)
+        got: list[bool] = []
         try:
+            got.extend(map(_lock_acquire, (self._send_lock, self._recv_lock), _BLOCK * 2, (_CLOSE_WAIT,) * 2))
             self._close()
         except IPCError:
             raise
         except OSError as exc:
             raise from_oserror(exc, f"close of {self._url}") from exc
         finally:
-            if got_recv:
+            if len(got) > 1 and got[1]:
                 self._recv_lock.release()
-            if got_send:
+            if got and got[0]:
                 self._send_lock.release()
 
     def __enter__(self) -> Channel:
@@ -641,9 +645,11 @@ class Listener(ABC):
             timeout = self._options.default_timeout
         deadline = deadline_from(timeout)
         left = remaining(deadline)
-        if not self._accept_lock.acquire(True, -1 if left is None else left):
-            raise ChannelTimeout(f"accept on {self._url} timed out waiting for another accepting thread")
+        held: list[bool] = []
         try:
+            held.extend(map(self._accept_lock.acquire, _BLOCK, (-1 if left is None else left,)))  # (see Channel)
+            if not held[0]:
+                raise ChannelTimeout(f"accept on {self._url} timed out waiting for another accepting thread")
             if self._closed:
                 raise ChannelClosed(f"accept on closed listener {self._url}")
             return self._accept(deadline)
@@ -652,7 +658,8 @@ class Listener(ABC):
         except OSError as exc:
             raise from_oserror(exc, f"accept on {self._url}") from exc
         finally:
-            self._accept_lock.release()
+            if held and held[0]:
+                self._accept_lock.release()
 
     def fileno(self) -> int:
         """Descriptor that is readable when ``accept`` would not block, where the backend has one."""
@@ -665,17 +672,17 @@ class Listener(ABC):
         if self._closed:
             return
         self._closed = True
-        got = False
+        got: list[bool] = []
         try:
             self._wakeup()
-            got = self._accept_lock.acquire(True, 2.0)
+            got.extend(map(self._accept_lock.acquire, _BLOCK, (2.0,)))  # (stored from C: see Channel)
             self._close()
         except IPCError:
             raise
         except OSError as exc:
             raise from_oserror(exc, f"close of listener {self._url}") from exc
         finally:
-            if got:
+            if got and got[0]:
                 self._accept_lock.release()
 
     def __enter__(self) -> Listener:

@@ -320,16 +320,18 @@ class DescriptorChannel(Channel):
         # Under the receive lock: a poll shares the poll set (not thread-safe) and, on streams,
         # the read-ahead buffer with a recv in another thread; and close() then waits for it.
         lock = self._recv_lock
-        if deadline is None:
-            lock.acquire()
-        elif not lock.acquire(True, remaining(deadline) or 0.0):
-            return False  # another thread is receiving: whatever arrives is its message
+        held: list[bool] = []
         try:
+            # Stored from C, so an interrupt as acquire() returns never leaves the lock taken.
+            held.extend(map(lock.acquire, (True,), (-1 if deadline is None else remaining(deadline) or 0.0,)))
+            if not held[0]:
+                return False  # another thread is receiving: whatever arrives is its message
             if self._closed:
                 raise ChannelClosed(f"channel {self._url} was closed while polling")
             return self._poll_locked(deadline)
         finally:
-            lock.release()
+            if held and held[0]:
+                lock.release()
 
     def _poll_locked(self, deadline: Deadline) -> bool:
         """``_poll`` with the receive lock held."""
@@ -394,9 +396,11 @@ class DescriptorChannel(Channel):
         if deadline is not None:
             limit = min(limit, deadline)
         lock = self._recv_lock
-        if not lock.acquire(True, max(0.0, limit - time.monotonic())):
-            return isinstance(self._recv_error, EndOfChannel)
+        held: list[bool] = []
         try:
+            held.extend(map(lock.acquire, (True,), (max(0.0, limit - time.monotonic()),)))  # (see _poll)
+            if not held[0]:
+                return isinstance(self._recv_error, EndOfChannel)
             incoming = self._watched[0]
             hangup = select.poll()
             hangup.register(incoming, 0)  # POLLHUP and POLLERR only: unread data does not wake it
@@ -414,7 +418,8 @@ class DescriptorChannel(Channel):
                     return False
                 hangup.poll(max(1, min(50, int(left * 1000))))
         finally:
-            lock.release()
+            if held and held[0]:
+                lock.release()
 
     def _goodbye_after_unread(self) -> bool | None:
         """With the receive lock held: True when the peer's goodbye follows the messages not yet

@@ -29,7 +29,7 @@ def timing_bounds(timeout: float) -> tuple[float, float]:
     return max(0.0, timeout - 0.02), timeout + max(0.1, 0.1 * timeout) + _SLACK
 
 
-def wait_until_blocked(thread: threading.Thread, names: tuple[str, ...] = ("_locked_recv", "accept"),
+def wait_until_blocked(thread: threading.Thread, names: tuple[str, ...] = ("_locked_recv", "_await_data", "accept"),
                        timeout: float = 5.0) -> None:
     """Wait until *thread* is inside one of the functions *names* (a blocking call), without sleeping blind."""
     deadline = time.monotonic() + timeout

@@ -322,46 +322,70 @@ class RingChannel(Channel):
     # layers when the call completes at once: one cursor call, which runs only while this
     # direction's lock is free, on an attached ring, within the liveness budget.  Anything unusual
     # (contention, a full ring, the peer closed, a streamed message, a pending recv_view, the
-    # channel closed) goes through the general path in Channel, which reports it.
+    # channel closed) goes through the general path in Channel, which reports it.  send() and
+    # recv() reach the same fast paths through the base class's hooks (_send_one, _recv_payload):
+    # an object costs its serializer's time on top of the bytes path, nothing else (issue 11).
     def send_bytes(self, data: Any, timeout: float | None = USE_DEFAULT) -> None:
         if not self._wc.send(data):
             Channel.send_bytes(self, data, timeout)
+
+    def _send_one(self, data: Any, timeout: float | None) -> None:
+        if not self._wc.send(data):
+            Channel._send_one(self, data, timeout)
 
     def recv_bytes(self, timeout: float | None = USE_DEFAULT) -> bytes:
         data: bytes | None = self._rc.recv()
         if data is not None:
             return data
-        # Most often the ring is empty and the answer a microsecond away, so wait right here, without
-        # the general path's layers: under this direction's lock, in the wait every receive uses
-        # (_await_data), then take what came with one C call.  Anything else goes to the general
-        # path within the same deadline: another thread receiving, bytes that are not one whole
-        # record (padding, a streamed message), a pending recv_view, the end of the channel, the
-        # deadline, this end closed.
+        got = self._recv_waiting(timeout)
+        return got if type(got) is bytes else bytes(got)
+
+    def _recv_payload(self, timeout: float | None) -> Any:
+        data: bytes | None = self._rc.recv()
+        if data is not None:
+            return data
+        return self._recv_waiting(timeout)
+
+    def _recv_waiting(self, timeout: float | None) -> Any:
+        """The receive fast path when nothing was ready: wait here, then one cursor call.
+
+        Most often the ring is empty and the answer a microsecond away, so wait right here, without
+        the general path's layers: under this direction's lock, in the wait every receive uses
+        (_await_data), then take what came with one C call.  Anything else goes to the general
+        path within the same deadline: another thread receiving, bytes that are not one whole
+        record (padding, a streamed message), a pending recv_view, the end of the channel, the
+        deadline, this end closed.
+        """
         if timeout is USE_DEFAULT:
             timeout = self._default_timeout
         if self._closed:
-            return Channel.recv_bytes(self, timeout)  # which raises ChannelClosed
+            return Channel._recv_payload(self, timeout)  # which raises ChannelClosed
         deadline = None if timeout is None else deadline_from(timeout)
         lock = self._recv_lock
-        if lock.acquire(False):
-            try:
-                if not self._closed and not self._view_out:
-                    rc = self._rc
-                    words = self._r.counters
-                    rp = rc.own
-                    if words[_WRITE_POS] == rp and self._await_data(deadline, (words, _WRITE_POS, rp, _WRITER_CLOSED)):
-                        data = rc.recv_held()
-            except IPCError:
-                raise
-            except OSError as exc:  # reported as the general path reports them (Channel._locked_recv)
-                raise from_oserror(exc, f"recv on {self._url}") from exc
-            except MemoryError as exc:
-                raise ResourceExhausted(f"out of memory receiving on {self._url}") from exc
-            finally:
+        data: bytes | None = None
+        held: list[bool] = []
+        try:
+            # The lock's answer is stored from C, so an interrupt as acquire() returns never
+            # leaves it taken (see Channel._locked_send).
+            held.extend(map(lock.acquire, (False,)))
+            if held[0] and not self._closed and not self._view_out:
+                rc = self._rc
+                words = self._r.counters
+                rp = rc.own
+                if words[_WRITE_POS] == rp and self._await_data(deadline, (words, _WRITE_POS, rp, _WRITER_CLOSED)):
+                    data = rc.recv_held()
+        except IPCError:
+            raise
+        except OSError as exc:  # reported as the general path reports them (Channel._locked_recv)
+            raise from_oserror(exc, f"recv on {self._url}") from exc
+        except MemoryError as exc:
+            raise ResourceExhausted(f"out of memory receiving on {self._url}") from exc
+        finally:
+            if held and held[0]:
                 lock.release()
-            if data is not None:
-                return data
-        return Channel.recv_bytes(self, remaining(deadline))
+        if data is not None:
+            return data
+        return Channel._recv_payload(self, remaining(deadline))
 
     # -- sending --------------------------------------------------------------------------------
     def _send_message(self, view: memoryview, deadline: Deadline) -> None:
@@ -557,11 +581,12 @@ class RingChannel(Channel):
     def _poll(self, deadline: Deadline) -> bool:
         # Under the receive lock, so close() waits for a poll blocked in another thread.
         lock = self._recv_lock
-        if deadline is None:
-            lock.acquire()
-        elif not lock.acquire(True, max(0.0, deadline - time.monotonic())):
-            return False
+        held: list[bool] = []
         try:
+            wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+            held.extend(map(lock.acquire, (True,), (wait,)))  # (stored from C: see _recv_waiting)
+            if not held[0]:
+                return False
             if self._closed:
                 raise ChannelClosed(f"poll on closed channel {self._url}")
             self._check_pid()
@@ -577,7 +602,8 @@ class RingChannel(Channel):
                 except PeerDied:
                     return True  # recv would raise it without blocking
         finally:
-            lock.release()
+            if held and held[0]:
+                lock.release()
 
     # -- closing --------------------------------------------------------------------------------
     def _wakeup(self) -> None:

@@ -137,12 +137,15 @@ class PyWriter(_PyCursor):
     def send(self, data: Any) -> bool:
         lock = self._lock
         if lock is not None:
-            if not lock.acquire(False):
-                return False
+            held: list[bool] = []
             try:
-                return self.send_held(data)
+                # Stored from C: an interrupt as acquire() returns never leaves the lock taken
+                # (the C cursor takes it in C, with no such window).
+                held.extend(map(lock.acquire, (False,)))
+                return held[0] and self.send_held(data)
             finally:
-                lock.release()
+                if held and held[0]:
+                    lock.release()
         return self.send_held(data)
 
     def send_held(self, data: Any) -> bool:
@@ -214,12 +217,13 @@ class PyReader(_PyCursor):
     def recv(self) -> bytes | None:
         lock = self._lock
         if lock is not None:
-            if not lock.acquire(False):
-                return None
+            held: list[bool] = []
             try:
-                return self.recv_held()
+                held.extend(map(lock.acquire, (False,)))  # (see PyWriter.send)
+                return self.recv_held() if held[0] else None
             finally:
-                lock.release()
+                if held and held[0]:
+                    lock.release()
         return self.recv_held()
 
     def recv_held(self) -> bytes | None:
