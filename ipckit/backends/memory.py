@@ -91,6 +91,10 @@ class MemoryChannel(Channel):
                  inbound: _Direction) -> None:
         super().__init__(url, options, peer_trusted=True)
         self._cond = cond
+        # Entered as ``with self._lock`` (the condition's own lock, whose __enter__ is C): a
+        # Condition's __enter__ is a Python method, and an exception a signal handler raises as
+        # it returns would leave the lock taken with nobody to release it.
+        self._lock: Any = cond._lock  # type: ignore[attr-defined]
         self._out = out
         self._in = inbound
         self._capacity = max(options.capacity, 1)
@@ -107,7 +111,7 @@ class MemoryChannel(Channel):
     def _send_message(self, view: memoryview, deadline: Deadline) -> None:
         data = bytes(view)
         n = len(data)
-        with self._cond:
+        with self._lock:
             out = self._out
             while True:
                 if out.reader_closed:
@@ -122,7 +126,7 @@ class MemoryChannel(Channel):
             self._cond.notify_all()
 
     def _recv_message(self, deadline: Deadline) -> Buffer:
-        with self._cond:
+        with self._lock:
             inbound = self._in
             while not inbound.items:
                 if inbound.writer_closed:
@@ -135,18 +139,18 @@ class MemoryChannel(Channel):
             return data
 
     def _poll(self, deadline: Deadline) -> bool:
-        with self._cond:
+        with self._lock:
             while not (self._in.items or self._in.writer_closed):
                 if not self._wait(deadline):
                     return False
             return True
 
     def _wakeup(self) -> None:
-        with self._cond:
+        with self._lock:
             self._cond.notify_all()
 
     def _close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._out.writer_closed = True
             self._in.reader_closed = True
             self._in.items.clear()
@@ -161,7 +165,7 @@ def _make_pair(url: str, options: MemoryOptions,
     Each end learns the other's ``max_message_size`` at once (the hello of the other backends,
     issue 10, A.3), so a send above the receiver's limit is refused by the sender.
     """
-    cond = threading.Condition()
+    cond = threading.Condition(threading.Lock())
     ab, ba = _Direction(), _Direction()
     a = MemoryChannel(url, options, cond, ab, ba)
     b = MemoryChannel(url, peer_options or options, cond, ba, ab)
@@ -176,12 +180,13 @@ class _MemoryListener(Listener):
         super().__init__(url, options)
         self._opts = options  # (typed: the base keeps them as Options)
         self._name = name
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
+        self._lock: Any = self._cond._lock  # type: ignore[attr-defined]  # (see MemoryChannel)
         self._backlog: deque[MemoryChannel] = deque()
 
     def _offer(self, options: MemoryOptions) -> MemoryChannel:
         a, b = _make_pair(self._url, self._opts, options)  # the accepted end has the listener's options
-        with self._cond:
+        with self._lock:
             if self._closed:
                 a.close()
                 b.close()
@@ -191,7 +196,7 @@ class _MemoryListener(Listener):
         return b
 
     def _accept(self, deadline: Deadline) -> Channel:
-        with self._cond:
+        with self._lock:
             while not self._backlog:
                 if self._closed:  # checked under the condition: close()'s notify is never missed
                     raise ChannelClosed(f"listener {self._url} was closed")
@@ -202,14 +207,14 @@ class _MemoryListener(Listener):
             return self._backlog.popleft()
 
     def _wakeup(self) -> None:
-        with self._cond:
+        with self._lock:
             self._cond.notify_all()
 
     def _close(self) -> None:
         with _listeners_lock:
             if _listeners.get(self._name) is self:
                 del _listeners[self._name]
-        with self._cond:
+        with self._lock:
             pending = list(self._backlog)
             self._backlog.clear()
             self._cond.notify_all()

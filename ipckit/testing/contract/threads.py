@@ -28,7 +28,8 @@ class ThreadContract:
         a, b = self.make_pair()
         n = 10_000
         receiving = threading.Event()
-        done = threading.Event()
+        polled = threading.Event()  # the first poll ran: the sender starts then (a fast ring could
+        done = threading.Event()    # otherwise deliver all n before the poller thread is scheduled)
 
         def poller() -> int:
             polls = 0
@@ -37,12 +38,16 @@ class ThreadContract:
                 # Alternate an instant check with a short wait, so both paths meet the receiver.
                 b.poll(0.001 if polls & 1 else 0.0)
                 polls += 1
+                polled.set()
             return polls
+
+        def send_all() -> None:
+            assert polled.wait(10.0), "the poller never polled"
+            send_each(a, (workers.make_payload(i, i % 700) for i in range(n)))
 
         watcher = ResultThread(poller, name="ipckit-poller")
         watcher.start()
-        sender = ResultThread(lambda: send_each(a, (workers.make_payload(i, i % 700) for i in range(n))),
-                              name="ipckit-send")
+        sender = ResultThread(send_all, name="ipckit-send")
         sender.start()
         got: list[int] = []
         try:
