@@ -330,7 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.count} round trips of {args.size}-byte payloads in {elapsed:.3f} s")
     print(f"round trip: p50 {p50 / 1000:.1f} us, p99 {p99 / 1000:.1f} us")
     print(f"throughput: {args.count / elapsed:,.0f} round trips/s, {2 * args.count / elapsed:,.0f} messages/s")
+    print(placement_note())
     return 0
+
+
+def placement_note() -> str:
+    """Where the two processes ran: this example never pins them, as users do not (the harness's
+    ``none`` placement; ``ipckit bench`` also measures them pinned, and beside CPU hogs)."""
+    cpus = len(os.sched_getaffinity(0))
+    load = os.getloadavg()[0]
+    return (f"placement: unpinned (both processes free to run on any of {cpus} CPUs; load average {load:.2f}); "
+            "compare with `ipckit bench --placement none`")
 
 
 if __name__ == "__main__":

@@ -879,3 +879,36 @@ def test_cross_process_producer_consumer(spin: bool, writer_impl: str, reader_im
             s.unlink()
             s.close()
     assert not [f for f in os.listdir("/dev/shm") if name in f]
+
+
+@cursor_free
+def test_a_slow_fruitless_yield_makes_the_next_waits_block_without_yielding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a busy machine a yield hands the CPU to an unrelated process for its whole slice: a
+    yield that returns late without the answer stops the yielding, and the following waits block
+    on the kernel at once (issue 11: 4 ms round trips beside one CPU hog per core)."""
+    from ipckit.backends.common.ring import waiting
+
+    yields: list[float] = []
+
+    def busy_machine_yield() -> None:
+        yields.append(time.perf_counter())
+        time.sleep(0.002)  # what the scheduler does with a yield beside a CPU hog: runs the hog
+
+    monkeypatch.setattr(waiting, "_sched_yield", busy_machine_yield)
+    ws = WaitStrategy(spin=False, yield_time=0.5)
+    waker = EventWaker()
+    assert ws.wait(lambda: False, time.monotonic() + 0.05, waker, lambda f: None) is False
+    assert len(yields) == 1 and ws.slow_yields == 1 and ws.blocks == 1
+    for _ in range(3):
+        waker.post()  # the peer's answer arrives while we sleep
+        posted = [True]
+
+        def ready(posted: list[bool] = posted) -> bool:
+            done = not posted[0]
+            posted[0] = False
+            return done
+
+        assert ws.wait(ready, time.monotonic() + 5, waker, lambda f: None) is True
+    assert len(yields) == 1  # no yield at all: straight to the kernel
+    assert ws.blocks == 4
+

@@ -42,6 +42,12 @@ _perf = time.perf_counter
 _sched_yield = os.sched_yield
 
 _REEVALUATE_EVERY: Final = 4096  # waits between affinity re-checks on the fast path
+#: A ``sched_yield`` that returns later than this without the answer ran some other process, not
+#: the peer (a same-core switch to the peer and back is ~3-7 us): on a busy machine a yield hands
+#: the CPU to an unrelated CPU-bound process for its whole slice (milliseconds), so the waits
+#: after it skip the yield phase and block on the kernel, which wakes us as soon as the peer posts.
+_SLOW_YIELD: Final = 50e-6
+_SKIP_YIELD_WAITS: Final = 256  # waits that block without yielding after a slow, fruitless yield
 
 #: ``(words, index, value, stop)``: a wait's readiness as shared words (see :meth:`WaitStrategy.wait`).
 Watch: TypeAlias = tuple[memoryview, int, int, int]
@@ -89,10 +95,12 @@ class WaitStrategy:
         "_countdown",
         "_hot",
         "_same_cpu",
+        "_skip_yield",
         "blocks",
         "first_slice",
         "max_slice",
         "peer_pid",
+        "slow_yields",
         "spin_enabled",
         "spin_hits",
         "spin_time",
@@ -127,6 +135,8 @@ class WaitStrategy:
         self.spin_hits = 0
         self.yield_hits = 0
         self.blocks = 0
+        self.slow_yields = 0
+        self._skip_yield = 0
 
     def set_peer(self, pid: int | None) -> None:
         self.peer_pid = pid
@@ -211,17 +221,27 @@ class WaitStrategy:
         # longer rather than fall asleep and make the peer pay a cross-core wake-up -- which
         # cascades: the peer's next wait then misses its window too.  After a wait that had to
         # sleep, the short window keeps an idle channel from burning CPU.
-        end = _perf() + (self.stream_yield_time if self._hot else self.yield_time)
-        if deadline is not None:
-            end = min(end, _perf() + (deadline - _monotonic()))
-        while True:
-            _sched_yield()
-            if (words[index] != value or words[stop] != 0) if watch is not None else ready():
-                self.yield_hits += 1
-                self._hot = True
-                return True
-            if _perf() >= end:
-                break
+        # A yield that ran someone else for long (a busy machine) stops the yielding for a while.
+        if self._skip_yield > 0:
+            self._skip_yield -= 1
+        else:
+            now = _perf()
+            end = now + (self.stream_yield_time if self._hot else self.yield_time)
+            if deadline is not None:
+                end = min(end, now + (deadline - _monotonic()))
+            while True:
+                _sched_yield()
+                if (words[index] != value or words[stop] != 0) if watch is not None else ready():
+                    self.yield_hits += 1
+                    self._hot = True
+                    return True
+                then, now = now, _perf()
+                if now - then > _SLOW_YIELD:
+                    self.slow_yields += 1
+                    self._skip_yield = _SKIP_YIELD_WAITS
+                    break
+                if now >= end:
+                    break
 
         # Phase 3: block on the wake-up hint in bounded slices -- the waiter's half of the wake-up
         # protocol (protocol.py): raise the flag, re-check, sleep, lower the flag.
