@@ -6,8 +6,10 @@ Commands arrive on a ``multiprocessing`` control pipe, never on the measured lin
 ``("echo",)``  echo every message until an empty one; reply ``("done", cpu_seconds)``
 ``("sink",)``  receive until an empty message, then send the 12-byte ack
                ``<count u64><crc32 of the last message u32>`` on the link; reply ``("done", cpu_seconds)``
-``("echo-obj",)``  the same with objects (``send_obj``/``recv_obj``) until ``None``
-``("sink-obj",)``  receive objects until ``None``, then ``send_obj(count)``
+``("echo-obj",)``  the same with objects (``send_obj``/``recv_obj``) until ``None`` (or an empty
+               bytes object: a raw-serializer channel carries bytes only)
+``("sink-obj",)``  receive objects until that stop object, then the ack ``<count u64><0 u32>``
+               on the bytes path
 ``("quit",)``  close the link and exit
 """
 
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["peer_main", "ACK"]
 
 ACK = struct.Struct("<QI")
+
+
+def _is_stop(obj: object) -> bool:
+    return obj is None or (isinstance(obj, (bytes, bytearray, memoryview)) and len(obj) == 0)
 
 
 def peer_main(child_arg: ChildArg, ctrl: Connection, cpus: set[int] | None) -> None:
@@ -64,15 +70,15 @@ def peer_main(child_arg: ChildArg, ctrl: Connection, cpus: set[int] | None) -> N
                 send_obj, recv_obj = link.send_obj, link.recv_obj  # type: ignore[attr-defined]
                 while True:
                     o = recv_obj()
-                    if o is None:
+                    if _is_stop(o):
                         break
                     send_obj(o)
             elif op == "sink-obj":
                 recv_obj = link.recv_obj  # type: ignore[attr-defined]
                 count = 0
-                while recv_obj() is not None:
+                while not _is_stop(recv_obj()):
                     count += 1
-                link.send_obj(count)  # type: ignore[attr-defined]
+                send(ACK.pack(count, 0))  # on the bytes path: any serializer (raw too) carries it
             elif op == "quit":
                 break
             else:

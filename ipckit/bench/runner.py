@@ -454,6 +454,17 @@ class _Hogs:
         self.procs.clear()
 
 
+def _stop_object(peer: Peer) -> Any:
+    """What ends an object workload: None, or ``b""`` where the link carries bytes objects only."""
+    return b"" if getattr(peer.link, "bytes_objects", False) else None
+
+
+def _object_for(peer: Peer, size: int) -> Any:
+    if getattr(peer.link, "bytes_objects", False):
+        return random.Random(size).randbytes(size)
+    return sample_object(size)
+
+
 def sample_object(size: int) -> Any:
     """What the object workloads send: a small dict up to 4 KiB, numpy uint8 arrays above.
 
@@ -488,7 +499,7 @@ def _obj_rtt(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: rando
     """Ping-pong of one object through ``send``/``recv`` (the peer echoes it with the same calls)."""
     send, recv = _obj_link(peer)
     cell = Cell(peer.subject.name, peer.subject.kind, "obj-rtt", placement, size)
-    obj = sample_object(size)
+    obj = _object_for(peer, size)
     pc = time.perf_counter_ns
     lat: list[int] = []
     append = lat.append
@@ -519,7 +530,7 @@ def _obj_rtt(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: rando
             break
     elapsed = (pc() - start) / 1e9
     parent_cpu = time.process_time() - cpu0
-    send(None)
+    send(_stop_object(peer))
     child_cpu = float(peer.control(cfg.cell_timeout)[1])
     steal1 = read_steal()
     if not _same_object(back, obj):
@@ -537,16 +548,16 @@ def _obj_rtt(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: rando
     cell.parent_cpu_s, cell.child_cpu_s = parent_cpu, child_cpu
     cell.cpu_us_per_msg = 1e6 * (parent_cpu + child_cpu) / total
     cell.steal_pct = steal_pct(steal0, steal1)
-    cell.extra["object"] = "dict" if size <= 4 * KiB else "ndarray"
+    cell.extra["object"] = type(obj).__name__
     cell.verified = True
     return cell
 
 
 def _obj_stream(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
     """One-way stream of objects through ``send``; the peer counts what ``recv`` returned."""
-    send, recv = _obj_link(peer)
+    send, _ = _obj_link(peer)
     cell = Cell(peer.subject.name, peer.subject.kind, "obj-stream", placement, size)
-    obj = sample_object(size)
+    obj = _object_for(peer, size)
     batch = max(1, min(256, (256 * KiB) // max(size, 1)))
     peer.command("sink-obj")
     steal0 = read_steal()
@@ -561,8 +572,9 @@ def _obj_stream(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: ra
         n += batch
         if (time.perf_counter() >= deadline and n >= cfg.min_count) or n >= cfg.max_count:
             break
-    send(None)
-    count = recv()
+    send(_stop_object(peer))
+    assert peer.link is not None
+    count, _ = ACK.unpack(bytes(peer.link.recv()))
     elapsed = time.perf_counter() - start
     parent_cpu = time.process_time() - cpu0
     child_cpu = float(peer.control(cfg.cell_timeout)[1])
@@ -577,7 +589,7 @@ def _obj_stream(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: ra
     cell.parent_cpu_s, cell.child_cpu_s = parent_cpu, child_cpu
     cell.cpu_us_per_msg = 1e6 * (parent_cpu + child_cpu) / n
     cell.steal_pct = steal_pct(steal0, steal1)
-    cell.extra["object"] = "dict" if size <= 4 * KiB else "ndarray"
+    cell.extra["object"] = type(obj).__name__
     cell.verified = True
     return cell
 

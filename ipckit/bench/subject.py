@@ -122,6 +122,9 @@ class ConnLink:
         # The object path users call: Connection.send/recv, Channel.send/recv (default serializer).
         self.send_obj = conn.send
         self.recv_obj = conn.recv
+        # A channel with the raw serializer carries bytes objects only: the object workloads then
+        # send bytes of the cell's size (measuring the object path with no serializer cost).
+        self.bytes_objects = getattr(getattr(conn, "serializer", None), "name", "") == "raw"
 
     def send(self, data: Buffer) -> None:  # replaced per instance by the bound method
         self.conn.send_bytes(data)
