@@ -726,7 +726,12 @@ def test_wait_watch_spins_on_the_words(stop: bool) -> None:
 
 
 @cursor_free
-def test_wait_watch_yields_on_the_words_without_spinning() -> None:
+def test_wait_watch_yields_on_the_words_without_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipckit.backends.common.ring import waiting
+
+    # A yield that comes back at once, as on an idle machine: beside a CPU hog a real yield can
+    # take milliseconds, which (rightly) makes the wait block instead (the slow-yield test below).
+    monkeypatch.setattr(waiting, "_sched_yield", lambda: None)
     ws = WaitStrategy(spin=False, yield_time=5.0)
     words = Words(moves_after=3)
     assert ws.wait(never_called, None, EventWaker(), lambda f: None, None, (words, 0, 0, 1)) is True  # type: ignore[arg-type]
