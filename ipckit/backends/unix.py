@@ -688,6 +688,8 @@ class UnixSeqpacketChannel(DescriptorChannel):
             if tag == _TAG_REJECTED[0]:
                 packet = sock.recv(n)
                 self._recv_error = rejection_error(self._url, packet[1 : 1 + REJECT_REASON_MAX])
+                if self._send_error is None:  # refused: a send must say so too, not succeed while
+                    self._send_error = self._recv_error  # the server is still closing the socket
                 raise again(self._recv_error)
             if tag == _TAG_HELLO[0]:
                 self._take_hello(n)

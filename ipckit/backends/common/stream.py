@@ -866,6 +866,8 @@ class FdStreamChannel(DescriptorChannel):
         data = bytes(self._rmv[start:end])
         if flags & FLAG_REJECTED:
             self._recv_error = rejection_error(self._url, data)  # before the frame is consumed
+            if self._send_error is None:  # refused: later sends say so too (the server may not
+                self._send_error = self._recv_error  # have closed the connection yet)
             self._rpos = end
             self._rseq += 1
             raise again(self._recv_error)
