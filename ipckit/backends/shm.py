@@ -63,7 +63,7 @@ from ..errors import (
     from_oserror,
 )
 from ..limits import KernelLimit, fmt_bytes
-from ..options import Options
+from ..options import Options, option
 from ..url import Endpoint
 from .common.faults import fault
 from .common.paths import NAME_RE, check_mode
@@ -88,6 +88,7 @@ from .common.ring.channel import (
     ATTACHED,
     CLOSED,
     FREE,
+    H_CAPACITY,
     H_MAGIC,
     H_PID,
     H_STATE,
@@ -109,13 +110,14 @@ from .common.ring.channel import (
 __all__ = ["ShmBackend", "ShmChannel", "ShmListener", "ShmOptions", "cleanup_stale"]
 
 SEG_MAGIC: Final = 0x314D48534B435049  # b"IPCKSHM1"
-SEG_VERSION: Final = 3  # 3: each end's max_message_size in the header (H_LIMIT)
+SEG_VERSION: Final = 4  # 3: each end's max_message_size in the header (H_LIMIT); 4: large-message slots
 _PREFIX: Final = "/ipckit."
 _TMP_PREFIX: Final = "/ipckit.tmp."  # segments being built, before link(2) publishes them
 _TMP_GRACE: Final = 10.0  # seconds before an unlocked temporary segment counts as stale
 
 # Segment header words (u64) on page 0: the common ones of the ring channel (magic .. pid), then ours.
 _H_UNLINKED: Final = H_WORDS  # 1 once the names were removed (under the unlink lock)
+_H_SIDE_NEXT: Final = H_WORDS + 1  # and + 2: the next unused slot offset of each direction (side.py)
 
 # OFD lock bytes of the segment: 0 and 1 = liveness of each end, 2 = mutex around removing the names.
 _LIVE_BYTES: Final = (0, 1)
@@ -126,7 +128,14 @@ _INIT_DEAD_CHECK: Final = 0.02  # an opener re-checks a lock-less uninitialised 
 
 @dataclass
 class ShmOptions(RingOptions):
-    """``capacity`` (bytes per direction) and ``spin`` plus the common options."""
+    """``capacity`` (bytes per direction) and ``spin`` plus the common options.
+
+    ``large_message``: messages of at least this many bytes travel in a slot of their own beside
+    the rings, received without a copy at any ring capacity (side.py); 0 keeps every message in
+    the ring (default 1 MiB).
+    """
+
+    large_message: int = option(1024 * 1024, minimum=0, maximum=1 << 62)
 
 
 def _names(name: str) -> NameSet:
@@ -325,15 +334,19 @@ class _Segment:
             size = os.fstat(self.shm_fd).st_size
             magic = 0
             if size >= PAGE:
-                if self.mm is None:
-                    self.mm = _map(self.shm_fd, size)
-                words = memoryview(self.mm)[:64].cast("Q")
+                # The header first, through the file: the file grows past the rings once large
+                # messages use slots (side.py), and only the rings are mapped here.
+                words = struct.unpack(f"{H_WORDS}Q", os.pread(self.shm_fd, H_WORDS * 8, 0))
                 magic = words[H_MAGIC]
-                good = header_matches(words, SEG_MAGIC, SEG_VERSION, size)
-                words.release()
                 if magic == SEG_MAGIC:
-                    if not good:
+                    try:
+                        ring_bytes = layout(int(words[H_CAPACITY]))[2]
+                    except ValueError:
+                        ring_bytes = 0
+                    if not ring_bytes or ring_bytes > size or not header_matches(words, SEG_MAGIC, SEG_VERSION,
+                                                                                 ring_bytes):
                         raise IncompatibleEndpoint(f"{self.name} has another layout, version or owner")
+                    self.mm = _map(self.shm_fd, ring_bytes)
                     break
                 if magic != 0:
                     raise IncompatibleEndpoint(f"{self.name} is not an ipckit segment (magic {magic:#x})")
@@ -482,6 +495,7 @@ class ShmChannel(RingChannel):
                              _PosixWaker(seg.sems[1 - role]))
             self._seg = seg
             self._lock_fd = -1
+            self._enable_side(seg.shm_fd, len(mm), _H_SIDE_NEXT, options.large_message)
             # A private open file description for this end's liveness lock (the creator's is ready).
             if seg.lock_fd >= 0 and role == 0:
                 self._lock_fd, seg.lock_fd = seg.lock_fd, -1

@@ -92,6 +92,8 @@ _MSG: Final = _p.MSG
 _CONT: Final = _p.CONT
 _PAD: Final = _p.PAD
 _ABORT: Final = _p.ABORT
+_REF: Final = _p.REF
+_REF_SIZE: Final = 16  # a REF record's payload (side.REF_PAYLOAD: slot offset, slot capacity)
 
 _W_MAGIC: Final = _p.W_MAGIC
 _W_VERSION: Final = _p.W_VERSION
@@ -267,7 +269,7 @@ class Ring:
 class RingWriter(Ring):
     """The producing end.  Not thread-safe; one writer per ring."""
 
-    __slots__ = ("_abort_pending", "_min_chunk", "_pending")
+    __slots__ = ("_abort_pending", "_fast_top", "_min_chunk", "_pending")
     _cursor_type = _cursor.Writer
 
     def __init__(self, buf: object, offset: int, size: int, max_message_size: int) -> None:
@@ -277,10 +279,13 @@ class RingWriter(Ring):
         except BaseException:
             self.detach()
             raise
-        # [parts, part index, offset in part, bytes left, head, total]: *head* is the write
-        # position of the message's first record, stored before that record is written -- the
-        # reader may have seen part of the message exactly when the write counter is past it.
+        # [parts, part index, offset in part, bytes left, head, total, kind, header total]: *head*
+        # is the write position of the message's first record, stored before that record is
+        # written -- the reader may have seen part of the message exactly when the write counter is
+        # past it.  *kind* / *header total*: MSG and the length, or REF and the slot's message length.
         self._pending: list[object] | None = None
+        # The fast path's own ceiling (messages from this size on take the channel's slot path).
+        self._fast_top = max_message_size
         self._abort_pending = False
         # Streamed chunks smaller than this are not worth a record unless at the ring's end.
         self._min_chunk = max(_ALIGN, (self._cap // 4) & ~(_ALIGN - 1))
@@ -358,7 +363,7 @@ class RingWriter(Ring):
             or (rec > cap - (wp - self._rp) and rec > self._free())
             or self._pending is not None
             or self._abort_pending
-            or n > self._maxmsg
+            or n > self._fast_top
         ):
             return self._write_slow([data], n)
         base = self._data + pos
@@ -417,7 +422,7 @@ class RingWriter(Ring):
         if sum(len(v) for v in views) != total:
             raise ValueError("parts do not add up to total")
         try:
-            self._pending = [views, 0, 0, total, None, total]
+            self._pending = [views, 0, 0, total, None, total, _MSG, total]
             return self.pump()
         except BaseException:
             self.recover()
@@ -461,7 +466,7 @@ class RingWriter(Ring):
         except BaseException:
             self.recover()
             raise
-        self._fast_max = -1 if self._pending is not None or self._abort_pending else self._maxmsg
+        self._fast_max = -1 if self._pending is not None or self._abort_pending else self._fast_top
         return done
 
     def _pump(self) -> bool:
@@ -492,7 +497,7 @@ class RingWriter(Ring):
                     return False
                 pending[4] = self._wp
                 base = self._data + self._wp % cap
-                _HDR.pack_into(self._mv, base, _MSG, total, total)
+                _HDR.pack_into(self._mv, base, pending[6], total, pending[7])
                 self._copy_from_pending(base + _HDR_SIZE, total)
                 self._pending = None
                 self._commit(self._wp + rec)
@@ -532,14 +537,46 @@ class RingWriter(Ring):
         """Write no message above *max_message_size* from now on (the reader's limit, learned once
         it attached): :meth:`write` refuses it and the fast path declines it."""
         self._maxmsg = min(self._maxmsg, max_message_size)
+        self._fast_top = min(self._fast_top, self._maxmsg)
         if self._fast_max >= 0:
-            self._fast_max = self._maxmsg
+            self._fast_max = self._fast_top
+
+    def fast_ceiling(self, size: int) -> None:
+        """Let the fast path (and :meth:`try_write`) take only messages below *size* bytes."""
+        self._fast_top = min(self._maxmsg, max(0, size - 1))
+        if self._fast_max >= 0:
+            self._fast_max = self._fast_top
+
+    def write_ref(self, payload: bytes, total: int) -> bool:
+        """Start writing a ``REF`` record (a message of *total* bytes in a slot, side.py) carrying
+        *payload*; True when committed, else pending as :meth:`write`."""
+        if self._pending is not None:
+            self.abort()
+        if total > self._maxmsg:
+            raise MessageTooLarge(f"message of {total} bytes exceeds max_message_size {self._maxmsg}")
+        try:
+            self._pending = [[memoryview(payload)], 0, 0, len(payload), None, len(payload), _REF, total]
+            return self.pump()
+        except BaseException:
+            self.recover()
+            raise
+
+    def committed_last(self, kind: int, payload: bytes) -> bool:
+        """True when the last record committed is of *kind* and starts with *payload* (after an
+        exception, whether a ``REF`` record went out)."""
+        wp = self._wp
+        if wp < _ALIGN:
+            return False
+        base = self._data + (wp - _ALIGN) % self._cap
+        k, chunk, _total = _HDR.unpack_from(self._mv, base)
+        n = len(payload)
+        return bool(k == kind and chunk == n and self._mv[base + _HDR_SIZE : base + _HDR_SIZE + n] == payload)
 
     def forget_pending(self) -> None:
         """Drop the pending message without writing anything (in a forked child that adopted this
         end: the message is the parent thread's, which finishes or aborts it there)."""
         self._pending = None
-        self._fast_max = -1 if self._abort_pending else self._maxmsg
+        self._fast_max = -1 if self._abort_pending else self._fast_top
 
     def abort(self) -> bool:
         """Give up on the pending message.  Returns True if the reader will never see any of it.
@@ -549,7 +586,7 @@ class RingWriter(Ring):
         """
         if self._drop_pending():
             self.pump()
-        self._fast_max = -1 if self._abort_pending else self._maxmsg
+        self._fast_max = -1 if self._abort_pending else self._fast_top
         return True
 
     def _drop_pending(self) -> bool:
@@ -576,7 +613,7 @@ class RingWriter(Ring):
         if self._detached:
             return
         self._drop_pending()
-        self._fast_max = -1 if self._abort_pending else self._maxmsg
+        self._fast_max = -1 if self._abort_pending else self._fast_top
         _publish_write_pos(self._ctl, self._wp, self._wake)
 
     def close(self) -> None:
@@ -605,7 +642,8 @@ class RingReader(Ring):
     :meth:`release` consumed it, nor a part of one as a whole.
     """
 
-    __slots__ = ("_asm_", "_asm_at", "_asm_total", "_asm_view", "_cur_", "_cur_end", "_into", "counters")
+    __slots__ = ("_asm_", "_asm_at", "_asm_total", "_asm_view", "_cur_", "_cur_end", "_cur_side", "_into", "counters",
+                 "side")
     _cursor_type = _cursor.Reader
     #: The ring's control words (u64); ``counters[WRITE_POS] != read_pos`` means data waits.  For
     #: spin loops only: read, never write.  (An attribute, not a property: a wait reads it first.)
@@ -626,6 +664,9 @@ class RingReader(Ring):
         self._asm_total = 0
         self._asm_at = (0, 0)  # (bytes reassembled, ring position after the last chunk taken)
         self._into: memoryview | None = None
+        #: Opens the slot a ``REF`` record names (side.SideReader.open); None: such a record is corrupt.
+        self.side: Callable[[memoryview, int], memoryview] | None = None
+        self._cur_side = False  # the message handed out lives in a slot (side.py), not in the ring
 
     # The hot state lives in the cursor: this reader's counter (_rp), the writer's as last seen
     # (_wp), and whether a message is held or reassembled, which stops the cursor's fast path
@@ -756,6 +797,20 @@ class RingReader(Ring):
                         or rec > cap - pos
                     ):
                         raise ProtocolError(f"bad continuation record (chunk {chunk}, total {total})")
+                elif kind == _REF:
+                    # A message in a slot of its own (side.py): handed out as a view of the slot; the
+                    # record is consumed by release(), as a message in the ring is.
+                    side = self.side
+                    if rec > avail or rec > cap - pos or chunk != _REF_SIZE or self._asm_ is not None or side is None:
+                        raise ProtocolError(f"bad large-message record (chunk {chunk}, total {total})")
+                    if total > self._maxmsg:
+                        raise ProtocolError(f"peer announced {total} bytes, above max_message_size {self._maxmsg}")
+                    view = side(mv[base + _HDR_SIZE : base + _HDR_SIZE + chunk], total)
+                    self._cur_end = rp + rec
+                    self._cur_side = True
+                    self._c.hold = True
+                    self._cur_ = view
+                    return view
                 elif kind == _PAD:
                     tail = cap - pos
                     if tail > avail:
@@ -828,8 +883,20 @@ class RingReader(Ring):
         if view is not None:
             view.release()
 
-    def release(self) -> None:
-        """Consume the message returned by :meth:`peek` (invalidating its view)."""
+    @property
+    def held_end(self) -> int:
+        """The read position just past the message :meth:`peek` handed out (while one is held)."""
+        return self._cur_end
+
+    @property
+    def holds_slot(self) -> bool:
+        """The message :meth:`peek` handed out lives in a slot (side.py): its view outlives
+        :meth:`release` (``release(keep=True)``) and returns the slot when it dies."""
+        return self._cur_side
+
+    def release(self, keep: bool = False) -> None:
+        """Consume the message returned by :meth:`peek` (invalidating its view, unless *keep*:
+        only for a message in a slot, whose view the caller keeps)."""
         cur = self._cur_
         if cur is not None:
             try:
@@ -839,10 +906,13 @@ class RingReader(Ring):
                 self._asm_ = None  # a reassembled message: its buffer was the message
                 self._asm_view = None
                 self._cur_ = None
+                self._cur_side = False
                 self._c.hold = False
             except BaseException:
                 self.recover()
                 raise
+            if keep:
+                return
             try:
                 cur.release()
             except BufferError:  # the caller exported it (e.g. numpy); it stays readable

@@ -54,6 +54,7 @@ from ipckit.options import Capabilities, Options, option
 
 from . import buffer as _ring
 from . import protocol as _protocol
+from . import side as _side
 from .waiting import WaitStrategy, Waker, Watch
 
 __all__ = [
@@ -167,7 +168,7 @@ def in_transit(words: Sequence[int], magic: int, version: int) -> bool:
     return any(words[H_STATE[end]] == HANDOFF and 0 <= now - words[H_TRAVEL[end]] < grace for end in (0, 1))
 
 
-def header_matches(hdr: memoryview, magic: int, version: int, segment_size: int) -> bool:
+def header_matches(hdr: Sequence[int], magic: int, version: int, segment_size: int) -> bool:
     """True when an initialised header is ours: magic, version, owner, and a layout of this size.
 
     The header is shared memory another process wrote: a capacity no ring can have (beyond
@@ -244,8 +245,33 @@ class RingChannel(Channel):
         self._peer_pid = 0
         self._peer_dead = False
         self._view_out = False
+        # Large messages in slots of their own (side.py), once the provider enables them.
+        self._side_w: _side.SideWriter | None = None
+        self._side_r: _side.SideReader | None = None
+        self._side_dead: Sequence[object] = ()  # the reader's list of messages to return (side.py)
+        self._large = 0
         if role == 1 or hdr[H_STATE[1]] != FREE:  # the peer's limit is published (a listener's learns at accept)
             self._learn_peer_from_header()
+
+    def _enable_side(self, fd: int, ring_bytes: int, next_word: int, threshold: int) -> None:
+        """Provider: send messages of at least *threshold* bytes in slots of the segment's file
+        *fd* beyond its *ring_bytes* (side.py); header words ``next_word + role`` hold each
+        direction's next slot offset.  0 leaves every message in the ring."""
+        if threshold <= 0:
+            return
+        role = self._role
+        self._large = threshold
+        self._side_w = _side.SideWriter(fd, _side.window_base(role, ring_bytes), self._hdr[:], next_word + role)
+        self._side_r = _side.SideReader(fd, _side.window_base(1 - role, ring_bytes), self._r.max_message_size)
+        self._side_dead = self._side_r.dead
+        self._r.side = self._side_r.open
+        self._w.fast_ceiling(threshold)
+
+    def _return_slots(self) -> None:
+        """Hand the slots of received large messages whose last view died back to the peer."""
+        side = self._side_r
+        if side is not None:
+            side.drain()
 
     # -- provider hooks ------------------------------------------------------------------------
     def _peer_gone(self) -> bool:
@@ -325,15 +351,23 @@ class RingChannel(Channel):
     # channel closed) goes through the general path in Channel, which reports it.  send() and
     # recv() reach the same fast paths through the base class's hooks (_send_one, _recv_payload):
     # an object costs its serializer's time on top of the bytes path, nothing else (issue 11).
+    # Each also hands back the slots of large messages received before whose views died (one list
+    # check when there are none): a peer waiting for our reply may want to fill one again.
     def send_bytes(self, data: Any, timeout: float | None = USE_DEFAULT) -> None:
+        if self._side_dead:
+            self._return_slots()
         if not self._wc.send(data):
             Channel.send_bytes(self, data, timeout)
 
     def _send_one(self, data: Any, timeout: float | None) -> None:
+        if self._side_dead:
+            self._return_slots()
         if not self._wc.send(data):
             Channel._send_one(self, data, timeout)
 
     def recv_bytes(self, timeout: float | None = USE_DEFAULT) -> bytes:
+        if self._side_dead:
+            self._return_slots()
         data: bytes | None = self._rc.recv()
         if data is not None:
             return data
@@ -341,6 +375,8 @@ class RingChannel(Channel):
         return got if type(got) is bytes else bytes(got)
 
     def _recv_payload(self, timeout: float | None) -> Any:
+        if self._side_dead:
+            self._return_slots()
         data: bytes | None = self._rc.recv()
         if data is not None:
             return data
@@ -393,6 +429,8 @@ class RingChannel(Channel):
         if w.peer_closed():
             self._check_pid()
             raise EndOfChannel(f"the peer closed {self._url}")
+        if self._large and view.nbytes >= self._large and self._send_in_slot([view], view.nbytes, deadline):
+            return
         wc = self._wc
         if wc.budget <= 0:
             self._send_liveness()
@@ -412,9 +450,35 @@ class RingChannel(Channel):
             self._check_pid()
             raise EndOfChannel(f"the peer closed {self._url}")
         self._send_liveness()
+        if self._large and total >= self._large and self._send_in_slot(views, total, deadline):
+            return
         if w.write(views, total):
             return
         self._finish_send(deadline)
+
+    def _send_in_slot(self, views: list[memoryview], total: int, deadline: Deadline) -> bool:
+        """Send a large message through a slot (side.py): copied once into the slot, named by a REF
+        record.  False when no slot is to be had: the caller sends it through the ring."""
+        side = self._side_w
+        assert side is not None
+        self._send_liveness()  # (one fcntl beside a large copy) a dead reader never returns a slot
+        slot = side.take(total)
+        if slot is None:
+            return False
+        self._check_pid()
+        side.fill(slot, views)
+        ref = side.ref(slot)
+        w = self._w
+        try:
+            if not w.write_ref(ref, total):
+                self._finish_send(deadline)
+        except BaseException:
+            # Whether the record went out decides whose the slot is: committed, the reader's (it
+            # returns the slot once done with the message); otherwise the writer's again.
+            if not w.committed_last(_protocol.REF, ref):
+                side.unfill(slot)
+            raise
+        return True
 
     def _finish_send(self, deadline: Deadline) -> None:
         self._check_pid()  # (first: a copy in another process must never touch the ring)
@@ -546,6 +610,10 @@ class RingChannel(Channel):
         view = self._next(deadline, None, rc.recv_held)
         if type(view) is bytes:
             return view
+        r = self._r
+        if r.holds_slot:
+            r.release(keep=True)  # the view is the message, copy-free; its slot returns when it dies
+            return view
         obj = view.obj
         if isinstance(obj, bytearray) and len(obj) == len(view):
             self._r.release()  # a streamed message: its reassembly buffer is already a copy
@@ -591,6 +659,8 @@ class RingChannel(Channel):
                 raise ChannelClosed(f"poll on closed channel {self._url}")
             self._check_pid()
             r = self._r
+            if self._view_out:
+                return self._poll_beyond_view(deadline)
             expired = False
             while True:
                 if r.peek() is not None or r.writer_closed():
@@ -604,6 +674,27 @@ class RingChannel(Channel):
         finally:
             if held and held[0]:
                 lock.release()
+
+    def _poll_beyond_view(self, deadline: Deadline) -> bool:
+        """poll() while a recv_view's message is held (it stays valid until the next receive): is
+        anything committed beyond it?  (A padding or abort record counts too: then a receive may
+        still wait, a rare early True, never a missed message.)"""
+        r = self._r
+        end = r.held_end
+        words = r.counters
+
+        def beyond() -> bool:
+            return words[_WRITE_POS] != end or r.writer_closed()
+
+        if beyond():
+            return True
+        if self._peer_dead or self._peer_gone():
+            return True  # recv would raise PeerDied once the view is released
+        try:
+            return self._wait.wait(beyond, deadline, self._own_waker, r.set_sleeping, self._recv_check,
+                                   (words, _WRITE_POS, end, _WRITER_CLOSED))
+        except PeerDied:
+            return True
 
     # -- closing --------------------------------------------------------------------------------
     def _wakeup(self) -> None:
@@ -622,6 +713,14 @@ class RingChannel(Channel):
             else:
                 self._w.detach()
                 self._r.detach()
+            # After the rings: a held recv_view of a slot's message is dropped there first.
+            if self._side_r is not None:
+                self._side_r.close()
+            if self._side_w is not None:
+                if mine:
+                    self._side_w.close()
+                else:
+                    self._side_w.detach()
             self._end_closed(mine)
         finally:
             self._release_segment()

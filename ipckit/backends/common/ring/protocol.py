@@ -61,6 +61,7 @@ __all__ = [
     "MIN_CAPACITY",
     "MSG",
     "PAD",
+    "REF",
     "VERSION",
     "W_CAPACITY",
     "W_MAGIC",
@@ -95,6 +96,9 @@ MSG: Final = 1  # first (often only) record of a message of ``total`` bytes
 CONT: Final = 2  # next chunk of a message larger than the ring
 PAD: Final = 3  # the rest of the data area is unused; continue at its start
 ABORT: Final = 4  # the writer gave up on a streamed message; drop the partial one
+# A message of ``total`` bytes in a slot outside the ring (side.py); the record's 16-byte payload
+# names the slot.  Not in LAYOUT: the C fast path never writes one and declines any kind but MSG.
+REF: Final = 5
 
 # u64 word indices in the control area (viewed with memoryview.cast("Q")).
 W_MAGIC: Final = 0
