@@ -302,6 +302,19 @@ class ChannelContract(OptionRules, ErrorBoundaries, InterruptContract, ThreadCon
         assert view.tobytes() == data
         assert bytes(b.recv_view(timeout=5.0)) == b"second"
 
+    def test_poll_while_a_view_is_held(self) -> None:
+        # The message a recv_view returned was received: poll() answers for the next one only,
+        # and leaves the view valid (shm:// once answered True for the held message itself).
+        a, b = self.make_pair()
+        a.send_bytes(b"first", timeout=5.0)
+        view = b.recv_view(timeout=5.0)
+        assert not b.poll(0.0)
+        assert not b.poll(0.05)
+        a.send_bytes(b"second", timeout=5.0)
+        assert b.poll(5.0)
+        assert bytes(view) == b"first"
+        assert b.recv_bytes(timeout=5.0) == b"second"
+
     # ------------------------------------------------------------------ timeouts
     @pytest.mark.parametrize("timeout", [0.0, 0.05, 0.5])
     def test_recv_timeout(self, timeout: float) -> None:
