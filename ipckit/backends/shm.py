@@ -8,7 +8,9 @@ Features:
     stream through it in chunks, so a small ring carries large messages.  Waiting spins briefly,
     yields, then blocks on a semaphore that is only a wake-up hint (``ipckit.backends.common.ring.waiting``).
     pickle protocol 5 out-of-band buffers (numpy) are written straight from the object's memory
-    into the ring.
+    into the ring.  A message of ``large_message`` bytes or more is written once into a slot of
+    the segment's file beyond the rings and received as a view of it (``recv()`` of a numpy array,
+    ``recv_view``: no copy at any ring capacity; ``ring/side.py``).
 
     Lifecycle: the segment is created exclusively (``O_CREAT|O_EXCL``), mode 0600, with an
     unguessable ``ipckit``-prefixed name, its size reserved with ``posix_fallocate`` (a full
@@ -27,6 +29,8 @@ URL format:
 Options:
     ``capacity`` — bytes per direction (default 4 MiB; rounded up to a page).
     ``spin`` — spin briefly before blocking (default True; False never spins).
+    ``large_message`` — messages of at least this many bytes go in a slot beside the rings and are
+    received without a copy (default 1 MiB; 0: every message through the ring; docs/shm.md).
     Common options: ``serializer``, ``max_message_size``, ``default_timeout``, ``mode``, ``trust``.
 
 Platform notes:
