@@ -6,6 +6,7 @@ Examples::
     ipckit bench --placement split,same --sizes 64,4KiB,64KiB,1MiB --duration 1
     ipckit bench --backends pipe,shm --baselines mp.Pipe,os.pipe --workloads rtt
     ipckit bench --url shm8=shm://?capacity=8MiB        # an extra variant, labelled shm8
+    ipckit bench --workloads pool --backends shm,unix,pipe --pool-jobs 10000   # the worker pool alone
     ipckit bench --compare before.json after.json
     ipckit bench --show r.json --markdown docs/benchmarks.md --plot docs/img   # re-render, no measuring
 """
@@ -40,6 +41,16 @@ def _none_or_csv(value: str) -> list[str]:
     return [] if value.strip().lower() == "none" else _csv(value)
 
 
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
 def _url(value: str) -> tuple[str, str]:
     label, sep, url = value.partition("=")
     if not sep or "://" not in url or not label:
@@ -64,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mp.Pipe,mp.Queue,os.pipe,os.pipe+hdr20,unix.socket,faster-fifo,pyzmq,memcpy or none "
                         "(default: all)")
     p.add_argument("--serializers", type=_none_or_csv, help="serializers to cost on their own (default: all; none)")
-    p.add_argument("--workloads", type=_csv, help="rtt,stream,memcpy,serializer (default: all)")
+    p.add_argument("--workloads", type=_csv,
+                   help="rtt,stream,obj-rtt,obj-stream,pool,memcpy,serializer,import (default: all)")
+    p.add_argument("--pool-jobs", dest="pool_jobs", type=_positive,
+                   help="jobs per timed repeat of the pool workload (default 10000; --quick 2000)")
+    p.add_argument("--pool-repeats", dest="pool_repeats", type=_positive,
+                   help="timed repeats of each pool subject, median reported (default 3)")
     p.add_argument("--duration", type=float, help="seconds per cell (default 1.0; --quick 0.12)")
     p.add_argument("--placement", type=_csv, default=None,
                    help="split (parent cpu0, peer cpu1), same (both cpu0), none (unpinned), busy (unpinned, "
@@ -94,7 +110,8 @@ def _config(args: argparse.Namespace) -> Any:
     if placements in (["both"], ["all"]):
         placements = ["split", "same"] if placements == ["both"] else list(PLACEMENTS)
     overrides: dict[str, Any] = {"placements": placements, "seed": args.seed, "urls": dict(args.url)}
-    for name in ("sizes", "obj_sizes", "backends", "baselines", "serializers", "workloads", "duration"):
+    for name in ("sizes", "obj_sizes", "backends", "baselines", "serializers", "workloads", "duration",
+                 "pool_jobs", "pool_repeats"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value

@@ -39,8 +39,9 @@ QUICK_SIZES = [64, 4 * KiB, 64 * KiB, 1 * MiB]
 #: run; ``busy``: unpinned while one CPU-bound process runs on each core (a machine doing other work).
 PLACEMENTS = ("split", "same", "none", "busy")
 #: ``rtt``/``stream``: bytes through send_bytes/recv_bytes; ``obj-rtt``/``obj-stream``: Python objects
-#: through send/recv (a small dict at sizes up to 4 KiB, numpy uint8 arrays above: what users send).
-WORKLOADS = ("rtt", "stream", "obj-rtt", "obj-stream", "memcpy", "serializer", "import")
+#: through send/recv (a small dict at sizes up to 4 KiB, numpy uint8 arrays above: what users send);
+#: ``pool``: small dict jobs to two worker processes and the results back (bench/pool.py).
+WORKLOADS = ("rtt", "stream", "obj-rtt", "obj-stream", "pool", "memcpy", "serializer", "import")
 #: The object workloads' sizes: a small dict with a 64-byte blob, a 1 MiB array, a 1080p RGB frame.
 FRAME_1080P = 1920 * 1080 * 3
 DEFAULT_OBJ_SIZES = [64, 1 * MiB, FRAME_1080P]
@@ -66,12 +67,14 @@ class BenchConfig:
     verify_count: int = 16  # random-size messages echoed per subject before timing
     urls: dict[str, str] = field(default_factory=dict)  # label -> URL overrides / extra variants
     cell_timeout: float = 60.0  # a cell taking longer than duration + this is aborted
+    pool_jobs: int = 10_000  # jobs per timed repeat of the pool workload
+    pool_repeats: int = 3  # timed repeats of each pool subject (the cell reports the median)
     seed: int = 0
 
 
 def quick_config(**overrides: Any) -> BenchConfig:
     """The ``--quick`` settings: all backends and baselines, short cells (under a minute here)."""
-    cfg = BenchConfig(sizes=list(QUICK_SIZES), duration=0.12, warmup=20, verify_count=8)
+    cfg = BenchConfig(sizes=list(QUICK_SIZES), duration=0.12, warmup=20, verify_count=8, pool_jobs=2000)
     return dataclasses.replace(cfg, **overrides)
 
 

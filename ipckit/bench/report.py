@@ -72,6 +72,8 @@ def headline(cell: Cell) -> float | None:
         return cell.p50_us
     if cell.workload == "serializer":
         return cell.mean_us
+    if cell.workload == "pool":
+        return cell.msg_s  # jobs/s, higher is better
     return cell.mb_s
 
 
@@ -163,6 +165,58 @@ def _serializer_table(report: BenchReport) -> Table:
     return t
 
 
+#: The pool tables' ratios: jobs/s ÷ these subjects' jobs/s in the same placement (higher is better).
+POOL_REFERENCES = ("mp.Queue", "mp.Pool")
+
+
+def _pool_ratio(report: BenchReport, cell: Cell, ref: str) -> float | None:
+    other = report.find(ref, cell.placement, "pool", cell.size)
+    if other is None or other.error:
+        return None
+    return ratio(cell.msg_s, other.msg_s)
+
+
+def _pool_spread(c: Cell) -> str:
+    lo, hi = c.extra.get("min_jobs_s"), c.extra.get("max_jobs_s")
+    return "-" if lo is None or hi is None else f"{fmt_num(lo)}..{fmt_num(hi)}"
+
+
+def _pool_table(report: BenchReport, placement: str) -> Table:
+    from rich.table import Table
+
+    cells = [c for c in report.cells if c.workload == "pool" and c.placement == placement]
+    jobs = next((c.extra.get("jobs") for c in cells if c.extra.get("jobs")), "?")
+    t = Table(title=f"Worker pool: {jobs} small dict jobs to 2 worker processes and back, placement={placement} "
+                    "(median of the repeats; xref = jobs/s / ref jobs/s, higher is better)", title_justify="left")
+    for col in ("subject", "jobs/s", "min..max", *(f"x{r}" for r in POOL_REFERENCES), "CPU µs/job", "steal %",
+                "runs"):
+        t.add_column(col, justify="left" if col == "subject" else "right")
+    for c in cells:
+        if c.error:
+            t.add_row(c.subject, f"[red]error: {c.error[:70]}[/red]")
+            continue
+        t.add_row(f"[{_style(c.kind)}]{c.subject}[/]" if _style(c.kind) else c.subject, fmt_num(c.msg_s),
+                  _pool_spread(c), *(fmt_ratio(_pool_ratio(report, c, r)) for r in POOL_REFERENCES),
+                  fmt_us(c.cpu_us_per_msg), "-" if c.steal_pct is None else f"{c.steal_pct:.1f}",
+                  str(c.extra.get("repeats", "")))
+    return t
+
+
+def _pool_markdown(report: BenchReport, placement: str) -> str:
+    cells = [c for c in report.cells if c.workload == "pool" and c.placement == placement]
+    jobs = next((c.extra.get("jobs") for c in cells if c.extra.get("jobs")), "?")
+    rows = []
+    for c in cells:
+        if c.error:
+            rows.append([c.subject, "error", "", "", ""])
+            continue
+        rows.append([c.subject, f"{fmt_num(c.msg_s)} ({_pool_spread(c)})",
+                     *(fmt_ratio(_pool_ratio(report, c, r)) for r in POOL_REFERENCES), fmt_us(c.cpu_us_per_msg)])
+    head = (f"**Worker pool, {jobs} small dict jobs to 2 workers and back, placement `{placement}`** — jobs/s "
+            "median (min..max of the repeats); ratio is jobs/s ÷ the baseline's, higher is better\n")
+    return head + "\n" + _md_table(["subject", "jobs/s", "÷ mp.Queue", "÷ mp.Pool", "CPU µs/job"], rows) + "\n"
+
+
 def print_report(report: BenchReport, console: Console | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -184,6 +238,8 @@ def print_report(report: BenchReport, console: Console | None = None) -> None:
             console.print(_rtt_table(report, p, "obj-rtt"))
         if any(c.workload == "obj-stream" and c.placement == p for c in report.cells):
             console.print(_stream_table(report, p, "obj-stream"))
+        if any(c.workload == "pool" and c.placement == p for c in report.cells):
+            console.print(_pool_table(report, p))
     if any(c.workload == "serializer" for c in report.cells):
         console.print(_serializer_table(report))
     t = Table(title="Targets (docs/design.md §5.3; ratios within this run)", title_justify="left")
@@ -232,7 +288,7 @@ def print_compare(before: BenchReport, after: BenchReport, console: Console | No
     for col in ("workload", "placement", "size", "subject", "before", "after", "p50 x", "p99 x", "MB/s x"):
         t.add_column(col, justify="left" if col in ("workload", "placement", "size", "subject") else "right")
     for r in rows:
-        unit = "µs" if r["workload"] in ("rtt", "serializer") else "MB/s"
+        unit = {"rtt": "µs", "serializer": "µs", "pool": "jobs/s"}.get(r["workload"], "MB/s")
         fmt = fmt_us if unit == "µs" else fmt_num
         t.add_row(r["workload"], r["placement"], fmt_size(r["size"]), r["subject"],
                   f"{fmt(r['before'])} {unit}", f"{fmt(r['after'])} {unit}",
@@ -311,6 +367,8 @@ def to_markdown(report: BenchReport) -> str:
             rows = _md_rows(report, osubjects, osizes, p, ("obj-stream",),
                             lambda c: f"{fmt_num(c.msg_s)} ({fmt_us(c.cpu_us_per_msg)})")
             out.append(_md_table(["subject", *(fmt_size(s) for s in osizes)], rows) + "\n")
+        if any(c.workload == "pool" and c.placement == p for c in report.cells):
+            out.append(_pool_markdown(report, p))
         steals = [c.steal_pct for c in report.cells if c.placement == p and c.steal_pct is not None]
         if steals:
             out.append(f"Host steal per cell, placement `{p}`: median {sorted(steals)[len(steals) // 2]:.1f} %, "

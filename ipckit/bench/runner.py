@@ -786,6 +786,10 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
     n_obj = len(cfg.obj_sizes) * (("obj-rtt" in cfg.workloads) + ("obj-stream" in cfg.workloads))
     per_subject = len(cfg.sizes) * (do_rtt + do_stream) + n_obj
     per_placement = len(subjects) * per_subject + (len(cfg.sizes) if want_memcpy else 0)
+    if "pool" in cfg.workloads:
+        from .pool import measure_pool, pool_cell_count  # its own subjects and worker processes
+
+        per_placement += pool_cell_count(cfg)
     ser_names = cfg.serializers
     if "serializer" in cfg.workloads:
         from ipckit.serializers import serializer_names
@@ -811,7 +815,8 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
             os.sched_setaffinity(0, parent_cpus if parent_cpus is not None else original_affinity)
             tick(f"[{placement}] starting {len(subjects)} peers", None)
             hogs = _Hogs(len(original_affinity)) if placement == "busy" else None
-            peers = [Peer(s, child_cpus) for s in subjects]
+            # no peers when only workloads without one run (pool, memcpy): nothing would use them
+            peers = [Peer(s, child_cpus) for s in subjects] if per_subject else []
             try:
                 for peer in peers:
                     peer.connect(cfg.cell_timeout)
@@ -854,6 +859,8 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
                     for size in cfg.sizes:
                         cells.append(measure_memcpy(size, cfg.duration, placement))
                         tick(f"[{placement}] memcpy {fmt_size(size)}", cells[-1])
+                if "pool" in cfg.workloads:
+                    cells += measure_pool(cfg, placement, child_cpus, tick)
             finally:
                 for peer in peers:
                     peer.close()

@@ -1,0 +1,633 @@
+"""The ``pool`` workload: small dict jobs to two worker processes and their results back.
+
+What users build on a channel most often is a process pool, so this measures it against what
+they would use instead: a hand-written :class:`multiprocessing.Queue` pool (one task queue, one
+result queue, a ``None`` per worker to stop), ``multiprocessing.Pool.imap_unordered(chunksize=1)``
+and ``concurrent.futures.ProcessPoolExecutor.map`` (default chunksize).
+
+The ipckit subjects are the harness's own (:func:`~.links.ipckit_subjects`: every scheme, or
+``--backends`` / ``--url``): one channel per worker, opened the way the subject opens its peer's
+end, the default serializer.  The parent keeps at most :data:`WINDOW` jobs in flight per worker
+(credit: a pipe or socket buffer cannot hold 10,000 jobs, and two full buffers would deadlock),
+takes whatever result is ready on any channel and tops that worker up, so both stay busy.
+
+Method, per placement:
+
+* every subject's workers are spawned, pinned (``split``: the parent on the first CPU, both
+  workers on the second; ``same``: all three on the first; ``none``/``busy``: unpinned) and
+  warmed up with :data:`WARMUP_JOBS` jobs, all outside the timed region;
+* the timed region is sending every job and receiving every result; afterwards every result is
+  checked (each id exactly once, the right value);
+* the repeats are interleaved (repeat *r* of every subject before repeat *r + 1*) so the ratios
+  of one run share the machine's conditions; a cell reports the median jobs/s and the spread;
+* CPU per job is the parent's ``process_time`` plus the workers' CPU (every thread, from /proc),
+  over all repeats, like the other workloads' ``CPU µs/msg``.
+
+The worker functions live here so that spawned workers import this module and :mod:`ipckit`
+only (no numpy, rich or the runner).
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import ipckit
+
+from .links import ipckit_subjects
+from .model import BenchConfig, Cell
+from .subject import SPAWN, ChildArg, Prepared, SkippedSubject, Subject
+
+__all__ = [
+    "PoolSpec",
+    "WorkerPool",
+    "pool_subjects",
+    "open_pool",
+    "make_jobs",
+    "handle_job",
+    "check_results",
+    "measure_pool",
+    "pool_cell_count",
+    "BLOB_SIZE",
+    "WINDOW",
+    "WORKERS",
+    "WARMUP_JOBS",
+    "REFERENCES",
+]
+
+#: Bytes of the blob in every job (the object workloads' small dict has the same shape).
+BLOB_SIZE = 64
+#: Jobs in flight per worker on an ipckit channel: enough that a worker never waits for the parent,
+#: few enough that the jobs (~150 bytes pickled) and results fit in a 64 KiB pipe buffer.
+WINDOW = 128
+WORKERS = 2
+#: Jobs through every pool before timing: the spawned workers have imported everything and the
+#: lazily started ones (ProcessPoolExecutor) all exist.
+WARMUP_JOBS = 200
+#: The pool tables show jobs/s ratios against these two.
+REFERENCES = ("mp.Queue", "mp.Pool")
+
+Job = dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------ jobs
+def make_jobs(n: int, blob_size: int = BLOB_SIZE) -> list[Job]:
+    """*n* jobs ``{"id": i, "op": "add", "args": [1, 2.5], "blob": <blob_size bytes>}``."""
+    blob = random.Random(blob_size).randbytes(blob_size)
+    return [{"id": i, "op": "add", "args": [1, 2.5], "blob": blob} for i in range(n)]
+
+
+def handle_job(job: Job) -> Job:
+    """What every worker does with a job: a small dict result naming the job."""
+    a, b = job["args"]
+    return {"id": job["id"], "ok": job["op"] == "add", "value": a + b, "blob_len": len(job["blob"])}
+
+
+def check_results(jobs: Sequence[Job], results: Sequence[Any]) -> None:
+    """Every job's result came back exactly once and is the right one.
+
+    Raises:
+        AssertionError: a result is missing, duplicated, unknown or wrong.
+    """
+    n = len(jobs)
+    seen = bytearray(n)
+    for r in results:
+        i = r.get("id") if isinstance(r, dict) else None
+        if not isinstance(i, int) or not 0 <= i < n:
+            raise AssertionError(f"a result names no job that was sent: {r!r:.80}")
+        if seen[i]:
+            raise AssertionError(f"the result of job {i} came back twice")
+        if r != handle_job(jobs[i]):
+            raise AssertionError(f"the result of job {i} is wrong: {r!r:.80}")
+        seen[i] = 1
+    missing = seen.count(0)
+    if missing:
+        raise AssertionError(f"{missing} of {n} results never came back")
+
+
+def _pin(cpus: set[int] | None) -> None:
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+
+
+def _process_cpu_s(pid: int) -> float:
+    """CPU seconds of process *pid*, every thread (an mp.Queue worker has a feeder thread).
+
+    The per-thread schedstat is in ns; /proc/<pid>/stat (10 ms ticks) is the fallback.
+    """
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+# ---------------------------------------------------------------------------------- workers
+def _channel_worker(child_arg: ChildArg, cpus: set[int] | None) -> None:
+    _pin(cpus)
+    link = child_arg.open()
+    channel = getattr(link, "conn")  # noqa: B009 - a Link need not have one; the ipckit links do
+    send, recv = channel.send, channel.recv
+    try:
+        while (job := recv()) is not None:
+            send(handle_job(job))
+    finally:
+        link.close()
+
+
+def _queue_worker(tasks: Any, results: Any, cpus: set[int] | None) -> None:
+    _pin(cpus)
+    get, put = tasks.get, results.put
+    while (job := get()) is not None:
+        put(handle_job(job))
+    # the results' feeder thread is flushed and joined as the process exits
+
+
+# ------------------------------------------------------------------------------------ pools
+class WorkerPool:
+    """A started pool: :meth:`run` sends jobs and returns their results (in any order).
+
+    Subclasses implement ``_start``, :meth:`run`, ``_abort`` and ``_stop``.  :meth:`abort` may be
+    called from another thread (the watchdog) and must wake a :meth:`run` blocked on a hung worker.
+    """
+
+    def __init__(self, name: str, kind: str, workers: int, cpus: set[int] | None, timeout: float) -> None:
+        self.name, self.kind = name, kind
+        self.n_workers = workers
+        self.cpus = cpus
+        self.timeout = timeout
+        #: The worker processes, found as the multiprocessing children that appeared on start.
+        self.workers: list[multiprocessing.process.BaseProcess] = []
+        self.aborted = False
+
+    def start(self) -> None:
+        before = {p.pid for p in multiprocessing.active_children()}
+        self._start()
+        # Warm up through run(): the executor starts its workers on demand, and a spawned worker
+        # still importing would be counted in the first timed repeat.
+        jobs = make_jobs(WARMUP_JOBS)
+        with _Watchdog(self):
+            results = self.run(jobs)
+        check_results(jobs, results)
+        self.workers = [p for p in multiprocessing.active_children() if p.pid not in before]
+        if len(self.workers) != self.n_workers:
+            raise RuntimeError(f"{self.name} runs {len(self.workers)} worker processes, not {self.n_workers}")
+
+    def worker_cpu_s(self) -> float:
+        return sum(_process_cpu_s(p.pid) for p in self.workers if p.pid is not None)
+
+    def run(self, jobs: Sequence[Job]) -> list[Any]:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        self.aborted = True
+        try:
+            self._abort()
+        finally:
+            for p in self.workers:
+                try:
+                    if p.is_alive():
+                        p.kill()
+                except ValueError:
+                    pass  # closed meanwhile
+
+    def close(self) -> None:
+        """Stop the workers (killed if they do not stop) and release everything; idempotent."""
+        try:
+            self._stop()
+        finally:
+            # _stop joined them; this catches a worker a broken pool left running
+            for p in self.workers:
+                try:
+                    p.join(5.0)
+                    if p.is_alive():
+                        p.kill()
+                        p.join(5.0)
+                except ValueError:
+                    pass  # already closed by _stop
+            self.workers = []
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _abort(self) -> None:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+
+class _ChannelPool(WorkerPool):
+    """One ipckit channel per worker, a bounded window of jobs in flight on each."""
+
+    def __init__(self, subject: Subject, workers: int, cpus: set[int] | None, timeout: float,
+                 window: int = WINDOW) -> None:
+        super().__init__(subject.name, "ipckit", workers, cpus, timeout)
+        self.subject = subject
+        self.window = window
+        self._prepared: list[Prepared] = []
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+        self._channels: list[ipckit.Channel] = []
+        self._links: list[Any] = []
+
+    def _start(self) -> None:
+        for i in range(self.n_workers):
+            prepared = self.subject.prepare()
+            self._prepared.append(prepared)
+            proc: multiprocessing.process.BaseProcess = SPAWN.Process(
+                target=_channel_worker, args=(prepared.child_arg, self.cpus),
+                name=f"ipckit-bench-pool-{self.name}-{i}", daemon=True)
+            proc.start()
+            self._procs.append(proc)
+            prepared.after_start()
+        for prepared, proc in zip(self._prepared, self._procs, strict=True):
+            def gone(p: multiprocessing.process.BaseProcess = proc) -> str | None:
+                return None if p.is_alive() else f"pool worker exited with code {p.exitcode}"
+
+            link = prepared.complete(self.timeout, gone)
+            self._links.append(link)
+            channel = getattr(link, "conn", None)
+            if not isinstance(channel, ipckit.Channel):
+                raise TypeError(f"{self.name}: the parent's link carries no ipckit channel")
+            self._channels.append(channel)
+
+    def run(self, jobs: Sequence[Job]) -> list[Any]:
+        n, k, window = len(jobs), len(self._channels), self.window
+        sends = [c.send for c in self._channels]
+        recvs = [c.recv for c in self._channels]
+        polls = [c.poll for c in self._channels]
+        out: list[Any] = []
+        append = out.append
+        inflight = [0] * k
+        nxt = 0
+        for w in range(k):
+            send = sends[w]
+            while inflight[w] < window and nxt < n:
+                send(jobs[nxt])
+                nxt += 1
+                inflight[w] += 1
+        got = 0
+        turn = 0
+        while got < n:
+            took = False
+            for w in range(k):
+                # At most what was in flight when we came: a worker that answers as fast as we top
+                # it up must not keep the parent from the other one.
+                budget = inflight[w]
+                if not budget:
+                    continue
+                poll, recv, send = polls[w], recvs[w], sends[w]
+                while budget and poll(0):
+                    append(recv())
+                    got += 1
+                    budget -= 1
+                    took = True
+                    if nxt < n:
+                        send(jobs[nxt])
+                        nxt += 1
+                    else:
+                        inflight[w] -= 1
+            if not took:
+                # Nothing waiting anywhere: block on the workers in turn instead of spinning, which
+                # would take the CPU from the workers when they share it (placement `same`).
+                w = turn
+                turn = (turn + 1) % k
+                if inflight[w]:
+                    append(recvs[w]())
+                    got += 1
+                    if nxt < n:
+                        sends[w](jobs[nxt])
+                        nxt += 1
+                    else:
+                        inflight[w] -= 1
+        return out
+
+    def _abort(self) -> None:
+        for c in self._channels:
+            c.close()  # wakes a recv blocked in run()
+
+    def _stop(self) -> None:
+        try:
+            if not self.aborted:
+                for c in self._channels:
+                    try:
+                        c.send(None)
+                    except ipckit.IPCError:
+                        pass  # that worker is gone; it is killed below
+            for p in self._procs:
+                p.join(5.0)
+                if p.is_alive():
+                    p.kill()
+                    p.join(5.0)
+        finally:
+            # The parent's own ends first, then the child ends it kept (see IpckitSubject.prepare).
+            for closer in [*(link.close for link in self._links), *(p.cleanup for p in self._prepared)]:
+                try:
+                    closer()
+                except Exception:
+                    pass
+            for p in self._procs:
+                try:
+                    p.close()
+                except ValueError:
+                    pass
+            self._links, self._channels, self._prepared, self._procs = [], [], [], []
+
+
+class _QueuePool(WorkerPool):
+    """The hand-written pool: one task queue, one result queue, ``None`` per worker to stop."""
+
+    def __init__(self, workers: int, cpus: set[int] | None, timeout: float) -> None:
+        super().__init__("mp.Queue", "baseline", workers, cpus, timeout)
+        self._tasks: Any = None
+        self._results: Any = None
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+
+    def _start(self) -> None:
+        self._tasks, self._results = SPAWN.Queue(), SPAWN.Queue()
+        for i in range(self.n_workers):
+            proc = SPAWN.Process(target=_queue_worker, args=(self._tasks, self._results, self.cpus),
+                                 name=f"ipckit-bench-pool-mp.Queue-{i}", daemon=True)
+            proc.start()
+            self._procs.append(proc)
+
+    def run(self, jobs: Sequence[Job]) -> list[Any]:
+        put, get = self._tasks.put, self._results.get
+        for job in jobs:
+            put(job)
+        out: list[Any] = []
+        append = out.append
+        for _ in range(len(jobs)):
+            r = get()
+            if r is None:  # the watchdog's marker (see _abort)
+                raise RuntimeError("mp.Queue pool aborted")
+            append(r)
+        return out
+
+    def _abort(self) -> None:
+        for p in self._procs:
+            if p.is_alive():
+                p.kill()
+        self._results.put(None)  # wakes a get() blocked in run()
+
+    def _stop(self) -> None:
+        if self._tasks is None:
+            return
+        try:
+            if not self.aborted:
+                for _ in self._procs:
+                    self._tasks.put(None)
+            for p in self._procs:
+                p.join(5.0)
+                if p.is_alive():
+                    p.kill()
+                    p.join(5.0)
+        finally:
+            for q in (self._tasks, self._results):
+                if self.aborted:
+                    q.cancel_join_thread()  # its buffer may never drain into a dead worker
+                q.close()
+                q.join_thread()
+            for p in self._procs:
+                p.close()
+            self._tasks = self._results = None
+            self._procs = []
+
+
+class _MpPool(WorkerPool):
+    """``multiprocessing.Pool(2).imap_unordered(handle_job, jobs, chunksize=1)``."""
+
+    def __init__(self, workers: int, cpus: set[int] | None, timeout: float) -> None:
+        super().__init__("mp.Pool", "baseline", workers, cpus, timeout)
+        self._pool: Any = None
+
+    def _start(self) -> None:
+        self._pool = SPAWN.Pool(self.n_workers, initializer=_pin, initargs=(self.cpus,))
+
+    def run(self, jobs: Sequence[Job]) -> list[Any]:
+        # next(timeout) costs what next() does and raises instead of hanging if a worker died
+        # (the pool replaces it and its job is never answered).
+        nxt = self._pool.imap_unordered(handle_job, jobs, chunksize=1).next
+        timeout = self.timeout
+        return [nxt(timeout) for _ in range(len(jobs))]
+
+    def _abort(self) -> None:
+        pass  # run() times out by itself; close() terminates
+
+    def _stop(self) -> None:
+        if self._pool is None:
+            return
+        if self.aborted:
+            self._pool.terminate()
+        else:
+            self._pool.close()
+        self._pool.join()
+        self._pool = None
+
+
+class _ExecutorPool(WorkerPool):
+    """``concurrent.futures.ProcessPoolExecutor(2).map(handle_job, jobs)`` (default chunksize 1)."""
+
+    def __init__(self, workers: int, cpus: set[int] | None, timeout: float) -> None:
+        super().__init__("cf.ProcessPool", "baseline", workers, cpus, timeout)
+        self._ex: ProcessPoolExecutor | None = None
+
+    def _start(self) -> None:
+        self._ex = ProcessPoolExecutor(self.n_workers, mp_context=SPAWN, initializer=_pin, initargs=(self.cpus,))
+
+    def run(self, jobs: Sequence[Job]) -> list[Any]:
+        assert self._ex is not None
+        return list(self._ex.map(handle_job, jobs, timeout=self.timeout))
+
+    def _abort(self) -> None:
+        pass  # the killed workers break the executor: map() raises BrokenProcessPool
+
+    def _stop(self) -> None:
+        if self._ex is not None:
+            self._ex.shutdown(wait=True, cancel_futures=self.aborted)
+            self._ex = None
+
+
+@dataclass
+class PoolSpec:
+    """A pool subject: how to start it."""
+
+    name: str
+    kind: str  # "ipckit" or "baseline"
+    note: str
+    factory: Callable[[int, set[int] | None, float], WorkerPool]
+
+
+def pool_subjects(backends: list[str] | None = None,
+                  urls: dict[str, str] | None = None) -> tuple[list[PoolSpec], list[SkippedSubject]]:
+    """The ipckit subjects (as :func:`~.links.ipckit_subjects` selects them) then the baselines.
+
+    The baselines are always there: they are what the ratios are taken against.
+    """
+    subjects, skipped = ipckit_subjects(backends, urls)
+    specs = [PoolSpec(s.name, "ipckit", f"one {s.url} channel per worker ({s.note}), window {WINDOW}",
+                      functools.partial(_ChannelPool, s))
+             for s in subjects]
+    specs += [
+        PoolSpec("mp.Queue", "baseline", "task + result multiprocessing.Queue, None to stop", _QueuePool),
+        PoolSpec("mp.Pool", "baseline", "multiprocessing.Pool.imap_unordered, chunksize=1", _MpPool),
+        PoolSpec("cf.ProcessPool", "baseline", "concurrent.futures.ProcessPoolExecutor.map", _ExecutorPool),
+    ]
+    return specs, skipped
+
+
+def open_pool(spec: PoolSpec, workers: int = WORKERS, cpus: set[int] | None = None,
+              timeout: float = 60.0) -> WorkerPool:
+    """Start and warm up *spec*'s pool (workers pinned to *cpus*); the caller closes it."""
+    pool = spec.factory(workers, cpus, timeout)
+    try:
+        pool.start()
+    except BaseException:
+        pool.close()
+        raise
+    return pool
+
+
+class _Watchdog:
+    """Aborts *pool* if the block runs past the pool's timeout: a hung worker cannot hang the run."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self._timer = threading.Timer(pool.timeout, pool.abort)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self._timer.cancel()
+        if self.pool.aborted:
+            raise TimeoutError(f"{self.pool.name}: aborted after {self.pool.timeout:.0f} s") from exc
+
+
+# ------------------------------------------------------------------------------ measurement
+@dataclass
+class _Sample:
+    elapsed: float
+    parent_cpu: float
+    worker_cpu: float
+    steal: tuple[int, int]  # (steal ticks, total ticks) during the repeat
+
+
+def _timed_run(pool: WorkerPool, jobs: Sequence[Job]) -> _Sample:
+    from .runner import read_steal
+
+    steal0 = read_steal()
+    w0 = pool.worker_cpu_s()
+    c0 = time.process_time()
+    with _Watchdog(pool):  # started before the clock: its thread costs nothing in the timed region
+        t0 = time.perf_counter()
+        results = pool.run(jobs)
+        t1 = time.perf_counter()
+    c1 = time.process_time()
+    w1 = pool.worker_cpu_s()
+    steal1 = read_steal()
+    check_results(jobs, results)
+    return _Sample(t1 - t0, c1 - c0, w1 - w0, (steal1[0] - steal0[0], steal1[1] - steal0[1]))
+
+
+def _cell(spec: PoolSpec, placement: str, n: int, samples: list[_Sample], error: str | None) -> Cell:
+    from .runner import steal_pct
+
+    cell = Cell(spec.name, spec.kind, "pool", placement, BLOB_SIZE, error=error)
+    cell.extra = {"jobs": n, "workers": WORKERS, "note": spec.note}
+    if error is not None or not samples:
+        return cell
+    rates = [n / s.elapsed for s in samples]
+    median = statistics.median(rates)
+    parent = sum(s.parent_cpu for s in samples)
+    workers = sum(s.worker_cpu for s in samples)
+    cell.count = n
+    cell.elapsed_s = statistics.median(s.elapsed for s in samples)
+    cell.msg_s = median
+    cell.mean_us = 1e6 / median
+    cell.parent_cpu_s, cell.child_cpu_s = parent, workers
+    cell.cpu_us_per_msg = 1e6 * (parent + workers) / (n * len(samples))
+    cell.steal_pct = steal_pct((0, 0), (sum(s.steal[0] for s in samples), sum(s.steal[1] for s in samples)))
+    cell.verified = True
+    cell.extra.update(repeats=len(samples), jobs_s_runs=rates, min_jobs_s=min(rates), max_jobs_s=max(rates),
+                      spread_pct=100.0 * (max(rates) - min(rates)) / median)
+    return cell
+
+
+ProgressFn = Callable[[str, "Cell | None"], None]
+
+
+def pool_cell_count(cfg: BenchConfig) -> int:
+    """Cells :func:`measure_pool` returns for one placement (for a progress bar's total)."""
+    return len(pool_subjects(cfg.backends, cfg.urls)[0])
+
+
+def measure_pool(cfg: BenchConfig, placement: str, child_cpus: set[int] | None,
+                 progress: ProgressFn | None = None) -> list[Cell]:
+    """One ``pool`` cell per subject for *placement*; the caller has pinned this process already.
+
+    *child_cpus* pins the workers (None: unpinned).  *progress* is called as
+    ``progress(description, cell_or_None)``.  A subject that fails gets a cell with ``error``.
+    """
+    def tick(desc: str, cell: Cell | None = None) -> None:
+        if progress is not None:
+            progress(desc, cell)
+
+    specs, _ = pool_subjects(cfg.backends, cfg.urls)
+    jobs = make_jobs(cfg.pool_jobs)
+    pools: dict[str, WorkerPool] = {}
+    errors: dict[str, str] = {}
+    samples: dict[str, list[_Sample]] = {s.name: [] for s in specs}
+    try:
+        for spec in specs:
+            tick(f"[{placement}] pool: starting {spec.name}")
+            try:
+                pools[spec.name] = open_pool(spec, WORKERS, child_cpus, cfg.cell_timeout)
+            except Exception as exc:
+                errors[spec.name] = f"could not start the pool: {exc!r}"
+        for r in range(max(1, cfg.pool_repeats)):
+            for spec in specs:
+                pool = pools.get(spec.name)
+                if pool is None:
+                    continue
+                tick(f"[{placement}] pool {spec.name} {r + 1}/{cfg.pool_repeats}")
+                try:
+                    samples[spec.name].append(_timed_run(pool, jobs))
+                except Exception as exc:
+                    errors[spec.name] = repr(exc)
+                    pools.pop(spec.name).close()
+    finally:
+        for pool in pools.values():
+            pool.close()
+    cells = []
+    for spec in specs:
+        cell = _cell(spec, placement, len(jobs), samples[spec.name], errors.get(spec.name))
+        cells.append(cell)
+        tick(f"[{placement}] pool {spec.name}", cell)
+    return cells
