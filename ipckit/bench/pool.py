@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 import ipckit
@@ -114,9 +115,15 @@ def check_results(jobs: Sequence[Job], results: Sequence[Any]) -> None:
         raise AssertionError(f"{missing} of {n} results never came back")
 
 
-def _pin(cpus: set[int] | None) -> None:
+def _ready(cpus: set[int] | None, ready: Connection) -> None:
+    """A worker's first step (a Pool's initializer): pin itself, then tell the parent its pid."""
     if cpus is not None:
         os.sched_setaffinity(0, cpus)
+    try:
+        ready.send(os.getpid())  # one small write: atomic, however many workers share the pipe
+        ready.close()
+    except OSError:
+        pass  # the parent gave up waiting; it stops this pool
 
 
 def _process_cpu_s(pid: int) -> float:
@@ -141,8 +148,8 @@ def _process_cpu_s(pid: int) -> float:
 
 
 # ---------------------------------------------------------------------------------- workers
-def _channel_worker(child_arg: ChildArg, cpus: set[int] | None) -> None:
-    _pin(cpus)
+def _channel_worker(child_arg: ChildArg, cpus: set[int] | None, ready: Connection) -> None:
+    _ready(cpus, ready)
     link = child_arg.open()
     channel = getattr(link, "conn")  # noqa: B009 - a Link need not have one; the ipckit links do
     send, recv = channel.send, channel.recv
@@ -153,8 +160,8 @@ def _channel_worker(child_arg: ChildArg, cpus: set[int] | None) -> None:
         link.close()
 
 
-def _queue_worker(tasks: Any, results: Any, cpus: set[int] | None) -> None:
-    _pin(cpus)
+def _queue_worker(tasks: Any, results: Any, cpus: set[int] | None, ready: Connection) -> None:
+    _ready(cpus, ready)
     get, put = tasks.get, results.put
     while (job := get()) is not None:
         put(handle_job(job))
@@ -179,17 +186,31 @@ class WorkerPool:
         self.aborted = False
 
     def start(self) -> None:
-        before = {p.pid for p in multiprocessing.active_children()}
-        self._start()
-        # Warm up through run(): the executor starts its workers on demand, and a spawned worker
-        # still importing would be counted in the first timed repeat.
+        """Start the workers, wait until every one is pinned and running, warm them up."""
+        ready_r, ready_w = SPAWN.Pipe(duplex=False)
+        try:
+            self._start(ready_w)
+            # The executor starts its workers on demand, and one worker can take all the jobs of a
+            # pool while the other still imports: jobs first, then wait for both, then jobs again.
+            self._warm_up()
+            pids: set[int] = set()
+            while len(pids) < self.n_workers:
+                if not ready_r.poll(self.timeout):
+                    raise RuntimeError(f"{self.name}: {len(pids)} of {self.n_workers} workers started")
+                pids.add(ready_r.recv())
+        finally:
+            ready_r.close()
+            ready_w.close()
+        self.workers = [p for p in multiprocessing.active_children() if p.pid in pids]
+        if len(self.workers) != self.n_workers:
+            raise RuntimeError(f"{self.name} runs {len(self.workers)} of its {self.n_workers} worker processes")
+        self._warm_up()
+
+    def _warm_up(self) -> None:
         jobs = make_jobs(WARMUP_JOBS)
         with _Watchdog(self):
             results = self.run(jobs)
         check_results(jobs, results)
-        self.workers = [p for p in multiprocessing.active_children() if p.pid not in before]
-        if len(self.workers) != self.n_workers:
-            raise RuntimeError(f"{self.name} runs {len(self.workers)} worker processes, not {self.n_workers}")
 
     def worker_cpu_s(self) -> float:
         return sum(_process_cpu_s(p.pid) for p in self.workers if p.pid is not None)
@@ -231,7 +252,7 @@ class WorkerPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _start(self) -> None:
+    def _start(self, ready: Connection) -> None:
         raise NotImplementedError
 
     def _abort(self) -> None:
@@ -254,12 +275,12 @@ class _ChannelPool(WorkerPool):
         self._channels: list[ipckit.Channel] = []
         self._links: list[Any] = []
 
-    def _start(self) -> None:
+    def _start(self, ready: Connection) -> None:
         for i in range(self.n_workers):
             prepared = self.subject.prepare()
             self._prepared.append(prepared)
             proc: multiprocessing.process.BaseProcess = SPAWN.Process(
-                target=_channel_worker, args=(prepared.child_arg, self.cpus),
+                target=_channel_worker, args=(prepared.child_arg, self.cpus, ready),
                 name=f"ipckit-bench-pool-{self.name}-{i}", daemon=True)
             proc.start()
             self._procs.append(proc)
@@ -367,10 +388,10 @@ class _QueuePool(WorkerPool):
         self._results: Any = None
         self._procs: list[multiprocessing.process.BaseProcess] = []
 
-    def _start(self) -> None:
+    def _start(self, ready: Connection) -> None:
         self._tasks, self._results = SPAWN.Queue(), SPAWN.Queue()
         for i in range(self.n_workers):
-            proc = SPAWN.Process(target=_queue_worker, args=(self._tasks, self._results, self.cpus),
+            proc = SPAWN.Process(target=_queue_worker, args=(self._tasks, self._results, self.cpus, ready),
                                  name=f"ipckit-bench-pool-mp.Queue-{i}", daemon=True)
             proc.start()
             self._procs.append(proc)
@@ -425,8 +446,8 @@ class _MpPool(WorkerPool):
         super().__init__("mp.Pool", "baseline", workers, cpus, timeout)
         self._pool: Any = None
 
-    def _start(self) -> None:
-        self._pool = SPAWN.Pool(self.n_workers, initializer=_pin, initargs=(self.cpus,))
+    def _start(self, ready: Connection) -> None:
+        self._pool = SPAWN.Pool(self.n_workers, initializer=_ready, initargs=(self.cpus, ready))
 
     def run(self, jobs: Sequence[Job]) -> list[Any]:
         # next(timeout) costs what next() does and raises instead of hanging if a worker died
@@ -456,8 +477,9 @@ class _ExecutorPool(WorkerPool):
         super().__init__("cf.ProcessPool", "baseline", workers, cpus, timeout)
         self._ex: ProcessPoolExecutor | None = None
 
-    def _start(self) -> None:
-        self._ex = ProcessPoolExecutor(self.n_workers, mp_context=SPAWN, initializer=_pin, initargs=(self.cpus,))
+    def _start(self, ready: Connection) -> None:
+        self._ex = ProcessPoolExecutor(self.n_workers, mp_context=SPAWN, initializer=_ready,
+                                       initargs=(self.cpus, ready))
 
     def run(self, jobs: Sequence[Job]) -> list[Any]:
         assert self._ex is not None

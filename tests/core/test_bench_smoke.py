@@ -35,7 +35,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> BenchReport:
     # iceoryx2 (optional third-party baseline) keeps a global /dev/shm management segment by design,
     # which the machine-wide leak guard would report on a fresh machine: not part of the smoke run.
     baselines = ",".join(b for b in [*BASELINES, "memcpy"] if b != "iceoryx2")
-    rc = main(["--sizes", "64,4KiB", "--obj-sizes", "64,64KiB",
+    rc = main(["--sizes", "64,4KiB", "--obj-sizes", "64,64KiB", "--pool-jobs", "200", "--pool-repeats", "2",
                "--duration", "0.005", "--placement", PLACEMENT, "--baselines", baselines,
                "--serializers",
                "pickle,msgpack", "--no-progress", "--json", str(out / "r.json"), "--plot", str(out / "plots"),
@@ -116,6 +116,20 @@ def test_object_workloads_cover_every_subject_with_an_object_path(report: BenchR
         assert not subjects & {"os.pipe", "os.pipe+hdr20", "unix.socket"}
         assert {c.extra["object"] for c in cells} == {"dict", "ndarray"}
     assert "Objects through send/recv" in (Path(report.meta["_out"]) / "r.md").read_text()
+
+
+def test_pool_workload_covers_every_ipckit_subject_and_the_pool_baselines(report: BenchReport) -> None:
+    """200 dict jobs to two workers, twice per subject: every result came back once (verified)."""
+    cells = [c for c in report.cells if c.workload == "pool"]
+    measured = {c.subject for c in report.cells if c.kind == "ipckit" and c.workload == "rtt"}
+    assert {c.subject for c in cells} == measured | {"mp.Queue", "mp.Pool", "cf.ProcessPool"}
+    for c in cells:
+        assert c.error is None and c.verified and c.placement == PLACEMENT, c
+        assert c.count == 200 and c.extra["repeats"] == 2
+        assert c.msg_s is not None and 0 < c.extra["min_jobs_s"] <= c.msg_s <= c.extra["max_jobs_s"]
+        assert c.cpu_us_per_msg is not None and c.cpu_us_per_msg > 0
+    md = (Path(report.meta["_out"]) / "r.md").read_text()
+    assert "**Worker pool, 200 small dict jobs" in md and "÷ mp.Queue" in md
 
 
 def test_busy_placement_runs_unpinned_beside_cpu_hogs() -> None:
