@@ -62,6 +62,7 @@ __all__ = [
     "WINDOW",
     "WORKERS",
     "WARMUP_JOBS",
+    "EXECUTOR_MAX_JOBS",
     "REFERENCES",
 ]
 
@@ -74,6 +75,9 @@ WORKERS = 2
 #: Jobs through every pool before timing: the spawned workers have imported everything and the
 #: lazily started ones (ProcessPoolExecutor) all exist.
 WARMUP_JOBS = 200
+#: ProcessPoolExecutor runs about a tenth of the others' jobs/s: 10,000 jobs would take it seconds
+#: a repeat, so it gets fewer (its cell says how many).
+EXECUTOR_MAX_JOBS = 2000
 #: The pool tables show jobs/s ratios against these two.
 REFERENCES = ("mp.Queue", "mp.Pool")
 
@@ -181,7 +185,7 @@ class WorkerPool:
         self.n_workers = workers
         self.cpus = cpus
         self.timeout = timeout
-        #: The worker processes, found as the multiprocessing children that appeared on start.
+        #: The worker processes: the multiprocessing children that reported ready on start.
         self.workers: list[multiprocessing.process.BaseProcess] = []
         self.aborted = False
 
@@ -502,6 +506,8 @@ class PoolSpec:
     kind: str  # "ipckit" or "baseline"
     note: str
     factory: Callable[[int, set[int] | None, float], WorkerPool]
+    #: Jobs a repeat at most (a rate, so comparable): keeps a slow pool's cell near a second.
+    max_jobs: int | None = None
 
 
 def pool_subjects(backends: list[str] | None = None,
@@ -517,7 +523,9 @@ def pool_subjects(backends: list[str] | None = None,
     specs += [
         PoolSpec("mp.Queue", "baseline", "task + result multiprocessing.Queue, None to stop", _QueuePool),
         PoolSpec("mp.Pool", "baseline", "multiprocessing.Pool.imap_unordered, chunksize=1", _MpPool),
-        PoolSpec("cf.ProcessPool", "baseline", "concurrent.futures.ProcessPoolExecutor.map", _ExecutorPool),
+        PoolSpec("cf.ProcessPool", "baseline",
+                 f"concurrent.futures.ProcessPoolExecutor.map, at most {EXECUTOR_MAX_JOBS} jobs a repeat",
+                 _ExecutorPool, max_jobs=EXECUTOR_MAX_JOBS),
     ]
     return specs, skipped
 
@@ -640,7 +648,7 @@ def measure_pool(cfg: BenchConfig, placement: str, child_cpus: set[int] | None,
                     continue
                 tick(f"[{placement}] pool {spec.name} {r + 1}/{cfg.pool_repeats}")
                 try:
-                    samples[spec.name].append(_timed_run(pool, jobs))
+                    samples[spec.name].append(_timed_run(pool, jobs[:spec.max_jobs]))
                 except Exception as exc:
                     errors[spec.name] = repr(exc)
                     pools.pop(spec.name).close()
@@ -649,7 +657,7 @@ def measure_pool(cfg: BenchConfig, placement: str, child_cpus: set[int] | None,
             pool.close()
     cells = []
     for spec in specs:
-        cell = _cell(spec, placement, len(jobs), samples[spec.name], errors.get(spec.name))
+        cell = _cell(spec, placement, len(jobs[:spec.max_jobs]), samples[spec.name], errors.get(spec.name))
         cells.append(cell)
         tick(f"[{placement}] pool {spec.name}", cell)
     return cells

@@ -181,6 +181,12 @@ def _pool_spread(c: Cell) -> str:
     return "-" if lo is None or hi is None else f"{fmt_num(lo)}..{fmt_num(hi)}"
 
 
+def _pool_subject(c: Cell, jobs: object) -> str:
+    """The subject, with its job count where it ran fewer jobs than the title says."""
+    n = c.extra.get("jobs")
+    return c.subject if n in (None, jobs) else f"{c.subject} ({n} jobs)"
+
+
 def _pool_table(report: BenchReport, placement: str) -> Table:
     from rich.table import Table
 
@@ -195,7 +201,8 @@ def _pool_table(report: BenchReport, placement: str) -> Table:
         if c.error:
             t.add_row(c.subject, f"[red]error: {c.error[:70]}[/red]")
             continue
-        t.add_row(f"[{_style(c.kind)}]{c.subject}[/]" if _style(c.kind) else c.subject, fmt_num(c.msg_s),
+        name = _pool_subject(c, jobs)
+        t.add_row(f"[{_style(c.kind)}]{name}[/]" if _style(c.kind) else name, fmt_num(c.msg_s),
                   _pool_spread(c), *(fmt_ratio(_pool_ratio(report, c, r)) for r in POOL_REFERENCES),
                   fmt_us(c.cpu_us_per_msg), "-" if c.steal_pct is None else f"{c.steal_pct:.1f}",
                   str(c.extra.get("repeats", "")))
@@ -210,7 +217,7 @@ def _pool_markdown(report: BenchReport, placement: str) -> str:
         if c.error:
             rows.append([c.subject, "error", "", "", ""])
             continue
-        rows.append([c.subject, f"{fmt_num(c.msg_s)} ({_pool_spread(c)})",
+        rows.append([_pool_subject(c, jobs), f"{fmt_num(c.msg_s)} ({_pool_spread(c)})",
                      *(fmt_ratio(_pool_ratio(report, c, r)) for r in POOL_REFERENCES), fmt_us(c.cpu_us_per_msg)])
     head = (f"**Worker pool, {jobs} small dict jobs to 2 workers and back, placement `{placement}`** — jobs/s "
             "median (min..max of the repeats); ratio is jobs/s ÷ the baseline's, higher is better\n")
