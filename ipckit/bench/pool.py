@@ -569,9 +569,14 @@ class _Sample:
     steal: tuple[int, int]  # (steal ticks, total ticks) during the repeat
 
 
-def _timed_run(pool: WorkerPool, jobs: Sequence[Job]) -> _Sample:
-    from .runner import read_steal
+StealFn = Callable[[], tuple[int, int]]
 
+
+def _no_steal() -> tuple[int, int]:
+    return 0, 0
+
+
+def _timed_run(pool: WorkerPool, jobs: Sequence[Job], read_steal: StealFn) -> _Sample:
     steal0 = read_steal()
     w0 = pool.worker_cpu_s()
     c0 = time.process_time()
@@ -587,8 +592,6 @@ def _timed_run(pool: WorkerPool, jobs: Sequence[Job]) -> _Sample:
 
 
 def _cell(spec: PoolSpec, placement: str, n: int, samples: list[_Sample], error: str | None) -> Cell:
-    from .runner import steal_pct
-
     cell = Cell(spec.name, spec.kind, "pool", placement, BLOB_SIZE, error=error)
     cell.extra = {"jobs": n, "workers": WORKERS, "note": spec.note}
     if error is not None or not samples:
@@ -603,7 +606,8 @@ def _cell(spec: PoolSpec, placement: str, n: int, samples: list[_Sample], error:
     cell.mean_us = 1e6 / median
     cell.parent_cpu_s, cell.child_cpu_s = parent, workers
     cell.cpu_us_per_msg = 1e6 * (parent + workers) / (n * len(samples))
-    cell.steal_pct = steal_pct((0, 0), (sum(s.steal[0] for s in samples), sum(s.steal[1] for s in samples)))
+    ticks = sum(s.steal[1] for s in samples)
+    cell.steal_pct = 100.0 * sum(s.steal[0] for s in samples) / ticks if ticks > 0 else None
     cell.verified = True
     cell.extra.update(repeats=len(samples), jobs_s_runs=rates, min_jobs_s=min(rates), max_jobs_s=max(rates),
                       spread_pct=100.0 * (max(rates) - min(rates)) / median)
@@ -619,11 +623,13 @@ def pool_cell_count(cfg: BenchConfig) -> int:
 
 
 def measure_pool(cfg: BenchConfig, placement: str, child_cpus: set[int] | None,
-                 progress: ProgressFn | None = None) -> list[Cell]:
+                 progress: ProgressFn | None = None, read_steal: StealFn = _no_steal) -> list[Cell]:
     """One ``pool`` cell per subject for *placement*; the caller has pinned this process already.
 
     *child_cpus* pins the workers (None: unpinned).  *progress* is called as
-    ``progress(description, cell_or_None)``.  A subject that fails gets a cell with ``error``.
+    ``progress(description, cell_or_None)``.  *read_steal* returns the host's ``(steal, total)``
+    CPU ticks (the runner's ``read_steal``; the runner imports this module, so it hands it in);
+    without it ``steal_pct`` is None.  A subject that fails gets a cell with ``error``.
     """
     def tick(desc: str, cell: Cell | None = None) -> None:
         if progress is not None:
@@ -648,7 +654,7 @@ def measure_pool(cfg: BenchConfig, placement: str, child_cpus: set[int] | None,
                     continue
                 tick(f"[{placement}] pool {spec.name} {r + 1}/{cfg.pool_repeats}")
                 try:
-                    samples[spec.name].append(_timed_run(pool, jobs[:spec.max_jobs]))
+                    samples[spec.name].append(_timed_run(pool, jobs[:spec.max_jobs], read_steal))
                 except Exception as exc:
                     errors[spec.name] = repr(exc)
                     pools.pop(spec.name).close()

@@ -860,7 +860,7 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
                         cells.append(measure_memcpy(size, cfg.duration, placement))
                         tick(f"[{placement}] memcpy {fmt_size(size)}", cells[-1])
                 if "pool" in cfg.workloads:
-                    cells += measure_pool(cfg, placement, child_cpus, tick)
+                    cells += measure_pool(cfg, placement, child_cpus, tick, read_steal)
             finally:
                 for peer in peers:
                     peer.close()
