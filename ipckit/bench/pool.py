@@ -188,23 +188,20 @@ class WorkerPool:
         #: The worker processes: the multiprocessing children that reported ready on start.
         self.workers: list[multiprocessing.process.BaseProcess] = []
         self.aborted = False
+        # Open until close(): a Pool that replaces a dead worker hands the new one this pipe again.
+        self._ready_r, self._ready_w = SPAWN.Pipe(duplex=False)
 
     def start(self) -> None:
         """Start the workers, wait until every one is pinned and running, warm them up."""
-        ready_r, ready_w = SPAWN.Pipe(duplex=False)
-        try:
-            self._start(ready_w)
-            # The executor starts its workers on demand, and one worker can take all the jobs of a
-            # pool while the other still imports: jobs first, then wait for both, then jobs again.
-            self._warm_up()
-            pids: set[int] = set()
-            while len(pids) < self.n_workers:
-                if not ready_r.poll(self.timeout):
-                    raise RuntimeError(f"{self.name}: {len(pids)} of {self.n_workers} workers started")
-                pids.add(ready_r.recv())
-        finally:
-            ready_r.close()
-            ready_w.close()
+        self._start(self._ready_w)
+        # The executor starts its workers on demand, and one worker can take all the jobs of a
+        # pool while the other still imports: jobs first, then wait for both, then jobs again.
+        self._warm_up()
+        pids: set[int] = set()
+        while len(pids) < self.n_workers:
+            if not self._ready_r.poll(self.timeout):
+                raise RuntimeError(f"{self.name}: {len(pids)} of {self.n_workers} workers started")
+            pids.add(self._ready_r.recv())
         self.workers = [p for p in multiprocessing.active_children() if p.pid in pids]
         if len(self.workers) != self.n_workers:
             raise RuntimeError(f"{self.name} runs {len(self.workers)} of its {self.n_workers} worker processes")
@@ -223,9 +220,16 @@ class WorkerPool:
         raise NotImplementedError
 
     def abort(self) -> None:
+        """Kill the workers and wake :meth:`run`; :meth:`close` then stops the pool the hard way.
+
+        Also what a failed run calls: a pool with a lost job cannot be stopped politely
+        (``multiprocessing.Pool.join`` would wait for that job forever).
+        """
         self.aborted = True
         try:
             self._abort()
+        except Exception:
+            pass  # best effort: the workers are killed below either way
         finally:
             for p in self.workers:
                 try:
@@ -249,11 +253,15 @@ class WorkerPool:
                 except ValueError:
                     pass  # already closed by _stop
             self.workers = []
+            self._ready_r.close()
+            self._ready_w.close()
 
     def __enter__(self) -> WorkerPool:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self.abort()
         self.close()
 
     def _start(self, ready: Connection) -> None:
@@ -399,7 +407,8 @@ class _QueuePool(WorkerPool):
         for p in self._procs:
             if p.is_alive():
                 p.kill()
-        self._results.put(None)  # wakes a get() blocked in run()
+        if self._results is not None:
+            self._results.put(None)  # wakes a get() blocked in run()
 
     def _stop(self) -> None:
         if self._tasks is None:
@@ -414,8 +423,9 @@ class _QueuePool(WorkerPool):
                     p.kill()
                     p.join(5.0)
         finally:
+            broken = self.aborted or any(p.exitcode != 0 for p in self._procs)
             for q in (self._tasks, self._results):
-                if self.aborted:
+                if broken:
                     q.cancel_join_thread()  # its buffer may never drain into a dead worker
                 q.close()
                 q.join_thread()
@@ -519,6 +529,7 @@ def open_pool(spec: PoolSpec, workers: int = WORKERS, cpus: set[int] | None = No
     try:
         pool.start()
     except BaseException:
+        pool.abort()
         pool.close()
         raise
     return pool
@@ -639,7 +650,8 @@ def measure_pool(cfg: BenchConfig, placement: str, child_cpus: set[int] | None,
                     samples[spec.name].append(_timed_run(pool, jobs[:spec.max_jobs], read_steal))
                 except Exception as exc:
                     errors[spec.name] = repr(exc)
-                    pools.pop(spec.name).close()
+                    pools.pop(spec.name).abort()
+                    pool.close()
     finally:
         for pool in pools.values():
             pool.close()

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from rich.console import Console
 
 from ipckit.bench import BenchConfig, print_report, run, to_markdown
+from ipckit.bench import pool as pool_module
+from ipckit.bench.links import ipckit_subjects
 from ipckit.bench.pool import (
     WARMUP_JOBS,
+    Job,
     PoolSpec,
+    WorkerPool,
+    _ChannelPool,
     check_results,
     handle_job,
     make_jobs,
@@ -74,6 +81,32 @@ def test_a_dead_worker_fails_the_run_and_the_pool_still_cleans_up() -> None:
         pool.workers[0].join()
         with pytest.raises(PeerDied):
             pool.run(make_jobs(1000))
+
+
+class _LossyPool(_ChannelPool):
+    """Drops a result of every timed run (the warm-up runs are smaller and stay intact)."""
+
+    def run(self, jobs: Sequence[Job]) -> list[Any]:
+        results = super().run(jobs)
+        return results[1:] if len(jobs) > WARMUP_JOBS else results
+
+
+def _broken(workers: int, cpus: set[int] | None, timeout: float) -> WorkerPool:
+    raise RuntimeError("cannot start")
+
+
+def test_measure_pool_reports_failed_subjects_and_measures_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    shm = ipckit_subjects(["shm"])[0][0]
+    queue = _spec("mp.Queue")
+    lossy = PoolSpec("lossy", "ipckit", "", lambda w, c, t: _LossyPool(shm, w, c, t))
+    monkeypatch.setattr(pool_module, "pool_subjects",
+                        lambda *a: ([lossy, PoolSpec("broken", "ipckit", "", _broken), queue], []))
+    cells = measure_pool(BenchConfig(pool_jobs=WARMUP_JOBS + 1, pool_repeats=2), "none", None)
+    by_name = {c.subject: c for c in cells}
+    assert by_name["lossy"].error is not None and "1 of 201 results never came back" in by_name["lossy"].error
+    assert by_name["broken"].error == "could not start the pool: RuntimeError('cannot start')"
+    assert by_name["mp.Queue"].error is None and by_name["mp.Queue"].extra["repeats"] == 2
+    assert not by_name["lossy"].verified and by_name["lossy"].msg_s is None
 
 
 def test_measure_pool_cells() -> None:
