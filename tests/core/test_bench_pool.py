@@ -136,3 +136,16 @@ def test_run_reports_the_pool_per_placement_with_ratios() -> None:
     out = io.StringIO()
     print_report(rep, Console(file=out, width=150))
     assert "Worker pool" in out.getvalue() and "xmp.Queue" in out.getvalue()
+
+
+def test_pool_cli_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from ipckit.bench.__main__ import _config, build_parser
+
+    cfg = _config(build_parser().parse_args(["--workloads", "pool", "--pool-jobs", "500", "--pool-repeats", "4"]))
+    assert (cfg.workloads, cfg.pool_jobs, cfg.pool_repeats) == (["pool"], 500, 4)
+    assert _config(build_parser().parse_args(["--quick"])).pool_jobs == 2000
+    assert BenchConfig().pool_jobs == 10_000 and "pool" in BenchConfig().workloads
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--pool-jobs", bad])
+    assert "positive integer" in capsys.readouterr().err
