@@ -52,7 +52,7 @@ from .errors import (
     from_oserror,
 )
 from .options import Capabilities, Options
-from .serializers import Buffer, Serializer, get_serializer
+from .serializers import Buffer, Serializer, decoder, encoder, get_serializer
 
 __all__ = ["Channel", "Listener", "resolve_serializer", "as_byte_view", "USE_DEFAULT"]
 
@@ -162,9 +162,9 @@ class Channel(ABC):
         self._options = options
         ser = resolve_serializer(options, peer_trusted)
         self._serializer = ser
-        self._dumps = ser.dumps
-        self._loads = ser.loads
-        self._dumps_parts = getattr(ser, "dumps_parts", None)
+        # One call each way (serializers.encoder / decoder): an object costs its serializer's time.
+        self._encode = encoder(ser)
+        self._decode = decoder(ser)
         self._max = options.max_message_size
         # What a send may carry: our own limit, lowered to the peer's once its hello told us
         # (issue 10, A.3), so an oversized message is refused here and never breaks the receiver.
@@ -215,19 +215,21 @@ class Channel(ABC):
         if self._closed:
             raise self._closed_error("send")
         try:
-            if self._dumps_parts is not None:
-                parts: Sequence[Buffer] = self._dumps_parts(obj)
-            else:
-                parts = (self._dumps(obj),)
+            data = self._encode(obj)
         except IPCError:
             raise
         except Exception as exc:
-            raise EncodeError(
-                f"cannot serialize {type(obj).__name__} with {self._serializer.name}: {exc}"
-            ) from exc
-        if len(parts) == 1:
-            self._send_one(parts[0], timeout)  # the path send_bytes takes, fast path included
-            return
+            raise self._encode_error(obj, exc) from exc
+        if type(data) is list:
+            self._send_encoded_parts(data, timeout)
+        else:
+            self._send_one(data, timeout)  # the path send_bytes takes, fast path included
+
+    def _encode_error(self, obj: Any, exc: Exception) -> EncodeError:
+        return EncodeError(f"cannot serialize {type(obj).__name__} with {self._serializer.name}: {exc}")
+
+    def _send_encoded_parts(self, parts: list[Any], timeout: float | None) -> None:
+        """Send a message of several buffers (pickle 5 out-of-band) as one, without joining them."""
         views = [as_byte_view(p) for p in parts]
         total = _nbytes(views)
         if total > self._send_max:
@@ -316,16 +318,17 @@ class Channel(ABC):
             MessageTooLarge / ProtocolError / ChannelBroken: the peer broke the protocol.
         """
         data = self._recv_payload(timeout)
-        view = data if isinstance(data, memoryview) else memoryview(data)
         try:
-            return self._loads(view)
+            return self._decode(data)
         except IPCError:
             raise
         except Exception as exc:
-            raise DecodeError(
-                f"cannot decode a {view.nbytes}-byte message with {self._serializer.name}: {exc!r} "
-                "(do both ends use the same serializer?)"
-            ) from exc
+            raise self._decode_error(data, exc) from exc
+
+    def _decode_error(self, data: Any, exc: Exception) -> DecodeError:
+        n = data.nbytes if isinstance(data, memoryview) else len(data)
+        return DecodeError(f"cannot decode a {n}-byte message with {self._serializer.name}: {exc!r} "
+                           "(do both ends use the same serializer?)")
 
     def recv_bytes(self, timeout: float | None = USE_DEFAULT) -> bytes:
         """Receive one message as ``bytes``, unserialized. Raises as :meth:`recv` (but never DecodeError)."""

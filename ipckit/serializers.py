@@ -16,7 +16,7 @@ import json as _json
 import pickle as _pickle
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from .errors import ConfigurationError, DecodeError, SerializerUnavailable
 
@@ -27,6 +27,8 @@ __all__ = [
     "JsonSerializer",
     "RawSerializer",
     "register_serializer",
+    "decoder",
+    "encoder",
     "get_serializer",
     "serializer_names",
 ]
@@ -53,6 +55,7 @@ class Serializer(Protocol):
 # Out-of-band layout: b"IKOB" | u32 nbuf | u64 pickle_len | nbuf * u64 buf_len | pickle | buffers.
 # A plain protocol-5 pickle starts with b"\x80\x05", so the two are told apart by the first byte.
 _OOB_MAGIC = b"IKOB"
+_OOB_FIRST = _OOB_MAGIC[0]
 _OOB_HEAD = struct.Struct("<4sIQ")
 _U64 = struct.Struct("<Q")
 # Buffers below this size are cheaper to copy into the pickle stream than to send separately.
@@ -64,24 +67,43 @@ class PickleSerializer:
 
     name = "pickle"
     trusted = False
+    loads_any_buffer = True  # loads() takes bytes as well as a memoryview (see decoder())
 
     def dumps(self, obj: Any) -> bytes:
         return _pickle.dumps(obj, protocol=5)
 
     def dumps_parts(self, obj: Any) -> list[Buffer]:
+        data = self.encode(obj)
+        return data if isinstance(data, list) else [data]
+
+    def encode(self, obj: Any) -> Buffer | list[Buffer]:
+        """What a channel sends: one ``bytes`` (most objects), or the parts of a message with
+        out-of-band buffers (see :func:`encoder`)."""
+        # A C-level callback (list.append) costs nothing when there is no buffer, the common case;
+        # a Python one (with the in-band threshold) runs only for objects that have small buffers.
+        found: list[_pickle.PickleBuffer] = []
+        data = _pickle.dumps(obj, protocol=5, buffer_callback=found.append)
+        if not found:
+            return data
+        if any(b.raw().nbytes < _OOB_MIN for b in found):
+            return self._encode_thresholded(obj)
+        return self._parts(data, found)
+
+    def _encode_thresholded(self, obj: Any) -> Buffer | list[Buffer]:
         buffers: list[_pickle.PickleBuffer] = []
 
         def keep(buf: _pickle.PickleBuffer) -> bool:
             # Returning a true value tells pickle to serialise the buffer in-band.
-            raw = buf.raw()
-            if raw.nbytes < _OOB_MIN:
+            if buf.raw().nbytes < _OOB_MIN:
                 return True
             buffers.append(buf)
             return False
 
         data = _pickle.dumps(obj, protocol=5, buffer_callback=keep)
-        if not buffers:
-            return [data]
+        return self._parts(data, buffers) if buffers else data
+
+    @staticmethod
+    def _parts(data: bytes, buffers: list[_pickle.PickleBuffer]) -> list[Buffer]:
         views = [b.raw() for b in buffers]
         head = bytearray(_OOB_HEAD.pack(_OOB_MAGIC, len(views), len(data)))
         for v in views:
@@ -89,7 +111,9 @@ class PickleSerializer:
         return [head, data, *views]
 
     def loads(self, data: memoryview) -> Any:
-        if data[:4] == _OOB_MAGIC:
+        # (The first byte tells them apart without slicing: a pickle starts with 0x80.)
+        if len(data) >= 4 and data[0] == _OOB_FIRST and data[:4] == _OOB_MAGIC:
+            data = memoryview(data)  # (given bytes: the buffers below are views, never copies)
             _magic, nbuf, plen = _OOB_HEAD.unpack_from(data, 0)
             pos = _OOB_HEAD.size
             if nbuf > (len(data) - pos) // 8:
@@ -113,6 +137,7 @@ class MsgpackSerializer:
 
     name = "msgpack"
     trusted = True
+    loads_any_buffer = True  # loads() takes bytes as well as a memoryview (see decoder())
 
     def __init__(self, max_buffer_size: int = 0) -> None:
         import msgpack
@@ -135,6 +160,7 @@ class JsonSerializer:
 
     name = "json"
     trusted = True
+    loads_any_buffer = True  # loads() takes bytes as well as a memoryview (see decoder())
 
     def dumps(self, obj: Any) -> bytes:
         return _json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
@@ -151,6 +177,7 @@ class RawSerializer:
 
     name = "raw"
     trusted = True
+    loads_any_buffer = True  # loads() takes bytes as well as a memoryview (see decoder())
 
     def dumps(self, obj: Any) -> Buffer:
         if isinstance(obj, (bytes, bytearray, memoryview)):
@@ -159,7 +186,7 @@ class RawSerializer:
                         "use serializer='msgpack' or 'pickle' for other objects")
 
     def loads(self, data: memoryview) -> bytes:
-        return bytes(data)
+        return bytes(data)  # (the very object when it is bytes already: no copy)
 
 
 _FACTORIES: dict[str, Callable[[], Serializer]] = {
@@ -241,3 +268,40 @@ def parts_nbytes(parts: Sequence[Buffer]) -> int:
     for p in parts:
         total += p.nbytes if isinstance(p, memoryview) else len(p)
     return total
+
+
+def encoder(ser: Serializer) -> Callable[[Any], Any]:
+    """The one call a channel's ``send`` makes to encode an object: it returns one bytes-like
+    object, or a ``list`` of parts (``dumps_parts``) for a message of several buffers.
+
+    The built-in pickle serializer's own ``encode`` returns ``bytes`` directly for the common case,
+    so a small object costs the serializer's time and one call (issue 11: the object path is the
+    bytes path).
+    """
+    fast = getattr(ser, "encode", None)
+    if fast is not None and isinstance(ser, PickleSerializer):
+        return cast("Callable[[Any], Any]", fast)
+    parts = getattr(ser, "dumps_parts", None)
+    if parts is None:
+        return ser.dumps
+
+    def encode(obj: Any) -> Any:
+        got = parts(obj)
+        return got[0] if len(got) == 1 else list(got)
+
+    return encode
+
+
+def decoder(ser: Serializer) -> Callable[[Any], Any]:
+    """The one call a channel's ``recv`` makes to decode a message, given what the backend
+    received (``bytes``, ``bytearray`` or a ``memoryview``).  A serializer whose ``loads`` declares
+    ``loads_any_buffer = True`` gets it as it is (no view made per message); others get the
+    ``memoryview`` the protocol promises them."""
+    loads = ser.loads
+    if getattr(ser, "loads_any_buffer", False) is True:
+        return loads
+
+    def decode(data: Any) -> Any:
+        return loads(data if isinstance(data, memoryview) else memoryview(data))
+
+    return decode
