@@ -917,3 +917,54 @@ def test_a_slow_fruitless_yield_makes_the_next_waits_block_without_yielding(monk
     assert len(yields) == 1  # no yield at all: straight to the kernel
     assert ws.blocks == 4
 
+
+
+# -- poll()'s fast answer (RingReader.ready_now) -------------------------------------------------
+def test_ready_now_answers_only_what_it_can_read_off_the_words(ring: tuple[R.RingWriter, R.RingReader]) -> None:
+    w, r = ring
+    assert r.ready_now() is False  # nothing committed, writer open
+    assert w.try_write(b"abc")
+    assert r.ready_now() is True  # one whole record
+    view = r.peek()
+    assert view is not None and r.ready_now() is None  # held: peek decides
+    r.release()
+    assert r.ready_now() is False
+    # A streamed message (larger than the ring): its first record is not the whole message.
+    big = bytes(range(256)) * 32  # 8 KiB through a 4 KiB ring
+    assert not w.write([big], len(big))
+    assert r.ready_now() is None
+    got = bytearray()
+    while True:
+        v = r.peek()
+        if v is not None:
+            got += v
+            r.release()
+            break
+        w.pump()
+    assert bytes(got) == big
+    # A slot's record is a whole message too.
+    assert w.write_ref(b"\0" * 16, 1 << 20)
+    assert r.ready_now() is True
+    r._c.own = r._c.own + 64  # (skip it: this ring has no slots to open)
+    r._publish(r._c.own)
+    w.close()
+    assert r.ready_now() is None  # the end: peek decides (EndOfChannel)
+
+
+def test_ready_now_is_none_for_padding_and_abort(ring: tuple[R.RingWriter, R.RingReader]) -> None:
+    w, r = ring
+    half = b"x" * 3000  # a 3072-byte record: the second one does not fit the ring's tail
+    assert w.try_write(half) and r.try_read() == half
+    assert w.write([half], len(half))  # padding at the end, then the record at the start
+    assert r.ready_now() is None  # the padding record leads: peek decides
+    assert r.try_read() == half
+    # A streamed message given up part-way: its first chunk, then an ABORT record.
+    big = b"y" * 10000
+    assert not w.write([big], len(big))
+    assert w.abort()
+    assert r.ready_now() is None
+    assert r.try_read() is None  # the reader took the first chunk, the ring is free again
+    assert w.pump()  # the ABORT record the full ring kept back
+    assert r.ready_now() is None  # the ABORT record (or the message being reassembled)
+    assert r.try_read() is None  # the partial message is dropped, nothing else waits
+    assert r.ready_now() is False

@@ -693,6 +693,28 @@ class RingReader(Ring):
     def writer_closed(self) -> bool:
         return self._ctl[_W_WCLOSED] != 0
 
+    def ready_now(self) -> bool | None:
+        """poll()'s fast answer from the shared words: True when a whole message waits (one
+        record: a message that fits, or a slot's), False when nothing at all is committed and the
+        writer is open, None for anything else (held or reassembled messages, padding, streamed
+        or corrupt records, the end), which :meth:`peek` decides."""
+        if self._cur_ is not None or self._asm_ is not None:
+            return None
+        ctl = self._ctl
+        rp = self._c.own
+        wp = ctl[_W_WPOS]
+        if wp == rp:
+            return None if ctl[_W_WCLOSED] else False
+        if wp < rp or wp - rp > self._cap:
+            return None
+        i = (rp % self._cap) >> 3
+        dq = self._dq
+        w0 = dq[i]
+        kind = w0 & 0xFFFFFFFF
+        if kind == _MSG:
+            return True if (w0 >> 32) == dq[i + 1] else None
+        return True if kind == _REF else None
+
     def at_eof(self) -> bool:
         """True when the writer closed and everything it committed has been consumed."""
         # Flag first, counter second: the writer stores them in the opposite order (TSO).

@@ -249,6 +249,7 @@ class RingChannel(Channel):
         self._side_w: _side.SideWriter | None = None
         self._side_r: _side.SideReader | None = None
         self._side_dead: Sequence[object] = ()  # the reader's list of messages to return (side.py)
+        self._poll_budget = 1  # poll(0)s answered from the shared words before a liveness check
         self._large = 0
         if role == 1 or hdr[H_STATE[1]] != FREE:  # the peer's limit is published (a listener's learns at accept)
             self._learn_peer_from_header()
@@ -682,6 +683,22 @@ class RingChannel(Channel):
         view = self._next(deadline)
         self._view_out = True
         return view
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        # The common answers without the general path's layers (lock, peek, wait): a whole message
+        # is waiting; or, for poll(0), nothing is, with the peer's liveness looked at (one fcntl)
+        # only every liveness_every such polls, as sends do.
+        # (An end a forked child inherited has a _ForkedRing here, which raises UnsupportedOperation.)
+        if not self._closed and not self._view_out and not self._handed_off:
+            ready = self._r.ready_now()
+            if ready:
+                return True
+            if ready is False and timeout == 0 and not self._peer_dead:
+                self._poll_budget -= 1
+                if self._poll_budget > 0:
+                    return False
+                self._poll_budget = self.liveness_every
+        return Channel.poll(self, timeout)
 
     def _poll(self, deadline: Deadline) -> bool:
         # Under the receive lock, so close() waits for a poll blocked in another thread.
