@@ -173,6 +173,15 @@ def _queue_worker(tasks: Any, results: Any, cpus: set[int] | None, ready: Connec
 
 
 # ------------------------------------------------------------------------------------ pools
+def _reap(procs: Sequence[Any]) -> None:
+    """Join each worker, killing one that does not stop within 5 s."""
+    for p in procs:
+        p.join(5.0)
+        if p.is_alive():
+            p.kill()
+            p.join(5.0)
+
+
 class WorkerPool:
     """A started pool: :meth:`run` sends jobs and returns their results (in any order).
 
@@ -246,10 +255,7 @@ class WorkerPool:
             # _stop joined them; this catches a worker a broken pool left running
             for p in self.workers:
                 try:
-                    p.join(5.0)
-                    if p.is_alive():
-                        p.kill()
-                        p.join(5.0)
+                    _reap([p])
                 except ValueError:
                     pass  # already closed by _stop
             self.workers = []
@@ -353,11 +359,7 @@ class _ChannelPool(WorkerPool):
                         c.send(None)
                     except ipckit.IPCError:
                         pass  # that worker is gone; it is killed below
-            for p in self._procs:
-                p.join(5.0)
-                if p.is_alive():
-                    p.kill()
-                    p.join(5.0)
+            _reap(self._procs)
         finally:
             # The parent's own ends first, then the child ends it kept (see IpckitSubject.prepare).
             for closer in [*(link.close for link in self._links), *(p.cleanup for p in self._prepared)]:
@@ -417,11 +419,7 @@ class _QueuePool(WorkerPool):
             if not self.aborted:
                 for _ in self._procs:
                     self._tasks.put(None)
-            for p in self._procs:
-                p.join(5.0)
-                if p.is_alive():
-                    p.kill()
-                    p.join(5.0)
+            _reap(self._procs)
         finally:
             broken = self.aborted or any(p.exitcode != 0 for p in self._procs)
             for q in (self._tasks, self._results):

@@ -331,95 +331,95 @@ def _verify(peer: Peer, cfg: BenchConfig, rng: random.Random) -> None:
     peer.control(cfg.cell_timeout)
 
 
-def _rtt(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
-    assert peer.link is not None
-    cell = Cell(peer.subject.name, peer.subject.kind, "rtt", placement, size)
-    payload = _payload(size, rng)
-    send, recv = peer.link.send, peer.link.recv
+@dataclasses.dataclass
+class _Timed:
+    """What a timed loop measured (the peer's CPU time and the final steal reading come after)."""
+
+    count: int  # timed round trips or messages
+    elapsed: float  # seconds
+    parent_cpu: float  # seconds, this process, warm-up included
+    steal0: tuple[int, int]
+    warm: int = 0  # warm-up round trips (the CPU times cover them too)
+    lat: list[int] = dataclasses.field(default_factory=list)  # ns per round trip
+    last: Any = None  # the last reply
+
+
+def _ping_pong(send: Callable[[Any], Any], recv: Callable[[], Any], item: Any, warmup: int,
+               cfg: BenchConfig) -> _Timed:
+    """Warm-up (*warmup* round trips, at most a tenth of the cell), then round trips of *item* for
+    ``cfg.duration`` seconds; the peer already echoes.  The loop binds everything it calls."""
     pc = time.perf_counter_ns
     lat: list[int] = []
     append = lat.append
     end_ns = int(cfg.duration * 1e9)
     min_count, max_count = cfg.min_count, cfg.max_count
-    peer.command("echo")
     steal0 = read_steal()
     cpu0 = time.process_time()
-    warm_end = pc() + end_ns // 10  # warm-up: cfg.warmup round trips, at most a tenth of the cell
+    warm_end = pc() + end_ns // 10
     warm = 0
-    while warm < cfg.warmup:
-        send(payload)
+    while warm < warmup:
+        send(item)
         recv()
         warm += 1
         if pc() > warm_end:
             break
     start = pc()
     deadline = start + end_ns
-    back: Any = b""
+    back: Any = None
     while True:
         t0 = pc()
-        send(payload)
+        send(item)
         back = recv()
         t1 = pc()
         append(t1 - t0)
         if (t1 >= deadline and len(lat) >= min_count) or len(lat) >= max_count:
             break
     elapsed = (pc() - start) / 1e9
-    parent_cpu = time.process_time() - cpu0
-    send(b"")
-    child_cpu = float(peer.control(cfg.cell_timeout)[1])
+    return _Timed(len(lat), elapsed, time.process_time() - cpu0, steal0, warm, lat, back)
+
+
+def _rtt_cell(cell: Cell, t: _Timed, size: int, child_cpu: float) -> Cell:
+    """Fill a round-trip cell: percentiles, rates, CPU per round trip (both processes)."""
     steal1 = read_steal()
-    if bytes(back) != payload:
-        raise AssertionError(f"last reply of the ping-pong differs from what was sent ({len(back)} bytes)")
-    arr = np.asarray(lat, dtype=np.float64) / 1e3
+    arr = np.asarray(t.lat, dtype=np.float64) / 1e3
     p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    total = warm + len(lat)  # the CPU times cover the warm-up too
-    cell.count = len(lat)
-    cell.elapsed_s = elapsed
+    cell.count = t.count
+    cell.elapsed_s = t.elapsed
     cell.p50_us, cell.p90_us, cell.p99_us = float(p50), float(p90), float(p99)
     cell.max_us = float(arr.max())
     cell.mean_us = float(arr.mean())
-    cell.msg_s = len(lat) / elapsed if elapsed > 0 else None
-    cell.parent_cpu_s, cell.child_cpu_s = parent_cpu, child_cpu
-    cell.cpu_us_per_msg = 1e6 * (parent_cpu + child_cpu) / total  # per round trip, both processes
-    cell.steal_pct = steal_pct(steal0, steal1)
+    cell.msg_s = t.count / t.elapsed if t.elapsed > 0 else None
+    if cell.workload == "obj-rtt":
+        cell.mb_s = t.count * size / t.elapsed / 1e6 if t.elapsed > 0 else None
+    cell.parent_cpu_s, cell.child_cpu_s = t.parent_cpu, child_cpu
+    cell.cpu_us_per_msg = 1e6 * (t.parent_cpu + child_cpu) / (t.warm + t.count)
+    cell.steal_pct = steal_pct(t.steal0, steal1)
     cell.verified = True
     return cell
 
 
-def _stream(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
-    assert peer.link is not None
-    cell = Cell(peer.subject.name, peer.subject.kind, "stream", placement, size)
-    payload = _payload(size, rng)
-    last = _payload(size, rng)
-    while last == payload:
-        last = _payload(size, rng)
-    send, recv = peer.link.send, peer.link.recv
+def _streamed(send: Callable[[Any], Any], item: Any, size: int, cfg: BenchConfig) -> tuple[int, float, tuple[int, int]]:
+    """Send *item* in batches for ``cfg.duration`` seconds (the peer already sinks): (count, the
+    start time, the steal reading before)."""
     batch = max(1, min(256, (256 * KiB) // max(size, 1)))
-    peer.command("sink")
     steal0 = read_steal()
-    cpu0 = time.process_time()
     start = time.perf_counter()
     deadline = start + cfg.duration
     n = 0
     rng_batch = range(batch)
     while True:
         for _ in rng_batch:
-            send(payload)
+            send(item)
         n += batch
         if (time.perf_counter() >= deadline and n >= cfg.min_count) or n >= cfg.max_count:
             break
-    send(last)
-    n += 1
-    send(b"")
-    ack = recv()
-    elapsed = time.perf_counter() - start
-    parent_cpu = time.process_time() - cpu0
-    child_cpu = float(peer.control(cfg.cell_timeout)[1])
+    return n, start, steal0
+
+
+def _stream_cell(cell: Cell, n: int, size: int, elapsed: float, parent_cpu: float, child_cpu: float,
+                 steal0: tuple[int, int]) -> Cell:
+    """Fill a streaming cell: rates and CPU per message (both processes)."""
     steal1 = read_steal()
-    count, crc = ACK.unpack(bytes(ack))
-    if count != n or crc != zlib.crc32(last):
-        raise AssertionError(f"stream check failed: peer counted {count} of {n} messages, "
-                             f"last-message crc {'ok' if crc == zlib.crc32(last) else 'WRONG'}")
     cell.count = n
     cell.elapsed_s = elapsed
     cell.msg_s = n / elapsed
@@ -430,6 +430,45 @@ def _stream(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random
     cell.steal_pct = steal_pct(steal0, steal1)
     cell.verified = True
     return cell
+
+
+def _rtt(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
+    assert peer.link is not None
+    cell = Cell(peer.subject.name, peer.subject.kind, "rtt", placement, size)
+    payload = _payload(size, rng)
+    send, recv = peer.link.send, peer.link.recv
+    peer.command("echo")
+    t = _ping_pong(send, recv, payload, cfg.warmup, cfg)
+    send(b"")
+    child_cpu = float(peer.control(cfg.cell_timeout)[1])
+    if bytes(t.last) != payload:
+        raise AssertionError(f"last reply of the ping-pong differs from what was sent ({len(t.last)} bytes)")
+    return _rtt_cell(cell, t, size, child_cpu)
+
+
+def _stream(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
+    assert peer.link is not None
+    cell = Cell(peer.subject.name, peer.subject.kind, "stream", placement, size)
+    payload = _payload(size, rng)
+    last = _payload(size, rng)
+    while last == payload:
+        last = _payload(size, rng)
+    send, recv = peer.link.send, peer.link.recv
+    peer.command("sink")
+    cpu0 = time.process_time()
+    n, start, steal0 = _streamed(send, payload, size, cfg)
+    send(last)
+    n += 1
+    send(b"")
+    ack = recv()
+    elapsed = time.perf_counter() - start
+    parent_cpu = time.process_time() - cpu0
+    child_cpu = float(peer.control(cfg.cell_timeout)[1])
+    count, crc = ACK.unpack(bytes(ack))
+    if count != n or crc != zlib.crc32(last):
+        raise AssertionError(f"stream check failed: peer counted {count} of {n} messages, "
+                             f"last-message crc {'ok' if crc == zlib.crc32(last) else 'WRONG'}")
+    return _stream_cell(cell, n, size, elapsed, parent_cpu, child_cpu, steal0)
 
 
 class _Hogs:
@@ -500,57 +539,16 @@ def _obj_rtt(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: rando
     send, recv = _obj_link(peer)
     cell = Cell(peer.subject.name, peer.subject.kind, "obj-rtt", placement, size)
     obj = _object_for(peer, size)
-    pc = time.perf_counter_ns
-    lat: list[int] = []
-    append = lat.append
     # Large objects take milliseconds a round trip: a shorter warm-up keeps the cell near its duration.
     warmup = cfg.warmup if size <= 64 * KiB else max(3, cfg.warmup // 10)
-    end_ns = int(cfg.duration * 1e9)
     peer.command("echo-obj")
-    steal0 = read_steal()
-    cpu0 = time.process_time()
-    warm_end = pc() + end_ns // 10
-    warm = 0
-    while warm < warmup:
-        send(obj)
-        recv()
-        warm += 1
-        if pc() > warm_end:
-            break
-    start = pc()
-    deadline = start + end_ns
-    back: Any = None
-    while True:
-        t0 = pc()
-        send(obj)
-        back = recv()
-        t1 = pc()
-        append(t1 - t0)
-        if (t1 >= deadline and len(lat) >= cfg.min_count) or len(lat) >= cfg.max_count:
-            break
-    elapsed = (pc() - start) / 1e9
-    parent_cpu = time.process_time() - cpu0
+    t = _ping_pong(send, recv, obj, warmup, cfg)
     send(_stop_object(peer))
     child_cpu = float(peer.control(cfg.cell_timeout)[1])
-    steal1 = read_steal()
-    if not _same_object(back, obj):
+    if not _same_object(t.last, obj):
         raise AssertionError("the last reply of the object ping-pong differs from what was sent")
-    arr = np.asarray(lat, dtype=np.float64) / 1e3
-    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    total = warm + len(lat)
-    cell.count = len(lat)
-    cell.elapsed_s = elapsed
-    cell.p50_us, cell.p90_us, cell.p99_us = float(p50), float(p90), float(p99)
-    cell.max_us = float(arr.max())
-    cell.mean_us = float(arr.mean())
-    cell.msg_s = len(lat) / elapsed if elapsed > 0 else None
-    cell.mb_s = len(lat) * size / elapsed / 1e6 if elapsed > 0 else None
-    cell.parent_cpu_s, cell.child_cpu_s = parent_cpu, child_cpu
-    cell.cpu_us_per_msg = 1e6 * (parent_cpu + child_cpu) / total
-    cell.steal_pct = steal_pct(steal0, steal1)
     cell.extra["object"] = type(obj).__name__
-    cell.verified = True
-    return cell
+    return _rtt_cell(cell, t, size, child_cpu)
 
 
 def _obj_stream(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
@@ -558,40 +556,19 @@ def _obj_stream(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: ra
     send, _ = _obj_link(peer)
     cell = Cell(peer.subject.name, peer.subject.kind, "obj-stream", placement, size)
     obj = _object_for(peer, size)
-    batch = max(1, min(256, (256 * KiB) // max(size, 1)))
     peer.command("sink-obj")
-    steal0 = read_steal()
     cpu0 = time.process_time()
-    start = time.perf_counter()
-    deadline = start + cfg.duration
-    n = 0
-    rng_batch = range(batch)
-    while True:
-        for _ in rng_batch:
-            send(obj)
-        n += batch
-        if (time.perf_counter() >= deadline and n >= cfg.min_count) or n >= cfg.max_count:
-            break
+    n, start, steal0 = _streamed(send, obj, size, cfg)
     send(_stop_object(peer))
     assert peer.link is not None
     count, _ = ACK.unpack(bytes(peer.link.recv()))
     elapsed = time.perf_counter() - start
     parent_cpu = time.process_time() - cpu0
     child_cpu = float(peer.control(cfg.cell_timeout)[1])
-    steal1 = read_steal()
     if count != n:
         raise AssertionError(f"object stream check failed: the peer received {count} of {n} objects")
-    cell.count = n
-    cell.elapsed_s = elapsed
-    cell.msg_s = n / elapsed
-    cell.mb_s = n * size / elapsed / 1e6
-    cell.mean_us = 1e6 * elapsed / n
-    cell.parent_cpu_s, cell.child_cpu_s = parent_cpu, child_cpu
-    cell.cpu_us_per_msg = 1e6 * (parent_cpu + child_cpu) / n
-    cell.steal_pct = steal_pct(steal0, steal1)
     cell.extra["object"] = type(obj).__name__
-    cell.verified = True
-    return cell
+    return _stream_cell(cell, n, size, elapsed, parent_cpu, child_cpu, steal0)
 
 
 def measure_memcpy(size: int, duration: float, placement: str = "none") -> Cell:
