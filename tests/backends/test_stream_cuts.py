@@ -17,13 +17,6 @@ cut or shifted message, and never a reader left waiting in the middle of a frame
 
 from __future__ import annotations
 
-import dis
-import sys
-import types
-from collections.abc import Callable
-from types import FrameType
-from typing import Any
-
 import pytest
 
 import ipckit
@@ -33,60 +26,19 @@ from ipckit.errors import ChannelBroken, EndOfChannel, PeerDied, SendTimeout
 from ipckit.testing import workers
 from ipckit.testing.contract.helpers import KiB, MiB, ResultThread
 from ipckit.testing.contract.interrupts import _drain
+from ipckit.testing.cuts import Cut
+from ipckit.testing.cuts import Cutter as _Cutter
 
 pytestmark = pytest.mark.timeout(300)
 
-#: Where a pending signal's handler runs: the instruction after a call, a function's start, a loop's back edge.
-_AFTER = frozenset({"CALL", "CALL_FUNCTION_EX"})
-_AT = frozenset({"RESUME", "JUMP_BACKWARD"})
-_points: dict[types.CodeType, frozenset[int]] = {}
 #: Not cut: the release of the descriptors at the end of close().  No Python code is immune to an
 #: exception at its first instruction; it closes them all in one call from C, as late as it can.
 _NOT_CUT = frozenset({"_release_fds"})
 
 
-def _handler_points(code: types.CodeType) -> frozenset[int]:
-    found = _points.get(code)
-    if found is None:
-        ins = list(dis.get_instructions(code))
-        offsets = {x.offset for x in ins if x.opname in _AT}
-        offsets |= {ins[j + 1].offset for j, x in enumerate(ins[:-1]) if x.opname in _AFTER}
-        found = _points[code] = frozenset(offsets)
-    return found
-
-
-class Cut(Exception):
-    """The exception raised at the chosen point (standing for a signal handler's)."""
-
-
-class Cutter:
-    """Raises :class:`Cut` at the *at*-th point of the stream kit where a handler can run, once."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-        self.count = 0
-        self.fired = False
-
-    def _local(self, frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "opcode" and not self.fired and frame.f_lasti in _handler_points(frame.f_code):
-            self.count += 1
-            if self.count == self.at:
-                self.fired = True
-                raise Cut(f"cut at point {self.at} ({frame.f_code.co_name}:{frame.f_lineno})")
-        return self._local
-
-    def _global(self, frame: FrameType, event: str, arg: Any) -> Any:
-        if self.fired or frame.f_code.co_filename != kit.__file__ or frame.f_code.co_name in _NOT_CUT:
-            return None
-        frame.f_trace_opcodes = True
-        return self._local
-
-    def run(self, fn: Callable[[], Any]) -> Any:
-        sys.settrace(self._global)
-        try:
-            return fn()
-        finally:
-            sys.settrace(None)
+def Cutter(at: int) -> _Cutter:
+    """Cut at the *at*-th point of the stream kit where a signal handler can run."""
+    return _Cutter(at, {kit.__file__}, handler_points_only=True, skip=_NOT_CUT)
 
 
 #: (size, timeout) of each send: a zero timeout into a full buffer (no reader yet) times out.

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import mmap
 import os
-import sys
-from collections.abc import Callable, Iterator
-from types import FrameType
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
 from ipckit.backends.common.ring import buffer as R
 from ipckit.backends.common.ring import cursor as RC
 from ipckit.backends.common.ring import protocol as P
+from ipckit.testing.cuts import Cut
+from ipckit.testing.cuts import Cutter as _Cutter
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,38 +37,10 @@ MAXMSG = 1 << 16
 _CUT_FILES = frozenset({R.__file__, P.__file__})
 
 
-class Cut(Exception):
-    """The exception raised at the chosen instruction (standing for a signal handler's)."""
-
-
-class Cutter:
-    """Raises :class:`Cut` at the *at*-th bytecode instruction run in the ring kit, once."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-        self.count = 0
-        self.fired = False
-
-    def _local(self, frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "opcode" and not self.fired:
-            self.count += 1
-            if self.count == self.at:
-                self.fired = True
-                raise Cut(f"cut at instruction {self.at} ({frame.f_code.co_name}:{frame.f_lineno})")
-        return self._local
-
-    def _global(self, frame: FrameType, event: str, arg: Any) -> Any:
-        if self.fired or frame.f_code.co_filename not in _CUT_FILES:
-            return None
-        frame.f_trace_opcodes = True
-        return self._local
-
-    def run(self, fn: Callable[[], Any]) -> Any:
-        sys.settrace(self._global)
-        try:
-            return fn()
-        finally:
-            sys.settrace(None)
+def Cutter(at: int) -> _Cutter:
+    """Cut at the *at*-th instruction run in the ring kit (every instruction, not only the
+    points where a handler runs: the ring's steps must hold wherever they are cut)."""
+    return _Cutter(at, _CUT_FILES)
 
 
 @pytest.fixture(params=["c", "python"])
