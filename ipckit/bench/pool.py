@@ -36,6 +36,7 @@ import random
 import statistics
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -507,6 +508,14 @@ def pool_subjects(backends: list[str] | None = None,
     The baselines are always there: they are what the ratios are taken against.
     """
     subjects, skipped = ipckit_subjects(backends, urls)
+    # Jobs are dicts: a channel whose serializer carries bytes only cannot run them.
+    def bytes_only(url: str) -> bool:
+        return "raw" in urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).get("serializer", [])
+
+    raw = [s for s in subjects if bytes_only(s.url)]
+    subjects = [s for s in subjects if s not in raw]
+    skipped = [*skipped, *(SkippedSubject(s.name, "its serializer carries bytes only: pool jobs are dicts")
+                           for s in raw)]
     specs = [PoolSpec(s.name, "ipckit", f"one {s.url} channel per worker ({s.note}), window {WINDOW}",
                       functools.partial(_ChannelPool, s))
              for s in subjects]
