@@ -9,6 +9,7 @@ import ctypes
 import gc
 import mmap
 import struct
+import time
 import zlib
 from typing import Any
 
@@ -133,10 +134,15 @@ def test_kept_messages_are_never_overwritten_and_memory_stays_bounded() -> None:
         assert len(a._side_w._pool) <= side.POOL_SLOTS
         del kept, arr
         gc.collect()
-        for i in range(10):  # and the channel goes on using slots once they come back
-            a.send(_frame(100 + i))
-            assert (b.recv(timeout=10) == (100 + i) % 251).all()
+        # The channel goes on using slots once they come back (the receiver's next call returns
+        # them; until then a frame may go through the ring, so the sender has a thread again).
+        sender = ResultThread(lambda: [a.send(_frame(100 + i), timeout=20) for i in range(10)])
+        sender.start()
+        for i in range(10):
+            assert (b.recv(timeout=20) == (100 + i) % 251).all()
+        sender.outcome()
         assert len(a._side_w._pool) <= side.POOL_SLOTS
+        assert any(s.words[2] for s in a._side_w._pool)  # returned slots, ready for the next frame
     finally:
         a.close()
         b.close()
@@ -258,3 +264,31 @@ def test_ref_kind_is_unknown_to_the_c_fast_path() -> None:
     # The C cursor declines every record but MSG; REF must stay out of the layout it checks.
     assert "REF" not in protocol.LAYOUT
     assert protocol.REF not in (protocol.MSG, protocol.CONT, protocol.PAD, protocol.ABORT)
+
+
+def test_a_sender_ahead_of_the_receiver_waits_for_a_slot() -> None:
+    # The receiver starts only once the sender has every pooled slot on its way: the next frame
+    # waits for a slot to come back (the receiver's return wakes it) rather than taking new
+    # memory or going through the ring; the offsets taken stay at the pool's size.
+    a, b = ipckit.pair("shm://")
+    try:
+        n = side.POOL_SLOTS + 4
+        sender = ResultThread(lambda: [a.send(_frame(i), timeout=20) for i in range(n)])
+        sender.start()
+        deadline = time.monotonic() + 20
+        # Until the sender sleeps (its flag in the ring it writes): every slot on its way, the next
+        # frame waiting.
+        while len(a._side_w._pool) < side.POOL_SLOTS or not a._w._ctl[protocol.W_WSLEEP]:
+            assert time.monotonic() < deadline, "the sender did not fill its pool and wait"
+            time.sleep(0.001)  # (polling the sender's state, not a synchronisation by time)
+        for i in range(n):
+            got = b.recv(timeout=20)
+            assert got[0, 0, 0] == i % 251 and got[-1, -1, -1] == i % 251
+            del got
+        sender.outcome()
+        assert len(a._side_w._pool) == side.POOL_SLOTS
+        assert a._hdr[side_next(a)] == sum(s.cap for s in a._side_w._pool)  # never a slot beyond the pool
+        assert a._w._wp == n * 64  # and nothing through the ring but the 64-byte slot records
+    finally:
+        a.close()
+        b.close()

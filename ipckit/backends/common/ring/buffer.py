@@ -693,6 +693,11 @@ class RingReader(Ring):
     def writer_closed(self) -> bool:
         return self._ctl[_W_WCLOSED] != 0
 
+    def nudge(self) -> None:
+        """Wake the writer if it sleeps (it waits for something besides ring space: a slot)."""
+        if not self._detached and self._ctl[_W_WSLEEP] and self._wake is not None:
+            self._wake()
+
     def ready_now(self) -> bool | None:
         """poll()'s fast answer from the shared words: True when a whole message waits (one
         record: a message that fits, or a slot's), False when nothing at all is committed and the

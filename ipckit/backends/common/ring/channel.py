@@ -263,7 +263,8 @@ class RingChannel(Channel):
         role = self._role
         self._large = threshold
         self._side_w = _side.SideWriter(fd, _side.window_base(role, ring_bytes), self._hdr[:], next_word + role)
-        self._side_r = _side.SideReader(fd, _side.window_base(1 - role, ring_bytes), self._r.max_message_size)
+        self._side_r = _side.SideReader(fd, _side.window_base(1 - role, ring_bytes), self._r.max_message_size,
+                                        self._r.nudge)
         self._side_dead = self._side_r.dead
         self._r.side = self._side_r.open
         self._w.fast_ceiling(threshold)
@@ -501,6 +502,20 @@ class RingChannel(Channel):
         assert side is not None
         self._send_liveness()  # (one fcntl beside a large copy) a dead reader never returns a slot
         slot = side.take(total)
+        if slot is None and side.behind:
+            # The reader has not yet taken the messages in flight: wait for one to come back, as for
+            # room in a full ring (its return wakes us), within this send's deadline.
+            w = self._w
+            try:
+                if self._wait.peer_pid is None:
+                    self._refresh_peer()
+                if not self._wait.wait(side.any_returned, deadline, self._own_waker, w.set_sleeping,
+                                       self._send_check):
+                    raise SendTimeout(f"send on {self._url} timed out (the reader has not taken the "
+                                      "large messages before it)")
+            finally:
+                w.set_sleeping(False)
+            slot = side.take(total)
         if slot is None:
             return False
         self._check_pid()

@@ -20,9 +20,10 @@ released a ``recv_view``, the user dropped the numpy array -- its weak reference
 and the reader's next call on the channel (a send or a receive) stores ``returned = 1`` in the
 slot's header: the writer may fill the slot again.  A slot the user
 keeps is never written while kept: the writer takes a new slot instead, up to :data:`POOL_SLOTS`.
-With the pool full and no slot returned, the message goes through the ring, whose fullness holds
-the sender back (the reader is behind, or still busy with the messages), so memory stays bounded
-by the pool; a slot the user has kept across :data:`KEPT_TAKES` such sends is forgotten
+With the pool full of messages still on their way (the reader is behind), the writer waits for a
+slot to come back, as it waits for room in a full ring (the reader's return wakes it).  With the
+pool full of messages the reader took but still holds, the message goes through the ring, so
+memory stays bounded by the pool; a slot the user has kept across :data:`KEPT_TAKES` such sends is forgotten
 (``dropped = 1``) to make room, and whichever side sees both flags last frees its pages
 (``MADV_REMOVE``).  (Both flags are a store then a load of the other word, which x86 may
 reorder; the rare loss leaves the pages allocated until the channel's file goes, never frees a slot
@@ -51,6 +52,7 @@ import os
 import struct
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Final
 
 from ipckit.errors import ProtocolError
@@ -124,6 +126,9 @@ class SideWriter:
         self._next = next_word
         self._next_index = next_index
         self._pool: list[_Slot] = []
+        #: Set by :meth:`take` when it found the pool full of messages still on their way to the
+        #: reader: the caller may wait for one to come back (:meth:`any_returned`).
+        self.behind = False
 
     def _new_slot(self, need: int) -> _Slot | None:
         cap = _slot_capacity(need)
@@ -148,6 +153,7 @@ class SideWriter:
     def take(self, n: int) -> _Slot | None:
         """A slot of at least *n* payload bytes that the reader does not hold, or None (use the ring)."""
         pool = self._pool
+        self.behind = False
         best: _Slot | None = None
         for slot in pool:
             if slot.words[_W_RETURNED] and slot.cap >= n + HEAD and (best is None or slot.cap < best.cap):
@@ -171,6 +177,7 @@ class SideWriter:
                         if victim is None and s.kept >= KEPT_TAKES:
                             victim = s
                 if victim is None:
+                    self.behind = not any(s.words[_W_SEEN] for s in pool)
                     return None
         new = self._new_slot(n)
         if new is None:
@@ -180,6 +187,10 @@ class SideWriter:
             victim.forget()
         pool.append(new)
         return new
+
+    def any_returned(self) -> bool:
+        """A pooled slot came back (the wait's predicate after :meth:`take` found the reader behind)."""
+        return any(s.words[_W_RETURNED] for s in self._pool)
 
     @staticmethod
     def fill(slot: _Slot, parts: list[memoryview]) -> int:
@@ -235,10 +246,12 @@ class SideWriter:
 class SideReader:
     """The reading end's view of the peer's slots for one direction."""
 
-    def __init__(self, fd: int, base: int, max_message_size: int) -> None:
+    def __init__(self, fd: int, base: int, max_message_size: int,
+                 notify: Callable[[], object] | None = None) -> None:
         self._fd = fd
         self._base = base
         self._maxmsg = max_message_size
+        self._notify = notify  # wakes a writer waiting for a slot (RingReader.nudge)
         self._maps: OrderedDict[int, mmap.mmap] = OrderedDict()
         #: The weak references of messages whose last view died, appended by the weakref machinery
         #: itself (``list.append`` is the callback: C, so no signal handler's exception can cut it or
@@ -257,6 +270,7 @@ class SideReader:
         dead = self.dead
         out = self._out
         pid = os.getpid()
+        returned = False
         while dead:
             entry = out.pop(id(dead.pop()), None)
             if entry is None:
@@ -265,10 +279,13 @@ class SideReader:
             try:
                 if entry[3] == pid:  # (a forked child dropping its copy: the parent may still use it)
                     words[_W_RETURNED] = 1
+                    returned = True
                     if words[_W_DROPPED]:
                         _free_pages(mm)
             finally:
                 words.release()
+        if returned and self._notify is not None:
+            self._notify()
 
     def _mapping(self, offset: int, cap: int) -> mmap.mmap:
         mm = self._maps.get(offset)
