@@ -1,4 +1,6 @@
-"""matplotlib PNGs: latency vs size and throughput vs size, one line per subject, log axes (Agg)."""
+"""matplotlib PNGs (Agg), one per workload and placement: latency and throughput vs size for the
+bytes and the object workloads (one line per subject, log axes), and the worker pool's jobs/s
+(one bar per subject and placement)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ __all__ = ["write_plots"]
 
 
 def write_plots(report: BenchReport, directory: str | Path, dpi: int = 90) -> list[Path]:
-    """Write ``latency-<placement>.png`` and ``throughput-<placement>.png``; return the paths written."""
+    """Write ``latency-``/``throughput-``/``obj-latency-``/``obj-throughput-<placement>.png`` and
+    ``pool.png`` (whatever the report has cells for); return the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,9 +22,12 @@ def write_plots(report: BenchReport, directory: str | Path, dpi: int = 90) -> li
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    placements = list(dict.fromkeys(c.placement for c in report.cells if c.workload in ("rtt", "stream")))
+    placements = list(dict.fromkeys(c.placement for c in report.cells
+                                    if c.workload in ("rtt", "stream", "obj-rtt", "obj-stream")))
     specs = (("rtt", "p50_us", "round-trip p50 (µs)", "latency"),
-             ("stream", "mb_s", "one-way throughput (MB/s)", "throughput"))
+             ("stream", "mb_s", "one-way throughput (MB/s)", "throughput"),
+             ("obj-rtt", "p50_us", "object round-trip p50 (µs), send/recv", "obj-latency"),
+             ("obj-stream", "mb_s", "object one-way throughput (MB/s), send/recv", "obj-throughput"))
     for placement in placements:
         for workload, attr, ylabel, stem in specs:
             kinds = ("stream", "memcpy") if workload == "stream" else (workload,)
@@ -50,4 +56,33 @@ def write_plots(report: BenchReport, directory: str | Path, dpi: int = 90) -> li
             fig.savefig(path, dpi=dpi)
             plt.close(fig)
             written.append(path)
+    pool = _pool_plot(report, out, dpi, plt)
+    if pool is not None:
+        written.append(pool)
     return written
+
+
+def _pool_plot(report: BenchReport, out: Path, dpi: int, plt: object) -> Path | None:
+    """Jobs/s of the worker pool: one group of bars per subject, one bar per placement."""
+    cells = [c for c in report.cells if c.workload == "pool" and not c.error and c.msg_s]
+    if not cells:
+        return None
+    subjects = list(dict.fromkeys(c.subject for c in cells))
+    placements = list(dict.fromkeys(c.placement for c in cells))
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))  # type: ignore[attr-defined]
+    width = 0.8 / max(1, len(placements))
+    for i, placement in enumerate(placements):
+        rate = {c.subject: float(c.msg_s or 0.0) for c in cells if c.placement == placement}
+        xs = [j + i * width for j in range(len(subjects))]
+        ax.bar(xs, [rate.get(s, 0.0) / 1e3 for s in subjects], width, label=placement)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(subjects))], subjects, rotation=30, ha="right",
+                  fontsize=8)
+    ax.set_ylabel("thousand jobs/s")
+    ax.set_title("worker pool: small dict jobs to 2 workers and back")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "pool.png"
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)  # type: ignore[attr-defined]
+    return path
