@@ -7,7 +7,9 @@ the same user or authenticated (the trust rule, docs/contract.md section 5).
 
 A serializer may also offer ``dumps_parts(obj) -> list[buffer]``: the channel then sends the parts
 as one message without joining them first (pickle uses it for out-of-band buffers, so a large
-numpy array is copied once per side).
+numpy array is copied once per side); and declare ``loads_any_buffer = True`` when ``loads`` takes
+``bytes`` as well as a memoryview.  A channel encodes and decodes through :func:`encoder` and
+:func:`decoder`: one call per message each way.
 """
 
 from __future__ import annotations
