@@ -89,8 +89,16 @@ def test_metadata_and_outputs(report: BenchReport) -> None:
         assert key in meta
     assert meta["versions"]["ipckit"]
     out = Path(meta["_out"])
-    assert sorted(p.name for p in (out / "plots").glob("*.png")) == [f"latency-{PLACEMENT}.png",
-                                                                        f"throughput-{PLACEMENT}.png"]
+    # One plot per workload the run has cells for (its pool cells, if any, add pool.png).
+    names = sorted(p.name for p in (out / "plots").glob("*.png"))
+    expected = [f"latency-{PLACEMENT}.png", f"throughput-{PLACEMENT}.png"]
+    if any(c.workload == "obj-rtt" and not c.error for c in report.cells):
+        expected.append(f"obj-latency-{PLACEMENT}.png")
+    if any(c.workload == "obj-stream" and not c.error for c in report.cells):
+        expected.append(f"obj-throughput-{PLACEMENT}.png")
+    if any(c.workload == "pool" and not c.error for c in report.cells):
+        expected.append("pool.png")
+    assert names == sorted(expected)
     md = (out / "r.md").read_text()
     assert "mp.Pipe" in md and "| subject |" in md
     data = json.loads((out / "r.json").read_text())
