@@ -72,7 +72,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, TypeVar, final
 
 from .. import _handoff
 from ..backend import Backend
@@ -282,6 +282,23 @@ def _address(endpoint: Endpoint, opts: UnixOptions, *, listening: bool) -> _Addr
             "including the NUL); use a shorter path"
         )
     return _Address(path, path, f"unix://{path}")
+
+
+_T = TypeVar("_T")
+
+
+def _take(call: Callable[..., _T], *args: Any) -> _T:
+    """Run a receive that consumes a packet already peeked at, on a seqpacket socket.
+
+    A peer that closes with our packets unread makes the kernel report ECONNRESET once, and ahead
+    of the packets still queued (the datagram receive checks the socket error before its queue), so
+    a packet peeked just before that close reads as a reset on the consuming call.  The report
+    clears the error: one retry reads the packet.
+    """
+    try:
+        return call(*args)
+    except ConnectionResetError:
+        return call(*args)
 
 
 def _peer_uid(sock: socket.socket, allowed: frozenset[int], who: str) -> int:
@@ -565,7 +582,7 @@ class UnixSeqpacketChannel(DescriptorChannel):
         """
         sock = self._sock
         assert sock is not None
-        packet = sock.recv(min(n, 1 + HELLO_MAX))
+        packet = _take(sock.recv, min(n, 1 + HELLO_MAX))
         if not self._hello_due:
             raise ProtocolError(f"an unexpected hello packet on {self._url}; it was discarded")
         self._hello_due = False
@@ -621,7 +638,7 @@ class UnixSeqpacketChannel(DescriptorChannel):
         if sock is None or self._recv_error is not None:
             return None
         try:
-            packet = sock.recv(1 + REJECT_REASON_MAX, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            packet = _take(sock.recv, 1 + REJECT_REASON_MAX, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except OSError:
             return None
         if packet[:1] != _TAG_REJECTED:
@@ -678,7 +695,7 @@ class UnixSeqpacketChannel(DescriptorChannel):
                 # recv() gives 0 for the end of the stream and for a packet of 0 bytes alike; the
                 # latter (no tag: nothing ipckit sends) must not read as the death of a live peer.
                 if n == 0 and not _peer_hung_up(sock):
-                    sock.recv_into(self._tag, 1)  # consume it
+                    _take(sock.recv_into, self._tag, 1)  # consume it
                     raise ProtocolError(f"an empty packet (no tag byte) on {self._url}; it was discarded")
                 self._recv_error = PeerDied(f"the peer of {self._url} ended without closing the channel")
                 raise again(self._recv_error)
@@ -686,7 +703,7 @@ class UnixSeqpacketChannel(DescriptorChannel):
             if tag == _TAG_DATA[0]:
                 return n - 1
             if tag == _TAG_REJECTED[0]:
-                packet = sock.recv(n)
+                packet = _take(sock.recv, n)
                 self._recv_error = rejection_error(self._url, packet[1 : 1 + REJECT_REASON_MAX])
                 if self._send_error is None:  # refused: a send must say so too, not succeed while
                     self._send_error = self._recv_error  # the server is still closing the socket
@@ -698,14 +715,14 @@ class UnixSeqpacketChannel(DescriptorChannel):
                 # Recorded before the packet is consumed: an exception a signal handler raises
                 # between the two must not turn a clean close into a crash (PeerDied).
                 self._recv_error = EndOfChannel(f"the peer closed {self._url} and every message was received")
-                sock.recv_into(self._tag, 1)
+                _take(sock.recv_into, self._tag, 1)
                 raise again(self._recv_error)
-            sock.recv_into(self._tag, 1)  # consume it
+            _take(sock.recv_into, self._tag, 1)  # consume it
             raise ProtocolError(f"unknown packet tag 0x{tag:02x} on {self._url}; the packet was discarded")
 
     def _discard(self) -> None:
         assert self._sock is not None
-        self._sock.recv_into(self._tag, 1)  # seqpacket drops the rest of a truncated packet
+        _take(self._sock.recv_into, self._tag, 1)  # seqpacket drops the rest of a truncated packet
 
     def _recv_message(self, deadline: Deadline) -> Buffer:
         n = self._next_length(deadline)
@@ -715,7 +732,7 @@ class UnixSeqpacketChannel(DescriptorChannel):
                                   f"{self._url}; it was discarded")
         out = bytearray(n)
         assert self._sock is not None
-        self._sock.recvmsg_into([self._tag, out])
+        _take(self._sock.recvmsg_into, [self._tag, out])
         return out
 
     def _recv_message_into(self, view: memoryview, deadline: Deadline) -> int:
@@ -727,11 +744,11 @@ class UnixSeqpacketChannel(DescriptorChannel):
                                       "it was discarded")
             out = bytearray(n)
             assert self._sock is not None
-            self._sock.recvmsg_into([self._tag, out])
+            _take(self._sock.recvmsg_into, [self._tag, out])
             raise BufferTooSmall(f"message of {n} bytes does not fit the {view.nbytes}-byte buffer; it is in .message",
                                  bytes(out))
         assert self._sock is not None
-        self._sock.recvmsg_into([self._tag, view[:n]])
+        _take(self._sock.recvmsg_into, [self._tag, view[:n]])
         return n
 
     def _poll_locked(self, deadline: Deadline) -> bool:

@@ -353,6 +353,22 @@ def test_u7_client_refused_by_the_allow_list_hears_peer_rejected(kind: str, send
         assert line.startswith("PeerRejected: ") and f"uid {NOBODY} is not in the server's allow_uids" in line, seen
 
 
+def test_u7_a_reset_after_the_peek_does_not_hide_the_packet() -> None:
+    """A seqpacket peer that closes with our packet unread makes the kernel report ECONNRESET once,
+    ahead of the packets still queued -- also to the call that consumes a packet already peeked
+    at (the refusal of the test above, once in a CI run).  The consuming call retries and gets
+    the packet."""
+    from ipckit.backends.unix import _take
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        b.send(b"unread by a")
+        a.send(b"refused")
+        assert b.recv(16, socket.MSG_PEEK) == b"refused"  # peeked while the peer lives
+        a.close()  # with b's packet unread: b's next receive reports the reset first
+        assert _take(b.recv, 16) == b"refused"
+
+
 def test_u7_client_checks_the_server_too() -> None:
     name = f"@ipckit-test-{os.getpid()}-{time.monotonic_ns()}"
     with ipckit.listen(f"unix://{name}", abstract=True, allow_uids=[NOBODY]) as lst:
