@@ -8,7 +8,6 @@ entry-point group.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import threading
 from dataclasses import dataclass
@@ -95,6 +94,8 @@ def get_backend(scheme: str) -> type[Backend]:
         _load_entry_points()
         spec = _SPECS.get(scheme)
     if spec is None:
+        import difflib  # only for this error's hint: not at `import ipckit`
+
         close = difflib.get_close_matches(scheme, list(_SPECS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UnknownScheme(f"unknown scheme {scheme!r}{hint} (registered: {', '.join(sorted(_SPECS))})")

@@ -14,7 +14,6 @@ numpy array is copied once per side); and declare ``loads_any_buffer = True`` wh
 
 from __future__ import annotations
 
-import json as _json
 import pickle as _pickle
 import struct
 from collections.abc import Callable, Sequence
@@ -164,14 +163,20 @@ class JsonSerializer:
     trusted = True
     loads_any_buffer = True  # loads() takes bytes as well as a memoryview (see decoder())
 
+    def __init__(self) -> None:
+        import json  # here, not at the top: `import ipckit` stays cheap for those who never use JSON
+
+        self._dumps: Callable[..., str] = json.dumps
+        self._loads: Callable[..., Any] = json.loads
+
     def dumps(self, obj: Any) -> bytes:
-        return _json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
+        return self._dumps(obj, allow_nan=False, separators=(",", ":")).encode()
 
     def loads(self, data: memoryview) -> Any:
         def refuse(value: str) -> Any:
             raise ValueError(f"{value} is not valid JSON")
 
-        return _json.loads(bytes(data), parse_constant=refuse)
+        return self._loads(bytes(data), parse_constant=refuse)
 
 
 class RawSerializer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote
 
 from .errors import InvalidAddress
 
@@ -37,6 +36,8 @@ def parse_url(url: str) -> Endpoint:
         raise InvalidAddress(f"address must be a str like 'pipe://', got {type(url).__name__}")
     if "\x00" in url:
         raise InvalidAddress("address contains a NUL byte")
+    from urllib.parse import parse_qsl, unquote  # here: urllib.parse (and ipaddress) cost `import ipckit` ~2 ms
+
     m = _SCHEME_RE.match(url.strip())
     if not m:
         raise InvalidAddress(f"malformed address {url!r}: expected 'scheme://address' (e.g. 'shm://jobs')")
