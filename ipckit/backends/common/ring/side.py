@@ -155,7 +155,10 @@ class SideWriter:
         pool = self._pool
         self.behind = False
         best: _Slot | None = None
-        for slot in pool:
+        # The smallest that fits, and of those the one the reader returned last (newest first):
+        # its pages are the likeliest to be in the cache still, so a stream of frames keeps
+        # reusing one or two slots instead of cycling through the whole pool.
+        for slot in reversed(pool):
             if slot.words[_W_RETURNED] and slot.cap >= n + HEAD and (best is None or slot.cap < best.cap):
                 best = slot
         if best is not None:
