@@ -77,6 +77,7 @@ from ipckit.errors import (
 )
 
 from . import paths as _paths
+from . import posix as _posix
 
 __all__ = [
     "GETVAL",
@@ -103,6 +104,8 @@ __all__ = [
     "proc_row",
     "random_key",
     "locate_record",
+    "msg_create",
+    "msg_limits",
     "record_int",
     "registry_candidates",
     "registry_dir",
@@ -417,6 +420,47 @@ def shm_create(size: int, mode: int) -> tuple[int, Any]:
     return create_at_random_key(make, "a segment")
 
 
+def msg_create(mode: int, max_message_size: int) -> tuple[int, Any]:
+    """A new, empty ``sysv_ipc.MessageQueue`` at a random key: ``(key, queue)``.
+
+    *max_message_size* is sysv_ipc's receive buffer (its default, 2048, is below the kernel's
+    ``msgmax``: pass :func:`msg_limits` ``["msgmax"]``).
+
+    Raises:
+        ResourceExhausted: ``kernel.msgmni`` queues exist already, or no free key was found.
+    """
+    sysv_ipc = import_sysv_ipc()
+
+    def make(key: int) -> Any:
+        try:
+            return sysv_ipc.MessageQueue(key, sysv_ipc.IPC_CREX, mode=mode & 0o777,
+                                         max_message_size=max_message_size)
+        except sysv_ipc.ExistentialError:
+            return None  # a taken key: draw another
+        except (OSError, ValueError, MemoryError, sysv_ipc.Error) as exc:
+            raise sysv_error(exc, "creating a SysV message queue", kind="msg", creating=True) from exc
+
+    return create_at_random_key(make, "a message queue")
+
+
+#: The SysV message queue sysctls: (name, meaning, fallback when /proc cannot be read).
+_MSG_SYSCTLS: Final = (("msgmax", "bytes in one message", 8192), ("msgmnb", "bytes in one queue", 16384),
+                       ("msgmni", "queues system-wide", 32000))
+
+
+def msg_limits() -> dict[str, int]:
+    """The live ``kernel.msgmax``, ``kernel.msgmnb`` and ``kernel.msgmni`` (read on every call:
+    an administrator may change them; Linux's defaults where /proc cannot be read)."""
+    found: dict[str, int] = {}
+    for name, _meaning, fallback in _MSG_SYSCTLS:
+        try:
+            with open(f"/proc/sys/kernel/{name}") as f:
+                found[name] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            found[name] = fallback
+    return found
+
+
 # --------------------------------------------------------------------------- /proc/sysvipc
 def proc_row(kind: Kind, ident: int) -> dict[str, int] | None:
     """The ``/proc/sysvipc/<kind>`` row of id *ident* (perms parsed as octal), or None."""
@@ -668,6 +712,9 @@ class RecordFormat:
     nsems: int
     alive: tuple[int, ...]
     in_transit: Callable[[dict[str, str]], bool] | None = None
+    #: Liveness by OFD locks instead of semaphores: the bytes of the record file each end holds
+    #: an OFD lock on (``sysv+mq``); while any is held, the record is live.  ``alive`` is then ().
+    locked: tuple[int, ...] = ()
 
     def read(self, fd: int, path: str) -> dict[str, str]:
         """Owner-checked fields of an open record: ``{}`` while empty, ``{"foreign": "1"}`` for
@@ -728,7 +775,12 @@ class RecordFormat:
             if not _paths.try_lock(fd):
                 return False  # a creator is writing it right now
             semid, semkey = record_int(fields, "semid"), record_int(fields, "semkey")
-            if semid is None or semkey is None:
+            if self.locked:
+                if any(_posix.lock_held(fd, byte) for byte in self.locked):
+                    return False  # an end holds its lock: alive (also through a descriptor in transit)
+                if not fields and time.time() - os.fstat(fd).st_ctime < _YOUNG:
+                    return False  # just created; its creator may not hold its locks yet
+            elif semid is None or semkey is None:
                 if time.time() - os.fstat(fd).st_ctime < _YOUNG:
                     return False  # just created; its creator may not hold the lock yet
             else:
@@ -778,7 +830,8 @@ _LIMIT_HINTS: Final[dict[str, str]] = {
            "see /proc/sys/kernel/shm*); pass a smaller capacity or remove stale segments (`ipckit cleanup`)",
     "sem": "no SysV semaphore set left (kernel.sem SEMMNI/SEMMNS, see /proc/sys/kernel/sem); "
            "remove stale sets with `ipckit cleanup`",
-    "msg": "SysV message queue limits reached (kernel.msgmni queues, kernel.msgmnb bytes: see /proc/sys/kernel/msg*)",
+    "msg": "SysV message queue limit reached: kernel.msgmni queues exist system-wide (see /proc/sys/kernel/msgmni); "
+           "remove stale queues with `ipckit cleanup`, or raise it (sysctl -w kernel.msgmni=N)",
 }
 _IPCS_FLAG: Final[dict[str, str]] = {"shm": "m", "sem": "s", "msg": "q"}
 # sysv_ipc raises ENOSPC as an OSError *without* an errno (fixed messages), and EINTR as its
