@@ -49,6 +49,7 @@ Transport interface (:class:`QueueTransport`)
     ``fileno() -> int``               optional: a descriptor readable when a fragment waits
     ``handoff()``                     optional: ``(fds, state)`` to rebuild the transport in a
                                       child with ``cls.rebuild(fds, state)`` (spawn/forkserver)
+    ``fork_adopt()``                  optional: a forked child that was handed the end takes it over
     ``fork_release()``                optional: a forked child drops its inherited copies
 
     The kit calls ``put``/``get`` in slices of at most :data:`SLICE` seconds, checking between
@@ -86,7 +87,7 @@ import select
 import struct
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from ... import _handoff
@@ -95,6 +96,7 @@ from ...deadline import Deadline, remaining
 from ...errors import (
     BufferTooSmall,
     ChannelClosed,
+    ChannelTimeout,
     EndOfChannel,
     IncompatibleEndpoint,
     IPCError,
@@ -124,6 +126,8 @@ __all__ = [
     "QueueTransport",
     "Reassembler",
     "encode_control",
+    "encode_hello",
+    "parse_hello",
     "fragment_count",
     "fragments",
 ]
@@ -184,6 +188,28 @@ def fragments(views: Sequence[memoryview], room: int) -> Iterator[list[memoryvie
 def encode_control(kind: int, payload: bytes = b"") -> bytes:
     """A HELLO or GOODBYE fragment (outside the message numbering)."""
     return HEADER.pack(MAGIC, kind, FIRST | LAST, 0, 0, len(payload)) + payload
+
+
+def encode_hello(max_message_size: int) -> bytes:
+    """The HELLO fragment announcing *max_message_size*."""
+    return encode_control(HELLO, hello_payload(max_message_size))
+
+
+def parse_hello(frag: memoryview | bytes, what: str) -> int:
+    """The ``max_message_size`` a HELLO fragment announces.
+
+    Raises:
+        ProtocolError: *frag* is not an ipckit HELLO fragment (garbage, or data before the hello).
+        IncompatibleEndpoint: a hello of another protocol version.
+    """
+    view = memoryview(frag)
+    if view.nbytes < HEADER.size:
+        raise ProtocolError(f"the peer of {what} sent {view.nbytes} bytes instead of a hello: it is not an ipckit peer")
+    magic, kind, flags, msg_id, index, total = HEADER.unpack_from(view, 0)
+    size = view.nbytes - HEADER.size
+    if magic != MAGIC or kind != HELLO or flags != FIRST | LAST or msg_id or index or total != size:
+        raise ProtocolError(f"the peer of {what} did not begin with a hello fragment: it is not an ipckit peer")
+    return decode_hello(view[HEADER.size :], f"the peer of {what}")
 
 
 # ----------------------------------------------------------------------------- reassembler
@@ -382,6 +408,9 @@ class QueueTransport(ABC):
         """The transport of a handed-over end, in the child."""
         raise TypeError(f"{cls.__name__} cannot be rebuilt in a child")
 
+    def fork_adopt(self) -> None:  # noqa: B027 - optional hook
+        """A forked child that was handed this end: take it over (default: nothing to do)."""
+
     def fork_release(self) -> None:  # noqa: B027 - optional hook
         """A forked child that was not handed this end: drop the inherited copies (default: none)."""
 
@@ -390,12 +419,15 @@ class QueueTransport(ABC):
 class QueueChannel(Channel):
     """A Channel over a :class:`QueueTransport`: the Channel hooks, written once for every queue.
 
-    A scheme makes one with its transport, then (for a named endpoint) uses :meth:`_say_hello`,
-    :meth:`_await_hello` during its rendezvous; ``pair()`` ends learn each other's limit directly
-    (``_learn_peer_limit``).
+    A scheme makes one with its transport, then (for a named endpoint) uses :meth:`_say_hello`
+    and :meth:`_await_hello` during its rendezvous, or passes ``peer_max`` when the rendezvous
+    told it the peer's limit already (a hello arriving later is then taken silently); ``pair()``
+    ends pass each other's limit as ``peer_max``.  Spawn hand-off goes through the transport's
+    ``handoff()`` / ``rebuild()``; fork through ``fork_adopt()`` / ``fork_release()``.
     """
 
-    def __init__(self, url: str, options: Options, transport: QueueTransport, *, peer_trusted: bool) -> None:
+    def __init__(self, url: str, options: Options, transport: QueueTransport, *, peer_trusted: bool,
+                 peer_max: int | None = None) -> None:
         super().__init__(url, options, peer_trusted=peer_trusted)
         self._closed = True  # until fully built
         size = transport.fragment_size
@@ -417,6 +449,8 @@ class QueueChannel(Channel):
         self._drained = False  # ... and everything it sent was received
         self._failed: IPCError | None = None  # a bad fragment stream poll() met, for the next recv
         self._sel: tuple[Any, int] | None = None  # fileno(): (epoll, eventfd), made on first use
+        if peer_max is not None:  # known from the rendezvous: a hello arriving later is taken silently
+            self._learn_peer_limit(peer_max)
         self._closed = False
 
     # ------------------------------------------------------------------ the peer
@@ -486,9 +520,29 @@ class QueueChannel(Channel):
 
     def _say_hello(self, deadline: Deadline) -> None:
         """Put this end's HELLO (its max_message_size): the first fragment of its direction."""
-        frag = encode_control(HELLO, hello_payload(self._max))
+        frag = encode_hello(self._max)
         self._tx[: len(frag)] = frag
         self._put(len(frag), deadline)
+
+    def _await_hello(self, deadline: Deadline, stop: Callable[[], bool] | None = None) -> None:
+        """Take the peer's HELLO, which must be the first fragment of its direction, and learn its limit.
+
+        For a listener's accept: waits in SLICEs until *deadline* (ChannelTimeout), or until
+        ``stop()`` is true (ChannelClosed); anything but a hello first raises ProtocolError (the
+        caller drops that peer).  Nothing after the hello is consumed.
+        """
+        t, rx = self._t, self._rx
+        while True:
+            if stop is not None and stop():
+                raise ChannelClosed(f"{self._url}: closed while waiting for the peer's hello")
+            left = remaining(deadline)
+            n = t.get(rx, SLICE if left is None else min(left, SLICE))
+            if n >= 0:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ChannelTimeout(f"no peer's hello on {self._url} before the deadline")
+        peer_max = parse_hello(self._rxv[:n], self._url)
+        self._learn_peer_limit(peer_max)
 
     # ------------------------------------------------------------------ receiving
     def _take(self, deadline: Deadline) -> Buffer:
@@ -647,6 +701,10 @@ class QueueChannel(Channel):
         self._tx_id, self._restart, peer_max, self._asm, self._ready, self._gone, self._drained = state
         if peer_max is not None:
             self._learn_peer_limit(peer_max)
+
+    def _fork_adopt(self) -> None:
+        super()._fork_adopt()
+        self._t.fork_adopt()
 
     def _fork_release(self, multiprocessing_child: bool) -> None:
         sel, self._sel = self._sel, None
