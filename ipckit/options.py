@@ -60,6 +60,9 @@ class Capabilities:
     multi_client: bool = False
     #: same-user peers are proven by the mechanism itself (pickle is allowed by default)
     proves_same_user: bool = True
+    #: payload bytes one direction is sure to hold while nobody receives (None: at least 1 MiB);
+    #: a send beyond it waits for the receiver (a SysV queue's msgmnb is 16 KiB for both ways)
+    buffered_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ __all__ = [
     "SEM_UNDO",
     "Kind",
     "RecordFormat",
+    "SemAdjust",
     "Sembuf",
     "TimedSemaphore",
     "check_private_dir",
@@ -304,6 +305,31 @@ class TimedSemaphore:
             delay = min(delay * 2.0, 2e-3)
 
 
+class SemAdjust:
+    """Adjustments of one semaphore by varying amounts, each one ``semop`` call whose answer is
+    stored from C.
+
+    ``adjust(delta, box)`` appends the call's return value (0, or -1 with the errno in
+    ``ctypes.get_errno()``) to *box* from inside C (``list.extend`` over ``map``), so a caller
+    that an exception reaches as the call returns (a signal handler's) still finds out in its
+    ``finally`` whether the adjustment happened: counts that are credit are never lost that way.
+    Never blocks when *flags* has ``IPC_NOWAIT`` or *delta* is positive.
+    """
+
+    __slots__ = ("_args", "_buf")
+
+    def __init__(self, semid: int, num: int, flags: int) -> None:
+        if _semop is None:
+            raise ChannelBroken("libc semop() is not available through ctypes")
+        self._buf = Sembuf(num, 0, flags)
+        self._args = ((semid,), (ctypes.byref(self._buf),), (1,))
+
+    def adjust(self, delta: int, box: list[int]) -> None:
+        self._buf.sem_op = delta
+        semid, ref, one = self._args
+        box.extend(map(_semop, semid, ref, one))  # type: ignore[arg-type]  # (not None: checked in __init__)
+
+
 # --------------------------------------------------------------------------- semaphore sets
 def semops(semid: int, *ops: tuple[int, int, int]) -> int:
     """Apply *ops* ``(sem_num, op, flags)`` atomically; 0 or the errno (EINTR retried)."""
@@ -463,7 +489,11 @@ def msg_limits() -> dict[str, int]:
 
 # --------------------------------------------------------------------------- /proc/sysvipc
 def proc_row(kind: Kind, ident: int) -> dict[str, int] | None:
-    """The ``/proc/sysvipc/<kind>`` row of id *ident* (perms parsed as octal), or None."""
+    """The ``/proc/sysvipc/<kind>`` row of id *ident* (perms parsed as octal), or None.
+
+    Raises:
+        ResourceExhausted: no descriptor is left to read the table with (never "no such object").
+    """
     try:
         with open(f"/proc/sysvipc/{kind}") as f:
             header = f.readline().split()
@@ -473,7 +503,11 @@ def proc_row(kind: Kind, ident: int) -> dict[str, int] | None:
                     row = {h: int(c) for h, c in zip(header, cols, strict=True) if h != "perms"}
                     row["perms"] = int(cols[header.index("perms")], 8)
                     return row
-    except (OSError, ValueError):
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            raise from_oserror(exc, f"reading /proc/sysvipc/{kind}") from exc
+        return None
+    except ValueError:
         return None
     return None
 
