@@ -28,10 +28,12 @@ URL format:
     ``listen``/``connect``.  A listener accepts a single peer (like ``shm://``).
 
 Options:
-    ``depth`` — kernel messages per queue (default 4, at most ``fs.mqueue.msg_max``).
+    ``depth`` — kernel messages per queue (default and maximum ``fs.mqueue.msg_max``, 10 here).
     ``fragment_size`` — bytes per kernel message (default and maximum ``fs.mqueue.msgsize_max``).
     Each channel costs two queues of about ``depth * fragment_size`` bytes of the per-user
-    ``RLIMIT_MSGQUEUE`` (``ulimit -q``, 800 KiB by default: a dozen channels at the defaults).
+    ``RLIMIT_MSGQUEUE`` (``ulimit -q``, 800 KiB by default: four channels at the defaults;
+    ``depth=2`` makes it twenty, at the price of less buffering -- a send of more than
+    ``depth * (fragment_size - 20)`` bytes waits for the reader).
     Common options: ``serializer``, ``max_message_size``, ``default_timeout``, ``mode``, ``trust``.
 
 Platform notes:
@@ -82,11 +84,12 @@ from .common.posix import (
     import_posix_ipc,
     lock,
     lock_held,
+    new_description,
     posix_error,
     reclaim_stale,
     refuse_foreign,
 )
-from .common.queue import QueueChannel, QueueTransport
+from .common.queue import HEADER, QueueChannel, QueueTransport
 
 __all__ = ["MqBackend", "MqChannel", "MqListener", "MqOptions", "live_limits"]
 
@@ -255,10 +258,11 @@ class _MqTransport(QueueTransport):
 # ----------------------------------------------------------------------------- options, names
 @dataclass
 class MqOptions(Options):
-    """``depth`` (kernel messages per queue) and ``fragment_size`` (bytes per kernel message;
-    0: ``fs.mqueue.msgsize_max``), within the live kernel limits, plus the common options."""
+    """``depth`` (kernel messages per queue; 0: ``fs.mqueue.msg_max``) and ``fragment_size``
+    (bytes per kernel message; 0: ``fs.mqueue.msgsize_max``), within the live kernel limits, plus
+    the common options."""
 
-    depth: int = option(4, minimum=1, maximum=65536)
+    depth: int = option(0, minimum=0, maximum=65536)
     fragment_size: int = option(0, minimum=0, maximum=16 * 1024 * 1024)
 
     def validate(self) -> None:
@@ -278,10 +282,10 @@ class MqOptions(Options):
                 f"({_MQ_SYSCTL}/msgsize_max); pass a smaller fragment_size or raise the sysctl")
 
 
-def _fragment_size(opts: MqOptions) -> int:
-    if opts.fragment_size:
-        return opts.fragment_size
-    return live_limits()["msgsize_max"] or 8192
+def _geometry(opts: MqOptions) -> tuple[int, int]:
+    """``(depth, fragment_size)`` of the queues to create: the options, or the live kernel limits."""
+    limits = live_limits()
+    return (opts.depth or limits["msg_max"] or 10), (opts.fragment_size or limits["msgsize_max"] or 8192)
 
 
 def _names(name: str) -> NameSet:
@@ -437,22 +441,39 @@ class _Endpoint:
         inbox, outbox = (anchor, companion) if role == 0 else (companion, anchor)
         self.transport = _MqTransport(inbox, outbox, role, self.size)
 
-    def unlink(self) -> None:
-        """Remove the names, once, under the removal mutex, only while they name our queues."""
+    def unlink(self, *, verified: bool = False) -> None:
+        """Remove the names under the removal mutex, only while they name our queues.
+
+        *verified*: the creator, still holding its liveness lock since it created them: no
+        reclaimer removed them meanwhile (it needs every lock free), so they are ours without the
+        lookup (which needs a descriptor, and may run where none is left).
+        """
         t = self.transport
         anchor = t.inbox if self.role == 0 else t.outbox
         if anchor < 0:
             return
         try:
             with holding(anchor, _UNLINK_BYTE):
-                if self.names.unlink_if_ours(anchor):
+                if verified:
+                    self.names.unlink()
+                    _untrack(self.name)
+                elif self.names.unlink_if_ours(anchor):
                     _untrack(self.name)
         except OSError:
-            pass
+            if verified:
+                self.names.unlink()
+                _untrack(self.name)
 
 
 # ----------------------------------------------------------------------------- channel
-_CAPS: Final = Capabilities(message_oriented=True, selectable=True, named=True)
+def _default_buffering() -> int:
+    """Payload bytes one direction holds unread at the default geometry (the live limits)."""
+    limits = live_limits()
+    return (limits["msg_max"] or 10) * ((limits["msgsize_max"] or 8192) - HEADER.size)
+
+
+_CAPS: Final = Capabilities(message_oriented=True, selectable=True, named=True,
+                            buffered_bytes=_default_buffering())
 
 
 @final
@@ -558,7 +579,7 @@ class MqBackend(Backend):
     def notes(cls) -> list[str]:
         lim = live_limits()
         return [f"mq:// fragments messages into kernel messages of fs.mqueue.msgsize_max={lim['msgsize_max']} "
-                f"bytes, at most fs.mqueue.msg_max={lim['msg_max']} per queue (option depth, default 4)"]
+                f"bytes, at most fs.mqueue.msg_max={lim['msg_max']} per queue (option depth)"]
 
     @classmethod
     def kernel_limits(cls) -> list[KernelLimit]:
@@ -607,10 +628,10 @@ class MqBackend(Backend):
 
     # -- factories -----------------------------------------------------------------------------
     def _create(self, name: str, opts: MqOptions) -> _Endpoint:
-        size = _fragment_size(opts)
+        depth, size = _geometry(opts)
 
         def make() -> _Endpoint:
-            return _Endpoint(name, 0, create=True, depth=opts.depth, size=size, mode=opts.mode)
+            return _Endpoint(name, 0, create=True, depth=depth, size=size, mode=opts.mode)
 
         try:
             return make()
@@ -624,26 +645,37 @@ class MqBackend(Backend):
         opts: MqOptions = options
         name = _PREFIX + secrets.token_hex(16)
         a_ep = self._create(name, opts)
-        trusted = True  # only this user can open the queues (owner-checked, mode rule in resolve_serializer)
+        t = a_ep.transport
+        trusted = True  # only this user can open the queues (owner-checked; the mode rule is resolve_serializer's)
+        fds: list[int] = []
         try:
-            b_ep = _Endpoint(name, 1, create=False, depth=0, size=0, mode=opts.mode)
-        except BaseException:
-            a_ep.unlink()
-            a_ep.transport.close()
+            # The second end gets descriptions of its own of the same queues (its own liveness
+            # lock), without a lookup by name; then the names go at once: nothing can be left.
+            fds.append(new_description(t.outbox))
+            fds.append(new_description(t.inbox))
+            bt = _MqTransport(fds[0], fds[1], 1, t.fragment_size)
+            fds = []
+            bt.claim()
+        except BaseException as exc:
+            for fd in fds:
+                os.close(fd)
+            a_ep.unlink(verified=True)
+            t.close()
+            if isinstance(exc, OSError) and not isinstance(exc, IPCError):
+                raise posix_error(exc, f"open the second end of {name}", kind=MQ) from exc
             raise
-        b_ep.transport.claim()
-        a_ep.unlink()  # both ends are open: the names are not needed any more
+        a_ep.unlink(verified=True)
         try:
-            a = MqChannel("mq://", opts, a_ep.transport, peer_trusted=trusted, peer_max=opts.max_message_size)
+            a = MqChannel("mq://", opts, t, peer_trusted=trusted, peer_max=opts.max_message_size)
         except BaseException:
-            a_ep.transport.close()
-            b_ep.transport.close()
+            t.close()
+            bt.close()
             raise
         try:
-            b = MqChannel("mq://", opts, b_ep.transport, peer_trusted=trusted, peer_max=opts.max_message_size)
+            b = MqChannel("mq://", opts, bt, peer_trusted=trusted, peer_max=opts.max_message_size)
         except BaseException:
             a.close()
-            b_ep.transport.close()
+            bt.close()
             raise
         return a, b
 
@@ -683,13 +715,16 @@ class MqBackend(Backend):
             t.close()
             raise
         try:
+            # Last, so that nothing fails after the listener's hello was taken: a client that
+            # failed earlier left the endpoint as it found it.
             try:
-                ch._await_hello(time.monotonic() + 1.0)  # put at listen(): our limit is the server's
+                ch._await_hello(time.monotonic())  # put at listen(): the server's limit, from now on
             except (ProtocolError, ChannelTimeout) as exc:
-                raise IncompatibleEndpoint(errno.EPROTO, f"{url}: the listener's hello is missing ({exc})") from exc
+                raise IncompatibleEndpoint(errno.EPROTO, f"{url}: the listener's hello is missing (another client "
+                                           f"took it, or this is not an ipckit endpoint): {exc}") from exc
             ch._say_hello(deadline)
         except BaseException:
-            ch.close()
+            ch._abandon()
             raise
         ep.unlink()  # both ends are in place: nothing can be left behind from now on
         return ch

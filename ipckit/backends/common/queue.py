@@ -45,7 +45,10 @@ Transport interface (:class:`QueueTransport`)
                                       peer can read it after this end is gone (the GOODBYE
                                       fragment may not fit a full queue)
     ``peer_closed() -> bool``         the peer's mark
-    ``close()``                       release this end's handles (never removes the peer's data)
+    ``close()``                       release this end's handles (never removes the peer's data);
+                                      idempotent, and may come early: once the peer is gone and
+                                      everything was received (no thread in put/get then), the
+                                      kit closes the transport to give its kernel memory back
     ``fileno() -> int``               optional: a descriptor readable when a fragment waits
     ``handoff()``                     optional: ``(fds, state)`` to rebuild the transport in a
                                       child with ``cls.rebuild(fds, state)`` (spawn/forkserver)
@@ -448,6 +451,7 @@ class QueueChannel(Channel):
         self._gone: IPCError | None = None  # the peer is known gone (EndOfChannel / PeerDied)
         self._drained = False  # ... and everything it sent was received
         self._failed: IPCError | None = None  # a bad fragment stream poll() met, for the next recv
+        self._released = False  # the transport was closed early (_set_drained)
         self._sel: tuple[Any, int] | None = None  # fileno(): (epoll, eventfd), made on first use
         if peer_max is not None:  # known from the rendezvous: a hello arriving later is taken silently
             self._learn_peer_limit(peer_max)
@@ -582,7 +586,7 @@ class QueueChannel(Channel):
                             self._learn_peer_limit(value)
                         else:
                             self._gone = EndOfChannel(f"the peer of {self._url} closed the channel")
-                            self._drained = True
+                            self._set_drained()
                             raise again(self._gone)
                     continue
             except IPCError:
@@ -596,11 +600,34 @@ class QueueChannel(Channel):
             if self._gone is not None or self._peer_end() is not None:
                 if self._gone is not None and wait == 0.0:
                     asm.drop()  # the dead sender's partial message never completes
-                    self._drained = True
+                    self._set_drained()
                     raise again(self._gone)
                 continue  # one more look: it may have queued something just before it went
             if deadline is not None and time.monotonic() >= deadline:
                 raise RecvTimeout(f"recv on {self._url} timed out")
+
+    def _set_drained(self) -> None:
+        """The peer is gone and everything it sent was received: the queues are of no more use,
+        so their kernel memory (RLIMIT_MSGQUEUE) is given back now rather than at close() --
+        unless a send runs in another thread (it may be inside the transport).  Called under the
+        receive lock; every later call raises the recorded end without touching the transport."""
+        self._drained = True
+        self._sync_readable()
+        if self._send_lock.acquire(blocking=False):
+            try:
+                self._released = True
+                self._t.close()
+            finally:
+                self._send_lock.release()
+
+    def _abandon(self) -> None:
+        """Release this end without a goodbye: a rendezvous that failed half-way (the peer never
+        learns of this end, so nothing may be put in its queue)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._handed_off = True  # no goodbye from _close
+        self._release()
 
     def _recv_message(self, deadline: Deadline) -> Buffer:
         return self._take(deadline)
@@ -615,6 +642,26 @@ class QueueChannel(Channel):
         return n
 
     def _poll(self, deadline: Deadline) -> bool:
+        if self._ready is not None or self._drained or self._failed is not None:
+            return True
+        # poll() takes fragments ahead of recv, so it runs under the receive lock (Channel.poll
+        # does not take it): a receive in another thread and this poll never feed the reassembler
+        # at once.  The lock's answer is stored from C (see Channel._locked_send).
+        left = remaining(deadline)
+        held: list[bool] = []
+        lock = self._recv_lock
+        try:
+            held.extend(map(lock.acquire, (True,), (-1 if left is None else left,)))
+            if not held[0]:
+                return self._ready is not None or self._drained
+            if self._closed:
+                raise ChannelClosed(f"poll on closed channel {self._url}")
+            return self._poll_locked(deadline)
+        finally:
+            if held and held[0]:
+                lock.release()
+
+    def _poll_locked(self, deadline: Deadline) -> bool:
         if self._ready is not None or self._drained or self._failed is not None:
             return True
         try:
@@ -635,14 +682,15 @@ class QueueChannel(Channel):
         """An epoll descriptor over the queue's own (readable while a fragment waits) and an
         eventfd set while a message poll() took ahead is buffered here, or the end is known."""
         if self._sel is None:
-            fd = self._t.fileno()
+            fd = -1 if self._released else self._t.fileno()
             ep = select.epoll()
             try:
                 ev = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
             except BaseException:
                 ep.close()
                 raise
-            ep.register(fd, select.EPOLLIN)
+            if fd >= 0:
+                ep.register(fd, select.EPOLLIN)
             ep.register(ev, select.EPOLLIN)
             self._sel = (ep, ev)
             self._sync_readable()
@@ -664,7 +712,7 @@ class QueueChannel(Channel):
     def _close(self) -> None:
         t = self._t
         try:
-            if not self._handed_off:
+            if not self._handed_off and not self._released:
                 # The mark first: it outlives us, and a full queue may have no room for the goodbye.
                 try:
                     t.mark_closed()
