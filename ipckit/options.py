@@ -63,6 +63,9 @@ class Capabilities:
     #: payload bytes one direction is sure to hold while nobody receives (None: at least 1 MiB);
     #: a send beyond it waits for the receiver (a SysV queue's msgmnb is 16 KiB for both ways)
     buffered_bytes: int | None = None
+    #: messages one direction is sure to hold unread, within ``buffered_bytes`` (None: no count
+    #: limit; a POSIX queue holds msg_max kernel messages whatever their size)
+    buffered_messages: int | None = None
 
 
 @dataclass(frozen=True)

@@ -495,6 +495,12 @@ class ChannelContract(OptionRules, ErrorBoundaries, InterruptContract, ThreadCon
 
         contract = self
         duplex = self.caps.duplex
+        # Sends happen while nobody receives: stay within what one direction holds unread.
+        room_bytes, room_messages = self.caps.buffered_bytes, self.caps.buffered_messages
+
+        def room(queued: deque[bytes]) -> bool:
+            return ((room_bytes is None or sum(map(len, queued)) + 2000 <= room_bytes)
+                    and (room_messages is None or len(queued) < room_messages))
 
         class Model(RuleBasedStateMachine):
             def __init__(self) -> None:
@@ -507,12 +513,13 @@ class ChannelContract(OptionRules, ErrorBoundaries, InterruptContract, ThreadCon
                 self.ab: deque[bytes] = deque()
                 self.ba: deque[bytes] = deque()
 
+            @precondition(lambda self: room(self.ab))
             @rule(data=st.binary(max_size=2000))
             def send_ab(self, data: bytes) -> None:
                 self.a.send_bytes(data, timeout=5.0)
                 self.ab.append(data)
 
-            @precondition(lambda self: duplex)
+            @precondition(lambda self: duplex and room(self.ba))
             @rule(data=st.binary(max_size=2000))
             def send_ba(self, data: bytes) -> None:
                 self.b.send_bytes(data, timeout=5.0)
