@@ -35,10 +35,12 @@ __all__ = [
     "FasterFifoSubject",
     "IceoryxSubject",
     "PyzmqSubject",
+    "SysvQueueSubject",
 ]
 
 #: Baseline names, in report order.
-BASELINES = ["mp.Pipe", "mp.Queue", "os.pipe", "os.pipe+hdr20", "unix.socket", "faster-fifo", "pyzmq", "iceoryx2"]
+BASELINES = ["mp.Pipe", "mp.Queue", "os.pipe", "os.pipe+hdr20", "unix.socket", "faster-fifo", "pyzmq", "iceoryx2",
+             "sysv_ipc.mq"]
 #: What ``--baselines`` accepts: the cross-process baselines and the in-process ``memcpy``.
 KNOWN_BASELINES = [*BASELINES, "memcpy"]
 
@@ -486,6 +488,109 @@ class IceoryxSubject(Subject):
 
 
 
+# ------------------------------------------------------------------------ SysV message queue
+# The queue kit's 20-byte fragment header (ipckit.backends.common.queue.HEADER): magic, kind,
+# flags (FIRST 1, LAST 2), message id, fragment index, message length.  Repeated here, as
+# _HDR20 repeats the stream header: a baseline imports no ipckit channel code.
+_FRAG = struct.Struct("<HBBIIQ")
+_FRAG_MAGIC = 0x4B51
+_FRAG_DATA, _FRAG_ABORT = 1, 9
+
+
+def _msgmax() -> int:
+    try:
+        with open("/proc/sys/kernel/msgmax") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 8192
+
+
+class _SysvQueueLink:
+    """One SysV message queue (sysv_ipc), the message type giving the direction, as sysv+mq://
+    uses it: messages cut into kernel messages of at most ``kernel.msgmax`` bytes with the 20-byte
+    fragment header.  Unlike sysv+mq://, waits block in the kernel (``msgsnd``/``msgrcv`` without
+    IPC_NOWAIT: sysv_ipc has no timeouts) and the two directions share the queue unchecked."""
+
+    def __init__(self, mq: Any, rtype: int, stype: int, owner: bool) -> None:
+        self.mq = mq
+        self.rtype = rtype
+        self.stype = stype
+        self.owner = owner
+        self.room = _msgmax() - _FRAG.size
+        self._sid = 0
+        self._rid = 0
+
+    def send(self, data: Buffer) -> None:
+        view = memoryview(data).cast("B")
+        n, room, send, stype, sid = view.nbytes, self.room, self.mq.send, self.stype, self._sid
+        count = max(1, -(-n // room))
+        for i in range(count):
+            flags = (1 if i == 0 else 0) | (2 if i == count - 1 else 0)
+            send(_FRAG.pack(_FRAG_MAGIC, _FRAG_DATA, flags, sid, i, n) + view[i * room : (i + 1) * room], True, stype)
+        self._sid = (sid + 1) & 0xFFFFFFFF
+
+    def recv(self) -> Buffer:
+        receive, rtype, rid = self.mq.receive, self.rtype, self._rid
+        frag = receive(True, rtype)[0]
+        magic, kind, flags, msg_id, index, total = _FRAG.unpack_from(frag)
+        if kind == _FRAG_ABORT:
+            raise EOFError("aborted")
+        if magic != _FRAG_MAGIC or kind != _FRAG_DATA or msg_id != rid or index or not flags & 1:
+            raise ValueError("bad fragment")
+        self._rid = (rid + 1) & 0xFFFFFFFF
+        if flags & 2:
+            return memoryview(frag)[_FRAG.size :]
+        buf = bytearray(total)
+        pos = len(frag) - _FRAG.size
+        buf[:pos] = memoryview(frag)[_FRAG.size :]
+        expect = 1
+        while pos < total:
+            frag = receive(True, rtype)[0]
+            magic, kind, flags, msg_id, index, length = _FRAG.unpack_from(frag)
+            size = len(frag) - _FRAG.size
+            if kind != _FRAG_DATA or msg_id != rid or index != expect or length != total or pos + size > total:
+                raise ValueError("bad fragment")
+            buf[pos : pos + size] = memoryview(frag)[_FRAG.size :]
+            pos += size
+            expect += 1
+        return buf
+
+    def close(self) -> None:
+        if self.owner:
+            self.owner = False
+            try:
+                self.mq.remove()
+            except Exception:  # gone already
+                pass
+
+    def abort(self) -> None:
+        # Wake our own blocked receive: any process may put a message of our type.
+        try:
+            self.mq.send(_FRAG.pack(_FRAG_MAGIC, _FRAG_ABORT, 3, 0, 0, 0), False, self.rtype)
+        except Exception:
+            pass
+
+
+@dataclass
+class _SysvQueueChild:
+    key: int
+
+    def open(self) -> Link:
+        import sysv_ipc
+
+        return _SysvQueueLink(sysv_ipc.MessageQueue(self.key, max_message_size=_msgmax()), 1, 2, owner=False)
+
+
+@dataclass
+class SysvQueueSubject(Subject):
+    def prepare(self) -> Prepared:
+        import sysv_ipc
+
+        mq = sysv_ipc.MessageQueue(None, sysv_ipc.IPC_CREX, mode=0o600, max_message_size=_msgmax())
+        parent = _SysvQueueLink(mq, 2, 1, owner=True)
+        return Prepared(_SysvQueueChild(int(mq.key)), lambda _t, _g: parent, cleanup=parent.close)
+
+
 def _importable(module: str) -> bool:
     import importlib.util
 
@@ -518,6 +623,11 @@ def baseline_subjects(max_message: int) -> tuple[list[Subject], list[SkippedSubj
                                        max_message=max_message))
     else:
         skipped.append(SkippedSubject("iceoryx2", "not installed (pip install iceoryx2)"))
+    if _importable("sysv_ipc"):
+        subjects.append(SysvQueueSubject("sysv_ipc.mq", "baseline", "one SysV queue (sysv_ipc), type = direction, "
+                                         "blocking msgsnd/msgrcv, the queue kit's 20-byte fragment header"))
+    else:
+        skipped.append(SkippedSubject("sysv_ipc.mq", "not installed (pip install sysv_ipc)"))
     return subjects, skipped
 
 
