@@ -31,7 +31,6 @@ _SPECS: dict[str, BackendSpec] = {
     "unix": BackendSpec("ipckit.backends.unix:UnixBackend"),
     "shm": BackendSpec("ipckit.backends.shm:ShmBackend", "pip install posix_ipc"),
     "sysv+shm": BackendSpec("ipckit.backends.sysv_shm:SysvShmBackend", "pip install sysv_ipc"),
-    "mq": BackendSpec("ipckit.backends.mq:MqBackend", "pip install posix_ipc"),
 }
 _LOADED: dict[str, type[Backend]] = {}
 _lock = threading.Lock()
