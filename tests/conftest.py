@@ -35,8 +35,3 @@ def shared_dir() -> Iterator[str]:
         yield d
     finally:
         shutil.rmtree(d)  # what other users planted there too (links are removed, not followed)
-
-# mq:// and sysv+mq:// (issue 12) are work in progress: their modules are in the tree but not registered, and their
-# contract runs do not pass yet (mq: the model test, interrupts, the descriptor limit; sysv+mq: exit
-# with open ends), so they are not collected until they do.
-collect_ignore = ["backends/test_mq.py", "backends/test_sysv_mq.py"]
