@@ -31,6 +31,8 @@ _SPECS: dict[str, BackendSpec] = {
     "unix": BackendSpec("ipckit.backends.unix:UnixBackend"),
     "shm": BackendSpec("ipckit.backends.shm:ShmBackend", "pip install posix_ipc"),
     "sysv+shm": BackendSpec("ipckit.backends.sysv_shm:SysvShmBackend", "pip install sysv_ipc"),
+    "mq": BackendSpec("ipckit.backends.mq:MqBackend", "pip install posix_ipc"),
+    "sysv+mq": BackendSpec("ipckit.backends.sysv_mq:SysvMqBackend", "pip install sysv_ipc"),
 }
 _LOADED: dict[str, type[Backend]] = {}
 _lock = threading.Lock()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import pickle
 import random
 import statistics
 import threading
@@ -281,6 +282,21 @@ class WorkerPool:
         raise NotImplementedError
 
 
+def _safe_window(channel: ipckit.Channel) -> int:
+    """Jobs in flight that *channel* holds without a deadlock: the parent sends a window before it
+    reads, so the jobs (and the results that come back meanwhile) must fit what each direction
+    holds unread, or the worker blocks on a full result direction while the parent blocks on a
+    full job direction (a kernel message queue holds about ten messages)."""
+    caps = channel.capabilities
+    window = WINDOW
+    if caps.buffered_messages is not None:
+        window = min(window, caps.buffered_messages)
+    if caps.buffered_bytes is not None:
+        job = len(pickle.dumps(make_jobs(1)[0], protocol=pickle.HIGHEST_PROTOCOL)) + 64
+        window = min(window, caps.buffered_bytes // job)
+    return max(1, window)
+
+
 class _ChannelPool(WorkerPool):
     """One ipckit channel per worker, a bounded window of jobs in flight on each."""
 
@@ -314,6 +330,7 @@ class _ChannelPool(WorkerPool):
             if not isinstance(channel, ipckit.Channel):
                 raise TypeError(f"{self.name}: the parent's link carries no ipckit channel")
             self._channels.append(channel)
+        self.window = min(self.window, *(_safe_window(c) for c in self._channels))
 
     def run(self, jobs: Sequence[Job]) -> list[Any]:
         # The workers take turns: one blocking recv from each in order, and that worker gets the next
@@ -516,7 +533,8 @@ def pool_subjects(backends: list[str] | None = None,
     subjects = [s for s in subjects if s not in raw]
     skipped = [*skipped, *(SkippedSubject(s.name, "its serializer carries bytes only: pool jobs are dicts")
                            for s in raw)]
-    specs = [PoolSpec(s.name, "ipckit", f"one {s.url} channel per worker ({s.note}), window {WINDOW}",
+    specs = [PoolSpec(s.name, "ipckit",
+                      f"one {s.url} channel per worker ({s.note}), window {WINDOW} or what the channel holds",
                       functools.partial(_ChannelPool, s))
              for s in subjects]
     specs += [
