@@ -61,21 +61,6 @@ def fmt_bytes(n: int) -> str:
     return f"{n} B"  # pragma: no cover - the loop always returns
 
 
-def _planned() -> list[KernelLimit]:
-    # The message-queue schemes (mq://, sysv+mq://) are not written yet; their limits are shown
-    # already because they decide what those schemes will be able to do here.  When a backend
-    # lands, its rows move into its Backend.kernel_limits() and leave this list.
-    return [
-        sysctl("/proc/sys/fs/mqueue/msg_max", "POSIX mq: most messages per queue"),
-        sysctl("/proc/sys/fs/mqueue/msgsize_max", "POSIX mq: largest message (bytes); mq:// fragments above it"),
-        sysctl("/proc/sys/fs/mqueue/queues_max", "POSIX mq: queues system-wide"),
-        sysctl("/proc/sys/kernel/msgmax", "SysV mq: largest message (bytes)"),
-        sysctl("/proc/sys/kernel/msgmnb", "SysV mq: bytes per queue"),
-        sysctl("/proc/sys/kernel/msgmni", "SysV mq: queues system-wide"),
-        rlimit("RLIMIT_MSGQUEUE", "bytes of POSIX message queues per user"),
-    ]
-
-
 def _general() -> list[KernelLimit]:
     """Limits every channel runs into, whatever its scheme."""
     return [
@@ -107,7 +92,7 @@ def kernel_limits() -> list[KernelLimit]:
             rows.extend(cls.kernel_limits())
         except Exception as exc:  # one backend's broken probe must not hide the other limits
             rows.append(KernelLimit(f"{scheme}://", "n/a", f"reading its limits failed: {exc!r}"))
-    rows += _planned() + _general()
+    rows += _general()
     names: set[str] = set()
     unique: list[KernelLimit] = []
     for row in rows:  # several schemes may share a limit (a kit's rows): show it once
