@@ -20,9 +20,10 @@ released a ``recv_view``, the user dropped the numpy array -- its weak reference
 and the reader's next call on the channel (a send or a receive) stores ``returned = 1`` in the
 slot's header: the writer may fill the slot again.  A slot the user
 keeps is never written while kept: the writer takes a new slot instead, up to :data:`POOL_SLOTS`.
-With the pool full of messages still on their way (the reader is behind), the writer waits for a
-slot to come back, as it waits for room in a full ring (the reader's return wakes it).  With the
-pool full of messages the reader took but still holds, the message goes through the ring, so
+With no slot free and a message of the pool still on its way (the reader is behind), the writer
+waits for a slot to come back, as it waits for room in a full ring (the reader's return wakes it):
+taking that message releases the view of the one before.  With every pooled slot holding a
+message the reader took and still keeps, the message goes through the ring, so
 memory stays bounded by the pool; a slot the user has kept across :data:`KEPT_TAKES` such sends is forgotten
 (``dropped = 1``) to make room, and whichever side sees both flags last frees its pages
 (``MADV_REMOVE``).  (Both flags are a store then a load of the other word, which x86 may
@@ -173,14 +174,19 @@ class SideWriter:
             free = [s for s in pool if s.words[_W_RETURNED]]
             if free:
                 victim = min(free, key=lambda s: s.cap)
+            elif self.in_flight():
+                # A message is still on its way: the reader has not caught up, and taking it will
+                # return the slot of the message before (a recv_view is released by the next
+                # receive).  Wait for that rather than copy this message through the ring: a
+                # frame stream then never leaves the slots (the fallback cost recv_view ~25 %).
+                self.behind = True
+                return None
             else:
-                for s in pool:
-                    if s.words[_W_SEEN]:
-                        s.kept += 1
-                        if victim is None and s.kept >= KEPT_TAKES:
-                            victim = s
+                for s in pool:  # every slot holds a message the reader took and still keeps
+                    s.kept += 1
+                    if victim is None and s.kept >= KEPT_TAKES:
+                        victim = s
                 if victim is None:
-                    self.behind = not any(s.words[_W_SEEN] for s in pool)
                     return None
         new = self._new_slot(n)
         if new is None:
@@ -191,9 +197,14 @@ class SideWriter:
         pool.append(new)
         return new
 
+    def in_flight(self) -> bool:
+        """A pooled slot holds a message the reader has not yet taken out of the ring."""
+        return any(not s.words[_W_SEEN] and not s.words[_W_RETURNED] for s in self._pool)
+
     def any_returned(self) -> bool:
-        """A pooled slot came back (the wait's predicate after :meth:`take` found the reader behind)."""
-        return any(s.words[_W_RETURNED] for s in self._pool)
+        """The wait's predicate after :meth:`take` found the reader behind: a pooled slot came
+        back, or none is on its way any more (every one is kept by the reader: the ring then)."""
+        return any(s.words[_W_RETURNED] for s in self._pool) or not self.in_flight()
 
     @staticmethod
     def fill(slot: _Slot, parts: list[memoryview]) -> int:
