@@ -374,7 +374,8 @@ def _open_queue(p: Any, name: str, *, create: bool, depth: int, size: int, mode:
         err = posix_error(exc, f"{'create' if create else 'open'} {what}", kind=MQ, creating=create)
         if isinstance(err, ResourceExhausted):
             code = errno_of(exc) if isinstance(exc, OSError) else None
-            err = _exhausted(err, depth, size, nofile=code == errno.EMFILE and _descriptors_full())
+            err = _exhausted(err, depth, size, code=code, action=f"{'create' if create else 'open'} {what}",
+                             nofile=code == errno.EMFILE and _descriptors_full())
         raise err from exc
     try:
         fd = os.dup(q.mqd)
@@ -409,7 +410,8 @@ def _descriptors_full() -> bool:
         return True  # no descriptor left even for the listing
 
 
-def _exhausted(err: IPCError, depth: int, size: int, *, nofile: bool = False) -> ResourceExhausted:
+def _exhausted(err: IPCError, depth: int, size: int, *, action: str, code: int | None,
+               nofile: bool = False) -> ResourceExhausted:
     if nofile:
         return ResourceExhausted(f"{err}: this process has every descriptor its RLIMIT_NOFILE allows open "
                                  "(an mq:// end holds three); close unused channels or files, or raise "
@@ -417,6 +419,20 @@ def _exhausted(err: IPCError, depth: int, size: int, *, nofile: bool = False) ->
     limits = live_limits()
     cost = _queue_cost(depth, size)
     rl = limits["rlimit"]
+    # mq_open(3) says EMFILE ("too many open files") for the user's queue memory too, and the
+    # descriptor table was ruled out above: the message names the limit that was hit, not that.
+    channel = (f"each mq:// channel needs two queues of about {fmt_bytes(cost)} each (depth={depth} x "
+               f"fragment_size={size})")
+    if code == errno.EMFILE:
+        return ResourceExhausted(
+            f"{action}: this user's POSIX message queue memory is used up (RLIMIT_MSGQUEUE="
+            f"{'unlimited' if rl is None else fmt_bytes(rl)}, `ulimit -q`; every queue of the user counts); "
+            f"{channel}: close unused channels, pass a smaller depth or fragment_size, or raise `ulimit -q`")
+    if code == errno.ENOSPC:
+        return ResourceExhausted(
+            f"{action}: the system's POSIX message queues are used up (fs.mqueue.queues_max="
+            f"{limits['queues_max']}, {_MQ_SYSCTL}/queues_max; two per mq:// channel): close unused channels, "
+            "or raise the sysctl")
     return ResourceExhausted(
         f"{err}. Each mq:// channel needs two queues of about {fmt_bytes(cost)} each (depth={depth} x "
         f"fragment_size={size}) counted against this user's RLIMIT_MSGQUEUE "
@@ -516,12 +532,21 @@ def _stale_anchor_ok(name: str, fd: int, st: os.stat_result) -> bool:
     return time.time() - st.st_ctime >= _BUILD_GRACE
 
 
+def _own_or_absent(n: PosixName) -> bool:
+    """*n* names no queue, or one of this user's (not a squatter's, which is never touched)."""
+    st = n.stat()
+    return st is None or st.st_uid == os.geteuid()
+
+
 def _reclaim(name: str) -> bool:
     """Remove *name*'s queues if they are ours and no end lives; True if the name is free now."""
     free = reclaim_stale(_names(name), alive=_LIVE_BYTES, mutex=_UNLINK_BYTE,
                          ours=lambda fd, st: _stale_anchor_ok(name, fd, st))
     if free:
-        PosixName(MQ, name + _COMPANION).unlink()  # a companion whose anchor went first (a crash)
+        companion = PosixName(MQ, name + _COMPANION)
+        if not _own_or_absent(companion):
+            return False  # another user's queue under our companion's name: refused by the caller
+        companion.unlink()  # a companion whose anchor went first (a crash)
         _untrack(name)
     return free
 
@@ -531,7 +556,8 @@ def _stale(name: str) -> bool:
     try:
         fd = PosixName(MQ, name).open()
     except FileNotFoundError:
-        return PosixName(MQ, name + _COMPANION).stat() is not None
+        companion = PosixName(MQ, name + _COMPANION)
+        return companion.stat() is not None and _own_or_absent(companion)
     except OSError:
         return False
     try:
@@ -662,7 +688,8 @@ class MqBackend(Backend):
             return make()
         except EndpointExists:
             if not _reclaim(name):  # a crashed run's queues (ours, no live end)? never reused
-                refuse_foreign(PosixName(MQ, name))
+                for n in (PosixName(MQ, name), PosixName(MQ, name + _COMPANION)):
+                    refuse_foreign(n)
                 raise
             return make()
 

@@ -1,20 +1,48 @@
-"""mq:// backend: the whole conformance contract, plus the POSIX message-queue rows (limits,
-stale queues recreated, other users, per-user queue limits, a sender killed mid-message).
+"""mq:// backend: the whole conformance contract, plus the POSIX message-queue rows M-1…M-11 of
+docs/design.md (any size, full directions and timeouts, signals, a sender killed mid-message, peer
+death, stale queues without ghosts and their cleanup, owners and squatters, names, the per-user
+and system-wide queue limits in private namespaces).
 
 /dev/mqueue is not mounted here, so the queues are listed through a private mount of the
 mqueue file system in a mount namespace of its own (``unshare -m``, root only): every test
-checks that it left no ``ipckit`` queue behind.
+checks that it left no ``ipckit`` queue behind.  Selectability (``fileno()`` readable while a
+message waits) is the contract's SelectableContract.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import secrets
+import shutil
+import signal
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any, Final
 
 import pytest
 
+import ipckit
+from ipckit.backends import mq
+from ipckit.backends.common.posix import MQ, PosixName
+from ipckit.backends.common.queue import DATA, FIRST, HEADER, LAST, MAGIC, encode_hello
+from ipckit.errors import (
+    ConfigurationError,
+    EndOfChannel,
+    EndpointExists,
+    EndpointNotFound,
+    InvalidAddress,
+    MessageTooLarge,
+    PeerDied,
+    PermissionDenied,
+    RecvTimeout,
+    SendTimeout,
+)
 from ipckit.testing import (
+    NOBODY,
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
@@ -26,6 +54,12 @@ from ipckit.testing import (
     PeerExitContract,
     SecurityContract,
     SelectableContract,
+    as_user,
+    kill_self,
+    ready,
+    signal_storm,
+    spawn_peer,
+    timing_bounds,
 )
 
 posix_ipc = pytest.importorskip("posix_ipc")
@@ -88,3 +122,515 @@ class TestMq(ChannelContract, DuplexContract, PeerCloseContract, SelectableContr
                 q.close()
 
         return write
+
+
+# --------------------------------------------------------------------------- helpers
+class _MqAttr(ctypes.Structure):
+    _fields_ = [("mq_flags", ctypes.c_long), ("mq_maxmsg", ctypes.c_long), ("mq_msgsize", ctypes.c_long),
+                ("mq_curmsgs", ctypes.c_long), ("_pad", ctypes.c_long * 4)]
+
+
+def _mq_attr(fd: int) -> _MqAttr:
+    """The kernel's attributes of the queue open as *fd* (``mq_getattr``): geometry and how many
+    messages it holds now.  The kit's own counters are not used, so the kernel's view is checked."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = _MqAttr()
+    if libc.mq_getattr(fd, ctypes.byref(attr)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return attr
+
+
+def _queued(fd: int) -> int:
+    return int(_mq_attr(fd).mq_curmsgs)
+
+
+def _t(ch: Any) -> Any:
+    return ch._t  # the _MqTransport: inbox, outbox, fragment_size
+
+
+def _wait_queued(fd: int, count: int, timeout: float = 10.0) -> None:
+    """Wait until the kernel queue *fd* holds *count* messages (a peer process is filling it)."""
+    deadline = time.monotonic() + timeout
+    while _queued(fd) != count:
+        assert time.monotonic() < deadline, f"the queue holds {_queued(fd)} messages, not {count}"
+        time.sleep(0.002)
+
+
+@pytest.fixture
+def name() -> str:
+    return f"t{os.getpid()}-{secrets.token_hex(6)}"
+
+
+_SMALL: Final = {"depth": 4, "fragment_size": 256}  # ~2.7 KiB of RLIMIT_MSGQUEUE a channel, not 160 KiB
+_ROOM: Final = _SMALL["fragment_size"] - HEADER.size  # payload bytes per fragment at _SMALL
+
+
+def _in_namespaces(flags: list[str], script: str, tmp_path: Any, *args: str) -> dict[str, str]:
+    """Run *script* under ``unshare`` *flags* with a private registry directory; its ``KEY value`` lines."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for private namespaces")
+    os.chmod(tmp_path, 0o700)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)}
+    run = subprocess.run(["unshare", *flags, sys.executable, "-c", script, *args], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert not os.listdir(tmp_path), "the registry of tracked names was left behind"
+    return dict(line.split(" ", 1) for line in run.stdout.splitlines())
+
+
+# --------------------------------------------------------------------------- M-1 any size
+def test_m1_fragments_are_the_live_msgsize_max() -> None:
+    limits = mq.live_limits()
+    for key in ("msgsize_max", "msg_max", "queues_max"):
+        with open(f"/proc/sys/fs/mqueue/{key}") as f:
+            assert limits[key] == int(f.read())
+    size, depth = limits["msgsize_max"], limits["msg_max"]
+    assert size is not None and depth is not None
+    a, b = ipckit.pair("mq")
+    with a, b:
+        for fd in (_t(a).outbox, _t(b).outbox):
+            attr = _mq_attr(fd)
+            assert (attr.mq_msgsize, attr.mq_maxmsg) == (size, depth)
+        assert _t(a).fragment_size == _t(b).fragment_size == size
+        room = size - HEADER.size
+        # One kernel message per fragment of msgsize_max bytes: the reader is idle, so the
+        # kernel's count shows how each message was cut.
+        for n, fragments in ((0, 1), (room, 1), (room + 1, 2), (3 * room, 3)):
+            a.send_bytes(b"m" * n, timeout=1)
+            assert _queued(_t(b).inbox) == fragments
+            assert b.recv_bytes(timeout=1) == b"m" * n
+    rows = {row.name: row.value for row in mq.MqBackend.kernel_limits()}
+    assert rows["fs.mqueue.msgsize_max"] == str(size) and rows["fs.mqueue.msg_max"] == str(depth)
+
+
+def test_m1_a_message_of_max_message_size_arrives_whole() -> None:
+    limit = 4 * 1024 * 1024
+    a, b = ipckit.pair("mq", max_message_size=limit)
+    with a, b:
+        data = secrets.token_bytes(limit)  # ~520 fragments through a queue of msg_max
+        sender = threading.Thread(target=a.send_bytes, args=(data,), kwargs={"timeout": 20})
+        sender.start()
+        try:
+            assert b.recv_bytes(timeout=20) == data
+        finally:
+            sender.join(20)
+        assert _queued(_t(b).inbox) == 0
+
+
+def test_m1_max_message_size_is_enforced_before_any_fragment() -> None:
+    a, b = ipckit.pair("mq", max_message_size=20000, **_SMALL)
+    with a, b:
+        with pytest.raises(MessageTooLarge, match="max_message_size=20000"):
+            a.send_bytes(bytes(20001), timeout=1)
+        assert _queued(_t(b).inbox) == 0  # nothing of it reached the kernel
+        a.send_bytes(b"next", timeout=1)
+        assert b.recv_bytes(timeout=1) == b"next"
+
+
+def test_m2_geometry_beyond_the_kernel_limits_is_refused_naming_the_sysctl() -> None:
+    limits = mq.live_limits()
+    assert limits["msg_max"] is not None and limits["msgsize_max"] is not None
+    with pytest.raises(ConfigurationError, match=r"fs\.mqueue\.msg_max="):
+        ipckit.pair("mq", depth=limits["msg_max"] + 1)
+    with pytest.raises(ConfigurationError, match=r"fs\.mqueue\.msgsize_max="):
+        ipckit.pair("mq", fragment_size=limits["msgsize_max"] + 1)
+
+
+# --------------------------------------------------------------------------- M-3 full direction
+def test_m3_a_full_direction_times_out_at_its_deadline_and_never_blocks_the_other() -> None:
+    a, b = ipckit.pair("mq", **_SMALL)
+    with a, b:
+        sent = 0
+        with pytest.raises(SendTimeout):
+            for _ in range(100):
+                a.send_bytes(b"x" * 100, timeout=0)
+                sent += 1
+        assert sent == _SMALL["depth"]  # one kernel message each
+        for i in range(sent):  # the other direction is a queue of its own
+            b.send_bytes(b"%d" % i, timeout=0)
+        low, high = timing_bounds(0.2)
+        t0 = time.monotonic()
+        with pytest.raises(SendTimeout):
+            a.send_bytes(b"y" * 3 * _ROOM, timeout=0.2)
+        assert low <= time.monotonic() - t0 <= high
+        assert [b.recv_bytes(timeout=1) for _ in range(sent)] == [b"x" * 100] * sent
+        assert [a.recv_bytes(timeout=1) for _ in range(sent)] == [b"%d" % i for i in range(sent)]
+        with pytest.raises(RecvTimeout):  # the timed-out message was not sent
+            b.recv_bytes(timeout=0)
+        a.send_bytes(b"after", timeout=1)
+        assert b.recv_bytes(timeout=1) == b"after"
+
+
+def test_m3_an_abandoned_message_is_discarded_and_the_next_arrives_whole() -> None:
+    a, b = ipckit.pair("mq", **_SMALL)
+    with a, b:
+        a.send_bytes(b"before", timeout=1)
+        with pytest.raises(SendTimeout):  # three of its fragments go in, then the queue is full
+            a.send_bytes(b"A" * 10 * _ROOM, timeout=0.1)
+        assert _queued(_t(b).inbox) == _SMALL["depth"]
+        with pytest.raises(SendTimeout):  # abandoned twice in a row: the restart skips both
+            a.send_bytes(b"B" * 10 * _ROOM, timeout=0)
+        after = secrets.token_bytes(5 * _ROOM + 7)  # more than the queue holds: sent while b reads
+        sender = threading.Thread(target=a.send_bytes, args=(after,), kwargs={"timeout": 10})
+        sender.start()
+        try:
+            assert b.recv_bytes(timeout=5) == b"before"
+            assert b.recv_bytes(timeout=5) == after
+        finally:
+            sender.join(10)
+        with pytest.raises(RecvTimeout):
+            b.recv_bytes(timeout=0)
+
+
+# --------------------------------------------------------------------------- M-9 signals, deadlines
+@pytest.mark.parametrize("timeout", [0.05, 0.5])
+def test_m9_signals_are_retried_within_the_deadline(timeout: float) -> None:
+    a, b = ipckit.pair("mq", **_SMALL)
+    with a, b:
+        low, high = timing_bounds(timeout)
+        for _ in range(_SMALL["depth"]):
+            a.send_bytes(b"z", timeout=0)  # a's direction full
+        with signal_storm(200.0) as storm:
+            t0 = time.monotonic()
+            with pytest.raises(RecvTimeout):
+                a.recv_bytes(timeout=timeout)
+            elapsed_recv = time.monotonic() - t0
+            t1 = time.monotonic()
+            with pytest.raises(SendTimeout):
+                a.send_bytes(b"z" * 2 * _ROOM, timeout=timeout)
+            elapsed_send = time.monotonic() - t1
+        assert storm.count > 0
+        assert low <= elapsed_recv <= high and low <= elapsed_send <= high
+        assert [b.recv_bytes(timeout=1) for _ in range(_SMALL["depth"])] == [b"z"] * _SMALL["depth"]
+
+
+@pytest.mark.parametrize("timeout", [0.0, 0.3])
+def test_m9_connect_to_an_absent_queue_fails_within_its_deadline(name: str, timeout: float) -> None:
+    low, high = timing_bounds(timeout)
+    with signal_storm(200.0):
+        t0 = time.monotonic()
+        with pytest.raises(EndpointNotFound):
+            ipckit.connect(f"mq://{name}", timeout=timeout)
+        elapsed = time.monotonic() - t0
+    assert low <= elapsed <= high
+
+
+def test_m9_connect_to_a_half_made_endpoint_waits_only_until_its_deadline(name: str) -> None:
+    """An anchor without its companion is a listener being built: connect waits for it, not past
+    its deadline."""
+    anchor = posix_ipc.MessageQueue(f"/ipckit.{name}", posix_ipc.O_CREX, mode=0o600, max_messages=2,
+                                    max_message_size=128)
+    try:
+        low, high = timing_bounds(0.3)
+        t0 = time.monotonic()
+        with pytest.raises(EndpointNotFound):
+            ipckit.connect(f"mq://{name}", timeout=0.3)
+        assert low <= time.monotonic() - t0 <= high
+        assert anchor.current_messages == 0  # nothing was put in it
+    finally:
+        anchor.unlink()
+        anchor.close()
+
+
+# --------------------------------------------------------------------------- M-1/M-4 sender killed mid-message
+def _send_whole_then_big(ch: Any, whole: list[bytes], big: bytes) -> None:
+    for m in whole:
+        ch.send_bytes(m, timeout=10)
+    ready()
+    ch.send_bytes(big, timeout=60)  # blocks once the queue is full: the test kills it there
+
+
+@pytest.mark.parametrize("whole", [0, 2])
+def test_m4_sender_killed_mid_message_never_yields_a_partial_message(whole: int) -> None:
+    """The child's big message is cut into more fragments than the queue holds; it is killed
+    while blocked with the queue full, so exactly ``depth - whole`` of its fragments are queued."""
+    messages = [secrets.token_bytes(_ROOM + i) for i in range(whole)]  # two fragments each
+    depth = 2 * whole + 3
+    a, b = ipckit.pair("mq", depth=depth, fragment_size=_SMALL["fragment_size"])
+    with a, spawn_peer(_send_whole_then_big, b, messages, bytes(20 * _ROOM)) as peer:
+        b.close()  # the child has its own copy
+        peer.wait_ready()
+        _wait_queued(_t(a).inbox, depth)
+        peer.kill()
+        assert peer.wait_exit() == -signal.SIGKILL
+        assert [a.recv_bytes(timeout=5) for _ in messages] == messages
+        t0 = time.monotonic()
+        with pytest.raises(PeerDied):  # the three queued fragments are dropped, never returned
+            a.recv_bytes(timeout=10)
+        assert time.monotonic() - t0 < 1.5
+        with pytest.raises(PeerDied):
+            a.send_bytes(b"to the dead", timeout=1)
+
+
+# --------------------------------------------------------------------------- M-4 peer death and close
+def _client_fills_then_ends(url: str, count: int, how: str) -> None:
+    ch = ipckit.connect(url, timeout=10)
+    for i in range(count):
+        ch.send_bytes(b"m%d" % i, timeout=10)
+    ready()
+    if how == "kill":
+        kill_self()
+    ch.close()  # the queue is full: no room for the goodbye, the close mark says it
+
+
+@pytest.mark.parametrize("how", ["kill", "close"])
+def test_m4_peer_death_and_close_come_after_every_message(name: str, how: str) -> None:
+    url = f"mq://{name}"
+    depth = _SMALL["depth"]
+    with (ipckit.listen(url, **_SMALL) as lst, spawn_peer(_client_fills_then_ends, url, depth, how) as peer,
+          lst.accept(timeout=10) as ch):
+        peer.wait_ready()
+        assert peer.wait_exit() == (-signal.SIGKILL if how == "kill" else 0)
+        assert _queued(_t(ch).inbox) == depth  # every message, and no goodbye
+        assert [ch.recv_bytes(timeout=5) for _ in range(depth)] == [b"m%d" % i for i in range(depth)]
+        with pytest.raises(PeerDied if how == "kill" else EndOfChannel):
+            ch.recv_bytes(timeout=5)
+
+
+# --------------------------------------------------------------------------- M-5/M-6 stale queues, ghosts
+def _listen_with_ghosts_and_die(name: str) -> None:
+    """Listen, then queue what a client would have (its hello and a message) below ipckit, and die."""
+    _lst = ipckit.listen(f"mq://{name}", **_SMALL)  # kept: its __del__ would remove the names
+    raw = posix_ipc.MessageQueue(f"/ipckit.{name}", 0)
+    raw.send(encode_hello(1 << 20), timeout=1)
+    raw.send(HEADER.pack(MAGIC, DATA, FIRST | LAST, 0, 0, 5) + b"ghost", timeout=1)
+    raw.close()
+    ready()
+    kill_self()
+
+
+def _crash_a_listener(name: str) -> None:
+    with spawn_peer(_listen_with_ghosts_and_die, name) as peer:
+        peer.wait_ready()
+        assert peer.wait_exit() == -signal.SIGKILL
+
+
+def test_m6_a_crashed_listeners_queues_are_recreated_never_reused(name: str) -> None:
+    url = f"mq://{name}"
+    _crash_a_listener(name)
+    anchor, companion = PosixName(MQ, f"/ipckit.{name}"), PosixName(MQ, f"/ipckit.{name}~")
+    old = anchor.stat(), companion.stat()
+    assert old[0] is not None and old[1] is not None  # SIGKILL left both queues, with messages
+    t0 = time.monotonic()
+    with pytest.raises(EndpointNotFound, match="listener is gone"):  # at once, not at the deadline
+        ipckit.connect(url, timeout=5)
+    assert time.monotonic() - t0 < 1.0
+    with ipckit.listen(url, **_SMALL) as lst:
+        new = anchor.stat(), companion.stat()
+        assert new[0] is not None and new[1] is not None
+        assert new[0].st_ino != old[0].st_ino and new[1].st_ino != old[1].st_ino
+        with ipckit.connect(url, timeout=5) as c, lst.accept(timeout=5) as s:
+            with pytest.raises(RecvTimeout):  # no ghost of the crashed run either way
+                s.recv_bytes(timeout=0.1)
+            with pytest.raises(RecvTimeout):
+                c.recv_bytes(timeout=0)
+            c.send_bytes(b"new run", timeout=5)
+            assert s.recv_bytes(timeout=5) == b"new run"
+    assert anchor.stat() is None and companion.stat() is None
+
+
+def _cleanup_lines(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
+    from ipckit.cli import main
+
+    assert main(["cleanup", *args]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_m5_cleanup_dry_run_lists_exactly_what_cleanup_removes(name: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Scoped by ``--prefix`` to this test's names: other test runs' stale objects are theirs."""
+    dead, live = f"{name}-dead", f"{name}-live"
+    prefix = ("--prefix", f"ipckit.{name}")
+    _crash_a_listener(dead)
+    registry = os.path.join(mq._registry(), f"ipckit.{dead}")
+    assert os.path.exists(registry)
+    a, b = ipckit.pair("mq", **_SMALL)
+    with ipckit.listen(f"mq://{live}", **_SMALL) as lst, a, b:  # live ones stay
+        shown = f"POSIX message queues /ipckit.{dead} and /ipckit.{dead}~"
+        dry = _cleanup_lines(capsys, "--dry-run", *prefix)
+        assert dry == [f"would remove message queue {shown} (no live end holds its lock)",
+                       "1 object(s) would be removed"]
+        assert PosixName(MQ, f"/ipckit.{dead}").stat() is not None  # a dry run removes nothing
+        done = _cleanup_lines(capsys, *prefix)
+        assert done == [line.replace("would remove", "removed").replace("would be removed", "removed")
+                        for line in dry]
+        for n in (f"/ipckit.{dead}", f"/ipckit.{dead}~"):
+            assert PosixName(MQ, n).stat() is None
+        assert not os.path.exists(registry)
+        assert _cleanup_lines(capsys, "--dry-run", *prefix) == ["nothing stale found"]
+        # What lives was judged alive, and works.
+        assert PosixName(MQ, f"/ipckit.{live}").stat() is not None
+        with ipckit.connect(lst.url, timeout=5) as c, lst.accept(timeout=5) as s:
+            c.send_bytes(b"still", timeout=1)
+            assert s.recv_bytes(timeout=1) == b"still"
+        a.send_bytes(b"alive", timeout=1)
+        assert b.recv_bytes(timeout=1) == b"alive"
+
+
+# --------------------------------------------------------------------------- M-10 owners and modes
+@pytest.mark.parametrize("umask", [0o000, 0o777])
+def test_m10_queues_are_created_exclusively_0600_whatever_the_umask(name: str, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        a, b = ipckit.pair("mq", **_SMALL)
+        lst = ipckit.listen(f"mq://{name}", **_SMALL)
+    finally:
+        os.umask(old)
+    with a, b, lst:
+        for fd in (_t(a).inbox, _t(a).outbox):
+            st = os.fstat(fd)
+            assert (oct(st.st_mode & 0o777), st.st_uid) == ("0o600", os.geteuid())
+        for n in (f"/ipckit.{name}", f"/ipckit.{name}~"):
+            st = PosixName(MQ, n).stat()
+            assert st is not None and (oct(st.st_mode & 0o777), st.st_uid) == ("0o600", os.geteuid())
+        with pytest.raises(EndpointExists):  # exclusive: a second listener never shares them
+            ipckit.listen(f"mq://{name}", **_SMALL)
+
+
+def _squat(queue: str) -> None:
+    os.umask(0)  # really world-writable: an invitation to use it
+    q = posix_ipc.MessageQueue(queue, posix_ipc.O_CREX, mode=0o666, max_messages=2, max_message_size=128)
+    q.send(b"the squatter's", timeout=1)
+    q.close()
+
+
+@pytest.mark.parametrize("which", ["", "~"])
+def test_m10_a_queue_squatted_by_another_uid_is_refused_and_left_alone(name: str, which: str) -> None:
+    """uid 65534 made one of our queue names first, world-writable (root passes the kernel's
+    check on it, so the owner check is ipckit's own)."""
+    squatted = f"/ipckit.{name}{which}"
+    as_user(_squat, squatted)
+    try:
+        with pytest.raises(PermissionDenied, match=f"{squatted} already exists and belongs to uid 65534"):
+            ipckit.listen(f"mq://{name}", **_SMALL)
+        other = f"/ipckit.{name}{'' if which else '~'}"
+        assert PosixName(MQ, other).stat() is None  # nothing half-made left
+        if not which:
+            with pytest.raises(PermissionDenied, match="belongs to uid 65534"):
+                ipckit.connect(f"mq://{name}", timeout=1)
+        q = posix_ipc.MessageQueue(squatted, 0)
+        try:  # never used, never removed
+            assert os.fstat(q.mqd).st_uid == NOBODY
+            assert q.current_messages == 1 and q.receive(0) == (b"the squatter's", 0)
+        finally:
+            q.close()
+    finally:
+        posix_ipc.unlink_message_queue(squatted)
+
+
+def _open_as_other(url: str, queue: str) -> list[str]:
+    got = []
+    try:
+        ipckit.connect(url, timeout=1)
+        got.append("connected")
+    except PermissionDenied:
+        got.append("PermissionDenied")
+    try:
+        posix_ipc.MessageQueue(queue, 0).close()
+        got.append("opened")
+    except posix_ipc.PermissionsError:
+        got.append("PermissionsError")
+    return got
+
+
+def test_m10_another_uid_cannot_connect_or_open_our_queues(name: str) -> None:
+    url = f"mq://{name}"
+    with ipckit.listen(url, **_SMALL) as lst:
+        for queue in (f"/ipckit.{name}", f"/ipckit.{name}~"):
+            assert as_user(_open_as_other, url, queue) == ["PermissionDenied", "PermissionsError"]
+        with ipckit.connect(url, timeout=5) as c, lst.accept(timeout=5) as s:  # the endpoint is intact
+            c.send_bytes(b"mine", timeout=1)
+            assert s.recv_bytes(timeout=1) == b"mine"
+
+
+# --------------------------------------------------------------------------- M-11 names
+@pytest.mark.parametrize("address", ["", "a/b", "bad name", "x" * 201, "ünï"])
+def test_m11_names_outside_the_alphabet_are_invalid_addresses(address: str) -> None:
+    with pytest.raises(InvalidAddress):
+        ipckit.listen(f"mq://{address}", **_SMALL)
+    with pytest.raises(InvalidAddress):
+        ipckit.connect(f"mq://{address}", timeout=0)
+
+
+# --------------------------------------------------------------------------- M-7 limits
+# Both run in private namespaces, so neither the host's sysctls nor other users' queues matter:
+# a user namespace counts RLIMIT_MSGQUEUE of its own (the count every queue of this uid on the
+# machine shares otherwise), an IPC namespace has its own queues and fs.mqueue sysctls, and a
+# mount namespace lets the script list its queues (mqueuefs of its IPC namespace).
+_LIMIT_SCRIPT = r"""
+import ctypes, os, resource, sys, tempfile
+which = sys.argv[1]
+listing = tempfile.mkdtemp()
+os.system("mount -t mqueue none " + listing)
+opts = {"depth": 4, "fragment_size": 256}
+if which == "rlimit":  # room for 5.5 queues at the kernel's cost (depth x (size + 96) on x86-64)
+    hard = resource.getrlimit(resource.RLIMIT_MSGQUEUE)[1]
+    resource.setrlimit(resource.RLIMIT_MSGQUEUE, (int(5.5 * 4 * (256 + 96)), hard))
+else:
+    for key, value in (("queues_max", 5), ("msg_max", 5), ("msgsize_max", 4096)):
+        open("/proc/sys/fs/mqueue/" + key, "w").write(str(value))
+    opts = {}  # the live limits of this namespace
+import ipckit
+from ipckit.errors import ResourceExhausted
+a, b = ipckit.pair("mq", **opts)
+attr = (ctypes.c_long * 8)()  # struct mq_attr: flags, maxmsg, msgsize, curmsgs, reserved
+ctypes.CDLL(None).mq_getattr(a._t.inbox, attr)
+print("GEOMETRY", a._t.fragment_size, attr[1], attr[2])
+made = []
+fds = None
+try:
+    for i in range(5):  # the pair's 2 queues, l0's 2, l1's anchor fit; l1's companion does not
+        fds = len(os.listdir("/proc/self/fd"))
+        made.append(ipckit.listen("mq://l%d" % i, **opts))
+except ResourceExhausted as exc:
+    print("EXHAUSTED", len(made), str(exc).replace("\n", " "))
+print("FDS", fds == len(os.listdir("/proc/self/fd")))
+print("QUEUES", " ".join(sorted(os.listdir(listing))))
+try:
+    ipckit.pair("mq", **opts)
+except ResourceExhausted as exc:
+    print("PAIR", "ResourceExhausted")
+print("QUEUES_AFTER_PAIR", " ".join(sorted(os.listdir(listing))))
+a.send_bytes(b"made before", timeout=1)
+print("WORKS", b.recv_bytes(timeout=1).decode())
+with ipckit.connect("mq://l0", timeout=1) as c, made[0].accept(timeout=1) as s:
+    c.send_bytes(b"l0", timeout=1)
+    print("LISTENER_WORKS", s.recv_bytes(timeout=1).decode())
+a.close(); b.close()
+again = ipckit.listen("mq://again", **opts)  # the pair's memory (or queue count) is back
+print("AGAIN", again.url)
+again.close()
+for lst in made:
+    lst.close()
+print("LEFT", len(os.listdir(listing)))
+os.system("umount " + listing)
+os.rmdir(listing)
+"""
+
+
+def _check_exhaustion(lines: dict[str, str]) -> str:
+    count, message = lines["EXHAUSTED"].split(" ", 1)
+    assert int(count) == 1
+    assert lines["FDS"] == "True"  # the failed listen() kept no descriptor ...
+    assert lines["QUEUES"] == "ipckit.l0 ipckit.l0~"  # ... and no queue of l1 (its anchor was made)
+    assert lines["PAIR"] == "ResourceExhausted" and lines["QUEUES_AFTER_PAIR"] == lines["QUEUES"]
+    assert lines["WORKS"] == "made before" and lines["LISTENER_WORKS"] == "l0"
+    assert lines["AGAIN"] == "mq://again" and lines["LEFT"] == "0"
+    return message
+
+
+def test_m7_rlimit_msgqueue_is_resource_exhausted_naming_it(tmp_path: Any) -> None:
+    lines = _in_namespaces(["--user", "--map-root-user", "--ipc", "--mount"], _LIMIT_SCRIPT, tmp_path, "rlimit")
+    message = _check_exhaustion(lines)
+    assert "RLIMIT_MSGQUEUE" in message and "ulimit -q" in message
+    assert "maximum number of files open" not in message  # EMFILE here is the queue memory, not descriptors
+
+
+def test_m7_queues_max_is_resource_exhausted_naming_it(tmp_path: Any) -> None:
+    """fs.mqueue.queues_max is per IPC namespace: lowered in a private one, never on the host.
+    The namespace's msg_max and msgsize_max are lowered too: the geometry is read live."""
+    lines = _in_namespaces(["--ipc", "--mount"], _LIMIT_SCRIPT, tmp_path, "queues")
+    assert lines["GEOMETRY"] == "4096 5 4096"
+    message = _check_exhaustion(lines)
+    assert "fs.mqueue.queues_max=5" in message
