@@ -64,8 +64,10 @@ Reassembly (:class:`Reassembler`)
     within ``max_message_size`` (else MessageTooLarge, and the message's fragments are skipped);
     so memory never exceeds ``max_message_size`` plus one fragment per direction.  Duplicate,
     missing, reordered, overlapping or oversized fragments raise ProtocolError (the partial
-    message is dropped and the reassembler waits for the next FIRST fragment).  A partial message
-    is never returned.
+    message is dropped and the reassembler waits for the next FIRST fragment).  When the gap shows
+    only at a valid FIRST fragment (a message began while another lacked its end, or out of the
+    numbering), that fragment still begins its message: the error comes first, then the message.
+    A partial message is never returned.
 
 The channel (:class:`QueueChannel`)
     Sends cut the message straight from the caller's buffers (or pickle-5 out-of-band parts)
@@ -232,7 +234,8 @@ class Reassembler:
     fragment, so a valid message after any garbage is still delivered.
     """
 
-    __slots__ = ("_buf", "_expect", "_filled", "_id", "_index", "_limit", "_lost", "_skip", "_total", "_what")
+    __slots__ = ("_buf", "_expect", "_filled", "_held", "_id", "_index", "_limit", "_lost", "_skip", "_total",
+                 "_what")
 
     def __init__(self, limit: int, what: str) -> None:
         self._limit = limit
@@ -246,6 +249,7 @@ class Reassembler:
         self._expect: int | None = None
         self._skip: int | None = None  # a message whose fragments are dropped (it was too large)
         self._lost = False  # a fragment may have been lost (interrupt): drop until the next FIRST
+        self._held: bytes | None = None  # see take_held()
 
     @property
     def pending(self) -> int:
@@ -274,6 +278,7 @@ class Reassembler:
 
     def feed(self, frag: memoryview) -> tuple[int, Any] | None:
         """Take one fragment (the whole kernel message)."""
+        stale: str | None = None  # what the stream before a valid first fragment broke
         n = frag.nbytes
         if n < HEADER.size:
             raise self._fail(f"a {n}-byte kernel message, shorter than a fragment header")
@@ -291,7 +296,12 @@ class Reassembler:
                     raise self._fail("a goodbye with a payload")
                 self._buf = None  # a close while a message was part-way: that message never completes
                 return GOODBYE, None
-            return HELLO, decode_hello(frag[HEADER.size :], f"the peer of {self._what}")
+            try:
+                return HELLO, decode_hello(frag[HEADER.size :], f"the peer of {self._what}")
+            except IncompatibleEndpoint as exc:
+                # Not a rendezvous: a hello of another protocol version inside a channel's stream
+                # breaks this channel's protocol (and an EndpointError out of recv/poll says nothing).
+                raise ProtocolError(f"{exc.strerror} (a hello inside the stream of {self._what})") from exc
         if self._buf is not None:
             if not flags & FIRST:
                 if msg_id != self._id or index != self._index or total != self._total:
@@ -301,10 +311,13 @@ class Reassembler:
                     raise self._fail(f"fragment {index} of message {msg_id} where fragment {self._index} of "
                                      f"message {self._id} was due (lost, repeated or reordered fragments)")
                 return self._append(frag, flags, size)
+            # A first fragment while a message is part-way: what went before is broken (unless the
+            # sender said it abandoned that one), but this fragment is not -- it still begins its
+            # message (below), so the next whole message after any garbage is delivered.
             if not (flags & RESTART and _ahead(msg_id, self._id)) and not self._lost:
-                raise self._fail(f"message {msg_id} began while message {self._id} lacked its last fragment "
-                                 "(fragments were lost)")
-            self._buf = None  # the sender abandoned the partial one
+                stale = (f"message {msg_id} began while message {self._id} lacked its last fragment "
+                         "(fragments were lost)")
+            self._buf = None  # the partial one is dropped
         elif not flags & FIRST:
             if self._lost or msg_id == self._skip:
                 return None  # the rest of a message we are not reassembling
@@ -313,20 +326,25 @@ class Reassembler:
         if index:
             raise self._fail(f"a first fragment with index {index}")
         expect = self._expect
-        if (expect is not None and not self._lost and msg_id != expect
+        if (stale is None and expect is not None and not self._lost and msg_id != expect
                 and not (flags & RESTART and _ahead(msg_id, expect))):
-            raise self._fail(f"message {msg_id} where message {expect} was due (messages were lost or repeated)")
+            stale = f"message {msg_id} where message {expect} was due (messages were lost or repeated)"
         self._lost = False
         self._skip = None
         if total > self._limit:
             self._skip = msg_id
             self._expect = (msg_id + 1) & _ID_MASK
+            also = f" (and before it, {stale})" if stale else ""
             raise MessageTooLarge(f"the peer sent a message of {total} bytes, over max_message_size={self._limit} "
-                                  f"on {self._what}; it was dropped (raise max_message_size on this end)")
+                                  f"on {self._what}; it was dropped (raise max_message_size on this end){also}")
         if size > total or (flags & LAST and size != total) or (not flags & LAST and (size == 0 or size == total)):
             raise self._fail(f"a first fragment of {size} bytes for a {total}-byte message")
         if flags & LAST:
             self._expect = (msg_id + 1) & _ID_MASK
+            if stale:
+                # The error is reported first; this whole message is what the channel returns next.
+                self._held = bytes(frag[HEADER.size :])
+                raise ProtocolError(f"{stale} on {self._what}; the message after the gap is delivered next")
             return DATA, bytes(frag[HEADER.size :])
         buf = bytearray(total)
         buf[:size] = frag[HEADER.size :]
@@ -335,7 +353,15 @@ class Reassembler:
         self._index = 1
         self._total = total
         self._filled = size
+        if stale:  # (not _fail: the message this fragment began is kept)
+            raise ProtocolError(f"{stale} on {self._what}; the message after the gap is still reassembled")
         return None
+
+    def take_held(self) -> bytes | None:
+        """The whole message whose first fragment revealed the ProtocolError :meth:`feed` just
+        raised (a gap before it): the channel returns it after the error.  None: no such message."""
+        held, self._held = self._held, None
+        return held
 
     def _append(self, frag: memoryview, flags: int, size: int) -> tuple[int, Any] | None:
         buf = self._buf
@@ -551,13 +577,13 @@ class QueueChannel(Channel):
     # ------------------------------------------------------------------ receiving
     def _take(self, deadline: Deadline) -> Buffer:
         """The next whole message, waiting until *deadline*."""
+        if self._failed is not None:  # (before _ready: a message held back by the error comes after it)
+            exc, self._failed = self._failed, None
+            raise exc
         if self._ready is not None:
             msg, self._ready = self._ready, None
             self._sync_readable()
             return msg
-        if self._failed is not None:
-            exc, self._failed = self._failed, None
-            raise exc
         if self._drained:
             assert self._gone is not None
             raise again(self._gone)
@@ -590,6 +616,10 @@ class QueueChannel(Channel):
                             raise again(self._gone)
                     continue
             except IPCError:
+                held = asm.take_held()
+                if held is not None:  # the whole message after a gap: returned by the next call
+                    self._ready = held
+                    self._sync_readable()
                 raise
             except BaseException:
                 if not box or (box[0] >= 0 and not fed):
