@@ -267,14 +267,11 @@ def check_outcomes(stream: Sequence[bytes], out: Sequence[Any]) -> bool:
     return any(isinstance(item, EndOfChannel) for item in out)
 
 
-def check_usable(sender: Channel, receiver: Channel, left: Any, ended: bool, finals: Sequence[bytes],
-                 *, flush: Any = None) -> None:
+def check_usable(sender: Channel, receiver: Channel, left: Any, ended: bool, finals: Sequence[bytes]) -> None:
     """After the garbage: the next messages the real sending end sends arrive whole and in order,
     after at most ProtocolErrors (or, once a goodbye ended the direction, only EndOfChannel)."""
     for m in finals:
         sender.send_bytes(m, timeout=1)
-        if flush is not None:
-            flush()
     out = drain(receiver, left)
     if ended:
         assert out and all(isinstance(x, EndOfChannel) for x in out), out
