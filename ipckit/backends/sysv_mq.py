@@ -338,7 +338,9 @@ class SysvQueueTransport(QueueTransport):
                         continue
                     raise self._error(exc, "receiving") from exc
         if not self._paid:  # the sender's credit back (no SEM_UNDO: it is the sender's, whatever becomes of us)
-            self._give_in.adjust(len(inbox[0][0]), [])
+            n = len(inbox[0][0])
+            if n:  # (a semop of 0 means "wait for zero": an empty, forged message gives nothing back)
+                self._give_in.adjust(n, [])
             self._paid = True
         return inbox.pop()[0]
 

@@ -620,7 +620,7 @@ sysv_ipc = pytest.importorskip("sysv_ipc")
 
 
 @_KERNEL_SETTINGS
-@given(garbage=_kernel_garbage(256, _MQ_LIMIT, empty=False), finals=_kernel_finals(4096))
+@given(garbage=_kernel_garbage(256, _MQ_LIMIT), finals=_kernel_finals(4096))
 def test_fuzz_forged_fragments_in_a_real_sysv_queue(garbage: list[bytes], finals: list[bytes]) -> None:
     """sysv+mq://: sysv_ipc puts the forged stream as messages of the receiving end's type."""
     from ipckit.backends import sysv_mq
@@ -645,11 +645,8 @@ class _StillBlocked(Exception):
     """Raised by the SIGALRM handler (not an OSError: the channel would translate that)."""
 
 
-@pytest.mark.xfail(strict=True, raises=_StillBlocked,
-                   reason="sysv_mq.py gives back 0 bytes of credit for an empty kernel message: semop with "
-                          "sem_op=0 waits for the semaphore to reach zero, so recv(timeout=0) blocks for good")
 def test_an_empty_kernel_message_of_our_type_does_not_block_recv() -> None:
-    """Found by the fuzz (so the sysv run above forges no empty messages): a zero-length SysV message
+    """Found by the fuzz: a zero-length SysV message
     of the receiving end's type.  SIGALRM bounds the wait (the blocked semop returns EINTR and the
     handler's exception ends the call); the test expects ProtocolError and no wait at all."""
     import signal
