@@ -2,9 +2,10 @@
 
 ``mp.Pipe`` and ``mp.Queue`` (``multiprocessing``), ``os.pipe`` with a 4-byte length prefix and
 with ipckit's own 20-byte header (``os.pipe+hdr20``), an AF_UNIX ``socketpair`` (``unix.socket``),
-and, when installed, ``faster-fifo`` and ``iceoryx2``.  ``memcpy`` is a baseline name too, but the
-runner measures it in one process.  Nothing here imports an ipckit channel: a baseline measures
-the primitive alone.
+and, when installed, ``faster-fifo``, ``pyzmq``, ``iceoryx2`` and the raw kernel message queues with
+the queue kit's fragment framing (``sysv_ipc.mq``, ``posix_ipc.mq``: what sysv+mq:// and mq:// are
+compared against).  ``memcpy`` is a baseline name too, but the runner measures it in one process.
+Nothing here imports an ipckit channel: a baseline measures the primitive alone.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import struct
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -36,11 +38,12 @@ __all__ = [
     "IceoryxSubject",
     "PyzmqSubject",
     "SysvQueueSubject",
+    "PosixQueueSubject",
 ]
 
 #: Baseline names, in report order.
 BASELINES = ["mp.Pipe", "mp.Queue", "os.pipe", "os.pipe+hdr20", "unix.socket", "faster-fifo", "pyzmq", "iceoryx2",
-             "sysv_ipc.mq"]
+             "sysv_ipc.mq", "posix_ipc.mq"]
 #: What ``--baselines`` accepts: the cross-process baselines and the in-process ``memcpy``.
 KNOWN_BASELINES = [*BASELINES, "memcpy"]
 
@@ -488,50 +491,58 @@ class IceoryxSubject(Subject):
 
 
 
-# ------------------------------------------------------------------------ SysV message queue
+# --------------------------------------------------------------------- kernel message queues
 # The queue kit's 20-byte fragment header (ipckit.backends.common.queue.HEADER): magic, kind,
 # flags (FIRST 1, LAST 2), message id, fragment index, message length.  Repeated here, as
 # _HDR20 repeats the stream header: a baseline imports no ipckit channel code.
 _FRAG = struct.Struct("<HBBIIQ")
 _FRAG_MAGIC = 0x4B51
 _FRAG_DATA, _FRAG_ABORT = 1, 9
+_FRAG_ABORT_MSG = _FRAG.pack(_FRAG_MAGIC, _FRAG_ABORT, 3, 0, 0, 0)
+
+
+def _sysctl(path: str, default: int) -> int:
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return default
 
 
 def _msgmax() -> int:
-    try:
-        with open("/proc/sys/kernel/msgmax") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 8192
+    return _sysctl("/proc/sys/kernel/msgmax", 8192)
 
 
-class _SysvQueueLink:
-    """One SysV message queue (sysv_ipc), the message type giving the direction, as sysv+mq://
-    uses it: messages cut into kernel messages of at most ``kernel.msgmax`` bytes with the 20-byte
-    fragment header.  Unlike sysv+mq://, waits block in the kernel (``msgsnd``/``msgrcv`` without
-    IPC_NOWAIT: sysv_ipc has no timeouts) and the two directions share the queue unchecked."""
+class _FragmentLink:
+    """Whole messages over a kernel message queue, framed as the queue kit frames them: cut into
+    kernel messages of at most *room* payload bytes, each behind the 20-byte fragment header, so a
+    baseline's bandwidth cells pay the same per-fragment cost as the channel compared with it.
 
-    def __init__(self, mq: Any, rtype: int, stype: int, owner: bool) -> None:
-        self.mq = mq
-        self.rtype = rtype
-        self.stype = stype
-        self.owner = owner
-        self.room = _msgmax() - _FRAG.size
+    *put(frame)* sends one kernel message, blocking while the queue is full; *get()* blocks for
+    one and returns a tuple whose first item is its bytes (what both sysv_ipc's and posix_ipc's
+    ``receive`` return, so neither needs a wrapper on the measured path).  Subclasses close and
+    provide ``_wake`` (post the abort fragment to our own incoming queue).
+    """
+
+    def __init__(self, put: Callable[[Buffer], object], get: Callable[[], tuple[bytes, int]], room: int) -> None:
+        self._put = put
+        self._get = get
+        self.room = room
         self._sid = 0
         self._rid = 0
 
     def send(self, data: Buffer) -> None:
         view = memoryview(data).cast("B")
-        n, room, send, stype, sid = view.nbytes, self.room, self.mq.send, self.stype, self._sid
+        n, room, put, sid = view.nbytes, self.room, self._put, self._sid
         count = max(1, -(-n // room))
         for i in range(count):
             flags = (1 if i == 0 else 0) | (2 if i == count - 1 else 0)
-            send(_FRAG.pack(_FRAG_MAGIC, _FRAG_DATA, flags, sid, i, n) + view[i * room : (i + 1) * room], True, stype)
+            put(_FRAG.pack(_FRAG_MAGIC, _FRAG_DATA, flags, sid, i, n) + view[i * room : (i + 1) * room])
         self._sid = (sid + 1) & 0xFFFFFFFF
 
     def recv(self) -> Buffer:
-        receive, rtype, rid = self.mq.receive, self.rtype, self._rid
-        frag = receive(True, rtype)[0]
+        get, rid = self._get, self._rid
+        frag = get()[0]
         magic, kind, flags, msg_id, index, total = _FRAG.unpack_from(frag)
         if kind == _FRAG_ABORT:
             raise EOFError("aborted")
@@ -545,7 +556,7 @@ class _SysvQueueLink:
         buf[:pos] = memoryview(frag)[_FRAG.size :]
         expect = 1
         while pos < total:
-            frag = receive(True, rtype)[0]
+            frag = get()[0]
             magic, kind, flags, msg_id, index, length = _FRAG.unpack_from(frag)
             size = len(frag) - _FRAG.size
             if kind != _FRAG_DATA or msg_id != rid or index != expect or length != total or pos + size > total:
@@ -556,6 +567,35 @@ class _SysvQueueLink:
         return buf
 
     def close(self) -> None:
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        # Wake our own blocked receive: any process that has the queue open may post to it, and a
+        # receive is blocked only on an empty queue, so the non-blocking post finds room.
+        try:
+            self._wake()
+        except Exception:
+            pass
+
+
+# ------------------------------------------------------------------------ SysV message queue
+class _SysvQueueLink(_FragmentLink):
+    """One SysV message queue (sysv_ipc), the message type giving the direction, as sysv+mq://
+    uses it: fragments of at most ``kernel.msgmax`` bytes.  Unlike sysv+mq://, waits block in the
+    kernel (``msgsnd``/``msgrcv`` without IPC_NOWAIT: sysv_ipc has no timeouts) and the two
+    directions share the queue unchecked."""
+
+    def __init__(self, mq: Any, rtype: int, stype: int, owner: bool) -> None:
+        super().__init__(partial(mq.send, block=True, type=stype), partial(mq.receive, True, rtype),
+                         _msgmax() - _FRAG.size)
+        self.mq = mq
+        self.rtype = rtype
+        self.owner = owner
+
+    def close(self) -> None:
         if self.owner:
             self.owner = False
             try:
@@ -563,12 +603,8 @@ class _SysvQueueLink:
             except Exception:  # gone already
                 pass
 
-    def abort(self) -> None:
-        # Wake our own blocked receive: any process may put a message of our type.
-        try:
-            self.mq.send(_FRAG.pack(_FRAG_MAGIC, _FRAG_ABORT, 3, 0, 0, 0), False, self.rtype)
-        except Exception:
-            pass
+    def _wake(self) -> None:
+        self.mq.send(_FRAG_ABORT_MSG, False, self.rtype)
 
 
 @dataclass
@@ -589,6 +625,90 @@ class SysvQueueSubject(Subject):
         mq = sysv_ipc.MessageQueue(None, sysv_ipc.IPC_CREX, mode=0o600, max_message_size=_msgmax())
         parent = _SysvQueueLink(mq, 2, 1, owner=True)
         return Prepared(_SysvQueueChild(int(mq.key)), lambda _t, _g: parent, cleanup=parent.close)
+
+
+# ----------------------------------------------------------------------- POSIX message queues
+_MQUEUE = "/proc/sys/fs/mqueue"
+
+
+class _PosixQueueLink(_FragmentLink):
+    """Two POSIX message queues (posix_ipc), one per direction, as mq:// uses them: fragments of
+    at most the queue's message size (``fs.mqueue.msgsize_max`` when created here).  Unlike mq://,
+    waits block in the kernel (``mq_send``/``mq_receive`` with no timeout) and nothing checks that
+    the peer is alive: the watchdog's ``abort`` ends a receive a dead peer left blocked.
+
+    The parent created the queues and owns their names: its ``close`` unlinks them, whatever
+    became of the child.
+    """
+
+    def __init__(self, qout: Any, qin: Any, owner: bool) -> None:
+        super().__init__(qout.send, qin.receive, int(qout.max_message_size) - _FRAG.size)
+        self.qout = qout
+        self.qin = qin
+        self.owner = owner
+
+    def close(self) -> None:
+        for q in (self.qout, self.qin):
+            if self.owner:
+                try:
+                    q.unlink()
+                except Exception:  # gone already
+                    pass
+            try:
+                q.close()
+            except Exception:  # closed already
+                pass
+        self.owner = False
+
+    def _wake(self) -> None:
+        self.qin.send(_FRAG_ABORT_MSG, 0)
+
+
+@dataclass
+class _PosixQueueChild:
+    inbox: str
+    outbox: str
+
+    def open(self) -> Link:
+        import posix_ipc
+
+        qin = posix_ipc.MessageQueue(self.inbox)
+        try:
+            qout = posix_ipc.MessageQueue(self.outbox)
+        except BaseException:
+            qin.close()
+            raise
+        return _PosixQueueLink(qout, qin, owner=False)
+
+
+@dataclass
+class PosixQueueSubject(Subject):
+    def prepare(self) -> Prepared:
+        import posix_ipc
+
+        # Named like the queues ``mqls -r`` removes, but not ones ipckit's cleanup would take for mq://'s.
+        tag = f"/ipckit.bench-{os.getpid()}-{secrets.token_hex(4)}"
+        depth = _sysctl(f"{_MQUEUE}/msg_max", posix_ipc.QUEUE_MESSAGES_MAX_DEFAULT)
+        size = _sysctl(f"{_MQUEUE}/msgsize_max", posix_ipc.QUEUE_MESSAGE_SIZE_MAX_DEFAULT)
+        made: list[Any] = []
+        try:
+            for direction in ("a2b", "b2a"):
+                made.append(posix_ipc.MessageQueue(f"{tag}.{direction}", posix_ipc.O_CREX, mode=0o600,
+                                                   max_messages=depth, max_message_size=size))
+        except BaseException as exc:
+            for q in made:  # the first queue, when the second could not be made (RLIMIT_MSGQUEUE)
+                q.unlink()
+                q.close()
+            if isinstance(exc, OSError):
+                # mq_open's EMFILE reads "maximum number of files open" but is mostly the byte limit.
+                raise OSError(f"posix_ipc.mq: cannot create two queues of {depth} x {size} bytes ({exc}): they "
+                              "count against RLIMIT_MSGQUEUE (`ulimit -q`) and RLIMIT_NOFILE; close other POSIX "
+                              "queues or raise the limit") from exc
+            raise
+        to_child, to_parent = made
+        parent = _PosixQueueLink(to_child, to_parent, owner=True)
+        return Prepared(_PosixQueueChild(to_child.name, to_parent.name), lambda _t, _g: parent,
+                        cleanup=parent.close)
 
 
 def _importable(module: str) -> bool:
@@ -628,6 +748,12 @@ def baseline_subjects(max_message: int) -> tuple[list[Subject], list[SkippedSubj
                                          "blocking msgsnd/msgrcv, the queue kit's 20-byte fragment header"))
     else:
         skipped.append(SkippedSubject("sysv_ipc.mq", "not installed (pip install sysv_ipc)"))
+    if _importable("posix_ipc"):
+        subjects.append(PosixQueueSubject("posix_ipc.mq", "baseline", "two POSIX queues (posix_ipc), one per "
+                                          "direction, blocking mq_send/mq_receive, the queue kit's 20-byte "
+                                          "fragment header"))
+    else:
+        skipped.append(SkippedSubject("posix_ipc.mq", "not installed (pip install posix_ipc)"))
     return subjects, skipped
 
 
