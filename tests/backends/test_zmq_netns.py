@@ -256,3 +256,30 @@ def test_namespaces_of_a_dead_run_are_removed() -> None:
         assert mine not in netns.remove_stale()
     finally:
         subprocess.run(["ip", "netns", "del", mine], check=True, timeout=10)
+
+
+# --------------------------------------------------------------------------- examples/cross_host.py
+EXAMPLE = THIS.parents[2] / "examples" / "cross_host.py"
+
+
+def _ours() -> set[str]:
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True).stdout
+    return {line.split()[0] for line in names.splitlines() if line.startswith(netns.PREFIX)}
+
+
+def test_cross_host_example_in_netns_mode_runs_and_leaves_nothing() -> None:
+    import tempfile
+
+    before_ns = _ours()
+    before_tmp = {e for e in os.listdir(tempfile.gettempdir()) if e.startswith("ipckit-cross-host-")}
+    proc = subprocess.run([sys.executable, "-W", "error", str(EXAMPLE), "--netns", "-n", "7"], capture_output=True,
+                          text=True, timeout=PEER_TIMEOUT * 3, check=False, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.stderr == ""
+    out = proc.stdout
+    assert "with CURVE, 1 client key(s) allowed" in out
+    assert "client: 7 squares from the worker" in out
+    assert "worker: served 7 request(s) from 1 client(s)" in out
+    assert "<-veth->" in out and "cleanup: namespaces, veth pair and keys removed" in out
+    assert _ours() == before_ns
+    assert {e for e in os.listdir(tempfile.gettempdir()) if e.startswith("ipckit-cross-host-")} == before_tmp
