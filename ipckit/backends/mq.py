@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import resource
 import secrets
@@ -153,6 +154,13 @@ def _load_mq() -> tuple[Any, Any]:
     raise ImportError("mq_timedsend/mq_timedreceive are not in libc or librt")
 
 
+try:
+    from .common import _queuefast as _fast
+except ImportError:  # not built (no compiler at install time): ctypes does the same calls
+    _fast = None  # type: ignore[assignment]
+if os.environ.get("IPCKIT_PURE_PYTHON", "") not in ("", "0"):
+    _fast = None  # type: ignore[assignment]  # (as for the ring: measure and test the fallback)
+
 _MQ_CALLS: tuple[Any, Any] | None = None
 _ZERO = _Timespec(0, 0)  # an absolute time long past: "do not wait"
 _RETRY: Final = frozenset((errno.ETIMEDOUT, errno.EINTR, errno.EAGAIN))
@@ -180,6 +188,9 @@ class _MqTransport(QueueTransport):
         self._ts_ref = ctypes.byref(self._ts)
         self._zero_ref = ctypes.byref(_ZERO)
         self._addr: dict[int, tuple[bytearray, Any]] = {}
+        if _fast is not None:
+            self.put = functools.partial(_fast.put, outbox)  # type: ignore[method-assign]
+            self.get = functools.partial(_fast.get, inbox)  # type: ignore[method-assign]
 
     def claim(self) -> bool:
         """Take this end's liveness byte; False if another end holds it."""
@@ -205,6 +216,8 @@ class _MqTransport(QueueTransport):
         ts.tv_nsec = min(int((when - sec) * 1e9), 999_999_999)
         return self._ts_ref
 
+    # put()/get() go through ctypes unless the C module is there (then __init__ replaces them
+    # with its two calls, bound to this end's descriptors: see _queuefast.c for why).
     def put(self, buf: bytearray, n: int, timeout: float) -> bool:
         if self._send(self.outbox, self._address(buf), n, 0, self._when(timeout)) == 0:
             return True
@@ -255,6 +268,9 @@ class _MqTransport(QueueTransport):
                 except OSError:
                     pass
         self.inbox = self.outbox = -1
+        if _fast is not None:  # (the bound calls must not keep using numbers the OS may reuse)
+            self.put = functools.partial(_fast.put, -1)  # type: ignore[method-assign]
+            self.get = functools.partial(_fast.get, -1)  # type: ignore[method-assign]
 
 
 # ----------------------------------------------------------------------------- options, names

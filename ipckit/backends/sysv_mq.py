@@ -67,7 +67,6 @@ Platform notes:
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -283,7 +282,7 @@ class SysvQueueTransport(QueueTransport):
         n = self._took_n = piece.nbytes
         self._take_out.adjust(-n, took)
         if took[0]:
-            code = ctypes.get_errno()
+            code = self._take_out.errno(took[0])
             took.clear()
             if code == errno.EAGAIN:
                 return False  # this direction's half is in the queue: the receiver is behind

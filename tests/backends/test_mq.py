@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import re
 import secrets
@@ -667,3 +668,61 @@ def test_m7_queues_max_is_resource_exhausted_naming_it(tmp_path: Any) -> None:
     assert lines["GEOMETRY"] == "4096 5 4096"
     message = _check_exhaustion(lines)
     assert "fs.mqueue.queues_max=5" in message
+
+
+# ----------------------------------------------------------------------------- the C queue calls
+def test_the_c_queue_calls_answer_as_the_ctypes_ones() -> None:
+    """_queuefast.put/get (what mq:// runs when the C module is built) on a real queue: a
+    message round-trips, a full queue and an empty one are "retry" (False / -1) at once with no
+    timeout and after the timeout with one, and other failures are OSError with the errno."""
+    qf = pytest.importorskip("ipckit.backends.common._queuefast", reason="the C queue calls are not built")
+    posix_ipc = pytest.importorskip("posix_ipc")
+    name = f"/ipckit-test-qf-{os.getpid()}-{secrets.token_hex(4)}"
+    q = posix_ipc.MessageQueue(name, posix_ipc.O_CREX, mode=0o600, max_messages=2, max_message_size=128)
+    try:
+        fd = q.mqd
+        out = bytearray(b"x" * 128)
+        out[:5] = b"hello"
+        assert qf.put(fd, out, 5, 0.0) is True
+        assert qf.put(fd, out, 128, 1.0) is True
+        assert qf.put(fd, out, 1, 0.0) is False  # full
+        start = time.monotonic()
+        assert qf.put(fd, out, 1, 0.05) is False
+        assert time.monotonic() - start >= 0.04  # waited (the kernel's CLOCK_REALTIME deadline)
+        inbox = bytearray(128)
+        assert qf.get(fd, inbox, 0.0) == 5 and inbox[:5] == b"hello"
+        assert qf.get(fd, inbox, 0.0) == 128
+        assert qf.get(fd, inbox, 0.0) == -1  # empty
+        assert qf.get(fd, inbox, 0.02) == -1
+        with pytest.raises(OSError) as info:
+            qf.get(fd, bytearray(16), 0.0)  # smaller than the queue's message size
+        assert info.value.errno == errno.EMSGSIZE
+        with pytest.raises(OSError) as info:
+            qf.put(fd, bytearray(200), 129, 0.0)  # over the queue's message size
+        assert info.value.errno == errno.EMSGSIZE
+        with pytest.raises(ValueError):  # (n beyond the buffer is refused before the kernel)
+            qf.put(fd, out, 200, 0.0)
+        with pytest.raises(OSError) as info:
+            qf.get(-1, inbox, 0.0)
+        assert info.value.errno == errno.EBADF
+        with pytest.raises(BufferError):
+            qf.get(fd, b"read-only", 0.0)
+    finally:
+        q.close()
+        q.unlink()
+
+
+def test_the_c_semop_answers_zero_or_the_negative_errno() -> None:
+    qf = pytest.importorskip("ipckit.backends.common._queuefast", reason="the C queue calls are not built")
+    sysv_ipc = pytest.importorskip("sysv_ipc")
+    sem = sysv_ipc.Semaphore(None, sysv_ipc.IPC_CREX, mode=0o600, initial_value=0)
+    try:
+        assert qf.semop1(sem.id, 0, 3, 0) == 0 and sem.value == 3
+        assert qf.semop1(sem.id, 0, -2, 0o4000) == 0 and sem.value == 1
+        assert qf.semop1(sem.id, 0, -2, 0o4000) == -errno.EAGAIN and sem.value == 1
+        assert qf.semop1(sem.id, 5, 1, 0) == -errno.EFBIG  # no such semaphore in the set
+        with pytest.raises(ValueError):
+            qf.semop1(sem.id, 0, 1 << 20, 0)
+    finally:
+        sem.remove()
+    assert qf.semop1(sem.id, 0, 1, 0) in (-errno.EINVAL, -errno.EIDRM)

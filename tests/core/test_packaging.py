@@ -32,6 +32,7 @@ SOURCE = ROOT / "ipckit"
 HAVE_SOURCE = (ROOT / "setup.py").is_file() and (SOURCE / "__init__.py").is_file()
 INSTALLED_FROM = Path(ipckit.__file__).resolve().parent
 EXTENSION = "ipckit.backends.common.ring._ringfast"
+EXTENSIONS = (EXTENSION, "ipckit.backends.common._queuefast")
 
 needs_source = pytest.mark.skipif(not HAVE_SOURCE, reason="needs the source tree (this run tests an installed wheel)")
 
@@ -96,10 +97,11 @@ def test_package_data_covers_every_file_that_is_not_python() -> None:
 @needs_source
 def test_the_extension_source_and_stub_are_where_setup_py_says() -> None:
     sources = _setup_py_sources()
-    assert sources == [EXTENSION.replace(".", "/") + ".c"]
-    assert (ROOT / sources[0]).is_file()
-    assert (ROOT / (EXTENSION.replace(".", "/") + ".pyi")).is_file()
-    assert EXTENSION in (ROOT / "setup.py").read_text()
+    assert sources == [ext.replace(".", "/") + ".c" for ext in EXTENSIONS]
+    for ext, source in zip(EXTENSIONS, sources, strict=True):
+        assert (ROOT / source).is_file()
+        assert (ROOT / (ext.replace(".", "/") + ".pyi")).is_file()
+        assert ext in (ROOT / "setup.py").read_text()
 
 
 @needs_source
@@ -115,12 +117,15 @@ def test_build_is_a_dev_dependency() -> None:
 def test_the_installed_wheel_carries_typing_files_extension_and_every_package() -> None:
     files = {str(f) for f in importlib.metadata.files("ipckit") or []}
     for needed in ("ipckit/py.typed", "ipckit/backends/common/ring/_ringfast.pyi",
+                   "ipckit/backends/common/_queuefast.pyi",
                    "ipckit/backends/common/__init__.py", "ipckit/backends/common/ring/__init__.py",
                    "ipckit/testing/__init__.py", "ipckit/bench/__init__.py"):
         assert needed in files, f"{needed} is missing from the installed wheel"
     assert not any(f.endswith(".c") for f in files), "the C source belongs in the sdist, not the wheel"
     if importlib.util.find_spec(EXTENSION) is not None:
         assert any(fnmatch.fnmatch(f, "ipckit/backends/common/ring/_ringfast*.so") for f in files)
+    if importlib.util.find_spec("ipckit.backends.common._queuefast") is not None:
+        assert any(fnmatch.fnmatch(f, "ipckit/backends/common/_queuefast*.so") for f in files)
     # Every package directory that is installed is listed (nothing copied in by hand).
     for init in INSTALLED_FROM.rglob("__init__.py"):
         rel = "ipckit/" + init.relative_to(INSTALLED_FROM).as_posix()

@@ -96,7 +96,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from ... import _handoff
-from ...channel import Channel
+from ...channel import USE_DEFAULT, Channel
 from ...deadline import Deadline, remaining
 from ...errors import (
     BufferTooSmall,
@@ -112,6 +112,7 @@ from ...errors import (
     SendTimeout,
     UnsupportedOperation,
     again,
+    from_oserror,
 )
 from ...framing import decode_hello, hello_payload
 from ...options import Options
@@ -154,6 +155,10 @@ SLICE: Final = 0.05
 
 #: Smallest fragment size the kit accepts (header plus a useful payload).
 MIN_FRAGMENT: Final = 64
+
+_HS: Final = HEADER.size
+_WHOLE: Final = FIRST | LAST
+_NOWAIT: Final = (False,)
 
 
 # ----------------------------------------------------------------------------- fragmenter
@@ -357,6 +362,21 @@ class Reassembler:
             raise ProtocolError(f"{stale} on {self._what}; the message after the gap is still reassembled")
         return None
 
+    def whole(self, msg_id: int, total: int) -> bool:
+        """Accept a message that came in one fragment (kind DATA, flags exactly FIRST|LAST, index 0,
+        its length field equal to its payload), when :meth:`feed` would take it without a word:
+        no partial message, the expected id (or none expected, or fragments were lost), within
+        the limit.  False: let :meth:`feed` judge it."""
+        if self._buf is not None or total > self._limit:
+            return False
+        expect = self._expect
+        if expect is not None and msg_id != expect and not self._lost:
+            return False
+        self._lost = False
+        self._skip = None
+        self._expect = (msg_id + 1) & _ID_MASK
+        return True
+
     def take_held(self) -> bytes | None:
         """The whole message whose first fragment revealed the ProtocolError :meth:`feed` just
         raised (a gap before it): the channel returns it after the error.  None: no such message."""
@@ -479,6 +499,7 @@ class QueueChannel(Channel):
         self._failed: IPCError | None = None  # a bad fragment stream poll() met, for the next recv
         self._released = False  # the transport was closed early (_set_drained)
         self._sel: tuple[Any, int] | None = None  # fileno(): (epoll, eventfd), made on first use
+        self._fast_max = min(self._room, self._send_max)  # largest message of the send fast path
         if peer_max is not None:  # known from the rendezvous: a hello arriving later is taken silently
             self._learn_peer_limit(peer_max)
         self._closed = False
@@ -495,6 +516,123 @@ class QueueChannel(Channel):
         else:
             self._gone = PeerDied(f"the peer of {self._url} died without closing the channel")
         return self._gone
+
+    def _learn_peer_limit(self, peer_max: int) -> None:
+        super()._learn_peer_limit(peer_max)
+        self._fast_max = min(self._room, self._send_max)
+
+    # ------------------------------------------------------------------ fast paths
+    # send()/send_bytes() and recv()/recv_bytes() of a message that fits one kernel message skip
+    # the general path's layers when the call completes at once: the lock is free, the queue has
+    # room (send) or a fragment comes within one slice (recv).  Anything else -- a larger
+    # message, another thread in the call, a full queue, an end known gone, a message poll()
+    # holds, a fragment that is not a whole message -- goes on through the general path, within
+    # the same deadline.  The object path is the bytes path: Channel.send/recv call these hooks.
+    def _send_one(self, data: Any, timeout: float | None) -> None:
+        if type(data) is bytes and self._gone is None and not self._closed and not self._restart:
+            n = len(data)
+            if n <= self._fast_max:
+                if not self._t.peer_alive():  # (one lock test: a send to a closed peer fails at once)
+                    Channel._send_one(self, data, timeout)  # which raises the end
+                    return
+                lock = self._send_lock
+                held: list[bool] = []
+                try:
+                    held.extend(map(lock.acquire, _NOWAIT))  # (stored from C: see Channel._locked_send)
+                    if held[0]:
+                        msg_id = self._tx_id
+                        tx = self._tx
+                        HEADER.pack_into(tx, 0, MAGIC, DATA, _WHOLE, msg_id, 0, n)
+                        end = _HS + n
+                        tx[_HS:end] = data
+                        # Until put() answers, the message counts as possibly queued: an interrupt
+                        # from here on leaves the next message a new id and RESTART, as the
+                        # general path does (a RESTART that was not needed costs nothing).
+                        self._restart = True
+                        self._tx_id = (msg_id + 1) & _ID_MASK
+                        if self._t.put(tx, end, 0.0):
+                            self._restart = False
+                            return
+                        self._tx_id = msg_id  # not queued (the queue is full): as if never tried
+                        self._restart = False
+                except OSError as exc:
+                    raise from_oserror(exc, f"send on {self._url}") from exc
+                finally:
+                    if held and held[0]:
+                        lock.release()
+        Channel._send_one(self, data, timeout)
+
+    def _recv_payload(self, timeout: float | None) -> Any:
+        if timeout is USE_DEFAULT:
+            timeout = self._default_timeout
+        if self._ready is not None or self._failed is not None or self._gone is not None or self._closed:
+            return Channel._recv_payload(self, timeout)
+        start = 0.0 if timeout is None else time.monotonic()
+        lock = self._recv_lock
+        held: list[bool] = []
+        box: list[int] = []
+        asm = self._asm
+        try:
+            held.extend(map(lock.acquire, _NOWAIT))
+            if held[0]:
+                rx = self._rx
+                # Stored from C (list.extend over map), as in _take.
+                box.extend(map(self._t.get, (rx,), (SLICE if timeout is None else min(max(timeout, 0.0), SLICE),)))
+                n = box[0]
+                if n >= _HS:
+                    magic, kind, flags, msg_id, index, total = HEADER.unpack_from(rx, 0)
+                    if (magic == MAGIC and kind == DATA and flags == _WHOLE and not index and total == n - _HS
+                            and asm.whole(msg_id, total)):
+                        box.append(n)
+                        return self._rxv[_HS:n].tobytes()
+                if n >= 0:
+                    data = self._took(n, box)
+                    if data is not None:
+                        return data
+        except IPCError:
+            self._keep_held()
+            raise
+        except OSError as exc:
+            raise from_oserror(exc, f"recv on {self._url}") from exc
+        except BaseException:
+            if held and held[0] and (not box or (box[0] >= 0 and len(box) == 1)):
+                # A fragment may have left the queue without reaching the reassembler (get() is
+                # Python: an exception can land after its kernel call and before *box* has it).
+                asm.lost()
+            raise
+        finally:
+            if held and held[0]:
+                lock.release()
+        # Another thread receiving, a slice of waiting passed, or a fragment that did not finish a
+        # message: the general path goes on, within what is left of the same deadline (it also
+        # tells a dead or closed peer from a timeout).
+        if timeout is not None:
+            timeout = max(0.0, timeout - (time.monotonic() - start))
+        return Channel._recv_payload(self, timeout)
+
+    def _took(self, n: int, box: list[int]) -> Any:
+        """Feed the *n*-byte fragment in the receive buffer to the reassembler (``box`` gets
+        *n* appended once it did); the message it completes, or None."""
+        event = self._asm.feed(self._rxv[:n])
+        box.append(n)
+        if event is None:
+            return None
+        kind, value = event
+        if kind == DATA:
+            return value
+        if kind == HELLO:
+            self._learn_peer_limit(value)
+            return None
+        self._gone = EndOfChannel(f"the peer of {self._url} closed the channel")
+        self._set_drained()
+        raise again(self._gone)
+
+    def _keep_held(self) -> None:
+        """After the reassembler raised: the whole message after a gap is returned by the next call."""
+        held = self._asm.take_held()
+        if held is not None:
+            self._ready = held
+            self._sync_readable()
 
     # ------------------------------------------------------------------ sending
     def _send_message(self, view: memoryview, deadline: Deadline) -> None:
@@ -587,7 +725,7 @@ class QueueChannel(Channel):
         if self._drained:
             assert self._gone is not None
             raise again(self._gone)
-        t, rx, rxv, asm = self._t, self._rx, self._rxv, self._asm
+        t, rx, asm = self._t, self._rx, self._asm
         box: list[int] = []
         while True:
             left = remaining(deadline)
@@ -595,34 +733,22 @@ class QueueChannel(Channel):
             if self._gone is not None:
                 wait = 0.0  # the peer is gone: only what is queued remains
             box.clear()
-            fed = False
             try:
                 # The length is stored from C (list.extend over map), so an exception a signal
-                # handler raises right after get() returns finds it in *box*.
+                # handler raises right after get() returns finds it in *box* (and _took appends
+                # to it once the fragment reached the reassembler).
                 box.extend(map(t.get, (rx,), (wait,)))
                 n = box[0]
                 if n >= 0:
-                    event = asm.feed(rxv[:n])
-                    fed = True
-                    if event is not None:
-                        kind, value = event
-                        if kind == DATA:
-                            return value  # type: ignore[no-any-return]
-                        if kind == HELLO:
-                            self._learn_peer_limit(value)
-                        else:
-                            self._gone = EndOfChannel(f"the peer of {self._url} closed the channel")
-                            self._set_drained()
-                            raise again(self._gone)
+                    data = self._took(n, box)
+                    if data is not None:
+                        return data  # type: ignore[no-any-return]
                     continue
             except IPCError:
-                held = asm.take_held()
-                if held is not None:  # the whole message after a gap: returned by the next call
-                    self._ready = held
-                    self._sync_readable()
+                self._keep_held()
                 raise
             except BaseException:
-                if not box or (box[0] >= 0 and not fed):
+                if not box or (box[0] >= 0 and len(box) == 1):
                     asm.lost()  # a fragment may have left the queue without reaching the reassembler
                 raise
             if self._closed:

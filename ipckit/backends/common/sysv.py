@@ -166,6 +166,12 @@ def _load_libc() -> ctypes.CDLL | None:
 
 
 _libc = _load_libc()
+try:
+    from ._queuefast import semop1 as _semop1
+except ImportError:  # not built: libc's semop through ctypes
+    _semop1 = None  # type: ignore[assignment]
+if os.environ.get("IPCKIT_PURE_PYTHON", "") not in ("", "0"):
+    _semop1 = None  # type: ignore[assignment]  # (as for the ring: measure and test the fallback)
 _semop = getattr(_libc, "semop", None) if _libc is not None else None
 _semtimedop = getattr(_libc, "semtimedop", None) if _libc is not None else None
 _semget = getattr(_libc, "semget", None) if _libc is not None else None
@@ -309,25 +315,42 @@ class SemAdjust:
     """Adjustments of one semaphore by varying amounts, each one ``semop`` call whose answer is
     stored from C.
 
-    ``adjust(delta, box)`` appends the call's return value (0, or -1 with the errno in
-    ``ctypes.get_errno()``) to *box* from inside C (``list.extend`` over ``map``), so a caller
-    that an exception reaches as the call returns (a signal handler's) still finds out in its
-    ``finally`` whether the adjustment happened: counts that are credit are never lost that way.
-    Never blocks when *flags* has ``IPC_NOWAIT`` or *delta* is positive.
+    ``adjust(delta, box)`` appends the call's answer to *box* from inside C (``list.extend`` over
+    ``map``), so a caller that an exception reaches as the call returns (a signal handler's)
+    still finds out in its ``finally`` whether the adjustment happened: counts that are credit
+    are never lost that way.  The answer is 0 (done) or not (failed: :meth:`errno` of it tells
+    why).  The call is the C module ``_queuefast``'s when it was built (ctypes costs more than
+    the semop itself), else libc's through ctypes.  Never blocks when *flags* has
+    ``IPC_NOWAIT`` or *delta* is positive.
     """
 
-    __slots__ = ("_args", "_buf")
+    __slots__ = ("_args", "_buf", "_fast")
+    _buf: Sembuf
 
     def __init__(self, semid: int, num: int, flags: int) -> None:
+        if _semop1 is not None:
+            self._fast = True
+            self._args: tuple[Any, ...] = ((semid,), (num,), (flags,))
+            return
         if _semop is None:
             raise ChannelBroken("libc semop() is not available through ctypes")
+        self._fast = False
         self._buf = Sembuf(num, 0, flags)
         self._args = ((semid,), (ctypes.byref(self._buf),), (1,))
 
     def adjust(self, delta: int, box: list[int]) -> None:
+        if self._fast:
+            semid, num, flags = self._args
+            box.extend(map(_semop1, semid, num, (delta,), flags))
+            return
         self._buf.sem_op = delta
         semid, ref, one = self._args
         box.extend(map(_semop, semid, ref, one))  # type: ignore[arg-type]  # (not None: checked in __init__)
+
+    def errno(self, answer: int) -> int:
+        """The errno of a failed adjustment whose *answer* :meth:`adjust` stored (read at once:
+        the ctypes path keeps it only until the next ctypes call of this thread)."""
+        return -answer if self._fast else ctypes.get_errno()
 
 
 # --------------------------------------------------------------------------- semaphore sets
