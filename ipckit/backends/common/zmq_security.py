@@ -8,8 +8,8 @@ bind policy (docs/backends/zmq-security.md).
 * :func:`check_bind_address`: loopback is always allowed; any other address (``0.0.0.0``, ``*``, a
   LAN address, a host name) needs CURVE, or an explicit ``insecure=True`` which then warns.
 * :class:`CurveServer`: makes a socket a CURVE server and admits only allow-listed client keys.
-  The check runs in pyzmq's ZAP authenticator (``zmq.auth.thread.ThreadAuthenticator``) with a
-  credentials provider; libzmq itself rejects NULL and PLAIN clients of a CURVE server (mechanism
+  The check runs in pyzmq's ZAP authenticator (``zmq.auth.Authenticator``, in a thread of ours)
+  with a credentials provider; libzmq itself rejects NULL and PLAIN clients of a CURVE server (mechanism
   mismatch) before ZAP is asked.
 * :func:`apply_curve_client`: makes a socket a CURVE client of a server whose public key it knows.
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-import zmq.auth.thread
+import zmq.auth
 from zmq.utils import z85
 
 from ipckit.errors import (
@@ -449,29 +449,59 @@ def check_bind_address(host: str, *, curve: bool, insecure: bool) -> None:
 
 
 # --------------------------------------------------------------------------- the ZAP side
-class _Authenticator(zmq.auth.thread.ThreadAuthenticator):
-    """pyzmq's thread authenticator with a bounded stop (its own ``stop()`` joins without a limit)."""
+class _Authenticator(zmq.auth.Authenticator):
+    """pyzmq's ZAP authenticator (it speaks ZAP and asks the credentials provider), in a thread of ours.
+
+    Not pyzmq's ``ThreadAuthenticator``: its ``stop()`` joins the thread without a limit, and its
+    thread waits in an asyncio poller with no timeout, which never wakes when the context is
+    destroyed under it (``Context.destroy()`` closes the ZAP socket from another thread): the
+    thread then hangs for good, holding its event loop's descriptors.  This thread waits at most
+    ``_POLL_MS`` at a time, ends when asked (``bounded_stop``) or when the context is closed, and
+    is the only user (and the closer) of the ZAP socket once started.
+    """
+
+    _POLL_MS = 100  # how soon the thread notices a stop request or a destroyed context
+
+    def start_thread(self) -> None:
+        self.start()  # Authenticator.start(): create and bind the ZAP socket (in this thread)
+        self._stop_requested = threading.Event()
+        # The socket moves to the new thread; starting a thread is the full barrier libzmq asks for.
+        self._thread = threading.Thread(target=self._serve, name="ipckit-zap", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        sock = self.zap_socket
+        try:
+            while not self._stop_requested.is_set() and not self.context.closed:
+                try:
+                    if not sock.poll(self._POLL_MS):
+                        continue
+                    request = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    return  # the context was terminated or destroyed: nobody is left to ask
+                # handle_zap_message is a coroutine only because a provider *may* be async; ours
+                # (_AllowList.callback) is not, so it runs to its end on the first step.
+                step = self.handle_zap_message(request)
+                try:
+                    step.send(None)
+                except StopIteration:
+                    continue
+                step.close()
+                raise RuntimeError("the ZAP handler waited for something; ipckit's allow-list never does")
+        finally:
+            if not sock.closed:
+                sock.close(linger=0)
 
     def bounded_stop(self, timeout: float) -> bool:
-        """Stop the thread; True when it ended within *timeout* and every socket is closed."""
-        pipe, thread = self.pipe, self.thread
-        self.pipe = None  # type: ignore[assignment]  # pyzmq's own stop() and __del__ then do nothing
-        self.thread = None  # type: ignore[assignment]
-        ended = True
-        if pipe is not None:
-            try:
-                pipe.send(b"TERMINATE", flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # context terminated or the thread gone: nothing will read it
-            if thread is not None:
-                thread.join(timeout)
-                ended = not thread.is_alive()
-            pipe.close(linger=0)
-        if ended and self.zap_socket is not None:
-            # Only once the thread is gone: a zmq socket must not be closed under the thread using it.
-            self.zap_socket.close(linger=0)
-        self.zap_socket = None  # type: ignore[assignment]
-        return ended
+        """Ask the thread to end and wait at most *timeout*; True when it has ended."""
+        thread = getattr(self, "_thread", None)
+        if thread is None:  # start_thread() failed before the thread: close what start() made
+            if self.zap_socket is not None and not self.zap_socket.closed:
+                self.zap_socket.close(linger=0)
+            return True
+        self._stop_requested.set()
+        thread.join(timeout)
+        return not thread.is_alive()
 
 
 class _AllowList:
@@ -494,7 +524,12 @@ class _Shared:
         self.context = context  # held, so id(context) stays this context's while we exist
         self.users = 0
         self.auth = _Authenticator(context)
-        self.auth.start()
+        try:
+            self.auth.start_thread()
+        except BaseException:
+            # A failed bind (another authenticator owns the ZAP endpoint) leaves its socket open.
+            self.auth.bounded_stop(_STOP_TIMEOUT)
+            raise
 
 
 _registry_lock = threading.Lock()
@@ -513,6 +548,10 @@ class CurveServer:
     CurveServer of a context stops and joins the shared authenticator thread.  Close the server
     sockets (or at least stop accepting) before — a server socket outliving its CurveServer refuses
     every client (ZAP_ENFORCE_DOMAIN), it never admits all of them.
+
+    Close every CurveServer of a context before ``context.term()``: a live authenticator holds a
+    socket of the context, so ``term()`` would wait for it forever.  (``context.destroy()`` closes
+    that socket itself; the thread then ends within 0.1 s and ``close()`` still works.)
 
     ``accepted`` and ``rejected`` count the ZAP verdicts (CURVE clients only; NULL and PLAIN
     clients never reach ZAP).  A received message's ``User-Id`` property
@@ -545,7 +584,7 @@ class CurveServer:
                             "another ZAP authenticator already runs on this zmq context (only one can: libzmq "
                             "binds it at inproc://zeromq.zap.01); use a context of its own for ipckit") from exc
                     raise ConfigurationError(f"cannot start the CURVE authenticator: {exc}") from exc
-                except RuntimeError as exc:  # pyzmq: the thread did not start within its 10 s
+                except RuntimeError as exc:  # no thread could be started (the process is at its limit)
                     raise ConfigurationError(f"cannot start the CURVE authenticator: {exc}") from exc
                 _registry[id(context)] = shared
             shared.users += 1
