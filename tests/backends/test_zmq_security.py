@@ -35,6 +35,7 @@ from ipckit.errors import (
     PermissionDenied,
     SecurityWarning,
 )
+from ipckit.testing import as_user
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -396,13 +397,20 @@ def test_bad_key_files(tmp_path: Path) -> None:
         zs.load_public_keys(big)
 
 
+def _load_as_other_user(path: str) -> str:
+    try:
+        zs.load_keypair(path)
+    except PermissionDenied as exc:
+        return str(exc)
+    return "loaded"
+
+
 def test_an_unreadable_key_file_is_permission_denied(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads any file; the mode check of secret files is tested above")
+    """Another user's secret key file (0600, so unreadable to us) is PermissionDenied, not an OSError."""
+    os.chmod(tmp_path, 0o755)  # the directory is searchable; the file itself stays 0600
     secret, _ = zs.save_keypair(zs.generate_keypair(), tmp_path / "k")
-    os.chmod(secret, 0)
-    with pytest.raises(PermissionDenied):
-        zs.load_keypair(secret)
+    text = as_user(_load_as_other_user, secret)
+    assert text != "loaded" and "cannot read the key file" in text
 
 
 def test_allow_lists_from_files_lines_and_iterables(tmp_path: Path) -> None:
