@@ -266,6 +266,75 @@ def test_context_destroyed_under_a_live_curve_server(client_kp: zs.KeyPair) -> N
     curve.close()
 
 
+def test_term_with_a_live_curve_server_does_not_wait_for_it(client_kp: zs.KeyPair) -> None:
+    context: zmq.Context[Any] = zmq.Context()
+    curve = zs.CurveServer(context, zs.generate_keypair(), [client_kp.public])
+    thread = next(t for t in threading.enumerate() if t.name == "ipckit-zap")
+    sock = context.socket(zmq.ROUTER)
+    curve.apply(sock)
+    sock.close(linger=0)
+    done = threading.Event()
+    # term() interrupts the authenticator's poll with ETERM; the thread closes its socket and ends.
+    terminator = threading.Thread(target=lambda: (context.term(), done.set()), daemon=True)
+    terminator.start()
+    assert done.wait(5.0), "context.term() waited for the authenticator thread"
+    terminator.join(5.0)
+    thread.join(5.0)
+    assert not thread.is_alive()
+    curve.close()
+
+
+def test_sockets_of_a_context_per_channel(client_kp: zs.KeyPair) -> None:
+    """One CurveServer for sockets of several contexts (a context per channel): each context gets
+    an authenticator, each socket admits the listed key only, and ended contexts are let go."""
+    base: zmq.Context[Any] = zmq.Context()
+    contexts: list[zmq.Context[Any]] = []
+    curve = zs.CurveServer(base, zs.generate_keypair(), [client_kp.public])
+    try:
+        for _ in range(3):
+            context: zmq.Context[Any] = zmq.Context()
+            contexts.append(context)
+            srv = context.socket(zmq.PAIR)
+            srv.linger = 0
+            curve.apply(srv)
+            mon = Monitor(srv)
+            port = srv.bind_to_random_port("tcp://127.0.0.1")
+            for kp, admitted in ((zs.generate_keypair(), False), (client_kp, True)):
+                cli = context.socket(zmq.PAIR)
+                cli.linger = 0
+                zs.apply_curve_client(cli, kp, curve.public_key)
+                cli.connect(f"tcp://127.0.0.1:{port}")
+                cli.send(b"hello")
+                ev = mon.next_event(REJECT_WITHIN)
+                assert ev is not None
+                if admitted:
+                    assert ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED, ev
+                    assert srv.poll(5000) and srv.recv() == b"hello"
+                else:
+                    assert ev["event"] & FAILED, ev
+                    assert not srv.poll(0)
+                cli.close(linger=0)
+            mon.close()
+            srv.close(linger=0)
+        zap = [t for t in threading.enumerate() if t.name == "ipckit-zap"]
+        assert len(zap) == 4  # the base context and one per channel context
+        for context in contexts[:2]:
+            context.term()  # channels closed: their threads end by themselves
+        spare: zmq.Context[Any] = zmq.Context()
+        contexts.append(spare)
+        sock = spare.socket(zmq.PAIR)
+        curve.apply(sock)  # lets the ended contexts go
+        sock.close(linger=0)
+        assert len(curve._attached) == 3  # base, contexts[2], spare
+        assert curve.accepted == 3 and curve.rejected == 3
+    finally:
+        curve.close()
+        for context in contexts:
+            context.destroy(linger=0)
+        base.destroy(linger=0)
+    assert not [t for t in threading.enumerate() if t.name == "ipckit-zap"]
+
+
 def test_curve_server_refuses_an_empty_allow_list_and_a_foreign_authenticator(ctx: zmq.Context[Any]) -> None:
     with pytest.raises(ConfigurationError, match="allow-list is empty"):
         zs.CurveServer(ctx, zs.generate_keypair(), [])

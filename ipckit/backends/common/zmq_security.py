@@ -14,9 +14,10 @@ bind policy (docs/backends/zmq-security.md).
 * :func:`apply_curve_client`: makes a socket a CURVE client of a server whose public key it knows.
 
 ZAP is per *context*: libzmq sends every handshake of a context to the one handler bound at
-``inproc://zeromq.zap.01``.  So the CurveServers of one context share one authenticator thread
-(reference counted, started by the first, stopped and joined by the last ``close()``), and each
-server has its own ZAP domain, which selects its own allow-list.  Every server socket also sets
+``inproc://zeromq.zap.01``.  So each context with CURVE server sockets has one authenticator
+thread, shared by the CurveServers using it (reference counted; started by the first, stopped and
+joined by the last ``close()``, ended by itself when the context is terminated), and each server
+has its own ZAP domain, which selects its own allow-list.  Every server socket also sets
 ``ZMQ_ZAP_ENFORCE_DOMAIN``: without it, libzmq *accepts every client key* when no ZAP handler is
 bound (for example after the authenticator stopped while the socket still lives); with it, such a
 handshake fails.  Fail closed.
@@ -34,8 +35,9 @@ import os
 import stat
 import struct
 import threading
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -455,19 +457,26 @@ class _Authenticator(zmq.auth.Authenticator):
     Not pyzmq's ``ThreadAuthenticator``: its ``stop()`` joins the thread without a limit, and its
     thread waits in an asyncio poller with no timeout, which never wakes when the context is
     destroyed under it (``Context.destroy()`` closes the ZAP socket from another thread): the
-    thread then hangs for good, holding its event loop's descriptors.  This thread waits at most
-    ``_POLL_MS`` at a time, ends when asked (``bounded_stop``) or when the context is closed, and
-    is the only user (and the closer) of the ZAP socket once started.
+    thread then hangs for good, holding its event loop's descriptors.  This thread waits in
+    ``zmq_poll`` at most ``_POLL_MS`` at a time and ends when asked (``request_stop``), when the
+    context is terminated (``term()`` interrupts the poll with ETERM, so ``term()`` never waits
+    for us) or destroyed; it is the only user, and the closer, of the ZAP socket once started.
     """
 
     _POLL_MS = 100  # how soon the thread notices a stop request or a destroyed context
 
-    def start_thread(self) -> None:
+    def start_thread(self, on_exit: Callable[[], None]) -> None:
+        self._on_exit = on_exit
         self.start()  # Authenticator.start(): create and bind the ZAP socket (in this thread)
         self._stop_requested = threading.Event()
         # The socket moves to the new thread; starting a thread is the full barrier libzmq asks for.
         self._thread = threading.Thread(target=self._serve, name="ipckit-zap", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        thread = getattr(self, "_thread", None)
+        return thread is not None and thread.is_alive() and not self._stop_requested.is_set()
 
     def _serve(self) -> None:
         sock = self.zap_socket
@@ -491,15 +500,23 @@ class _Authenticator(zmq.auth.Authenticator):
         finally:
             if not sock.closed:
                 sock.close(linger=0)
+            self._on_exit()
 
-    def bounded_stop(self, timeout: float) -> bool:
-        """Ask the thread to end and wait at most *timeout*; True when it has ended."""
+    def request_stop(self) -> None:
+        stop = getattr(self, "_stop_requested", None)
+        if stop is not None:
+            stop.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait at most *timeout* for the thread (after request_stop); True when it has ended.
+
+        If start_thread() failed before the thread ran, close what Authenticator.start() made.
+        """
         thread = getattr(self, "_thread", None)
-        if thread is None:  # start_thread() failed before the thread: close what start() made
+        if thread is None:
             if self.zap_socket is not None and not self.zap_socket.closed:
                 self.zap_socket.close(linger=0)
             return True
-        self._stop_requested.set()
         thread.join(timeout)
         return not thread.is_alive()
 
@@ -518,18 +535,24 @@ class _AllowList:
 
 
 class _Shared:
-    """One authenticator thread per zmq context, shared by that context's CurveServers."""
+    """The authenticator thread of one zmq context, shared by the CurveServers using that context."""
 
     def __init__(self, context: zmq.Context[Any]) -> None:
-        self.context = context  # held, so id(context) stays this context's while we exist
+        self.context = context  # held, so id(context) stays this context's while we are registered
         self.users = 0
         self.auth = _Authenticator(context)
         try:
-            self.auth.start_thread()
+            self.auth.start_thread(self._forget)
         except BaseException:
             # A failed bind (another authenticator owns the ZAP endpoint) leaves its socket open.
-            self.auth.bounded_stop(_STOP_TIMEOUT)
+            self.auth.join(0)
             raise
+
+    def _forget(self) -> None:
+        """The thread ended (stopped, or its context went away): a later server starts a new one."""
+        with _registry_lock:
+            if _registry.get(id(self.context)) is self:
+                del _registry[id(self.context)]
 
 
 _registry_lock = threading.Lock()
@@ -537,21 +560,45 @@ _registry: dict[int, _Shared] = {}
 _domains = itertools.count(1)
 
 
+def _attach(context: zmq.Context[Any], domain: str, provider: _AllowList) -> _Shared:
+    """The live authenticator of *context* (started if needed), serving *domain* with *provider*.
+
+    Called with _registry_lock held.
+    """
+    shared = _registry.get(id(context))
+    if shared is None or shared.context is not context or not shared.auth.alive:
+        try:
+            shared = _Shared(context)
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigurationError(
+                    "another ZAP authenticator already runs on this zmq context (only one can: libzmq "
+                    "binds it at inproc://zeromq.zap.01); use a context of its own for ipckit") from exc
+            raise ConfigurationError(f"cannot start the CURVE authenticator: {exc}") from exc
+        except RuntimeError as exc:  # no thread could be started (the process is at its limit)
+            raise ConfigurationError(f"cannot start the CURVE authenticator: {exc}") from exc
+        _registry[id(context)] = shared
+    shared.users += 1
+    shared.auth.configure_curve_callback(domain, provider)
+    return shared
+
+
 class CurveServer:
-    """CURVE for the listening sockets of one endpoint: the server key and the client allow-list.
+    """CURVE for the server sockets of one endpoint: the server key and the client allow-list.
 
     ``apply(sock)`` (before ``bind``) makes *sock* a CURVE server with *keypair* and a ZAP domain
     of its own; a client is admitted only if its public key is in *allowed*.  NULL and PLAIN
     clients fail the handshake (mechanism mismatch), a client with a key not in *allowed* is refused
     by ZAP, a client that does not know the server's public key cannot complete the handshake;
-    none of them can send or receive a message.  ``close()`` is idempotent and bounded: the last
-    CurveServer of a context stops and joins the shared authenticator thread.  Close the server
-    sockets (or at least stop accepting) before — a server socket outliving its CurveServer refuses
-    every client (ZAP_ENFORCE_DOMAIN), it never admits all of them.
+    none of them can send or receive a message.
 
-    Close every CurveServer of a context before ``context.term()``: a live authenticator holds a
-    socket of the context, so ``term()`` would wait for it forever.  (``context.destroy()`` closes
-    that socket itself; the thread then ends within 0.1 s and ``close()`` still works.)
+    ZAP is per context, so every context a socket given to ``apply()`` belongs to gets an
+    authenticator thread (one per context, shared by all CurveServers there; *context* is the
+    first).  A socket of a context of its own per channel thus costs a thread per channel; the
+    thread ends by itself when its context is terminated or destroyed (``term()`` does not wait
+    for it).  ``close()`` is idempotent and bounded: it stops serving this allow-list, and the
+    threads no other CurveServer uses are stopped and joined.  A server socket outliving its
+    CurveServer refuses every client (ZAP_ENFORCE_DOMAIN), it never admits all of them.
 
     ``accepted`` and ``rejected`` count the ZAP verdicts (CURVE clients only; NULL and PLAIN
     clients never reach ZAP).  A received message's ``User-Id`` property
@@ -572,24 +619,10 @@ class CurveServer:
         self.rejected = 0
         self._lock = threading.Lock()
         self._closed = False
-        self._context = context
+        self._provider = _AllowList(self, keys)
+        self._attached: dict[int, _Shared] = {}
         with _registry_lock:
-            shared = _registry.get(id(context))
-            if shared is None or shared.context is not context:
-                try:
-                    shared = _Shared(context)
-                except zmq.ZMQError as exc:
-                    if exc.errno == errno.EADDRINUSE:
-                        raise ConfigurationError(
-                            "another ZAP authenticator already runs on this zmq context (only one can: libzmq "
-                            "binds it at inproc://zeromq.zap.01); use a context of its own for ipckit") from exc
-                    raise ConfigurationError(f"cannot start the CURVE authenticator: {exc}") from exc
-                except RuntimeError as exc:  # no thread could be started (the process is at its limit)
-                    raise ConfigurationError(f"cannot start the CURVE authenticator: {exc}") from exc
-                _registry[id(context)] = shared
-            shared.users += 1
-            shared.auth.configure_curve_callback(self.domain, _AllowList(self, keys))
-            self._shared: _Shared | None = shared
+            self._attached[id(context)] = _attach(context, self.domain, self._provider)
 
     def _count(self, ok: bool) -> None:
         with self._lock:
@@ -605,8 +638,16 @@ class CurveServer:
 
     def apply(self, sock: zmq.Socket[Any]) -> None:
         """Make *sock* a CURVE server of this allow-list; call it before ``bind``."""
-        if self._closed:
-            raise ChannelClosed("this CurveServer is closed; make a new one for a new socket")
+        context = sock.context
+        with _registry_lock:
+            if self._closed:
+                raise ChannelClosed("this CurveServer is closed; make a new one for a new socket")
+            # Contexts gone since (channels closed) are dropped here, so a long-lived server's list stays short.
+            for key in [k for k, sh in self._attached.items() if not sh.auth.alive]:
+                del self._attached[key]
+            shared = self._attached.get(id(context))
+            if shared is None or shared.context is not context:
+                self._attached[id(context)] = _attach(context, self.domain, self._provider)
         try:
             sock.setsockopt(zmq.ZAP_DOMAIN, self.domain.encode())
             sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler -> refuse, not "admit everyone"
@@ -617,24 +658,30 @@ class CurveServer:
                                      f"{zmq.zmq_version()}, CURVE {'yes' if zmq.has('curve') else 'no'})") from exc
 
     def close(self, timeout: float = _STOP_TIMEOUT) -> None:
-        """Stop admitting clients of this allow-list; the context's last server stops the thread.
+        """Stop admitting clients of this allow-list; stop the threads no other server uses.
 
-        Idempotent.  Waits at most *timeout* seconds for the thread (it ends at once when asked).
+        Idempotent.  Waits at most *timeout* seconds in all for those threads (they end at once
+        when asked).
         """
+        stopping = []
         with _registry_lock:
-            shared, self._shared = self._shared, None
-            if shared is None:
+            if self._closed:
                 return
             self._closed = True
-            shared.auth.credentials_providers.pop(self.domain, None)
-            shared.users -= 1
-            if shared.users > 0:
-                return
-            if _registry.get(id(self._context)) is shared:
-                del _registry[id(self._context)]
-        if not shared.auth.bounded_stop(timeout):
-            raise IPCError(f"the CURVE authenticator thread did not stop within {timeout} s (its context "
-                           "terminated under it?); it is a daemon thread and ends with the process")
+            attached, self._attached = list(self._attached.values()), {}
+            for shared in attached:
+                shared.auth.credentials_providers.pop(self.domain, None)
+                shared.users -= 1
+                if shared.users <= 0:
+                    if _registry.get(id(shared.context)) is shared:
+                        del _registry[id(shared.context)]
+                    shared.auth.request_stop()
+                    stopping.append(shared)
+        deadline = time.monotonic() + timeout
+        stuck = [sh for sh in stopping if not sh.auth.join(max(0.0, deadline - time.monotonic()))]
+        if stuck:
+            raise IPCError(f"{len(stuck)} CURVE authenticator thread(s) did not stop within {timeout} s; they are "
+                           "daemon threads and end with the process")
 
     def __enter__(self) -> CurveServer:
         return self
