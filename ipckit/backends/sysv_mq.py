@@ -8,12 +8,15 @@ Features:
     reassembly, a sender killed or interrupted mid-message never yields a partial message).
 
     sysv_ipc has no timeouts, only ``block=True`` (forever) or ``IPC_NOWAIT``.  Every queue call
-    here is ``IPC_NOWAIT``; a wait is a bounded back-off (:class:`Waiter`): ~50 us of retries that
-    yield the CPU, then sleeps doubling from 50 us to 10 ms (reached after ~20 ms of waiting).  A
-    call blocked for 2 s costs ~1.3 % of a core here (a wake-up costs ~80 us of CPU on this
-    sandboxed VM; the tests measure it), keeps its deadline across signals (Python retries the
-    sleep after the handler ran; a handler that raises ends the call), and sees ``close()`` from
-    another thread and a dead peer within the kit's 50 ms slice.
+    here is ``IPC_NOWAIT``.  A receiver with nothing to take waits in the kernel on its own
+    *wake-up* semaphore (``semtimedop``: a real timeout, no CPU while waiting, woken as soon as the
+    sender posts it after putting a fragment); the count is a hint only (the queue is always
+    tried first), so a wake-up lost to a crash or an interrupt costs at most the kit's 50 ms slice
+    and never a fragment.  A sender whose direction is out of credit (the receiver is behind) waits
+    with a bounded back-off (:class:`Waiter`): ~50 us of retries that yield the CPU, then sleeps
+    doubling from 50 us to 10 ms.  Waits keep their deadline across signals (a handler that
+    raises ends the call) and see ``close()`` from another thread and a dead peer within the
+    kit's 50 ms slice.
 
     Liveness: SysV queues have no end-of-file.  Each channel has a *record* (a 0600 file in the
     private per-user registry directory ``ipckit-sysv-<uid>``) naming the queue's key and id; each
@@ -106,6 +109,7 @@ from .common.sysv import (
     IPC_NOWAIT,
     RecordFormat,
     SemAdjust,
+    SemWait,
     check_private_dir,
     check_sem_set,
     ensure_registry_dir,
@@ -139,7 +143,19 @@ _SEMVMX: Final = 32767
 #: limit), then ``claimed`` and ``cmax`` (role 1's) once claimed; ``closed0``/``closed1`` appended
 #: at a clean close.  A listener's: ``next`` (the next channel's nonce), ``nonce``, ``max``.
 #: Liveness: OFD locks on byte 0 (role 0 / the listener) and byte 1 (role 1).
-_RECORD: Final = RecordFormat(tag="ipckit-sysv-mq/1", what="sysv+mq", nsems=0, alive=(), locked=(0, 1))
+#: The channel's semaphore set: 0 and 1, the credit (bytes) of the direction role 0 / role 1
+#: receives; 2 and 3, the wake-ups of role 0 / role 1 (fragments put for it).
+_NSEMS: Final = 4
+
+try:  # the C calls (no ctypes, no exception per empty try); sysv_ipc's otherwise
+    from .common import _queuefast as _fast
+except ImportError:
+    _fast = None  # type: ignore[assignment]
+if os.environ.get("IPCKIT_PURE_PYTHON", "") not in ("", "0"):
+    _fast = None  # type: ignore[assignment]
+_WAKE: Final = 2
+
+_RECORD: Final = RecordFormat(tag="ipckit-sysv-mq/2", what="sysv+mq", nsems=0, alive=(), locked=(0, 1))
 _DIR_WHAT: Final = "a sysv+mq:// rendezvous directory"
 
 _CAPS: Final = Capabilities(
@@ -242,23 +258,34 @@ class SysvQueueTransport(QueueTransport):
         self._take_out = SemAdjust(ref.semid, 1 - role, IPC_NOWAIT)
         self._give_out = SemAdjust(ref.semid, 1 - role, 0)
         self._give_in = SemAdjust(ref.semid, role, 0)
+        # Wake-ups: a receiver with nothing to take waits on its own in the kernel (semtimedop:
+        # a real timeout, the GIL released, woken the moment a fragment is put), and the sender
+        # posts one after each fragment.  The count is only a hint -- the receiver always tries
+        # the queue before it waits and takes one count per fragment it took without waiting --
+        # so a count lost to an interrupt or a crash costs at most one slice of latency, and an
+        # extra one a spurious wake-up; neither ever loses or reorders a fragment.
+        self._wake_peer = SemAdjust(ref.semid, _WAKE + 1 - role, 0)
+        self._wake_take = SemAdjust(ref.semid, _WAKE + role, IPC_NOWAIT)
+        self._wake_wait = SemWait(ref.semid, _WAKE + role)
+        self._woken = False
         self._rtype = _TYPE[role]
         self._stype = _TYPE[1 - role]
         self._sargs = ((False,), (self._stype,))
         self._rargs = ((False,), (self._rtype,))
         self._send = mq.send
+        self._msqid = (ref.msgid,)
+        self._rmax = (self.fragment_size + 1,)  # (one byte more than a fragment: a longer message is told, cut)
         self._receive = mq.receive
         self._sysv = import_sysv_ipc()
         self._busy = self._sysv.BusyError
         self._failures = (self._sysv.Error, OSError, ValueError, MemoryError)
         self._stash: bytes | None = None  # a fragment taken out but not delivered (an interrupt)
-        self._inbox: list[tuple[bytes, int]] = []
+        self._inbox: list[Any] = []  # ((text, type) or, from the C call, a negative errno)
         self._paid = False
         self._took: list[int] = []
         self._took_n = 0
         self._sent: list[Any] = []
         self._view: tuple[bytearray, memoryview] | None = None
-        self._waiting: Waiter | None = None  # the back-off of a wait that goes on across slices
         self._peer_closed = False
         self.handed_off = False  # set by the channel before close(): release only, say nothing
 
@@ -275,7 +302,8 @@ class SysvQueueTransport(QueueTransport):
     # would stall the direction for good).
     def _try_put(self, piece: memoryview) -> bool:
         took, sent = self._took, self._sent
-        if took and not took[0] and not sent:  # an interrupted try held credit and queued nothing
+        if took and not took[0] and (not sent or sent[0] == -errno.EAGAIN):
+            # An interrupted try held credit and queued nothing.
             self._give_out.adjust(self._took_n, [])
         took.clear()
         sent.clear()
@@ -287,10 +315,22 @@ class SysvQueueTransport(QueueTransport):
             if code == errno.EAGAIN:
                 return False  # this direction's half is in the queue: the receiver is behind
             raise self._gone_error(code, "sending")
+        if _fast is not None:
+            sent.extend(map(_fast.msgput, self._msqid, (piece,), self._sargs[1]))
+            code = -sent[0]
+            if not code:
+                self._wake_peer.adjust(1, [])
+                return True
+            if code == errno.EAGAIN:  # (another program's messages fill the queue): the credit back
+                self._give_out.adjust(n, [])
+                took.clear()
+                return False
+            raise self._gone_error(code, "sending")
         flag, kind = self._sargs
         while True:
             try:
                 sent.extend(map(self._send, (piece,), flag, kind))
+                self._wake_peer.adjust(1, [])  # (a failure, e.g. ERANGE of a saturated hint, changes nothing)
                 return True
             except self._busy:  # (another program's messages fill the queue): the credit back
                 self._give_out.adjust(n, [])
@@ -326,9 +366,27 @@ class SysvQueueTransport(QueueTransport):
         if not inbox:
             self._paid = False
             flag, kind = self._rargs
-            while True:
+            while _fast is not None:
+                inbox.extend(map(_fast.msgget, self._msqid, kind, self._rmax))
+                if type(inbox[0]) is int:
+                    code = -inbox.pop()
+                    if code == errno.ENOMSG:
+                        return None
+                    if code != errno.EINTR:
+                        raise self._gone_error(code, "receiving")
+                    continue
+                if self._woken:  # the wait took this fragment's wake-up already
+                    self._woken = False
+                else:
+                    self._wake_take.adjust(-1, [])
+                break
+            while _fast is None:
                 try:
                     inbox.extend(map(self._receive, flag, kind))
+                    if self._woken:  # the wait took this fragment's wake-up already
+                        self._woken = False
+                    else:
+                        self._wake_take.adjust(-1, [])
                     break
                 except self._busy:
                     return None
@@ -341,22 +399,23 @@ class SysvQueueTransport(QueueTransport):
             if n:  # (a semop of 0 means "wait for zero": an empty, forged message gives nothing back)
                 self._give_in.adjust(n, [])
             self._paid = True
-        return inbox.pop()[0]
+        text: bytes = inbox.pop()[0]
+        return text
 
     def get(self, buf: bytearray, timeout: float) -> int:
         data = self._try_get()
         if data is None and timeout > 0.0:
-            # The back-off goes on across the kit's slices of one wait (and is reset by a fragment).
-            waiter = self._waiting
-            if waiter is None or waiter.stale():
-                waiter = self._waiting = Waiter()
             end = time.monotonic() + timeout
-            while data is None and waiter.pause(end):
+            while data is None:
+                left = end - time.monotonic()
+                if left <= 0.0:
+                    break
+                if self._wake_wait.wait(left):  # (a signal handler's exception ends the wait here)
+                    self._woken = True
                 data = self._try_get()
         if data is None:
             return -1
         try:
-            self._waiting = None
             n = len(data)
             if n > len(buf):
                 raise ProtocolError(f"a {n}-byte kernel message on {self.url}, over the {len(buf)} bytes of a "
@@ -545,7 +604,7 @@ def _create_channel(directory: str, url: str, mode: int, limit: int) -> tuple[Sy
         if credit < MIN_FRAGMENT:
             raise ResourceExhausted(f"kernel.msgmnb={limits['msgmnb']} bytes leaves too little room per direction of "
                                     "a SysV queue; raise it (sysctl -w kernel.msgmnb=16384)")
-        semkey, semid = sem_create(2, mode)
+        semkey, semid = sem_create(_NSEMS, mode)
         fields: dict[str, object] = {"semkey": semkey, "semid": semid}
         _RECORD.write(fd, fields, False)
         if semops(semid, (0, credit, 0), (1, credit, 0)):
@@ -612,7 +671,7 @@ def _ref_of(fields: dict[str, str], path: str, url: str, mode: int) -> ChannelRe
     msgkey, msgid, semkey, semid, credit, _ = (int(v) for v in ints if v is not None)
     if not MIN_FRAGMENT <= credit <= _SEMVMX:
         raise IncompatibleEndpoint(f"{url}: {path!r} records a credit of {credit} bytes")
-    check_sem_set(semid, semkey, 2, url, mode=mode)
+    check_sem_set(semid, semkey, _NSEMS, url, mode=mode)
     return ChannelRef(path, msgkey, msgid, nonce, semkey, semid, credit)
 
 

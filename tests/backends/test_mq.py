@@ -723,6 +723,62 @@ def test_the_c_semop_answers_zero_or_the_negative_errno() -> None:
         assert qf.semop1(sem.id, 5, 1, 0) == -errno.EFBIG  # no such semaphore in the set
         with pytest.raises(ValueError):
             qf.semop1(sem.id, 0, 1 << 20, 0)
+        assert qf.semwait(sem.id, 0, 0.0) == 0 and sem.value == 0  # (one count was left)
+        assert qf.semwait(sem.id, 0, 0.0) == -errno.EAGAIN
+        start = time.monotonic()
+        assert qf.semwait(sem.id, 0, 0.05) == -errno.EAGAIN  # waited, then timed out
+        assert time.monotonic() - start >= 0.04
+        poster = threading.Timer(0.05, qf.semop1, (sem.id, 0, 1, 0))
+        poster.start()
+        assert qf.semwait(sem.id, 0, 10.0) == 0  # woken by another thread (the GIL was released)
+        poster.join()
     finally:
         sem.remove()
     assert qf.semop1(sem.id, 0, 1, 0) in (-errno.EINVAL, -errno.EIDRM)
+
+
+def test_the_c_sysv_message_calls() -> None:
+    qf = pytest.importorskip("ipckit.backends.common._queuefast", reason="the C queue calls are not built")
+    sysv_ipc = pytest.importorskip("sysv_ipc")
+    q = sysv_ipc.MessageQueue(None, sysv_ipc.IPC_CREX, mode=0o600)
+    try:
+        assert qf.msgget(q.id, 1, 100) == -errno.ENOMSG
+        assert qf.msgput(q.id, b"to two", 2) == 0 and qf.msgput(q.id, bytearray(b"to one"), 1) == 0
+        assert qf.msgget(q.id, 1, 100) == (b"to one", 1)  # by type, not by order
+        assert qf.msgput(q.id, b"x" * 8000, 1) == 0
+        text, kind = qf.msgget(q.id, 1, 20001)  # (a buffer above the stack one: allocated)
+        assert text == b"x" * 8000 and kind == 1
+        with open("/proc/sys/kernel/msgmax") as f:
+            msgmax = int(f.read())
+        assert qf.msgput(q.id, b"x" * (msgmax + 1), 1) == -errno.EINVAL  # over kernel.msgmax
+        assert qf.msgput(q.id, b"y" * 50, 2) == 0
+        assert qf.msgget(q.id, 2, 100) == (b"to two", 2)
+        assert qf.msgget(q.id, 2, 11) == (b"y" * 11, 2)  # a longer one is taken cut (asked for one byte more)
+        with pytest.raises(ValueError):
+            qf.msgput(q.id, b"z", 0)
+    finally:
+        q.remove()
+    assert qf.msgput(q.id, b"gone", 1) in (-errno.EINVAL, -errno.EIDRM)
+    assert qf.msgget(q.id, 1, 10) in (-errno.EINVAL, -errno.EIDRM)
+
+
+def test_the_c_lock_test_sees_other_descriptions_only(tmp_path: Any) -> None:
+    qf = pytest.importorskip("ipckit.backends.common._queuefast", reason="the C queue calls are not built")
+    from ipckit.backends.common import posix
+
+    path = tmp_path / "locks"
+    path.write_bytes(b"")
+    mine, other = os.open(path, os.O_RDWR), os.open(path, os.O_RDWR)
+    try:
+        assert posix.lock(mine, 3)
+        assert qf.held(other, 3) is True and qf.held(mine, 3) is False  # (never its own lock)
+        assert qf.held(other, 4) is False
+        os.close(mine)
+        mine = -1
+        assert qf.held(other, 3) is False  # released with its description
+        with pytest.raises(OSError):
+            qf.held(-1, 0)
+    finally:
+        for fd in (mine, other):
+            if fd >= 0:
+                os.close(fd)

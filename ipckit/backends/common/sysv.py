@@ -168,10 +168,11 @@ def _load_libc() -> ctypes.CDLL | None:
 _libc = _load_libc()
 try:
     from ._queuefast import semop1 as _semop1
+    from ._queuefast import semwait as _semwait
 except ImportError:  # not built: libc's semop through ctypes
-    _semop1 = None  # type: ignore[assignment]
+    _semop1 = _semwait = None  # type: ignore[assignment]
 if os.environ.get("IPCKIT_PURE_PYTHON", "") not in ("", "0"):
-    _semop1 = None  # type: ignore[assignment]  # (as for the ring: measure and test the fallback)
+    _semop1 = _semwait = None  # type: ignore[assignment]  # (as for the ring: measure and test the fallback)
 _semop = getattr(_libc, "semop", None) if _libc is not None else None
 _semtimedop = getattr(_libc, "semtimedop", None) if _libc is not None else None
 _semget = getattr(_libc, "semget", None) if _libc is not None else None
@@ -351,6 +352,37 @@ class SemAdjust:
         """The errno of a failed adjustment whose *answer* :meth:`adjust` stored (read at once:
         the ctypes path keeps it only until the next ctypes call of this thread)."""
         return -answer if self._fast else ctypes.get_errno()
+
+
+class SemWait:
+    """Waits of one semaphore (take one count): :meth:`wait` in the kernel with a timeout.
+
+    The C module's ``semtimedop`` when built, else :class:`TimedSemaphore`'s through ctypes.
+    """
+
+    __slots__ = ("_num", "_semid", "_slow")
+
+    def __init__(self, semid: int, num: int) -> None:
+        self._semid = semid
+        self._num = num
+        self._slow = None if _semwait is not None else TimedSemaphore(semid, sem_num=num)
+
+    def wait(self, timeout: float) -> bool:
+        """Take one count, waiting up to *timeout* seconds; False when it did not come.
+
+        Returns (False) at a signal too, so the caller's loop lets Python run the handler and
+        goes on with what is left of its own deadline.
+        Raises:
+            ChannelBroken: the semaphore set was removed.
+        """
+        if self._slow is not None:
+            return self._slow.wait(timeout)
+        rc = _semwait(self._semid, self._num, timeout)
+        if rc == 0:
+            return True
+        if rc in (-errno.EAGAIN, -errno.EINTR):
+            return False
+        raise _error(-rc, "semtimedop")
 
 
 # --------------------------------------------------------------------------- semaphore sets
