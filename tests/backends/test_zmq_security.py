@@ -549,3 +549,17 @@ def test_keygen_cli_unwritable_directory(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("ipckit keygen: cannot write the key files"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_option_coercion_helpers(tmp_path: Path) -> None:
+    kp = zs.generate_keypair()
+    secret, public = zs.save_keypair(kp, tmp_path / "s")
+    assert zs.as_keypair(kp) is kp
+    assert zs.as_keypair(secret) == kp and zs.as_keypair(tmp_path / "s") == kp
+    with pytest.raises(ConfigurationError, match="KeyPair or the path"):
+        zs.as_keypair(42)
+    assert zs.as_server_key(public) == kp.public
+    assert zs.as_server_key(kp.public.decode()) == kp.public
+    assert zs.as_server_key(kp) == kp.public
+    with pytest.raises(ConfigurationError, match="one public key"):
+        zs.as_server_key([kp.public, zs.generate_keypair().public])

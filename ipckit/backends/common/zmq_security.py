@@ -61,6 +61,8 @@ __all__ = [
     "save_keypair",
     "load_keypair",
     "load_public_keys",
+    "as_keypair",
+    "as_server_key",
     "is_loopback",
     "check_bind_address",
     "CurveServer",
@@ -405,6 +407,25 @@ def load_public_keys(source: str | os.PathLike[str] | Iterable[object]) -> froze
         else:
             keys.add(_check_z85(item, f"allow-list entry {item!r}"))
     return frozenset(keys)
+
+
+def as_keypair(value: object, what: str = "curve=") -> KeyPair:
+    """The ``curve=`` option as a KeyPair: a KeyPair, or the path of a ``.key_secret`` file (or its stem)."""
+    if isinstance(value, KeyPair):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return load_keypair(value)
+    raise ConfigurationError(f"{what} takes a KeyPair or the path of a .key_secret file (`ipckit keygen NAME` "
+                             f"writes NAME.key_secret), not {type(value).__name__}")
+
+
+def as_server_key(value: object) -> bytes:
+    """The ``server_key=`` option as one z85 public key: a key (z85 text/bytes, raw 32 bytes), a
+    KeyPair, or a ``.key`` file holding exactly one public key."""
+    keys = load_public_keys(value)  # type: ignore[arg-type]  # load_public_keys says what it takes
+    if len(keys) != 1:
+        raise ConfigurationError(f"server_key= must name one public key, got {len(keys)}")
+    return next(iter(keys))
 
 
 # --------------------------------------------------------------------------- bind policy
