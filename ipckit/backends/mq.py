@@ -92,7 +92,7 @@ from .common.posix import (
     reclaim_stale,
     refuse_foreign,
 )
-from .common.queue import HEADER, QueueChannel, QueueTransport
+from .common.queue import HEADER, QueueChannel, QueueTransport, ReplySpin
 
 __all__ = ["MqBackend", "MqChannel", "MqListener", "MqOptions", "live_limits"]
 
@@ -190,7 +190,9 @@ class _MqTransport(QueueTransport):
         self._addr: dict[int, tuple[bytearray, Any]] = {}
         if _fast is not None:
             self.put = functools.partial(_fast.put, outbox)  # type: ignore[method-assign]
-            self.get = functools.partial(_fast.get, inbox)  # type: ignore[method-assign]
+            self._get = functools.partial(_fast.get, inbox)
+            self.get = self._get_spinning  # type: ignore[method-assign]
+            self._spin = ReplySpin()
 
     def claim(self) -> bool:
         """Take this end's liveness byte; False if another end holds it."""
@@ -235,6 +237,18 @@ class _MqTransport(QueueTransport):
             return -1
         raise OSError(code, f"mq_timedreceive: {os.strerror(code)}")
 
+    def _get_spinning(self, buf: bytearray, timeout: float) -> int:
+        """get() with the C call: when nothing is there, the kit's short look again
+        (:class:`ReplySpin`) before the wait in the kernel."""
+        get = self._get
+        n = get(buf, 0.0)
+        if n >= 0 or timeout <= 0.0:
+            return n
+        n = self._spin.look(functools.partial(get, buf, 0.0), timeout)
+        if n >= 0:
+            return n
+        return get(buf, timeout)
+
     def peer_alive(self) -> bool:
         return lock_held(self._anchor, _LIVE_BYTES[1 - self.role])
 
@@ -270,7 +284,7 @@ class _MqTransport(QueueTransport):
         self.inbox = self.outbox = -1
         if _fast is not None:  # (the bound calls must not keep using numbers the OS may reuse)
             self.put = functools.partial(_fast.put, -1)  # type: ignore[method-assign]
-            self.get = functools.partial(_fast.get, -1)  # type: ignore[method-assign]
+            self._get = functools.partial(_fast.get, -1)
 
 
 # ----------------------------------------------------------------------------- options, names

@@ -13,10 +13,13 @@ Features:
     sender posts it after putting a fragment); the count is a hint only (the queue is always
     tried first), so a wake-up lost to a crash or an interrupt costs at most the kit's 50 ms slice
     and never a fragment.  A sender whose direction is out of credit (the receiver is behind) waits
-    with a bounded back-off (:class:`Waiter`): ~50 us of retries that yield the CPU, then sleeps
-    doubling from 50 us to 10 ms.  Waits keep their deadline across signals (a handler that
-    raises ends the call) and see ``close()`` from another thread and a dead peer within the
-    kit's 50 ms slice.
+    for the credit in the kernel the same way (``semtimedop`` on the credit semaphore itself).
+    Without ipckit's C module both waits are a bounded back-off (:class:`Waiter`): ~50 us of
+    retries that yield the CPU, then sleeps doubling from 50 us to 10 ms.  Before a receive waits
+    in the kernel it looks again for ~30 us, yielding (the kit's ReplySpin: off for a while
+    after a yield that ran some other process).  Waits keep their deadline across signals (a
+    handler that raises ends the call) and see ``close()`` from another thread and a dead peer
+    within the kit's 50 ms slice.
 
     Liveness: SysV queues have no end-of-file.  Each channel has a *record* (a 0600 file in the
     private per-user registry directory ``ipckit-sysv-<uid>``) naming the queue's key and id; each
@@ -104,7 +107,7 @@ from ..url import Endpoint
 from .common import paths as _paths
 from .common import posix as _locks
 from .common.paths import NAME_RE
-from .common.queue import MIN_FRAGMENT, QueueChannel, QueueTransport
+from .common.queue import MIN_FRAGMENT, QueueChannel, QueueTransport, ReplySpin
 from .common.sysv import (
     IPC_NOWAIT,
     RecordFormat,
@@ -268,12 +271,15 @@ class SysvQueueTransport(QueueTransport):
         self._wake_take = SemAdjust(ref.semid, _WAKE + role, IPC_NOWAIT)
         self._wake_wait = SemWait(ref.semid, _WAKE + role)
         self._woken = False
+        self._spin = ReplySpin()
         self._rtype = _TYPE[role]
         self._stype = _TYPE[1 - role]
         self._sargs = ((False,), (self._stype,))
         self._rargs = ((False,), (self._rtype,))
         self._send = mq.send
         self._msqid = (ref.msgid,)
+        self._semid = (ref.semid,)
+        self._out_num = (1 - role,)  # the credit semaphore of the direction this end sends in
         self._rmax = (self.fragment_size + 1,)  # (one byte more than a fragment: a longer message is told, cut)
         self._receive = mq.receive
         self._sysv = import_sysv_ipc()
@@ -300,7 +306,9 @@ class SysvQueueTransport(QueueTransport):
     # between never loses credit: the next call settles what the interrupted one left (at worst
     # a fragment's credit is given back twice, which lets one more fragment in; credit lost
     # would stall the direction for good).
-    def _try_put(self, piece: memoryview) -> bool:
+    def _try_put(self, piece: memoryview, wait: float = 0.0) -> bool:
+        """Queue *piece* if this direction has the credit, waiting up to *wait* seconds for it
+        (in the kernel, with the C module; else the caller backs off and tries again)."""
         took, sent = self._took, self._sent
         if took and not took[0] and (not sent or sent[0] == -errno.EAGAIN):
             # An interrupted try held credit and queued nothing.
@@ -308,11 +316,14 @@ class SysvQueueTransport(QueueTransport):
         took.clear()
         sent.clear()
         n = self._took_n = piece.nbytes
-        self._take_out.adjust(-n, took)
+        if wait > 0.0 and _fast is not None and n:
+            took.extend(map(_fast.semtake, self._semid, self._out_num, (-n,), (wait,)))
+        else:
+            self._take_out.adjust(-n, took)
         if took[0]:
             code = self._take_out.errno(took[0])
             took.clear()
-            if code == errno.EAGAIN:
+            if code in (errno.EAGAIN, errno.EINTR):
                 return False  # this direction's half is in the queue: the receiver is behind
             raise self._gone_error(code, "sending")
         if _fast is not None:
@@ -350,6 +361,14 @@ class SysvQueueTransport(QueueTransport):
             return True
         if timeout <= 0.0:
             return False
+        if _fast is not None:  # wait for the credit in the kernel (semtimedop), woken as it comes
+            end = time.monotonic() + timeout
+            while True:
+                left = end - time.monotonic()
+                if left <= 0.0:
+                    return False
+                if self._try_put(piece, left):
+                    return True
         waiter = Waiter()
         end = time.monotonic() + timeout
         while waiter.pause(end):
@@ -363,6 +382,8 @@ class SysvQueueTransport(QueueTransport):
             self._stash = None
             return piece
         inbox = self._inbox  # the fragment taken out of the queue (0 or 1), until returned
+        if inbox and type(inbox[0]) is int:
+            inbox.clear()  # a failed C call's answer that an interrupt left behind: nothing was taken
         if not inbox:
             self._paid = False
             flag, kind = self._rargs
@@ -402,10 +423,22 @@ class SysvQueueTransport(QueueTransport):
         text: bytes = inbox.pop()[0]
         return text
 
+    def _peek(self) -> int:
+        """For the kit's spin: 0 once a fragment is there (taken into the inbox), else -1."""
+        if self._stash is not None or self._inbox:
+            return 0
+        data = self._try_get()
+        if data is None:
+            return -1
+        self._stash = data  # (handed out by the _try_get that follows)
+        return 0
+
     def get(self, buf: bytearray, timeout: float) -> int:
         data = self._try_get()
         if data is None and timeout > 0.0:
             end = time.monotonic() + timeout
+            if self._spin.look(self._peek, timeout) >= 0:  # (the kit's short look before the kernel wait)
+                data = self._try_get()
             while data is None:
                 left = end - time.monotonic()
                 if left <= 0.0:

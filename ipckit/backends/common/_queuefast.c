@@ -196,9 +196,58 @@ qf_semop1(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLong(rc);
 }
 
+PyDoc_STRVAR(semtake_doc, "semtake(semid, num, op, timeout) -> int\n\n"
+             "semtimedop of op (< 0) on semaphore num, waiting up to timeout seconds (relative) with "
+             "the GIL released (timeout 0: IPC_NOWAIT); 0, or the negative errno (-EAGAIN: timed "
+             "out, -EINTR: a signal came).");
+
+static PyObject *
+semtake(long semid, long num, long op, double timeout)
+{
+    if (num < 0 || num > USHRT_MAX || op < SHRT_MIN || op >= 0) {
+        PyErr_SetString(PyExc_ValueError, "semtake: num or op out of range");
+        return NULL;
+    }
+    if (timeout < 0.0) {
+        timeout = 0.0;
+    }
+    struct sembuf sb = {(unsigned short)num, (short)op, timeout == 0.0 ? IPC_NOWAIT : 0};
+    struct timespec ts;
+    ts.tv_sec = (time_t)timeout;
+    ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
+    if (ts.tv_nsec > 999999999L) {
+        ts.tv_nsec = 999999999L;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = semtimedop((int)semid, &sb, 1, &ts);
+    if (rc != 0) {
+        rc = -errno;
+    }
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(rc);
+}
+
+static PyObject *
+qf_semtake(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "semtake(semid, num, op, timeout) takes 4 arguments");
+        return NULL;
+    }
+    long semid = PyLong_AsLong(args[0]);
+    long num = PyLong_AsLong(args[1]);
+    long op = PyLong_AsLong(args[2]);
+    double timeout = PyFloat_AsDouble(args[3]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    return semtake(semid, num, op, timeout);
+}
+
 PyDoc_STRVAR(semwait_doc, "semwait(semid, num, timeout) -> int\n\n"
-             "semtimedop(-1) on semaphore num, waiting up to timeout seconds (relative; > 0) with the "
-             "GIL released; 0, or the negative errno (-EAGAIN: timed out, -EINTR: a signal came).");
+             "semtake(semid, num, -1, timeout): take one count.");
 
 static PyObject *
 qf_semwait(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -214,28 +263,7 @@ qf_semwait(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    if (num < 0 || num > USHRT_MAX) {
-        PyErr_SetString(PyExc_ValueError, "semwait: num out of range");
-        return NULL;
-    }
-    if (timeout < 0.0) {
-        timeout = 0.0;
-    }
-    struct sembuf sb = {(unsigned short)num, -1, timeout == 0.0 ? IPC_NOWAIT : 0};
-    struct timespec ts;
-    ts.tv_sec = (time_t)timeout;
-    ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
-    if (ts.tv_nsec > 999999999L) {
-        ts.tv_nsec = 999999999L;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = semtimedop((int)semid, &sb, 1, &ts);
-    if (rc != 0) {
-        rc = -errno;
-    }
-    Py_END_ALLOW_THREADS
-    return PyLong_FromLong(rc);
+    return semtake(semid, num, -1, timeout);
 }
 
 /* SysV messages: struct msgbuf is a long (the type) followed by the text. */
@@ -362,6 +390,7 @@ qf_held(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef qf_methods[] = {
     {"held", (PyCFunction)(void (*)(void))qf_held, METH_FASTCALL, held_doc},
     {"semwait", (PyCFunction)(void (*)(void))qf_semwait, METH_FASTCALL, semwait_doc},
+    {"semtake", (PyCFunction)(void (*)(void))qf_semtake, METH_FASTCALL, semtake_doc},
     {"msgput", (PyCFunction)(void (*)(void))qf_msgput, METH_FASTCALL, msgput_doc},
     {"msgget", (PyCFunction)(void (*)(void))qf_msgget, METH_FASTCALL, msgget_doc},
     {"semop1", (PyCFunction)(void (*)(void))qf_semop1, METH_FASTCALL, semop1_doc},

@@ -131,6 +131,7 @@ __all__ = [
     "QueueChannel",
     "QueueTransport",
     "Reassembler",
+    "ReplySpin",
     "encode_control",
     "encode_hello",
     "parse_hello",
@@ -159,6 +160,49 @@ MIN_FRAGMENT: Final = 64
 _HS: Final = HEADER.size
 _WHOLE: Final = FIRST | LAST
 _NOWAIT: Final = (False,)
+
+
+# ----------------------------------------------------------------------------- waiting
+class ReplySpin:
+    """The moment a transport's receive looks again before it waits in the kernel.
+
+    A reply is often microseconds away, and a kernel wake-up costs more here than a whole round
+    trip, so a receive that finds nothing tries again for up to ``SPIN`` seconds, yielding the
+    CPU between tries (to the peer, when both share a core).  On a busy machine a yield hands
+    the CPU to an unrelated CPU-bound process for its whole slice (milliseconds): a yield that
+    comes back later than ``SLOW_YIELD`` without the answer turns the spin off for the next
+    ``SKIP`` waits, which go straight to the kernel (as the shm ring's waits do, see
+    ``common/ring/waiting.py``).
+    """
+
+    SPIN: Final = 30e-6
+    SLOW_YIELD: Final = 50e-6
+    SKIP: Final = 256
+
+    __slots__ = ("_skip",)
+
+    def __init__(self) -> None:
+        self._skip = 0
+
+    def look(self, take: Callable[[], int], timeout: float) -> int:
+        """Call ``take()`` (>= 0: got something) until it gets something or the spin is over;
+        -1 when it did not.  Spends at most ``min(timeout, SPIN)`` (plus one slow yield)."""
+        if self._skip:
+            self._skip -= 1
+            return -1
+        now = time.perf_counter()
+        end = now + min(timeout, self.SPIN)
+        while now < end:
+            os.sched_yield()
+            n = take()
+            if n >= 0:
+                return n
+            after = time.perf_counter()
+            if after - now > self.SLOW_YIELD:
+                self._skip = self.SKIP
+                return -1
+            now = after
+        return -1
 
 
 # ----------------------------------------------------------------------------- fragmenter
