@@ -732,6 +732,12 @@ def test_the_c_semop_answers_zero_or_the_negative_errno() -> None:
         poster.start()
         assert qf.semwait(sem.id, 0, 10.0) == 0  # woken by another thread (the GIL was released)
         poster.join()
+        assert qf.semop1(sem.id, 0, 5, 0) == 0
+        assert qf.semtake(sem.id, 0, -4, 1.0) == 0 and sem.value == 1  # several counts at once
+        assert qf.semtake(sem.id, 0, -4, 0.0) == -errno.EAGAIN and sem.value == 1
+        assert qf.semtake(sem.id, 0, -4, 0.02) == -errno.EAGAIN
+        with pytest.raises(ValueError):
+            qf.semtake(sem.id, 0, 1, 0.0)  # (a take, never a give)
     finally:
         sem.remove()
     assert qf.semop1(sem.id, 0, 1, 0) in (-errno.EINVAL, -errno.EIDRM)
