@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 64,1MiB,6220800 = a 1080p frame)")
     p.add_argument("--backends", type=_none_or_csv, help="ipckit schemes / --url labels (default: all available)")
     p.add_argument("--baselines", type=_none_or_csv,
-                   help="mp.Pipe,mp.Queue,os.pipe,os.pipe+hdr20,unix.socket,faster-fifo,pyzmq,memcpy or none "
-                        "(default: all)")
+                   help="mp.Pipe,mp.Queue,os.pipe,os.pipe+hdr20,unix.socket,faster-fifo,pyzmq,pyzmq.tcp,iceoryx2,"
+                        "sysv_ipc.mq,posix_ipc.mq,memcpy or none (default: all)")
     p.add_argument("--serializers", type=_none_or_csv, help="serializers to cost on their own (default: all; none)")
     p.add_argument("--workloads", type=_csv,
                    help="rtt,stream,obj-rtt,obj-stream,pool,memcpy,serializer,import (default: all)")

@@ -42,8 +42,8 @@ __all__ = [
 ]
 
 #: Baseline names, in report order.
-BASELINES = ["mp.Pipe", "mp.Queue", "os.pipe", "os.pipe+hdr20", "unix.socket", "faster-fifo", "pyzmq", "iceoryx2",
-             "sysv_ipc.mq", "posix_ipc.mq"]
+BASELINES = ["mp.Pipe", "mp.Queue", "os.pipe", "os.pipe+hdr20", "unix.socket", "faster-fifo", "pyzmq", "pyzmq.tcp",
+             "iceoryx2", "sysv_ipc.mq", "posix_ipc.mq"]
 #: What ``--baselines`` accepts: the cross-process baselines and the in-process ``memcpy``.
 KNOWN_BASELINES = [*BASELINES, "memcpy"]
 
@@ -401,8 +401,19 @@ class _ZmqChild:
 
 
 @dataclass
+@dataclass
 class PyzmqSubject(Subject):
+    """Raw pyzmq PAIR sockets: over ``ipc://`` in a private directory, or (``transport="tcp"``)
+    over ``tcp://127.0.0.1`` on an ephemeral port -- the raw primitives of zmq+ipc:// and
+    zmq+tcp:// for target T5."""
+
+    transport: str = "ipc"
+
     def prepare(self) -> Prepared:
+        if self.transport == "tcp":
+            parent = _ZmqLink("tcp://127.0.0.1:*", bind=True)
+            url = parent.sock.getsockopt_string(_zmq_last_endpoint())
+            return Prepared(_ZmqChild(url), lambda _t, _g: parent)
         directory = tempfile.mkdtemp(prefix="ipckit-bench-zmq-")
         url = f"ipc://{directory}/pair"
         parent = _ZmqLink(url, bind=True)
@@ -411,6 +422,12 @@ class PyzmqSubject(Subject):
             shutil.rmtree(directory, ignore_errors=True)
 
         return Prepared(_ZmqChild(url), lambda _t, _g: parent, cleanup=cleanup)
+
+
+def _zmq_last_endpoint() -> int:
+    import zmq
+
+    return int(zmq.LAST_ENDPOINT)
 
 
 # --------------------------------------------------------------------------------- iceoryx2
@@ -736,8 +753,11 @@ def baseline_subjects(max_message: int) -> tuple[list[Subject], list[SkippedSubj
         skipped.append(SkippedSubject("faster-fifo", "not installed (pip install faster-fifo)"))
     if _importable("zmq"):
         subjects.append(PyzmqSubject("pyzmq", "baseline", "pyzmq PAIR over ipc://, send/recv (objects: send_pyobj)"))
+        subjects.append(PyzmqSubject("pyzmq.tcp", "baseline", "pyzmq PAIR over tcp://127.0.0.1, send/recv "
+                                     "(objects: send_pyobj)", transport="tcp"))
     else:
         skipped.append(SkippedSubject("pyzmq", "not installed (pip install pyzmq)"))
+        skipped.append(SkippedSubject("pyzmq.tcp", "not installed (pip install pyzmq)"))
     if _importable("iceoryx2"):
         subjects.append(IceoryxSubject("iceoryx2", "baseline", "iceoryx2 pub/sub Slice[u8], busy-poll receive",
                                        max_message=max_message))

@@ -15,8 +15,8 @@ __all__ = ["TargetResult", "evaluate_targets", "RAW_PRIMITIVE"]
 
 #: The raw primitive (a harness baseline) with the same framing as each channel, for target T5.
 RAW_PRIMITIVE = {"pipe": "os.pipe+hdr20", "fifo": "os.pipe+hdr20", "unix": "unix.socket",
-                 "mq": "posix_ipc.mq", "sysv+mq": "sysv_ipc.mq"}
-T5_SCHEMES = ("pipe", "fifo", "unix", "mq", "sysv+mq", "zmq")
+                 "mq": "posix_ipc.mq", "sysv+mq": "sysv_ipc.mq", "zmq+ipc": "pyzmq", "zmq+tcp": "pyzmq.tcp"}
+T5_SCHEMES = ("pipe", "fifo", "unix", "mq", "sysv+mq", "zmq+ipc", "zmq+tcp")
 
 
 @dataclass
