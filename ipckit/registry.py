@@ -33,6 +33,8 @@ _SPECS: dict[str, BackendSpec] = {
     "sysv+shm": BackendSpec("ipckit.backends.sysv_shm:SysvShmBackend", "pip install sysv_ipc"),
     "mq": BackendSpec("ipckit.backends.mq:MqBackend", "pip install posix_ipc"),
     "sysv+mq": BackendSpec("ipckit.backends.sysv_mq:SysvMqBackend", "pip install sysv_ipc"),
+    "zmq+ipc": BackendSpec("ipckit.backends.zmq_ipc:ZmqIpcBackend", "pip install pyzmq"),
+    "zmq+tcp": BackendSpec("ipckit.backends.zmq_tcp:ZmqTcpBackend", "pip install pyzmq"),
 }
 _LOADED: dict[str, type[Backend]] = {}
 _lock = threading.Lock()

@@ -12,7 +12,8 @@ a new or third-party backend is measured with no code here:
   ``multiprocessing.Process`` argument.
 * else ``named``: ``ipckit.listen()`` on a generated address, the peer ``connect()``s.  The
   address is ``scheme:///<private tmpdir>/ipckit-bench-<rand>`` (path-like schemes); if the backend
-  refuses it as an address, ``scheme://ipckit-bench-<rand>`` (name-like schemes).  ``--url`` overrides.
+  refuses it as an address, ``scheme://ipckit-bench-<rand>`` (name-like schemes), else ``scheme://``
+  (schemes that choose their own address, e.g. an ephemeral port).  ``--url`` overrides.
 * otherwise the scheme is skipped, with the reason.
 """
 
@@ -108,7 +109,9 @@ class IpckitSubject(Subject):
         tmpdir = tempfile.mkdtemp(prefix="ipckit-bench-")
         self._tmpdir = tmpdir
         tag = f"ipckit-bench-{secrets.token_hex(4)}"
-        return [_with_address(self.url, f"{tmpdir}/{tag}"), _with_address(self.url, tag)]
+        # Last, the bare URL: a scheme that picks its own address on listen() (zmq+tcp://: an
+        # ephemeral loopback port) takes neither a path nor a name.
+        return [_with_address(self.url, f"{tmpdir}/{tag}"), _with_address(self.url, tag), self.url]
 
     def _prepare_named(self) -> Prepared:
         listener: ipckit.Listener | None = None
@@ -141,6 +144,9 @@ class IpckitSubject(Subject):
             lst.close()
             self._remove_tmpdir()
 
+        if url == self.url and not url.partition("://")[2].partition("?")[0]:
+            # The scheme chose the address itself: the peer dials what the listener says.
+            url = _with_address(self.url, lst.url.partition("://")[2])
         child = _ConnectChild(url, self.scheme, registry.get_backend(self.scheme))
         return Prepared(child, complete, cleanup=cleanup)
 
@@ -183,6 +189,10 @@ def ipckit_subjects(backends: list[str] | None = None,
         if not getattr(caps, "cross_process", True):
             skipped.append(SkippedSubject(label, "in-process only (capabilities.cross_process is False)"))
             continue
+        if not caps.proves_same_user and "trust=" not in url.partition("?")[2]:
+            # The harness runs both ends itself, so it trusts its peer: without this a transport that
+            # proves no user (zmq+tcp://) could not carry the pickle cells or the numpy objects.
+            url += ("&" if "?" in url else "?") + "trust=true"
         has_address = bool(url.partition("://")[2].partition("?")[0])
         if caps.anonymous_pair and caps.inheritable and not has_address:
             method = "pair"
