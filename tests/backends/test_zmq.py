@@ -89,7 +89,8 @@ class _ZmqContract(ChannelContract, DuplexContract, PeerCloseContract, LargeMess
                     "descriptor limit; the pre-check of free descriptors does not catch every case yet")
 
     def test_model_against_deque(self) -> None:  # type: ignore[override]
-        pytest.skip("known gap: the hypothesis model test fails intermittently (under investigation)")
+        pytest.skip("Z-3 (queued, not delivered): the model's invariant poll(0) == 'a message was sent' right "
+                    "after send() does not hold while libzmq's I/O thread still carries the message")
 
 
 class TestZmqIpc(_ZmqContract):

@@ -500,9 +500,7 @@ class ZmqChannel(Channel):
         parts = self._rx_parts
         recv = sock.recv
         while not parts or parts[-1].more:
-            # Stored from C (list.extend over a map): a signal handler's exception never lands
-            # between libzmq handing a frame over and the frame being kept, so an interrupted
-            # receive resumes with the frames it already took.
+            # Stored from C (list.extend over a map): kept as soon as pyzmq returns it.
             parts.extend(map(recv, _NOBLOCK, _NOCOPY))  # type: ignore[arg-type]  # (recv's overloads)
         self._rx_parts = []
         head = parts[0].buffer
