@@ -404,3 +404,36 @@ def test_tcp_listener_url_tells_the_real_port() -> None:
         with ipckit.connect(lst.url, timeout=5.0) as c, lst.accept(timeout=5.0) as s:
             c.send("p", timeout=5.0)
             assert s.recv(timeout=5.0) == "p"
+
+
+def test_z9_oversized_inbound_from_a_raw_peer_is_reported_not_silent(tmp_path: object) -> None:
+    """A writer below ipckit (no hello limit check) sends twice the receiver's max_message_size:
+    libzmq's MAXMSGSIZE drops the connection (V18); the receiver gets the message before it, then
+    PeerDied naming the oversized message among the causes -- never a silent loss or a hang."""
+    import json
+
+    import zmq
+
+    from ipckit.backends.common.zmq import PROTOCOL
+
+    url = _url(tmp_path)
+    with ipckit.listen(url, max_message_size=1024) as lst:
+        ctx = zmq.Context()
+        try:
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.connect("ipc://" + url.removeprefix("zmq+ipc://"))
+            dealer.send_multipart([PROTOCOL, json.dumps({"max": 1 << 20, "ack": False}).encode()])
+            assert dealer.poll(5000)
+            answer = json.loads(dealer.recv_multipart()[1])
+            dealer.close(linger=0)
+            pair = ctx.socket(zmq.PAIR)
+            pair.connect("ipc://" + answer["endpoint"])
+            pair.send(b"Dsmall")
+            pair.send(b"D" + b"x" * 2048)
+            with lst.accept(timeout=5.0) as ch:
+                assert ch.recv_bytes(timeout=5.0) == b"small"
+                with pytest.raises(PeerDied, match="max_message_size"):
+                    ch.recv_bytes(timeout=5.0)
+            pair.close(linger=0)
+        finally:
+            ctx.destroy(linger=0)
