@@ -127,6 +127,9 @@ class IpckitSubject(Subject):
             self._remove_tmpdir()
             raise last or RuntimeError(f"cannot listen on {self.url}")
         lst = listener
+        # This link's own directory: the pool prepares one link per worker from one subject, and
+        # each call of _candidate_urls makes a new one (self._tmpdir only keeps the last).
+        tmpdir, self._tmpdir = self._tmpdir, None
 
         def complete(timeout: float, peer_gone: Callable[[], str | None]) -> Link:
             deadline = time.monotonic() + timeout
@@ -142,7 +145,8 @@ class IpckitSubject(Subject):
 
         def cleanup() -> None:
             lst.close()
-            self._remove_tmpdir()
+            if tmpdir is not None:
+                shutil.rmtree(tmpdir, ignore_errors=True)
 
         if url == self.url and not url.partition("://")[2].partition("?")[0]:
             # The scheme chose the address itself: the peer dials what the listener says.
