@@ -396,18 +396,12 @@ class SysvQueueTransport(QueueTransport):
                     if code != errno.EINTR:
                         raise self._gone_error(code, "receiving")
                     continue
-                if self._woken:  # the wait took this fragment's wake-up already
-                    self._woken = False
-                else:
-                    self._wake_take.adjust(-1, [])
+                self._take_wakeup()
                 break
             while _fast is None:
                 try:
                     inbox.extend(map(self._receive, flag, kind))
-                    if self._woken:  # the wait took this fragment's wake-up already
-                        self._woken = False
-                    else:
-                        self._wake_take.adjust(-1, [])
+                    self._take_wakeup()
                     break
                 except self._busy:
                     return None
@@ -422,6 +416,13 @@ class SysvQueueTransport(QueueTransport):
             self._paid = True
         text: bytes = inbox.pop()[0]
         return text
+
+    def _take_wakeup(self) -> None:
+        """A fragment was taken: take its wake-up count too (unless the wait that found it did)."""
+        if self._woken:
+            self._woken = False
+        else:
+            self._wake_take.adjust(-1, [])
 
     def _peek(self) -> int:
         """For the kit's spin: 0 once a fragment is there (taken into the inbox), else -1."""
