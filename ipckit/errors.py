@@ -15,10 +15,12 @@ __all__ = [
     "EndOfChannel",
     "ChannelBroken",
     "PeerDied",
+    "WorkerDied",
     "ChannelBusy",
     "ChannelTimeout",
     "SendTimeout",
     "RecvTimeout",
+    "TaskTimeout",
     "MessageTooLarge",
     "BufferTooSmall",
     "ProtocolError",
@@ -69,6 +71,25 @@ class PeerDied(ChannelBroken):
     """The peer ended without closing (crash, SIGKILL); messages it had fully sent were delivered first."""
 
 
+class WorkerDied(PeerDied):
+    """A worker process of an ``ipckit.futures`` pool ended while it ran this task.
+
+    Only the task it was running fails with this; the pool starts a replacement and carries on.
+    ``pid`` is the worker's process id, ``exitcode`` its exit status (negative: killed by signal
+    ``-exitcode``; None if it could not be reaped), ``signal`` that signal's number or None.
+    """
+
+    def __init__(self, msg: str, pid: int | None = None, exitcode: int | None = None) -> None:
+        super().__init__(msg)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = -exitcode if exitcode is not None and exitcode < 0 else None
+
+    def __reduce__(self) -> tuple[type[WorkerDied], tuple[str, int | None, int | None]]:
+        # The attributes are not in args: without this, a copy (again(), pickle) would lose them.
+        return type(self), (str(self), self.pid, self.exitcode)
+
+
 class ChannelBusy(IPCError):
     """Two threads used one direction of the channel at once, which the channel does not allow."""
 
@@ -83,6 +104,21 @@ class SendTimeout(ChannelTimeout):
 
 class RecvTimeout(ChannelTimeout):
     """``recv`` reached its deadline with no message; nothing was consumed."""
+
+
+class TaskTimeout(ChannelTimeout):
+    """An ``ipckit.futures`` task ran longer than its timeout; its worker was killed (and replaced).
+
+    ``pid`` is the killed worker's process id, ``timeout`` the limit in seconds.
+    """
+
+    def __init__(self, msg: str, pid: int | None = None, timeout: float | None = None) -> None:
+        super().__init__(msg)
+        self.pid = pid
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[type[TaskTimeout], tuple[str, int | None, float | None]]:
+        return type(self), (str(self), self.pid, self.timeout)
 
 
 class MessageTooLarge(IPCError, ValueError):

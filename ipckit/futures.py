@@ -1,0 +1,763 @@
+"""``ipckit.futures.ProcessPoolExecutor``: a drop-in for :class:`concurrent.futures.ProcessPoolExecutor`
+over ipckit channels, where a worker that dies fails only the task it was running.
+
+>>> from ipckit.futures import ProcessPoolExecutor
+>>> with ProcessPoolExecutor(2) as ex:
+...     print(list(ex.map(abs, [-1, -2, 3])))
+[1, 2, 3]
+
+Design (docs/futures.md has the measurements behind each choice):
+
+* **One channel per worker** (``ipckit.pair(url)``, default ``shm://``), one parent thread per
+  worker (its *slot*): the thread starts the worker process, reads its results in order and
+  starts its replacement.  shm channels have no descriptor to select on, and a thread per worker
+  blocked in ``recv`` costs nothing while it waits.
+* **Order instead of ids.**  A worker runs its tasks one at a time in the order it received
+  them, so the result that arrives belongs to the oldest task in flight on that channel, and the
+  oldest task in flight is the one the worker is running.  When the worker dies (the channel
+  says ``PeerDied`` after every result it sent, or its process is found dead), that task gets
+  :class:`~ipckit.errors.WorkerDied`, the tasks queued behind it go back to the front of the
+  pending queue, and the slot starts a new worker.
+* **Credit.**  A slot keeps a few tasks in flight so the worker never waits for the parent: about
+  :data:`QUEUE_BUDGET` seconds of work (learned from how fast its results come back), at least 2
+  and at most :data:`MAX_WINDOW`.  Slow tasks so never pile up behind one busy worker while the
+  other idles, and small tasks stream.
+* **No send blocks a reader.**  A task is sent with ``timeout=0`` to a worker that still has
+  work in flight (if it does not fit, it waits in the pending queue for the next result); only a
+  worker with nothing in flight, which is reading, gets a blocking send.  So the parent never
+  waits on a worker that waits on the parent, whatever the message sizes.
+* **Per-task timeout** counts from the moment the task became the oldest in flight on a ready
+  worker (when the worker started it); past it the worker is killed and the task gets
+  :class:`~ipckit.errors.TaskTimeout`.
+* **No orphans.**  Each worker asks the kernel for SIGKILL when its parent thread ends
+  (``PR_SET_PDEATHSIG``; the slot threads live until their worker is reaped, so that is when the
+  parent process ends) and also stops when its channel says the parent is gone.
+
+Workers are started lazily on the first ``submit`` (all ``max_workers`` at once).  A worker that
+fails or dies before it has run its initializer breaks the pool (as in the standard executor:
+every pending task and every later ``submit`` raise :class:`BrokenProcessPool`): a crashing
+initializer would otherwise be restarted forever.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import itertools
+import multiprocessing
+import multiprocessing.context
+import os
+import signal
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool as _StdBrokenProcessPool
+from typing import Any
+
+from .api import pair
+from .channel import Channel
+from .errors import (
+    ChannelBroken,
+    ChannelClosed,
+    DecodeError,
+    EncodeError,
+    EndOfChannel,
+    IPCError,
+    RecvTimeout,
+    SendTimeout,
+    TaskTimeout,
+    WorkerDied,
+)
+
+__all__ = [
+    "ProcessPoolExecutor",
+    "BrokenProcessPool",
+    "WorkerDied",
+    "TaskTimeout",
+    "DEFAULT_URL",
+    "MAX_WINDOW",
+    "QUEUE_BUDGET",
+]
+
+#: The backend of the worker channels unless ``url=`` says otherwise: the fastest local one here
+#: (docs/futures.md: shm:// ran the 10,000-task workload fastest of shm, unix and pipe).
+DEFAULT_URL = "shm://"
+#: Most tasks in flight per worker: enough that small tasks stream.
+MAX_WINDOW = 64
+#: Seconds of work a slot keeps queued on its worker: a slow task never has many others stuck
+#: behind it on one worker while another worker idles.
+QUEUE_BUDGET = 0.002
+#: How often (seconds) an idle slot checks its worker process and its task's timeout.  A dead
+#: worker is normally seen at once (its channel reports PeerDied); this bounds the rest.
+_SLICE = 0.05
+
+# Worker -> parent message kinds.  Parent -> worker: a list of ``(fn, args, kwargs or None)``
+# (a batch: one message, one answer per task), ``None`` = stop.
+_OK, _RAISED, _READY, _INIT_FAILED, _UNDECODABLE = 0, 1, 2, 3, 4
+
+_PR_SET_PDEATHSIG = 1
+
+
+class BrokenProcessPool(ChannelBroken, _StdBrokenProcessPool):
+    """The pool cannot run tasks any more: a worker failed or died in its initializer.
+
+    Also a :class:`concurrent.futures.process.BrokenProcessPool`, so code written for the
+    standard executor catches it unchanged.  ``__cause__`` says what happened.
+    """
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in a worker (the ``__cause__`` of that exception)."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+# ------------------------------------------------------------------------------------ the worker
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Ask for SIGKILL when the parent (thread) ends; exit now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                   ctypes.c_ulong(0))
+    except (OSError, AttributeError):
+        pass  # no prctl here: the channel's liveness check still ends this worker
+    # The parent may have died before prctl took effect: then our parent is already someone else.
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _send_error(ch: Channel, kind: int, exc: BaseException) -> None:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        ch.send((kind, exc, tb))
+    except EncodeError as enc:
+        # The exception itself cannot be pickled: send one that can, naming it.
+        ch.send((kind, EncodeError(f"the task raised {type(exc).__qualname__}: {exc} ({enc})"), tb))
+
+
+def _worker_main(ch: Channel, parent_pid: int | None, initializer: Callable[..., object] | None,
+                 initargs: tuple[Any, ...], max_tasks: int | None) -> None:
+    """A worker process: run tasks in the order they arrive, one answer per task."""
+    _die_with_parent(parent_pid)
+    try:
+        if initializer is not None:
+            try:
+                initializer(*initargs)
+            except BaseException as exc:
+                _send_error(ch, _INIT_FAILED, exc)
+                return
+        send, recv = ch.send, ch.recv
+        send((_READY, os.getpid()))
+        done = 0
+        while max_tasks is None or done < max_tasks:
+            try:
+                batch = recv()
+            except DecodeError as exc:
+                # The tasks cannot be unpickled here (their function is not importable, say).  The
+                # parent knows how many that message carried and fails all of them.
+                _send_error(ch, _UNDECODABLE, exc)
+                continue
+            if batch is None:
+                return
+            for fn, args, kwargs in batch:
+                try:
+                    result = fn(*args, **kwargs) if kwargs else fn(*args)
+                except BaseException as exc:
+                    del fn, args, kwargs
+                    _send_error(ch, _RAISED, exc)
+                else:
+                    del fn, args, kwargs  # the arguments go now: on shm a large array's slot is freed
+                    try:
+                        send((_OK, result))
+                    except EncodeError as exc:
+                        _send_error(ch, _RAISED, exc)
+                    del result
+            done += len(batch)
+            del batch
+    except (EndOfChannel, ChannelBroken, ChannelClosed):
+        return  # the parent closed or died: nothing left to answer
+    finally:
+        ch.close()
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    return [fn(*args) for args in chunk]
+
+
+# ------------------------------------------------------------------------------------ the parent
+class _Item:
+    __slots__ = ("batch", "future", "started", "task", "timeout")
+
+    def __init__(self, future: Future[Any], task: tuple[Any, ...], timeout: float | None) -> None:
+        self.future = future
+        self.task = task
+        self.timeout = timeout
+        self.started = False
+        self.batch = 0  # which message carried it (a worker that cannot decode one fails them all)
+
+
+class _Slot:
+    """One worker place: the current worker process, its channel and the tasks in flight on it."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: multiprocessing.process.BaseProcess | None = None
+        self.pid: int | None = None
+        self.channel: Channel | None = None
+        self.inflight: collections.deque[_Item] = collections.deque()
+        # Held across "append to inflight, send", so the channel's order is inflight's order.
+        self.send_lock = threading.Lock()
+        self.accepting = False
+        self.ready = False
+        self.credit = 2
+        self.ewma = 0.0
+        self.head_since = 0.0
+        self.quota: int | None = None
+        self.stop_sent = False
+        self.timed_out: tuple[_Item, float] | None = None
+        self.batch_idle = False
+        self.thread: threading.Thread | None = None
+
+
+def _describe_exit(pid: int | None, exitcode: int | None) -> str:
+    if exitcode is None:
+        return f"worker pid {pid} stopped answering"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"worker pid {pid} was killed by {name} (exit status {exitcode})"
+    return f"worker pid {pid} exited with status {exitcode}"
+
+
+_live: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
+
+
+def _at_exit() -> None:
+    # As the standard executor does: pending work finishes before the interpreter exits.  A forked
+    # child inherits this hook and the set; the executors there are the parent's, not its own.
+    for ex in list(_live):
+        if ex._owner_pid == os.getpid():
+            ex.shutdown(wait=True)
+
+
+# threading's hook runs before non-daemon threads are joined and before atexit (where ipckit
+# closes every channel): the slot threads are daemons and still need their channels then.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_at_exit)
+else:  # pragma: no cover - every supported CPython has it
+    import atexit
+
+    atexit.register(_at_exit)
+
+
+class ProcessPoolExecutor(Executor):
+    """Run calls in worker processes, over ipckit channels; a drop-in for the standard executor.
+
+    Arguments as :class:`concurrent.futures.ProcessPoolExecutor` (``max_workers`` defaults to
+    ``os.cpu_count()``; ``mp_context`` to multiprocessing's default start method), plus:
+
+    * ``url``: the backend of the worker channels (``"shm://"``, ``"pipe://"``, ``"unix://"``,
+      with options in the query; a bare scheme: each worker's channel gets a generated name).
+    * ``serializer``: the channels' serializer (default pickle; it must carry functions).
+    * ``task_timeout``: seconds a task may run (None: no limit); see :meth:`submit_with_timeout`.
+
+    A worker that dies fails only the task it was running, with :class:`WorkerDied`; the others
+    run on a replacement.  Raises ValueError / TypeError on bad arguments, like the standard one.
+    """
+
+    def __init__(self, max_workers: int | None = None,
+                 mp_context: multiprocessing.context.BaseContext | None = None,
+                 initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = (), *,
+                 max_tasks_per_child: int | None = None, url: str = DEFAULT_URL,
+                 serializer: Any = None, task_timeout: float | None = None) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        if task_timeout is not None and task_timeout <= 0:
+            raise ValueError("task_timeout must be > 0 or None")
+        self._max_workers = max_workers
+        self._ctx = mp_context if mp_context is not None else multiprocessing.get_context()
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._max_tasks = max_tasks_per_child
+        self._url = url
+        self._channel_options: dict[str, Any] = {} if serializer is None else {"serializer": serializer}
+        self._task_timeout = task_timeout
+        self._timeouts = task_timeout is not None
+        self._lock = threading.Lock()
+        self._pending: collections.deque[_Item] = collections.deque()
+        self._slots = [_Slot(i) for i in range(max_workers)]
+        self._started = False
+        self._batches = 0
+        self._shutdown = False
+        self._broken: BrokenProcessPool | None = None
+        self._owner_pid = os.getpid()
+        # Forked workers are children of the forking thread, so their parent pid is ours; the
+        # forkserver's children are the server's (it ends with us, and PR_SET_PDEATHSIG follows).
+        self._child_parent = None if self._ctx.get_start_method() == "forkserver" else os.getpid()
+        _live.add(self)
+
+    # ------------------------------------------------------------------ public API
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``; returns a Future.
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`.
+            BrokenProcessPool: a worker failed in its initializer.
+        """
+        return self._submit(fn, args, kwargs, self._task_timeout)
+
+    def submit_with_timeout(self, timeout: float | None, fn: Callable[..., Any], /, *args: Any,
+                            **kwargs: Any) -> Future[Any]:
+        """:meth:`submit` with this task's own limit: past *timeout* seconds of running, its
+        worker is killed and the Future raises :class:`TaskTimeout` (None: no limit)."""
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be > 0 or None")
+        if timeout is not None:
+            self._timeouts = True
+        return self._submit(fn, args, kwargs, timeout)
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        """Like :func:`map`, the calls run in the workers; results in order.
+
+        *chunksize* calls travel as one task.  *timeout* counts from this call; a result not
+        ready by then raises TimeoutError when the iterator reaches it.  Every call is submitted
+        before this returns; leaving the iterator early cancels the ones not yet started.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end = None if timeout is None else time.monotonic() + timeout
+        if chunksize == 1:
+            futures = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
+        else:
+            calls = zip(*iterables, strict=False)
+            futures = []
+            while chunk := list(itertools.islice(calls, chunksize)):
+                futures.append(self.submit(_run_chunk, fn, chunk))
+        return self._results(futures, end, chunksize > 1)
+
+    @staticmethod
+    def _results(futures: list[Future[Any]], end: float | None, chunked: bool) -> Iterator[Any]:
+        futures.reverse()  # pop() from the end takes them in order and drops each reference
+        try:
+            while futures:
+                f = futures.pop()
+                value = f.result() if end is None else f.result(end - time.monotonic())
+                del f
+                if chunked:
+                    yield from value
+                else:
+                    yield value
+        finally:
+            for f in futures:
+                f.cancel()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; workers stop once every task submitted so far is done.
+
+        *cancel_futures*: cancel the tasks no worker has started.  *wait*: return once every
+        worker has stopped and everything is released.  Idempotent.
+        """
+        cancelled: list[_Item] = []
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                keep = [item for item in self._pending if item.started]  # started ones must still run
+                cancelled = [item for item in self._pending if not item.started]
+                self._pending.clear()
+                self._pending.extend(keep)
+            slots = list(self._slots)
+        for item in cancelled:
+            item.future.cancel()
+        for slot in slots:
+            self._maybe_stop(slot)
+        if wait:
+            me = threading.current_thread()
+            for slot in slots:
+                t = slot.thread
+                if t is not None and t is not me:
+                    t.join()
+
+    # ------------------------------------------------------------------ submitting
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                timeout: float | None) -> Future[Any]:
+        f: Future[Any] = Future()
+        item = _Item(f, (fn, args, kwargs or None), timeout)
+        with self._lock:
+            if self._broken is not None:
+                raise self._broken_copy()
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if not self._started:
+                self._start_slots()
+            self._pending.append(item)
+            targets = [s for s in self._slots if self._wants_more(s)]
+        for slot in targets:
+            self._pump(slot)
+            if not self._pending:
+                break
+        return f
+
+    def _start_slots(self) -> None:
+        # Called with the lock held.  Each worker is started by its own slot thread, which lives
+        # until that worker is reaped: PR_SET_PDEATHSIG fires when the *thread* that forked the
+        # worker ends, so a short-lived submitting thread must not be the one.
+        self._started = True
+        for slot in self._slots:
+            t = threading.Thread(target=self._run_slot, args=(slot,), daemon=True,
+                                 name=f"ipckit.futures-slot-{slot.index}")
+            slot.thread = t
+            t.start()
+
+    def _pump(self, slot: _Slot) -> None:
+        """Send pending tasks to *slot* up to its credit, as one message (see the module
+        docstring: a send that could wait on a busy worker never blocks)."""
+        lock = self._lock
+        while True:
+            if not slot.send_lock.acquire(False):
+                return  # the holder re-checks after it lets go
+            try:
+                ch = slot.channel
+                with lock:
+                    batch = self._take_batch(slot)
+                if ch is not None and batch:
+                    self._send_batch(slot, ch, batch)
+            finally:
+                slot.send_lock.release()
+            with lock:
+                if not self._wants_more(slot):
+                    return
+
+    def _wants_more(self, slot: _Slot) -> bool:
+        # Called with the lock held.  Refill at half the credit, so one message carries several
+        # tasks (each send on a stream backend is a system call, which also hands the GIL away).
+        return (slot.channel is not None and bool(self._pending) and slot.accepting
+                and len(slot.inflight) <= slot.credit // 2)
+
+    def _take_batch(self, slot: _Slot) -> list[_Item]:
+        # Called with the lock and the slot's send lock held: moves tasks from pending to in flight.
+        pending, inflight = self._pending, slot.inflight
+        if slot.channel is None or not slot.accepting:
+            return []
+        room = slot.credit - len(inflight)
+        if slot.quota is not None:
+            room = min(room, slot.quota)
+        if room <= 0:
+            return []
+        batch: list[_Item] = []
+        idle = not inflight
+        while pending and len(batch) < room:
+            item = pending.popleft()
+            if not item.started:
+                if not item.future.set_running_or_notify_cancel():
+                    continue  # cancelled while it waited
+                item.started = True
+            batch.append(item)
+        if not batch:
+            return batch
+        self._batches += 1
+        for item in batch:
+            item.batch = self._batches
+        inflight.extend(batch)
+        if idle:
+            slot.head_since = time.monotonic()
+        if slot.quota is not None:
+            slot.quota -= len(batch)
+            if slot.quota <= 0:
+                slot.accepting = False  # the worker exits after these
+        slot.batch_idle = idle
+        return batch
+
+    def _send_batch(self, slot: _Slot, ch: Channel, batch: list[_Item]) -> None:
+        # Called with the slot's send lock held.
+        timeout = None if slot.batch_idle else 0.0
+        try:
+            ch.send([item.task for item in batch], timeout=timeout)
+        except SendTimeout:
+            self._unsend(slot, batch, [])
+        except EncodeError as exc:
+            if len(batch) == 1:
+                self._unsend(slot, batch, [], failed=True)
+                batch[0].future.set_exception(exc)
+                return
+            # One of them cannot be pickled: send them one by one, so only that one fails.
+            self._unsend(slot, batch, [], requeue=False)
+            for i, item in enumerate(batch):
+                with self._lock:
+                    slot.inflight.append(item)
+                    if slot.quota is not None:
+                        slot.quota -= 1
+                try:
+                    ch.send([item.task], timeout=timeout)
+                except EncodeError as exc:
+                    self._unsend(slot, [item], [], failed=True)
+                    item.future.set_exception(exc)
+                except (SendTimeout, ChannelBroken, EndOfChannel, ChannelClosed):
+                    self._unsend(slot, [item], batch[i + 1:])
+                    return
+        except (ChannelBroken, EndOfChannel, ChannelClosed):
+            self._unsend(slot, batch, [])  # its slot thread handles the worker
+
+    def _unsend(self, slot: _Slot, batch: list[_Item], more: list[_Item], requeue: bool = True,
+                failed: bool = False) -> None:
+        """Take *batch* (the newest in flight, never sent) back; requeue it and *more* in front."""
+        with self._lock:
+            # Still the newest in flight: we hold the send lock, and no result can be for them.
+            for item in reversed(batch):
+                if slot.inflight and slot.inflight[-1] is item:
+                    slot.inflight.pop()
+            if slot.quota is not None:
+                slot.quota += len(batch)
+                slot.accepting = slot.channel is not None and not slot.stop_sent and self._broken is None
+            if requeue and not failed:
+                self._pending.extendleft(reversed([*batch, *more]))
+            elif more:
+                self._pending.extendleft(reversed(more))
+
+    def _pump_all(self) -> None:
+        for slot in self._slots:
+            if not self._pending:
+                return
+            self._pump(slot)
+
+    def _maybe_stop(self, slot: _Slot) -> None:
+        """After shutdown: tell an idle worker to stop once nothing is left for it to do."""
+        if not self._shutdown:
+            return
+        with slot.send_lock:
+            with self._lock:
+                ch = slot.channel
+                if ch is None or slot.stop_sent or slot.inflight or self._pending:
+                    return
+                slot.stop_sent = True
+                slot.accepting = False
+            try:
+                ch.send(None)  # nothing in flight: the worker is reading, this does not wait
+            except IPCError:
+                pass  # gone already: its slot thread sees that
+
+    # ------------------------------------------------------------------ the slot threads
+    def _run_slot(self, slot: _Slot) -> None:
+        while self._start_worker(slot):
+            clean = self._serve(slot)
+            self._end_worker(slot, clean)
+
+    def _start_worker(self, slot: _Slot) -> bool:
+        with self._lock:
+            if self._broken is not None or (self._shutdown and not self._pending):
+                return False
+        try:
+            ours, theirs = pair(self._url, **self._channel_options)
+        except IPCError as exc:
+            self._break(f"could not make a channel for a worker on {self._url}", exc)
+            return False
+        try:
+            proc: multiprocessing.process.BaseProcess = self._ctx.Process(  # type: ignore[attr-defined]
+                target=_worker_main, name=f"ipckit.futures-worker-{slot.index}",
+                args=(theirs, self._child_parent, self._initializer, self._initargs, self._max_tasks))
+            proc.start()
+        except Exception as exc:
+            ours.close()
+            self._break("could not start a worker process", exc)
+            return False
+        finally:
+            theirs.close()  # the child has its own end now (contract: close your copy after start)
+        with self._lock:
+            slot.proc, slot.pid, slot.channel = proc, proc.pid, ours
+            slot.ready = slot.stop_sent = False
+            slot.timed_out = None
+            slot.credit, slot.ewma = 2, 0.0
+            slot.quota = self._max_tasks
+            slot.accepting = self._broken is None
+        self._pump(slot)
+        return True
+
+    def _recv_timeout(self, slot: _Slot) -> float:
+        if not self._timeouts or not slot.ready:
+            return _SLICE
+        with self._lock:
+            head = slot.inflight[0] if slot.inflight else None
+            if head is None or head.timeout is None:
+                return _SLICE
+            left = slot.head_since + head.timeout - time.monotonic()
+        return min(_SLICE, max(left, 0.0))
+
+    def _serve(self, slot: _Slot) -> bool:
+        """Read *slot*'s worker until it ends; True if it ended cleanly (closed its channel)."""
+        ch, proc = slot.channel, slot.proc
+        assert ch is not None and proc is not None
+        recv, inflight, lock = ch.recv, slot.inflight, self._lock
+        exited = False
+        while True:
+            try:
+                msg = recv(timeout=self._recv_timeout(slot))
+            except RecvTimeout:
+                if exited:
+                    return False  # everything it sent before it died has been read
+                if proc.exitcode is not None:
+                    exited = True  # read what it had sent, then handle the death
+                    continue
+                self._check_timeout(slot)
+                self._maybe_stop(slot)
+                continue
+            except DecodeError as exc:  # one result could not be unpickled here; the channel is fine
+                msg = (_RAISED, exc, None)
+            except EndOfChannel:
+                return True
+            except (ChannelBroken, ChannelClosed):
+                return False
+            kind = msg[0]
+            if kind <= _RAISED:
+                now = time.monotonic()
+                with lock:
+                    item = inflight.popleft()
+                    if slot.ready:
+                        # How long this task took: the credit keeps ~QUEUE_BUDGET of work queued.
+                        slot.ewma = 0.75 * slot.ewma + 0.25 * (now - slot.head_since)
+                        slot.credit = max(2, min(MAX_WINDOW, int(QUEUE_BUDGET / slot.ewma) + 1)
+                                          if slot.ewma > 0 else MAX_WINDOW)
+                    slot.head_since = now
+                if kind == _OK:
+                    item.future.set_result(msg[1])
+                else:
+                    err = msg[1]
+                    if msg[2] is not None and isinstance(err, BaseException):
+                        err.__cause__ = RemoteTraceback(msg[2])
+                    item.future.set_exception(err)
+                del item, msg
+                if self._pending:
+                    if len(inflight) <= slot.credit // 2:
+                        self._pump(slot)
+                elif self._shutdown:
+                    self._maybe_stop(slot)
+            elif kind == _UNDECODABLE:
+                with lock:
+                    failed = [inflight.popleft()]
+                    while inflight and inflight[0].batch == failed[0].batch:
+                        failed.append(inflight.popleft())
+                    slot.head_since = time.monotonic()
+                for item in failed:
+                    item.future.set_exception(DecodeError(f"worker pid {slot.pid} could not unpickle the task: "
+                                                          f"{msg[1]}"))
+                del failed
+                if self._pending:
+                    self._pump(slot)
+            elif kind == _READY:
+                with lock:
+                    slot.ready = True
+                    slot.head_since = time.monotonic()
+            else:  # _INIT_FAILED
+                err = msg[1]
+                if isinstance(err, BaseException) and msg[2] is not None:
+                    err.__cause__ = RemoteTraceback(msg[2])
+                self._break(f"the initializer failed in worker pid {slot.pid}",
+                            err if isinstance(err, BaseException) else None)
+
+    def _check_timeout(self, slot: _Slot) -> None:
+        if not self._timeouts or slot.pid is None:
+            return
+        with self._lock:
+            head = slot.inflight[0] if slot.inflight else None
+            if (not slot.ready or head is None or head.timeout is None or slot.timed_out is not None
+                    or time.monotonic() - slot.head_since < head.timeout):
+                return
+            slot.timed_out = (head, head.timeout)
+            slot.accepting = False
+        try:
+            os.kill(slot.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # died by itself meanwhile
+
+    def _end_worker(self, slot: _Slot, clean: bool) -> None:
+        proc, ch = slot.proc, slot.channel
+        assert proc is not None and ch is not None
+        proc.join(1.0)
+        if proc.exitcode is None:  # its channel broke but it lives on: it cannot be reached, end it
+            proc.kill()
+            proc.join(5.0)
+        exitcode = proc.exitcode
+        with slot.send_lock, self._lock:
+            items = list(slot.inflight)
+            slot.inflight.clear()
+            slot.accepting = False
+            slot.channel = None
+            timed = slot.timed_out
+            ready = slot.ready
+            broken = self._broken
+        ch.close()
+        proc.close()
+        if broken is not None:
+            for item in items:
+                item.future.set_exception(self._broken_copy())
+            return
+        why = _describe_exit(slot.pid, exitcode)
+        if not ready and not (clean and not items):
+            died = WorkerDied(f"{why} before it was ready (in its initializer or start-up)", slot.pid, exitcode)
+            self._break("a worker died before it was ready", died)
+            for item in items:
+                item.future.set_exception(self._broken_copy())
+            return
+        if not items:
+            return  # a clean stop (shutdown, max_tasks_per_child) or an idle worker's death
+        head, rest = items[0], items[1:]
+        with self._lock:
+            self._pending.extendleft(reversed(rest))
+        exc: IPCError
+        if timed is not None and timed[0] is head:
+            exc = TaskTimeout(f"the task ran past its timeout of {timed[1]:g} s; its worker pid {slot.pid} was "
+                              "killed", slot.pid, timed[1])
+        else:
+            exc = WorkerDied(f"{why} while it ran this task", slot.pid, exitcode)
+        head.future.set_exception(exc)
+        self._pump_all()
+
+    def _break(self, what: str, cause: BaseException | None) -> None:
+        """Mark the pool broken: fail every pending task, stop every worker."""
+        with self._lock:
+            if self._broken is not None:
+                return
+            err = BrokenProcessPool(f"{what}; the pool cannot run tasks any more")
+            err.__cause__ = cause
+            self._broken = err
+            items = list(self._pending)
+            self._pending.clear()
+            slots = list(self._slots)
+            for slot in slots:
+                slot.accepting = False
+        for item in items:
+            if item.started or item.future.set_running_or_notify_cancel():
+                item.future.set_exception(self._broken_copy())
+        for slot in slots:
+            proc = slot.proc
+            if proc is not None and slot.channel is not None:
+                try:
+                    proc.kill()
+                except (ValueError, ProcessLookupError):
+                    pass  # reaped meanwhile
+
+    def _broken_copy(self) -> BrokenProcessPool:
+        # A fresh exception per Future: raising one object from many places piles up tracebacks.
+        assert self._broken is not None
+        err = BrokenProcessPool(*self._broken.args)
+        err.__cause__ = self._broken.__cause__
+        return err
