@@ -224,6 +224,7 @@ class _Slot:
         self.stop_sent = False
         self.timed_out: tuple[_Item, float] | None = None
         self.batch_idle = False
+        self.starting = False  # its worker is being started: counts as idle when sharing tasks out
         self.thread: threading.Thread | None = None
 
 
@@ -424,6 +425,7 @@ class ProcessPoolExecutor(Executor):
         # worker ends, so a short-lived submitting thread must not be the one.
         self._started = True
         for slot in self._slots:
+            slot.starting = True
             t = threading.Thread(target=self._run_slot, args=(slot,), daemon=True,
                                  name=f"ipckit.futures-slot-{slot.index}")
             slot.thread = t
@@ -440,8 +442,9 @@ class ProcessPoolExecutor(Executor):
                 ch = slot.channel
                 with lock:
                     batch = self._take_batch(slot)
-                if ch is not None and batch:
-                    self._send_batch(slot, ch, batch)
+                if ch is None or not batch:
+                    return  # nothing for this worker now (no credit, or idle ones go first)
+                self._send_batch(slot, ch, batch)
             finally:
                 slot.send_lock.release()
             with lock:
@@ -462,10 +465,15 @@ class ProcessPoolExecutor(Executor):
         room = slot.credit - len(inflight)
         if slot.quota is not None:
             room = min(room, slot.quota)
+        idle = not inflight
+        # Idle workers first, each its share: queueing a task behind a busy worker while another
+        # waits would make it wait for nothing (slow tasks would run one after the other).
+        idle_others = sum(1 for s in self._slots if s is not slot and (s.accepting or s.starting) and not s.inflight)
+        if idle_others:
+            room = 0 if not idle else min(room, max(1, len(pending) // (idle_others + 1)))
         if room <= 0:
             return []
         batch: list[_Item] = []
-        idle = not inflight
         while pending and len(batch) < room:
             item = pending.popleft()
             if not item.started:
@@ -565,10 +573,13 @@ class ProcessPoolExecutor(Executor):
     def _start_worker(self, slot: _Slot) -> bool:
         with self._lock:
             if self._broken is not None or (self._shutdown and not self._pending):
+                slot.starting = False
                 return False
+            slot.starting = True
         try:
             ours, theirs = pair(self._url, **self._channel_options)
         except IPCError as exc:
+            slot.starting = False
             self._break(f"could not make a channel for a worker on {self._url}", exc)
             return False
         try:
@@ -578,6 +589,7 @@ class ProcessPoolExecutor(Executor):
             proc.start()
         except Exception as exc:
             ours.close()
+            slot.starting = False
             self._break("could not start a worker process", exc)
             return False
         finally:
@@ -589,6 +601,7 @@ class ProcessPoolExecutor(Executor):
             slot.credit, slot.ewma = 2, 0.0
             slot.quota = self._max_tasks
             slot.accepting = self._broken is None
+            slot.starting = False
         self._pump(slot)
         return True
 

@@ -340,17 +340,18 @@ from ipckit.futures import ProcessPoolExecutor
 import multiprocessing
 
 def block(path):
-    open(path, "w").close()
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
     time.sleep(60)
 
 if __name__ == "__main__":
     ex = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(sys.argv[1]))
     marks = [os.path.join(sys.argv[2], f"started-{i}") for i in range(2)]
-    pids = {ex.submit(os.getpid).result() for _ in range(20)}
     fs = [ex.submit(block, m) for m in marks]
     while not all(os.path.exists(m) for m in marks):
         time.sleep(0.01)
-    print("READY", *sorted(pids), flush=True)
+    print("READY", *(open(m).read() for m in marks), flush=True)
     time.sleep(60)
 """
 
