@@ -506,6 +506,46 @@ class _ExecutorPool(WorkerPool):
             self._ex = None
 
 
+class _FuturesPool(WorkerPool):
+    """``ipckit.futures.ProcessPoolExecutor(2, url=...).map(handle_job, jobs)``: the same call as
+    the cf.ProcessPool subject, on ipckit's executor (docs/futures.md)."""
+
+    def __init__(self, url: str, workers: int, cpus: set[int] | None, timeout: float) -> None:
+        super().__init__(f"futures({url.partition(':')[0]})", "ipckit", workers, cpus, timeout)
+        self.url = url
+        self._ex: Any = None
+
+    def _start(self, ready: Connection) -> None:
+        from ipckit.futures import ProcessPoolExecutor as IpckitExecutor  # only when measured
+
+        self._ex = IpckitExecutor(self.n_workers, mp_context=SPAWN, initializer=_ready,
+                                  initargs=(self.cpus, ready), url=self.url)
+
+    def run(self, jobs: Sequence[Job]) -> list[Any]:
+        return list(self._ex.map(handle_job, jobs, timeout=self.timeout))
+
+    def _abort(self) -> None:
+        pass  # map() times out by itself; the killed workers are replaced or fail their tasks
+
+    def _stop(self) -> None:
+        if self._ex is not None:
+            self._ex.shutdown(wait=True, cancel_futures=self.aborted)
+            self._ex = None
+
+
+#: ``IPCKIT_BENCH_POOL_FUTURES=shm,unix`` adds an ipckit.futures subject per scheme to the pool
+#: workload (opt-in: the pool's default subject list stays what it was).
+FUTURES_ENV = "IPCKIT_BENCH_POOL_FUTURES"
+
+
+def _futures_specs() -> list[PoolSpec]:
+    schemes = [x.strip() for x in os.environ.get(FUTURES_ENV, "").split(",") if x.strip()]
+    return [PoolSpec(f"futures({scheme})", "ipckit",
+                     f"ipckit.futures.ProcessPoolExecutor(url={scheme}://).map, default chunksize",
+                     functools.partial(_FuturesPool, f"{scheme}://"))
+            for scheme in schemes]
+
+
 @dataclass
 class PoolSpec:
     """A pool subject: how to start it."""
@@ -537,6 +577,7 @@ def pool_subjects(backends: list[str] | None = None,
                       f"one {s.url} channel per worker ({s.note}), window {WINDOW} or what the channel holds",
                       functools.partial(_ChannelPool, s))
              for s in subjects]
+    specs += _futures_specs()
     specs += [
         PoolSpec("mp.Queue", "baseline", "task + result multiprocessing.Queue, None to stop", _QueuePool),
         PoolSpec("mp.Pool", "baseline", "multiprocessing.Pool.imap_unordered, chunksize=1", _MpPool),
