@@ -228,3 +228,18 @@ def test_the_private_use_scan_finds_what_it_should(tmp_path: Path) -> None:
         "from_oserror is not in ipckit.errors.__all__",
         "import ipckit.backends._x",
     ]
+
+
+# --------------------------------------------------------------------------- crash_isolation.py
+CRASH_ISOLATION = EXAMPLES / "crash_isolation.py"
+
+
+@pytest.mark.parametrize("crash,ended", [("segfault", "killed by SIGSEGV"), ("exit", "exited with status 3")])
+def test_crash_isolation_process_pool_survives_a_crash_the_thread_pool_does_not(crash: str, ended: str) -> None:
+    proc = run_example("--crash", crash, script=CRASH_ISOLATION)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.stderr == ""
+    assert "job 13: WorkerDied: worker pid" in proc.stdout and ended in proc.stdout
+    assert "39 jobs completed, 1 failed" in proc.stdout
+    assert f"the whole process {ended}" in proc.stdout
+    assert "isolated: the process pool survived the crash, the thread pool did not" in proc.stdout
