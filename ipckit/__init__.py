@@ -16,6 +16,7 @@ from .backend import Backend
 from .channel import Channel, Listener
 from .errors import *  # noqa: F403 - the error tree is part of the top-level API
 from .options import Capabilities, Options
+from .pubsub import publish, subscribe
 from .registry import available_backends, register_backend
 from .serializers import Serializer, register_serializer
 
@@ -25,6 +26,8 @@ __all__ = [
     "pair",
     "listen",
     "connect",
+    "publish",
+    "subscribe",
     "Channel",
     "Listener",
     "Backend",
