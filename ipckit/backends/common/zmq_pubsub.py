@@ -215,6 +215,9 @@ class Publisher(Channel):
         self._thread.start()
 
     # ------------------------------------------------------------------ for users
+    def __enter__(self) -> Publisher:
+        return self
+
     @property
     def published(self) -> int:
         """Messages published so far (the last sequence number)."""
@@ -467,6 +470,9 @@ class Subscriber(Channel):
         self._learn_peer_limit(peer_max)
 
     # ------------------------------------------------------------------ counters
+    def __enter__(self) -> Subscriber:
+        return self
+
     @property
     def sent(self) -> int:
         """Messages published since this subscriber joined, as far as it knows."""

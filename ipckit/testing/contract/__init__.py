@@ -33,6 +33,8 @@ The classes carry no ``Test`` prefix, so pytest collects only the subclasses.  O
 ``listener``       :class:`ListenerContract` — ``named``
 ``security``       :class:`SecurityContract` — ``named`` (the trust rule under a widened mode, the
                    opener's mode check, safe parent directories)
+``one_way``        :class:`OneWayContract` — the one-way form (a sending end, receiving ends:
+                   pub/sub fan-out); not a ChannelContract mixin, so not in ``required``
 ``required``       :func:`required_contracts`, the rule above
 ``helpers``        :func:`timing_bounds`, :func:`wait_until_blocked` and what the mixins share
 """
@@ -47,6 +49,7 @@ from .framed_stream import FramedStreamContract
 from .helpers import timing_bounds, wait_until_blocked
 from .large_message import LargeMessageContract
 from .listener import ListenerContract
+from .one_way import OneWayContract
 from .peer_close import PeerCloseContract
 from .peer_death import PeerDeathContract
 from .peer_exit import PeerExitContract
@@ -67,6 +70,7 @@ __all__ = [
     "FramedStreamContract",
     "ListenerContract",
     "SecurityContract",
+    "OneWayContract",
     "ChildEnds",
     "ALL_CONTRACTS",
     "required_contracts",
