@@ -19,6 +19,7 @@ from .options import Capabilities, Options
 from .pubsub import publish, subscribe
 from .registry import available_backends, register_backend
 from .serializers import Serializer, register_serializer
+from .waiting import wait
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "pair",
     "listen",
     "connect",
+    "wait",
     "publish",
     "subscribe",
     "Channel",
@@ -42,3 +44,12 @@ __all__ = [
     "__version__",
     *errors.__all__,
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ipckit.aio loads asyncio: imported on first use, so ``import ipckit`` stays light.
+    if name == "aio":
+        import importlib
+
+        return importlib.import_module(".aio", __name__)
+    raise AttributeError(f"module 'ipckit' has no attribute {name!r}")

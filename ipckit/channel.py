@@ -622,6 +622,9 @@ class Listener(ABC):
         self._url = url
         self._options = options
         self._accept_lock = threading.Lock()
+        # Channels accepted by ipckit.wait()'s probe of a listener without a descriptor
+        # (waiting.ready_now): the next accept() hands them out first, so a probe loses nothing.
+        self._accepted: list[Channel] = []
 
     @property
     def url(self) -> str:
@@ -644,6 +647,8 @@ class Listener(ABC):
         """
         if self._closed:
             raise ChannelClosed(f"accept on closed listener {self._url}")
+        if self._accepted:
+            return self._accepted.pop(0)
         if timeout is USE_DEFAULT:
             timeout = self._options.default_timeout
         deadline = deadline_from(timeout)
@@ -670,11 +675,21 @@ class Listener(ABC):
             raise ChannelClosed(f"fileno on closed listener {self._url}")
         return self._fileno()
 
+    def _stash(self, ch: Channel) -> None:
+        """Keep *ch*, accepted by a readiness probe, for the next :meth:`accept`."""
+        self._accepted.append(ch)
+
     def close(self) -> None:
         """Stop listening and remove the endpoint; idempotent."""
         if self._closed:
             return
         self._closed = True
+        for ch in self._accepted:  # probed but never taken: nobody else will close them
+            try:
+                ch.close()
+            except Exception:
+                pass
+        self._accepted.clear()
         got: list[bool] = []
         try:
             self._wakeup()
