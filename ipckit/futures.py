@@ -300,6 +300,9 @@ class _Slot:
         self.stop_sent = False
         self.timed_out: tuple[_Item, float] | None = None
         self.batch_idle = False
+        # A send with timeout=0 did not fit: no more tries until the worker has nothing in flight
+        # (each try would serialize the batch again, and on a stream send part of it for nothing).
+        self.congested = False
         self.starting = False  # its worker is being started: counts as idle when sharing tasks out
         self.thread: threading.Thread | None = None
 
@@ -520,6 +523,7 @@ class ProcessPoolExecutor(Executor):
         # Called with the lock held.  Refill at half the credit, so one message carries several
         # tasks (each send on a stream backend is a system call, which also hands the GIL away).
         return (slot.channel is not None and bool(self._pending) and slot.accepting
+                and not (slot.congested and slot.inflight)
                 and len(slot.inflight) <= slot.credit // 2)
 
     def _take_batch(self, slot: _Slot) -> list[_Item]:
@@ -531,6 +535,9 @@ class ProcessPoolExecutor(Executor):
         if slot.quota is not None:
             room = min(room, slot.quota)
         idle = not inflight
+        if slot.congested and not idle:
+            return []
+        slot.congested = False
         # Idle workers first, each its share: queueing a task behind a busy worker while another
         # waits would make it wait for nothing (slow tasks would run one after the other).
         idle_others = sum(1 for s in self._slots if s is not slot and (s.accepting or s.starting) and not s.inflight)
@@ -568,6 +575,8 @@ class ProcessPoolExecutor(Executor):
             ch.send([item.task for item in batch], timeout=timeout)
         except SendTimeout:
             self._unsend(slot, batch, [])
+            with self._lock:
+                slot.congested = True
         except EncodeError as exc:
             if len(batch) == 1:
                 self._unsend(slot, batch, [], failed=True)
@@ -664,6 +673,7 @@ class ProcessPoolExecutor(Executor):
             slot.ready = slot.stop_sent = False
             slot.timed_out = None
             slot.credit, slot.ewma = 2, 0.0
+            slot.congested = False
             slot.quota = self._max_tasks
             slot.accepting = self._broken is None
             slot.starting = False

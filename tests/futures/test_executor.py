@@ -122,7 +122,7 @@ def test_map_keeps_order_with_any_chunksize_and_several_iterables(ex: ProcessPoo
 
 
 def test_map_timeout_raises_timeout_error_when_reached(ex: ProcessPoolExecutor) -> None:
-    results = ex.map(sleep_then, [0.0, 2.0], ["a", "b"], timeout=0.5)
+    results = ex.map(sleep_then, [0.0, 1.0], ["a", "b"], timeout=0.3)
     assert next(results) == "a"
     with pytest.raises(TimeoutError):
         next(results)
@@ -256,6 +256,23 @@ def test_arguments_are_checked_like_the_standard_executor() -> None:
 def test_runs_over_each_local_backend(url: str) -> None:
     with ProcessPoolExecutor(2, mp_context=FORK, url=url) as ex:
         assert list(ex.map(add, range(300), range(300), chunksize=4)) == [2 * i for i in range(300)]
+
+
+def echo_reversed(data: bytes) -> bytes:
+    return data[::-1]
+
+
+@pytest.mark.parametrize("url", ["shm://", "pipe://", "unix://"])
+def test_messages_larger_than_any_buffer_never_deadlock(url: str) -> None:
+    # 4 MiB each way, more of them than two workers hold at once: a send that would wait on a busy
+    # worker is never made (the parent would wait on a worker that waits on the parent).
+    blobs = [bytes([i]) * (4 << 20) for i in range(12)]
+    small = list(range(200))
+    with ProcessPoolExecutor(2, mp_context=FORK, url=url) as ex:
+        big = [ex.submit(echo_reversed, b) for b in blobs]
+        quick = ex.map(add, small, small)
+        assert list(quick) == [2 * i for i in small]
+        assert [f.result(timeout=30) for f in big] == [b[::-1] for b in blobs]
 
 
 def test_large_numpy_arrays_travel_both_ways_over_shm() -> None:
