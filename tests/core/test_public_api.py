@@ -57,6 +57,8 @@ TOP_LEVEL = {
     "pair",
     "listen",
     "connect",
+    "publish",  # pub/sub fan-out (ipckit.pubsub)
+    "subscribe",
     "Channel",
     "Listener",
     "Backend",
