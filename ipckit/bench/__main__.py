@@ -9,6 +9,7 @@ Examples::
     ipckit bench --workloads pool --backends shm,unix,pipe --pool-jobs 10000   # the worker pool alone
     ipckit bench --compare before.json after.json
     ipckit bench --show r.json --markdown docs/benchmarks.md --plot docs/img   # re-render, no measuring
+    ipckit bench fanout --transports ipc,tcp --subscribers 1,2,4   # pub/sub fan-out (ipckit.bench.fanout)
 """
 
 from __future__ import annotations
@@ -120,6 +121,11 @@ def _config(args: argparse.Namespace) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ipckit bench``; returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fanout"]:  # pub/sub fan-out has its own small driver (many receivers per cell)
+        from .fanout import main as fanout_main
+
+        return fanout_main(argv[1:])
     args = build_parser().parse_args(argv)
     from rich.console import Console
 

@@ -96,6 +96,11 @@ _MONITOR = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_H
 _FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
            | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 _EVENT = struct.Struct("=HI")
+# Plain ints: pyzmq's flags are enums, and enum arithmetic per frame costs more than the send.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
 
 
 @dataclass
@@ -257,8 +262,8 @@ class Publisher(Channel):
     def _pump(self) -> None:
         router = self._router
         _z.check_pid(self._ctx, f"using {self._url}")  # type: ignore[arg-type]
-        while int(router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            frames = router.recv_multipart(zmq.NOBLOCK)
+        while int(router.getsockopt(_EVENTS)) & _POLLIN:
+            frames = router.recv_multipart(_NOBLOCK)
             if len(frames) < 2:
                 continue
             ident, head = frames[0], frames[1]
@@ -289,7 +294,7 @@ class Publisher(Channel):
         """Send *frames* to one subscriber; False (and it leaves the set) if its connection is gone."""
         router = self._router
         try:
-            router.send(ident, zmq.NOBLOCK | zmq.SNDMORE)
+            router.send(ident, _MORE)
         except zmq.ZMQError as exc:
             if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
                 raise
@@ -301,7 +306,7 @@ class Publisher(Channel):
         last = len(frames) - 1
         for i, part in enumerate(frames):
             immutable = isinstance(part, bytes) or (isinstance(part, memoryview) and isinstance(part.obj, bytes))
-            router.send(part, zmq.NOBLOCK | (zmq.SNDMORE if i < last else 0),
+            router.send(part, _MORE if i < last else _NOBLOCK,
                         copy=not (immutable and len(part) > _COPY_THRESHOLD))
         return True
 
@@ -525,10 +530,10 @@ class Subscriber(Channel):
             if sock is self._monitor:
                 self._pump_monitor()
         sock = self._sock
-        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        while int(sock.getsockopt(_EVENTS)) & _POLLIN:
             parts = self._parts
             while not parts or parts[-1].more:
-                parts.append(sock.recv(zmq.NOBLOCK, copy=False))
+                parts.append(sock.recv(_NOBLOCK, copy=False))
             self._parts = []
             self._take(parts)
 
@@ -568,7 +573,7 @@ class Subscriber(Channel):
     def _acknowledge(self, force: bool = False) -> None:
         if self._delivered - self._acked >= (1 if force else self._ack_every):
             try:
-                self._sock.send(b"A" + _SEQ.pack(self._delivered), zmq.NOBLOCK)
+                self._sock.send(b"A" + _SEQ.pack(self._delivered), _NOBLOCK)
                 self._acked = self._delivered
             except zmq.Again:
                 pass  # the way back is full: the next receive tries again
