@@ -40,7 +40,7 @@ from typing import Any, Final, TypeVar
 from . import api
 from .channel import Channel, Listener
 from .errors import ChannelTimeout, EndOfChannel, RecvTimeout, SendTimeout
-from .waiting import _BACKOFF, _SLICE, Doorbell, ready_now, wait_source
+from .waiting import _BACKOFF, _BELL_FIRST, _SLICE, Doorbell, ready_now, wait_source
 
 __all__ = ["AsyncChannel", "AsyncListener", "pair", "listen", "connect", "wrap"]
 
@@ -57,6 +57,12 @@ class _Readiness:
         self._obj = obj
         self._fd, self._bell, self._sliced = wait_source(obj)
         self._backoff = _BACKOFF[0]
+        self._bell_nap = _BELL_FIRST
+        self._active: tuple[asyncio.AbstractEventLoop, int, Callable[[], None]] | None = None
+
+    def reset(self) -> None:
+        """Something arrived: the next poll-loop sleep starts short again."""
+        self._backoff = _BACKOFF[0]
 
     async def wait(self, deadline: float | None) -> None:
         """Return once *obj* may be ready, or at *deadline* (the caller then looks again)."""
@@ -69,32 +75,51 @@ class _Readiness:
             return
         self._backoff = _BACKOFF[0]
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[bool] = loop.create_future()
 
-        def fire() -> None:
+        def fire(rang: bool = True) -> None:
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(rang)
 
         bell: Doorbell | None = self._bell
         loop.add_reader(fd, fire)
+        self._active = (loop, fd, fire)
         timer = None
         try:
             if bell is not None:
                 bell.arm()
                 if ready_now(self._obj):  # sent before the arm: no bell rang for it
                     return
-            limit: float | None = _SLICE if self._sliced else None
+            # Always bounded: a close() elsewhere must be seen (its descriptor then wakes nobody).
+            limit: float | None = _SLICE
+            if bell is not None:
+                # A ring lost in the arm/publish race (ring/doorbell.py) costs one short slice.
+                limit = self._bell_nap
+                self._bell_nap = min(self._bell_nap * 2, _SLICE)
             if left is not None:
                 limit = left if limit is None else min(limit, left)
             if limit is not None:
-                timer = loop.call_later(max(0.0, limit), fire)
-            await fut
+                timer = loop.call_later(max(0.0, limit), fire, False)
+            rang = await fut
+            if rang:
+                self._bell_nap = _BELL_FIRST  # the bell works: the next sleep starts short again
         finally:
             if timer is not None:
                 timer.cancel()
-            loop.remove_reader(fd)
+            if self._active is not None:
+                self._active = None
+                loop.remove_reader(fd)
             if bell is not None:
-                bell.disarm()
+                bell.disarm()  # also after a close: the last disarm releases the descriptor
+
+    def release(self) -> None:
+        """Before the channel closes: unregister its descriptor from the loop (a loop must never
+        watch a closed descriptor) and wake the task sleeping on it, which then sees the close."""
+        active, self._active = self._active, None
+        if active is not None:
+            loop, fd, fire = active
+            loop.remove_reader(fd)
+            fire()
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -162,9 +187,12 @@ class AsyncChannel:
             misses = 0
             while True:
                 try:
-                    return call(timeout=0)  # no await from here to the return: nothing to cancel
+                    result = call(timeout=0)  # no await from here to the return: nothing to cancel
                 except RecvTimeout:
                     pass
+                else:
+                    self._ready.reset()
+                    return result
                 left = _left(deadline)
                 if self._ch.poll(0):
                     # Announced but not whole (a message being streamed in): after a couple of
@@ -264,6 +292,7 @@ class AsyncChannel:
                 await asyncio.wait_for(asyncio.shield(pending), 2.0)
             except BaseException:
                 pass
+        self._ready.release()
         self._ch.close()
 
     async def __aenter__(self) -> AsyncChannel:
@@ -309,6 +338,7 @@ class AsyncListener:
         return await self.accept()
 
     async def close(self) -> None:
+        self._ready.release()
         self._lst.close()
 
     async def __aenter__(self) -> AsyncListener:

@@ -25,8 +25,9 @@ How each object is waited for (:func:`_source`):
   ``poll(0)`` with a sleep that grows from 50 us to 10 ms between rounds (:data:`_BACKOFF`), so
   an idle wait costs ~100 wake-ups a second and a busy one answers within tens of microseconds.
 
-Every sleep is also bounded by :data:`_SLICE` for objects whose end can come without a ring (a
-peer killed with SIGKILL rings no bell; ``poll(0)`` finds it by the backend's liveness check).
+Every sleep is bounded by :data:`_SLICE` (100 ms): an end can come without a ring (a peer killed
+with SIGKILL rings no bell; ``poll(0)`` finds it by the backend's liveness check), and a
+``close()`` from another thread does not wake a ``poll(2)`` on the closed descriptor.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ __all__ = ["wait", "Doorbell", "ready_now", "wait_source"]
 _SLICE: Final = 0.1
 #: (first, factor, last) sleep of the poll loop for objects with nothing to sleep on.
 _BACKOFF: Final = (50e-6, 2.0, 0.01)
+#: First sleep of a round with an armed doorbell, doubled each round up to _SLICE: a ring lost in
+#: the arm/publish race (ring/doorbell.py) costs a millisecond, not a whole slice.
+_BELL_FIRST: Final = 0.001
 
 
 @runtime_checkable
@@ -97,6 +101,10 @@ def ready_now(obj: Channel | Listener) -> bool:
             ch = obj.accept(timeout=0)
         except ChannelTimeout:
             return False
+        except ChannelClosed:
+            raise
+        except IPCError:
+            return True  # accept answers at once (with this error, e.g. a one-peer listener's)
         obj._stash(ch)
         return True
     return bool(obj.poll(0))
@@ -109,6 +117,15 @@ def wait_source(obj: Channel | Listener) -> tuple[int | None, Doorbell | None, b
 
 
 def _source(obj: Channel | Listener) -> _Source:
+    try:
+        return _find_source(obj)
+    except (OSError, ValueError):
+        if obj.closed:  # closed by another thread while its descriptor was being looked up
+            raise ChannelClosed(f"wait on closed {obj.url}") from None
+        raise
+
+
+def _find_source(obj: Channel | Listener) -> _Source:
     if isinstance(obj, Listener):
         try:
             return _Source(obj, obj.fileno(), None, False)
@@ -159,6 +176,7 @@ def wait(objects: Iterable[Channel | Listener], timeout: float | None = None) ->
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
     sources: list[_Source] | None = None
     backoff = _BACKOFF[0]
+    bell_nap = _BELL_FIRST
     while True:
         ready = [o for o in objs if ready_now(o)]
         if ready:
@@ -169,13 +187,17 @@ def wait(objects: Iterable[Channel | Listener], timeout: float | None = None) ->
         if sources is None:
             sources = [_source(o) for o in objs]
         polled = any(s.fd is None for s in sources)
-        sliced = any(s.sliced for s in sources)
-        nap = backoff if polled else (_SLICE if sliced else None)
+        # Every sleep is bounded: a close() from another thread does not wake a poll(2) on the
+        # closed descriptor, so the next round's poll(0) must come to raise ChannelClosed.
+        nap = backoff if polled else _SLICE
         if left is not None:
             nap = left if nap is None else min(nap, left)
         if polled:
             backoff = min(backoff * _BACKOFF[1], _BACKOFF[2])
         bells = [s for s in sources if s.bell is not None]
+        if bells:
+            nap = bell_nap if nap is None else min(nap, bell_nap)
+            bell_nap = min(bell_nap * 2, _SLICE)
         armed: list[Doorbell] = []
         try:
             for s in bells:

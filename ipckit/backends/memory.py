@@ -20,6 +20,7 @@ Platform notes:
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -58,13 +59,50 @@ class MemoryOptions(Options):
 class _Direction:
     """One direction: a byte-bounded deque guarded by the pair's condition."""
 
-    __slots__ = ("items", "nbytes", "reader_closed", "writer_closed")
+    __slots__ = ("armed", "bell", "items", "nbytes", "reader_closed", "writer_closed")
 
     def __init__(self) -> None:
         self.items: deque[bytes] = deque()
         self.nbytes = 0
         self.writer_closed = False
         self.reader_closed = False
+        # The reader's doorbell (an eventfd, made by its first ipckit.wait), rung by the writer
+        # only while ``armed``: the reader sleeps in ipckit.wait / ipckit.aio (_MemoryBell).
+        self.bell = -1
+        self.armed = False
+
+    def ring(self) -> None:
+        """Writer, under the lock: wake a reader sleeping in ipckit.wait (nothing when none does)."""
+        if self.armed:
+            os.eventfd_write(self.bell, 1)
+
+
+class _MemoryBell:
+    """The doorbell of one end's inbound direction (ipckit.waiting.Doorbell)."""
+
+    def __init__(self, lock: Any, inbound: _Direction) -> None:
+        self._lock = lock
+        self._in = inbound
+
+    def fileno(self) -> int:
+        with self._lock:
+            if self._in.bell < 0:
+                self._in.bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            return self._in.bell
+
+    def arm(self) -> None:
+        self.fileno()
+        with self._lock:
+            self._in.armed = True
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._in.armed = False
+            if self._in.bell >= 0:
+                try:
+                    os.eventfd_read(self._in.bell)
+                except BlockingIOError:
+                    pass
 
 
 _CAPS = Capabilities(
@@ -98,6 +136,13 @@ class MemoryChannel(Channel):
         self._out = out
         self._in = inbound
         self._capacity = max(options.capacity, 1)
+        self._bell = _MemoryBell(self._lock, inbound)
+
+    def _doorbell(self) -> _MemoryBell:
+        """For ipckit.wait / ipckit.aio: an eventfd rung only while this end sleeps there."""
+        if self._closed:
+            raise self._closed_error("wait")
+        return self._bell
 
     def _wait(self, deadline: Deadline) -> bool:
         left = remaining(deadline)
@@ -124,6 +169,7 @@ class MemoryChannel(Channel):
             out.items.append(data)
             out.nbytes += n
             self._cond.notify_all()
+            out.ring()
 
     def _recv_message(self, deadline: Deadline) -> Buffer:
         with self._lock:
@@ -148,14 +194,20 @@ class MemoryChannel(Channel):
     def _wakeup(self) -> None:
         with self._lock:
             self._cond.notify_all()
+            self._in.ring()  # a wait() in another thread sees the close
 
     def _close(self) -> None:
         with self._lock:
             self._out.writer_closed = True
+            self._out.ring()  # the peer's wait() sees the end
             self._in.reader_closed = True
             self._in.items.clear()
             self._in.nbytes = 0
             self._cond.notify_all()
+            self._in.armed = False
+            fd, self._in.bell = self._in.bell, -1
+            if fd >= 0:
+                os.close(fd)
 
 
 def _make_pair(url: str, options: MemoryOptions,

@@ -580,6 +580,10 @@ class ShmChannel(RingChannel):
                 "and the names were removed); pass it to the child before using the channel"
             )
 
+    def _bell_name(self) -> str:
+        # The doorbell FIFO's name (ring/doorbell.py): the segment's, which both ends know.
+        return "shm." + self._seg.name.rpartition("/")[2].removeprefix("ipckit.")
+
     def _handoff_args(self) -> tuple[Any, ...]:
         if self._lock_fd >= 0:  # hand the liveness lock over: the receiving process takes it
             os.close(self._lock_fd)

@@ -408,6 +408,10 @@ class SysvShmChannel(RingChannel):
         self._alive_held = False
         self._handoff_since: float | None = None
 
+    def _bell_name(self) -> str:
+        # The doorbell FIFO's name (ring/doorbell.py): the segment's nonce, which both ends read.
+        return f"sysv.{self._seg.nonce:032x}"
+
     # -- attach / liveness --------------------------------------------------------------------
     def _claim(self, *, exclusive: bool, adopt: bool = False) -> None:
         """Hold this end's alive semaphore (SEM_UNDO) and mark the end attached."""

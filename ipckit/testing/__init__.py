@@ -16,6 +16,7 @@ imports it.
 from __future__ import annotations
 
 from .contract import (
+    AioContract,
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
@@ -29,6 +30,7 @@ from .contract import (
     PeerExitContract,
     SecurityContract,
     SelectableContract,
+    WaitContract,
     required_contracts,
     timing_bounds,
     wait_until_blocked,
@@ -42,6 +44,8 @@ __all__ = [
     "DuplexContract",
     "PeerCloseContract",
     "SelectableContract",
+    "WaitContract",
+    "AioContract",
     "LargeMessageContract",
     "CrossProcessContract",
     "PeerDeathContract",

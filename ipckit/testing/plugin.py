@@ -42,6 +42,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         from multiprocessing import resource_tracker
 
         resource_tracker.ensure_running()
+        # uvloop (AioContract runs every row on it too) opens one process-wide pipe pair with its
+        # first loop and keeps it: run one loop now so the pair is in every "before" snapshot.
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            import asyncio
+
+            uvloop.run(asyncio.sleep(0))
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 
 from ipckit.testing import (
+    AioContract,
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
@@ -18,12 +19,13 @@ from ipckit.testing import (
     PeerExitContract,
     SecurityContract,
     SelectableContract,
+    WaitContract,
 )
 
 
 class TestFifo(ChannelContract, DuplexContract, PeerCloseContract, SelectableContract, LargeMessageContract,
                CrossProcessContract, PeerDeathContract, FramedStreamContract, ListenerContract, SecurityContract,
-               PeerExitContract, ForkContract):
+               PeerExitContract, ForkContract, WaitContract, AioContract):
     scheme = "fifo"
 
     def fresh_url(self) -> str:

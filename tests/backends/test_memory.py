@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ipckit.testing import (
+    AioContract,
     ChannelContract,
     DuplexContract,
     ForkContract,
@@ -10,9 +11,10 @@ from ipckit.testing import (
     ListenerContract,
     PeerCloseContract,
     SecurityContract,
+    WaitContract,
 )
 
 
 class TestMemory(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, ListenerContract,
-                 SecurityContract, ForkContract):
+                 SecurityContract, ForkContract, WaitContract, AioContract):
     scheme = "memory"

@@ -46,6 +46,7 @@ from ipckit.errors import (
 )
 from ipckit.testing import (
     NOBODY,
+    AioContract,
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
@@ -57,6 +58,7 @@ from ipckit.testing import (
     PeerExitContract,
     SecurityContract,
     SelectableContract,
+    WaitContract,
     as_user,
     kill_self,
     ready,
@@ -129,7 +131,7 @@ def _no_queue_left() -> Iterator[None]:
 
 class TestMq(ChannelContract, DuplexContract, PeerCloseContract, SelectableContract, LargeMessageContract,
              CrossProcessContract, PeerDeathContract, ListenerContract, SecurityContract, PeerExitContract,
-             ForkContract):
+             ForkContract, WaitContract, AioContract):
     scheme = "mq"
 
     def raw_client(self, url: str):  # type: ignore[no-untyped-def]

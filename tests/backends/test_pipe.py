@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ipckit.testing import (
+    AioContract,
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
@@ -13,11 +14,13 @@ from ipckit.testing import (
     PeerDeathContract,
     PeerExitContract,
     SelectableContract,
+    WaitContract,
 )
 
 
 class TestPipe(ChannelContract, DuplexContract, PeerCloseContract, SelectableContract, LargeMessageContract,
-               CrossProcessContract, PeerDeathContract, FramedStreamContract, PeerExitContract, ForkContract):
+               CrossProcessContract, PeerDeathContract, FramedStreamContract, PeerExitContract, ForkContract,
+               WaitContract, AioContract):
     scheme = "pipe"
 
 

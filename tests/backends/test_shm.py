@@ -26,6 +26,7 @@ from ipckit.errors import (
 )
 from ipckit.registry import is_registered, register_backend
 from ipckit.testing import (
+    AioContract,
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
@@ -36,6 +37,7 @@ from ipckit.testing import (
     PeerDeathContract,
     PeerExitContract,
     SecurityContract,
+    WaitContract,
 )
 
 posix_ipc = pytest.importorskip("posix_ipc")
@@ -47,7 +49,8 @@ if not is_registered("shm"):  # until the registry lists it
 
 
 class TestShm(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, CrossProcessContract,
-              PeerDeathContract, ListenerContract, SecurityContract, PeerExitContract, ForkContract):
+              PeerDeathContract, ListenerContract, SecurityContract, PeerExitContract, ForkContract,
+              WaitContract, AioContract):
     scheme = "shm"
 
 

@@ -35,6 +35,7 @@ from ipckit.errors import (
     SendTimeout,
 )
 from ipckit.testing import (
+    AioContract,
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
@@ -45,6 +46,7 @@ from ipckit.testing import (
     PeerDeathContract,
     PeerExitContract,
     SecurityContract,
+    WaitContract,
     as_user,
     signal_storm,
     spawn_peer,
@@ -58,7 +60,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class TestSysvMq(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, CrossProcessContract,
-                 PeerDeathContract, ListenerContract, SecurityContract, PeerExitContract, ForkContract):
+                 PeerDeathContract, ListenerContract, SecurityContract, PeerExitContract, ForkContract,
+                 WaitContract, AioContract):
     scheme = "sysv+mq"
 
     def url_in(self, directory: str) -> str:

@@ -32,6 +32,7 @@ from ipckit.errors import (
     UnsupportedOperation,
 )
 from ipckit.testing import (
+    AioContract,
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
@@ -42,6 +43,7 @@ from ipckit.testing import (
     PeerDeathContract,
     PeerExitContract,
     SecurityContract,
+    WaitContract,
     as_user,
     signal_storm,
     spawn_peer,
@@ -56,7 +58,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class TestSysvShm(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, CrossProcessContract,
-                  PeerDeathContract, ListenerContract, SecurityContract, PeerExitContract, ForkContract):
+                  PeerDeathContract, ListenerContract, SecurityContract, PeerExitContract, ForkContract,
+                  WaitContract, AioContract):
     scheme = "sysv+shm"
 
     def url_in(self, directory: str) -> str:

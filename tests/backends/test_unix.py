@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from ipckit.backends.unix import UnixSeqpacketChannel
 from ipckit.testing import (
+    AioContract,
     ChannelContract,
     CrossProcessContract,
     DuplexContract,
@@ -21,6 +22,7 @@ from ipckit.testing import (
     PeerExitContract,
     SecurityContract,
     SelectableContract,
+    WaitContract,
 )
 
 
@@ -52,13 +54,13 @@ class _UnixUrls:
 
 class TestUnix(_UnixUrls, ChannelContract, DuplexContract, PeerCloseContract, SelectableContract,
                LargeMessageContract, CrossProcessContract, PeerDeathContract, FramedStreamContract, ListenerContract,
-               SecurityContract, PeerExitContract, ForkContract):
+               SecurityContract, PeerExitContract, ForkContract, WaitContract, AioContract):
     scheme = "unix"
 
 
 class TestUnixSeqpacket(_UnixUrls, ChannelContract, DuplexContract, PeerCloseContract, SelectableContract,
                         CrossProcessContract, PeerDeathContract, ListenerContract, SecurityContract, PeerExitContract,
-                        ForkContract):
+                        ForkContract, WaitContract, AioContract):
     """Message-oriented: one packet per message (up to about 4 MiB, so no LargeMessageContract)."""
 
     scheme = "unix"

@@ -31,6 +31,7 @@ from ipckit.errors import (
     UnsupportedOperation,
 )
 from ipckit.testing import (
+    AioContract,
     ChannelContract,
     DuplexContract,
     ForkContract,
@@ -38,6 +39,7 @@ from ipckit.testing import (
     ListenerContract,
     PeerCloseContract,
     SecurityContract,
+    WaitContract,
     ready,
     spawn_peer,
     workers,
@@ -70,7 +72,7 @@ _NOT_INHERITABLE = ("zmq ends cannot be handed to another process (libzmq is not
 
 
 class _ZmqContract(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, ListenerContract,
-                   SecurityContract, ForkContract):
+                   SecurityContract, ForkContract, WaitContract, AioContract):
     """The contract both transports run.  Ends are not inheritable, so CrossProcessContract,
     PeerDeathContract and PeerExitContract are not required (the meta-test refuses extra ones):
     the cross-process rows are this file's own tests below, with children that connect."""

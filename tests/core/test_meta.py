@@ -21,12 +21,14 @@ from ipckit.testing import ChannelContract, required_contracts
 from ipckit.testing import contract as contract_package
 from ipckit.testing.contract import (
     ALL_CONTRACTS,
+    AioContract,
     CrossProcessContract,
     ForkContract,
     FramedStreamContract,
     LargeMessageContract,
     OneWayContract,
     PeerDeathContract,
+    WaitContract,
 )
 
 TESTS = Path(__file__).parents[1]  # tests/: every layer's directory is searched
@@ -95,7 +97,8 @@ def test_required_contracts_reads_capabilities() -> None:
 
     minimal = Capabilities(duplex=False, message_oriented=True, detects_peer_close=False, inheritable=False,
                            max_message_size=4096)
-    assert required_contracts(minimal) == {ChannelContract, ForkContract}  # forks happen everywhere
+    # Forks happen everywhere; ipckit.wait and ipckit.aio work on every backend.
+    assert required_contracts(minimal) == {ChannelContract, ForkContract, WaitContract, AioContract}
     full = Capabilities(selectable=True, named=True)
     assert required_contracts(full) == MIXINS
     assert PeerDeathContract not in required_contracts(Capabilities(detects_peer_close=False))

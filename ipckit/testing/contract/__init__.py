@@ -35,12 +35,15 @@ The classes carry no ``Test`` prefix, so pytest collects only the subclasses.  O
                    opener's mode check, safe parent directories)
 ``one_way``        :class:`OneWayContract` — the one-way form (a sending end, receiving ends:
                    pub/sub fan-out); not a ChannelContract mixin, so not in ``required``
+``waiting``        :class:`WaitContract` — always (``ipckit.wait``: channels, listeners, a peer process)
+``aio``            :class:`AioContract` — always (``ipckit.aio`` on asyncio and uvloop, cancellation)
 ``required``       :func:`required_contracts`, the rule above
 ``helpers``        :func:`timing_bounds`, :func:`wait_until_blocked` and what the mixins share
 """
 
 from __future__ import annotations
 
+from .aio import AioContract
 from .channel import ChannelContract
 from .cross_process import ChildEnds, CrossProcessContract
 from .duplex import DuplexContract
@@ -56,12 +59,15 @@ from .peer_exit import PeerExitContract
 from .required import ALL_CONTRACTS, required_contracts
 from .security import SecurityContract
 from .selectable import SelectableContract
+from .waiting import WaitContract
 
 __all__ = [
     "ChannelContract",
     "DuplexContract",
     "PeerCloseContract",
     "SelectableContract",
+    "WaitContract",
+    "AioContract",
     "LargeMessageContract",
     "CrossProcessContract",
     "PeerDeathContract",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...options import Capabilities
+from .aio import AioContract
 from .channel import ChannelContract
 from .cross_process import CrossProcessContract
 from .duplex import DuplexContract
@@ -16,6 +17,7 @@ from .peer_death import PeerDeathContract
 from .peer_exit import PeerExitContract
 from .security import SecurityContract
 from .selectable import SelectableContract
+from .waiting import WaitContract
 
 __all__ = ["required_contracts", "ALL_CONTRACTS"]
 
@@ -23,20 +25,21 @@ __all__ = ["required_contracts", "ALL_CONTRACTS"]
 ALL_CONTRACTS: tuple[type, ...] = (ChannelContract, DuplexContract, PeerCloseContract, SelectableContract,
                                    LargeMessageContract, CrossProcessContract, PeerDeathContract,
                                    FramedStreamContract, ListenerContract, SecurityContract, PeerExitContract,
-                                   ForkContract)
+                                   ForkContract, WaitContract, AioContract)
 
 
 def required_contracts(caps: Capabilities) -> set[type]:
     """The contract classes a backend with capabilities *caps* must run (the meta-test checks them).
 
-    ChannelContract and ForkContract always; DuplexContract if ``duplex``; PeerCloseContract if ``detects_peer_close``;
+    ChannelContract, ForkContract, WaitContract and AioContract always;
+    DuplexContract if ``duplex``; PeerCloseContract if ``detects_peer_close``;
     SelectableContract if ``selectable``; LargeMessageContract unless the transport caps messages
     below 8 MiB; CrossProcessContract if ``inheritable``; PeerDeathContract and PeerExitContract if
     ``inheritable`` and ``detects_peer_close``; FramedStreamContract if not ``message_oriented`` and ``cross_process``
     (a byte stream whose frames a dying peer can cut); ListenerContract and SecurityContract if
     ``named``.
     """
-    needed: set[type] = {ChannelContract, ForkContract}
+    needed: set[type] = {ChannelContract, ForkContract, WaitContract, AioContract}
     if caps.duplex:
         needed.add(DuplexContract)
     if caps.detects_peer_close:

@@ -626,6 +626,10 @@ class RingWriter(Ring):
         """Tell the reader this writer is (or no longer is) blocked waiting for space."""
         self._ctl[_W_WSLEEP] = 1 if flag else 0
 
+    def reader_flag(self) -> int:
+        """The reader's sleeping word: 0, 1 (in the kit's wait) or 2 (in ipckit.wait: doorbell.py)."""
+        return int(self._ctl[_W_RSLEEP])
+
 
 class RingReader(Ring):
     """The consuming end.  Not thread-safe; one reader per ring.
@@ -728,6 +732,11 @@ class RingReader(Ring):
     def set_sleeping(self, flag: bool) -> None:
         """Tell the writer this reader is (or no longer is) blocked waiting for data."""
         self._ctl[_W_RSLEEP] = 1 if flag else 0
+
+    def set_flag(self, value: int) -> None:
+        """Store the sleeping word as *value* (doorbell.py: 2 arms the doorbell, 0 disarms)."""
+        if not self._detached:
+            self._ctl[_W_RSLEEP] = value
 
     # -- reading -------------------------------------------------------------------------
     def _publish(self, rp: int) -> None:

@@ -53,6 +53,7 @@ from ipckit.errors import (
 from ipckit.options import Capabilities, Options, option
 
 from . import buffer as _ring
+from . import doorbell as _doorbell
 from . import protocol as _protocol
 from . import side as _side
 from .waiting import WaitStrategy, Waker, Watch
@@ -231,8 +232,12 @@ class RingChannel(Channel):
         self._r = _ring.RingReader(buf, in_off, size, own)
         self._own_waker = own_waker
         self._peer_waker = peer_waker
-        self._w.wake_peer = peer_waker.post
+        # The writer wakes a sleeping reader through _wake_reader (semaphore, and the reader's
+        # doorbell when it sleeps in ipckit.wait); the reader wakes a writer by the semaphore.
+        self._w.wake_peer = self._wake_reader
         self._r.wake_peer = peer_waker.post
+        self._bell: _doorbell.FifoBell | None = None  # ours, made on the first wait that arms it
+        self._peer_bell_fd = -1  # the peer's, opened on the first ring
         # The rings' per-message fast paths (ringcursor: C or pure Python), run by send_bytes /
         # recv_bytes while this direction's lock is free; the writer's budget counts sends until
         # the next liveness check of the reader.
@@ -770,6 +775,42 @@ class RingChannel(Channel):
         if self._pid == os.getpid() and not self._handed_off:
             self._own_waker.post()
             self._own_waker.post()
+            if self._bell is not None:
+                _doorbell.ring_once(self._bell.path)  # a wait() in another thread sees the close
+
+    # -- doorbell (ipckit.wait / ipckit.aio; doorbell.py) ----------------------------------------
+    def _bell_name(self) -> str | None:
+        """Provider: a name both ends derive alike (the segment's), or None for no doorbell."""
+        return None
+
+    def _doorbell(self) -> _doorbell.FifoBell | None:
+        """This end's doorbell, for ipckit.wait / ipckit.aio (None: the provider has none)."""
+        if self._bell is None:
+            if self._closed:
+                raise self._closed_error("wait")
+            name = self._bell_name()
+            if name is None:
+                return None
+            self._bell = _doorbell.FifoBell(_doorbell.bell_path(name, self._role), self._r.set_flag)
+        return self._bell
+
+    def _wake_reader(self) -> None:
+        """The writer's wake-up, called only when the reader raised its sleeping word: post its
+        semaphore, and ring its doorbell if it sleeps in ipckit.wait (the word says BELL)."""
+        self._peer_waker.post()
+        if not self._closed and self._w.reader_flag() == _doorbell.BELL:
+            name = self._bell_name()
+            if name is not None:
+                self._peer_bell_fd = _doorbell.ring_fifo(_doorbell.bell_path(name, 1 - self._role),
+                                                         self._peer_bell_fd)
+
+    def _drop_bells(self, unlink: bool) -> None:
+        bell, self._bell = self._bell, None
+        fd, self._peer_bell_fd = self._peer_bell_fd, -1
+        if fd >= 0:
+            os.close(fd)
+        if bell is not None:
+            bell.close(unlink)
 
     def _close(self) -> None:
         mine = self._pid == os.getpid() and not self._handed_off
@@ -792,7 +833,10 @@ class RingChannel(Channel):
                     self._side_w.detach()
             self._end_closed(mine)
         finally:
-            self._release_segment()
+            try:
+                self._drop_bells(mine)
+            finally:
+                self._release_segment()
 
     # -- hand-off ---------------------------------------------------------------------------------
     def __reduce__(self) -> Any:
@@ -817,6 +861,8 @@ class RingChannel(Channel):
         self._rc.lock = self._recv_lock
         # A message a parent thread was writing at the fork is that thread's to finish or abort.
         self._w.forget_pending()
+        # The parent's doorbell descriptors: ours to drop (the FIFO itself is the end's, kept).
+        self._drop_bells(False)
         try:
             self._take_over_after_fork()
         except Exception:  # never fail the fork; a broken end raises on use instead
