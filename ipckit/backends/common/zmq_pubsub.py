@@ -58,6 +58,7 @@ from zmq import zmq_poll
 from ...channel import Channel, resolve_serializer
 from ...deadline import Deadline, deadline_from, poll_ms, remaining
 from ...errors import (
+    ChannelBroken,
     ChannelClosed,
     ConfigurationError,
     ConnectFailed,
@@ -213,6 +214,7 @@ class Publisher(Channel):
         self._subs: dict[bytes, _Sub] = {}
         self._gone: list[SubscriberStats] = []
         self._seq = 0
+        self._partial = False
         self._sending = False  # a send is running: the service thread leaves the socket's wake-ups to it
         self._stop = threading.Event()
         self._tick_every = options.heartbeat if options.heartbeat > 0 else 1.0
@@ -292,12 +294,19 @@ class Publisher(Channel):
 
     def _unicast(self, ident: bytes, frames: list[Any]) -> bool:
         """Send *frames* to one subscriber; False (and it leaves the set) if its connection is gone."""
+        if self._partial:
+            raise ChannelBroken(f"a send on {self._url} was interrupted between the frames of a message; the "
+                                "publisher is broken (its next frame would complete that message): publish anew")
         router = self._router
+        # Marked before the first frame: a signal handler's exception between two frames leaves a
+        # half message in libzmq that the next frame would complete, for whichever subscriber.
+        self._partial = True
         try:
             router.send(ident, _MORE)
         except zmq.ZMQError as exc:
             if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
                 raise
+            self._partial = False
             sub = self._subs.get(ident)
             if sub is not None:
                 self._forget(sub)
@@ -308,6 +317,7 @@ class Publisher(Channel):
             immutable = isinstance(part, bytes) or (isinstance(part, memoryview) and isinstance(part.obj, bytes))
             router.send(part, _MORE if i < last else _NOBLOCK,
                         copy=not (immutable and len(part) > _COPY_THRESHOLD))
+        self._partial = False
         return True
 
     def _forget(self, sub: _Sub) -> None:
@@ -413,11 +423,11 @@ class Publisher(Channel):
         try:
             with self._zlock:
                 bye = b"G" + _SEQ.pack(self._seq)
-                for ident in list(self._subs):
+                for ident in list(self._subs) if not self._partial else ():
                     try:
                         self._unicast(ident, [bye])
                     except zmq.ZMQError:
-                        pass
+                        pass  # (a half message pending: no goodbye, the subscribers see PeerDied)
                 self._router.close(linger=_ms(self._opts.linger))
         finally:
             try:
