@@ -481,7 +481,9 @@ class ProcessPoolExecutor(Executor):
             if not self._started:
                 self._start_slots()
             self._pending.extend(items)
-            targets = [s for s in self._slots if self._wants_more(s)]
+            # Only idle workers are served from here: a busy one is refilled by its slot thread as
+            # its answers come in, in batches (from here each submit would send a batch of one).
+            targets = [s for s in self._slots if not s.inflight and self._wants_more(s)]
         for slot in targets:
             self._pump(slot)
             if not self._pending:
@@ -539,10 +541,17 @@ class ProcessPoolExecutor(Executor):
             return []
         slot.congested = False
         # Idle workers first, each its share: queueing a task behind a busy worker while another
-        # waits would make it wait for nothing (slow tasks would run one after the other).
-        idle_others = sum(1 for s in self._slots if s is not slot and (s.accepting or s.starting) and not s.inflight)
-        if idle_others:
-            room = 0 if not idle else min(room, max(1, len(pending) // (idle_others + 1)))
+        # waits would make it wait for nothing (slow tasks would run one after the other).  A
+        # worker still starting gets its share too; it holds a busy one back only while that one's
+        # tasks are slow or not yet known (credit at its minimum): fast tasks keep flowing.
+        if idle:
+            idle_others = sum(1 for s in self._slots
+                              if s is not slot and (s.accepting or s.starting) and not s.inflight)
+            if idle_others:
+                room = min(room, max(1, len(pending) // (idle_others + 1)))
+        elif any(not s.inflight and (s.accepting or (s.starting and slot.credit <= 2))
+                 for s in self._slots if s is not slot):
+            return []  # an idle worker takes it (_refill serves those first)
         if room <= 0:
             return []
         batch: list[_Item] = []
@@ -615,6 +624,15 @@ class ProcessPoolExecutor(Executor):
                 self._pending.extendleft(reversed([*batch, *more]))
             elif more:
                 self._pending.extendleft(reversed(more))
+
+    def _refill(self, slot: _Slot) -> None:
+        """After an answer on *slot*: idle workers first (they are reading, and nobody else
+        would wake them), then *slot* itself once half its credit is free."""
+        for other in self._slots:
+            if other is not slot and not other.inflight and other.accepting and self._pending:
+                self._pump(other)
+        if self._pending and len(slot.inflight) <= slot.credit // 2:
+            self._pump(slot)
 
     def _pump_all(self) -> None:
         for slot in self._slots:
@@ -734,8 +752,7 @@ class ProcessPoolExecutor(Executor):
                     item.future.set_exception(err)
                 del item, msg
                 if self._pending:
-                    if len(inflight) <= slot.credit // 2:
-                        self._pump(slot)
+                    self._refill(slot)
                 elif self._shutdown:
                     self._maybe_stop(slot)
             elif kind == _UNDECODABLE:

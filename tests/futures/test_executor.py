@@ -189,6 +189,19 @@ def test_a_pending_future_can_be_cancelled_a_running_one_not() -> None:
         assert [f.result(timeout=10) for f in queued[:-1]] == list(range(199))
 
 
+def sleep_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_slow_tasks_spread_over_the_workers_not_queued_behind_one(method: str) -> None:
+    with ProcessPoolExecutor(2, mp_context=CONTEXTS[method]) as ex:
+        fs = [ex.submit(sleep_pid, 0.4) for _ in range(4)]  # on a fresh pool, workers still starting
+        pids = [f.result(timeout=30) for f in fs]
+    assert len(set(pids)) == 2 and all(pids.count(p) == 2 for p in set(pids)), pids
+
+
 def test_shutdown_waits_for_pending_work_then_refuses_new_work() -> None:
     ex = ProcessPoolExecutor(2, mp_context=FORK)
     fs = [ex.submit(sleep_then, 0.01, i) for i in range(30)]
