@@ -382,3 +382,40 @@ def test_curve_over_tcp() -> None:
         with pytest.raises((EndpointNotFound, ipckit.PeerRejected)):
             ipckit.subscribe(pub.url, timeout=1.0, curve=stranger, server_key=server.public)
         assert time.monotonic() - start < 1.5
+
+
+def test_close_wakes_a_send_blocked_in_block_mode_and_wait_for_subscribers() -> None:
+    from ipckit.errors import ChannelClosed
+    from ipckit.testing.contract.helpers import ResultThread
+
+    pub = ipckit.publish(_ipc_url(), policy="block")
+    assert pub.wait_for_subscribers(1, timeout=0.1) is False
+    sub = ipckit.subscribe(pub.url, window=1)
+    assert pub.wait_for_subscribers(1, timeout=5.0) is True
+    pub.send_bytes(b"fills the window", timeout=5.0)
+    sender = ResultThread(lambda: pub.send_bytes(b"waits", timeout=10.0), name="ipckit-blocked-publish")
+    sender.start()
+    deadline = time.monotonic() + 5.0
+    while "_send_frames" not in repr([f.f_code.co_name for f in _frames_of(sender)]):
+        assert time.monotonic() < deadline, "the send never blocked"
+        time.sleep(0.001)
+    closed_at = time.monotonic()
+    pub.close()
+    with pytest.raises(ChannelClosed):
+        sender.outcome(5.0)
+    assert sender.finished_at - closed_at < 1.0
+    assert sub.recv_bytes(timeout=5.0) == b"fills the window"
+    with pytest.raises(EndOfChannel):
+        sub.recv_bytes(timeout=5.0)
+    sub.close()
+
+
+def _frames_of(thread: Any) -> list[Any]:
+    import sys
+
+    frame = sys._current_frames().get(thread.ident or -1)
+    out = []
+    while frame is not None:
+        out.append(frame)
+        frame = frame.f_back
+    return out

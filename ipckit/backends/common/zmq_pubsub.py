@@ -40,6 +40,7 @@ subscriber → publisher: hello ``[PROTOCOL, json]``; ``A`` + taken(8) credit; `
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import select
@@ -50,7 +51,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import zmq
 from zmq import zmq_poll
@@ -185,6 +186,26 @@ class _Sub:
     probed: float = 0.0
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _mapped(what: str) -> Callable[[_F], _F]:
+    """A public path's hook: a ``ZMQError`` leaves as the ipckit error for it (never raw; the base
+    class maps OSError, and pyzmq's errors are not OSErrors)."""
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except zmq.ZMQError as exc:
+                raise _z.zmq_error(exc, f"{what} on {self._url}") from exc
+
+        return call  # type: ignore[return-value]
+
+    return wrap
+
+
 def _ms(seconds: float) -> int:
     return int(seconds * 1000) if seconds < 2**31 / 1000 else 2**31 - 1
 
@@ -245,6 +266,7 @@ class Publisher(Channel):
         with self._zlock:
             return list(self._gone)
 
+    @_mapped("wait_for_subscribers")
     def wait_for_subscribers(self, count: int, timeout: float | None = 10.0) -> bool:
         """Wait until at least *count* subscribers are in the set; False at the deadline."""
         deadline = deadline_from(timeout)
@@ -370,6 +392,7 @@ class Publisher(Channel):
     def _send_parts(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
         self._send_frames(views, total, deadline)
 
+    @_mapped("send")
     def _send_frames(self, views: list[memoryview], total: int, deadline: Deadline) -> None:
         self._sending = True
         try:
@@ -414,6 +437,7 @@ class Publisher(Channel):
     def _poll(self, deadline: Deadline) -> bool:
         raise UnsupportedOperation(f"{self._url} is a publisher: one-way, it only sends (subscribe to receive)")
 
+    @_mapped("close")
     def _close(self) -> None:
         self._stop.set()
         if self._ctx is None or getattr(self._ctx, "ipckit_pid", None) != os.getpid():
@@ -610,6 +634,7 @@ class Subscriber(Channel):
             raise ChannelClosed(f"{self._url} was closed while waiting")
         return True
 
+    @_mapped("recv")
     def _recv_message(self, deadline: Deadline) -> Buffer:
         while True:
             with self._zlock:
@@ -625,6 +650,7 @@ class Subscriber(Channel):
             if not self._wait(deadline):
                 raise RecvTimeout(f"recv on {self._url} timed out; nothing was consumed")
 
+    @_mapped("poll")
     def _poll(self, deadline: Deadline) -> bool:
         while True:
             with self._zlock:
@@ -634,6 +660,7 @@ class Subscriber(Channel):
             if not self._wait(deadline):
                 return False
 
+    @_mapped("close")
     def _close(self) -> None:
         with self._zlock:
             ctx, self._ctx = self._ctx, None
