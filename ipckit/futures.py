@@ -76,6 +76,7 @@ from .errors import (
 __all__ = [
     "ProcessPoolExecutor",
     "BrokenProcessPool",
+    "RemoteTraceback",
     "WorkerDied",
     "TaskTimeout",
     "DEFAULT_URL",

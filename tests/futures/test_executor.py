@@ -425,3 +425,14 @@ def test_killing_the_parent_takes_its_workers_with_it(method: str, tmp_path: Pat
     assert not any(_alive(p) for p in pids), "a worker outlived its killed parent"
     for name in os.listdir(tmp_path):
         os.unlink(tmp_path / name)
+
+
+def test_the_new_errors_keep_their_attributes_through_pickle() -> None:
+    import pickle
+
+    died = pickle.loads(pickle.dumps(ipckit.WorkerDied("worker pid 7 was killed by SIGKILL", 7, -9)))
+    assert (type(died), died.pid, died.exitcode, died.signal, str(died)) == (
+        ipckit.WorkerDied, 7, -9, 9, "worker pid 7 was killed by SIGKILL")
+    late = pickle.loads(pickle.dumps(ipckit.TaskTimeout("too slow", 8, 0.5)))
+    assert (type(late), late.pid, late.timeout) == (ipckit.TaskTimeout, 8, 0.5)
+    assert issubclass(ipckit.TaskTimeout, TimeoutError) and issubclass(ipckit.WorkerDied, ipckit.PeerDied)
