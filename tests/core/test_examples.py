@@ -27,6 +27,7 @@ from ipckit.registry import get_backend
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PING_PONG = EXAMPLES / "ping_pong.py"
 CLIENT_SERVER = EXAMPLES / "client_server.py"
+ASYNC_ECHO = EXAMPLES / "async_echo.py"
 ALL_EXAMPLES = sorted(EXAMPLES.glob("*.py"))
 TIMEOUT = 120  # seconds for one example run (spawning a child imports a fresh interpreter)
 
@@ -201,7 +202,24 @@ def _private_uses(path: Path) -> list[str]:
 
 
 def test_examples_are_found() -> None:
-    assert PING_PONG in ALL_EXAMPLES and CLIENT_SERVER in ALL_EXAMPLES
+    assert PING_PONG in ALL_EXAMPLES and CLIENT_SERVER in ALL_EXAMPLES and ASYNC_ECHO in ALL_EXAMPLES
+
+
+@pytest.mark.parametrize("args", [[], ["--backend", "unix", "--clients", "3"], ["--uvloop"]],
+                         ids=["shm", "unix", "uvloop"])
+def test_async_echo_serves_every_client_on_one_loop(args: list[str]) -> None:
+    if "--uvloop" in args:
+        pytest.importorskip("uvloop")
+    backend = args[args.index("--backend") + 1] if "--backend" in args else "shm"
+    if not ipckit.available_backends().get(backend, False):
+        pytest.skip(f"{backend}:// is not available here")
+    proc = run_example(*args, script=ASYNC_ECHO)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.stderr == ""
+    clients = int(args[args.index("--clients") + 1]) if "--clients" in args else 4
+    assert f"served {clients} client processes x 200 messages ({clients * 200} echoes)" in proc.stdout
+    assert "with 1 thread(s) in this process" in proc.stdout  # no thread per channel
+    assert "the late message arrived" in proc.stdout
 
 
 @pytest.mark.parametrize("path", ALL_EXAMPLES, ids=lambda p: p.name)
