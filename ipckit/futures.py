@@ -18,10 +18,13 @@ Design (docs/futures.md has the measurements behind each choice):
   says ``PeerDied`` after every result it sent, or its process is found dead), that task gets
   :class:`~ipckit.errors.WorkerDied`, the tasks queued behind it go back to the front of the
   pending queue, and the slot starts a new worker.
-* **Credit.**  A slot keeps a few tasks in flight so the worker never waits for the parent: about
-  :data:`QUEUE_BUDGET` seconds of work (learned from how fast its results come back), at least 2
-  and at most :data:`MAX_WINDOW`.  Slow tasks so never pile up behind one busy worker while the
-  other idles, and small tasks stream.
+* **Credit, in batches.**  A slot keeps a few tasks in flight so the worker never waits for the
+  parent: about :data:`QUEUE_BUDGET` seconds of work (learned from how fast its results come
+  back), at least 2 and at most :data:`MAX_WINDOW`, refilled in one message when half is done.
+  Idle workers are served first, each its share, so slow tasks never pile up behind one busy
+  worker while another idles, and small tasks stream.
+* **map() without a Future per call**: its calls are queued under one lock and share one ordered
+  result list (:class:`_MapResults`); ``submit`` returns real Futures.
 * **No send blocks a reader.**  A task is sent with ``timeout=0`` to a worker that still has
   work in flight (if it does not fit, it waits in the pending queue for the next result); only a
   worker with nothing in flight, which is reading, gets a blocking send.  So the parent never
