@@ -626,9 +626,11 @@ class RingWriter(Ring):
         """Tell the reader this writer is (or no longer is) blocked waiting for space."""
         self._ctl[_W_WSLEEP] = 1 if flag else 0
 
-    def reader_flag(self) -> int:
-        """The reader's sleeping word: 0, 1 (in the kit's wait) or 2 (in ipckit.wait: doorbell.py)."""
-        return int(self._ctl[_W_RSLEEP])
+    @property
+    def control(self) -> memoryview:
+        """The ring's control words (protocol.py); the channel reads the reader's sleeping word
+        there for the doorbell (doorbell.py): 0, 1 in the kit's wait, 2 in ipckit.wait."""
+        return self._ctl
 
 
 class RingReader(Ring):

@@ -56,6 +56,7 @@ from . import buffer as _ring
 from . import doorbell as _doorbell
 from . import protocol as _protocol
 from . import side as _side
+from .protocol import W_RSLEEP as _W_RSLEEP
 from .waiting import WaitStrategy, Waker, Watch
 
 __all__ = [
@@ -234,6 +235,7 @@ class RingChannel(Channel):
         self._peer_waker = peer_waker
         # The writer wakes a sleeping reader through _wake_reader (semaphore, and the reader's
         # doorbell when it sleeps in ipckit.wait); the reader wakes a writer by the semaphore.
+        self._wctl = self._w.control  # the reader's sleeping word, read by _wake_reader
         self._w.wake_peer = self._wake_reader
         self._r.wake_peer = peer_waker.post
         self._bell: _doorbell.FifoBell | None = None  # ours, made on the first wait that arms it
@@ -796,9 +798,17 @@ class RingChannel(Channel):
 
     def _wake_reader(self) -> None:
         """The writer's wake-up, called only when the reader raised its sleeping word: post its
-        semaphore, and ring its doorbell if it sleeps in ipckit.wait (the word says BELL)."""
+        semaphore, and ring its doorbell if it sleeps in ipckit.wait (the word says BELL).
+
+        On the kit's slow path only (the reader is asleep), but kept lean: one load of the shared
+        word beyond the post (measured: +0.2 us per wake-up, against 3-50 us for the wake-up).
+        """
         self._peer_waker.post()
-        if not self._closed and self._w.reader_flag() == _doorbell.BELL:
+        try:
+            rang = self._wctl[_W_RSLEEP] == _doorbell.BELL
+        except ValueError:  # the ring was detached (its view released): nobody to ring
+            return
+        if rang:
             name = self._bell_name()
             if name is not None:
                 self._peer_bell_fd = _doorbell.ring_fifo(_doorbell.bell_path(name, 1 - self._role),
