@@ -419,3 +419,23 @@ def _frames_of(thread: Any) -> list[Any]:
         out.append(frame)
         frame = frame.f_back
     return out
+
+
+def test_ticks_to_a_subscriber_that_never_reads_are_bounded() -> None:
+    """A live subscriber that never reads keeps what is sent to it queued: the publisher's ticks
+    (one per heartbeat) slow down once 64 are unread, and an idle publisher sends none at all."""
+    with ipckit.publish(_ipc_url(), heartbeat=0.005) as pub:
+        sub = ipckit.subscribe(pub.url, window=1)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # ~200 heartbeats with a new number each
+            pub.send_bytes(b"x", timeout=1.0)
+            time.sleep(0.002)
+        with pub._zlock:
+            (state,) = pub._subs.values()
+            assert 0 < state.unread <= 66, state
+        sub.recv_bytes(timeout=5.0)  # credit: the counters start again
+        with pytest.raises(RecvTimeout):
+            sub.recv_bytes(timeout=0.1)
+        st = sub.stats()
+        assert st.sent == pub.published and st.sent == st.delivered + st.dropped
+        sub.close()

@@ -93,6 +93,8 @@ _D, _L, _T, _G, _A, _W = (ord(c) for c in "DLTGAW")
 _SLICE = 0.02
 #: Seconds between probes of a subscriber a blocked send waits for (a probe is a 9-byte tick).
 _PROBE_EVERY = 0.05
+#: Unread ticks a subscriber with a full window may have queued before ticks to it slow down.
+_UNREAD_CAP = 64
 _MONITOR = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 _FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -184,6 +186,8 @@ class _Sub:
     dropped: int = 0
     taken: int = 0
     probed: float = 0.0
+    ticked: int = 0  # the sequence number its last tick carried
+    unread: int = 0  # ticks sent while its window was full, since its last credit report
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -301,6 +305,7 @@ class Publisher(Channel):
                 taken = _SEQ.unpack_from(head, 1)[0]
                 if sub.taken < taken <= sub.sent:
                     sub.taken = taken
+                sub.unread = 0
             elif head[0] == _G:
                 self._forget(sub)
 
@@ -347,11 +352,26 @@ class Publisher(Channel):
             self._gone.append(SubscriberStats(sub.ident.hex(), sub.sent, sub.dropped, sub.taken))
             del self._gone[:-1000]  # a long-lived publisher keeps the last thousand only
 
-    def _probe(self, subs: list[_Sub], now: float, every: float) -> None:
+    def _probe(self, subs: list[_Sub], now: float, every: float, *, periodic: bool = False) -> None:
+        """Tick *subs* (the last number, and a send that finds a gone subscriber drops it).
+
+        A subscriber that never reads keeps every tick queued, so the ticks are bounded: a
+        periodic tick goes only when there is a new number to tell, and once a full-window
+        subscriber has :data:`_UNREAD_CAP` ticks unread, periodic ticks to it slow to one per
+        ``_UNREAD_CAP`` heartbeats and a blocked send's probes to one per heartbeat (so a dead
+        subscriber still leaves a blocked publisher within a heartbeat)."""
         tick = b"T" + _SEQ.pack(self._seq)
         for sub in subs:
-            if now - sub.probed >= every:
+            if periodic and sub.ticked == self._seq:
+                continue
+            slow = sub.sent - sub.taken >= sub.window
+            gap = every
+            if slow and sub.unread >= _UNREAD_CAP:
+                gap = self._tick_every * (_UNREAD_CAP if periodic else 1)
+            if now - sub.probed >= gap:
                 sub.probed = now
+                sub.ticked = self._seq
+                sub.unread += slow
                 self._unicast(sub.ident, [tick])
 
     def _wait(self, deadline: Deadline, slice_: float = _SLICE) -> None:
@@ -379,7 +399,7 @@ class Publisher(Channel):
                 now = time.monotonic()
                 if now - last_tick >= self._tick_every:
                     last_tick = now
-                    self._probe(list(self._subs.values()), now, 0.0)
+                    self._probe(list(self._subs.values()), now, 0.0, periodic=True)
             except (zmq.ZMQError, IPCError):
                 return  # the context is going away: the publisher is closing
             finally:
