@@ -19,16 +19,16 @@ the flow control and the accounting itself:
   subscriber has credit.  libzmq's own queues never fill (the ROUTER's high-water mark is off:
   the credit bounds what is queued per subscriber), so a send is never refused below ipckit.
 * **Accounting.**  Every message carries the publisher's sequence number; the publisher also
-  sends ticks (``T`` + the last number it published) every heartbeat and a goodbye (``G`` +
-  the last number) at close.  One pipe per subscriber keeps order, so a subscriber's count of
+  sends ticks (``T`` + the last number it published) each heartbeat when the number moved, and
+  a goodbye (``G`` + the last number) at close.  One pipe per subscriber keeps order, so a subscriber's count of
   numbers it saw and did not get is exact: ``sent == delivered + dropped + pending`` at every
   moment, and ``sent == delivered + dropped`` once the goodbye arrived and everything was read.
 * **Peer death.**  The subscriber's DEALER is monitored: its connection dropping (the publisher
   died, or missed ZMTP heartbeats for ``heartbeat_timeout``) is PeerDied after what arrived.  The
   ROUTER runs with ``ROUTER_MANDATORY``, so a send (a tick or a message) to a subscriber whose
   connection is gone raises ``EHOSTUNREACH`` and the subscriber leaves the set: a blocked send
-  probes the subscribers it waits for every 50 ms, a background thread every heartbeat.  libzmq
-  4.3.5's ``ROUTER_NOTIFY`` (which would say it directly) is a draft API not built into pyzmq.
+  probes the subscribers it waits for every 50 ms, a background thread ticks each heartbeat.
+  libzmq 4.3.5's ``ROUTER_NOTIFY`` (which would say it directly) is a draft API not built into pyzmq.
 
 Wire format (one zmq message each; the first byte of the first frame is its kind):
 
