@@ -439,3 +439,11 @@ def test_ticks_to_a_subscriber_that_never_reads_are_bounded() -> None:
         st = sub.stats()
         assert st.sent == pub.published and st.sent == st.delivered + st.dropped
         sub.close()
+
+
+def test_the_fanout_benchmark_cell_runs_and_checks_its_counts() -> None:
+    from ipckit.bench.fanout import run_cell
+
+    row = run_cell("drop-new", "ipc", 2, 64, 0.05, window=8)
+    assert row["published"] > 0 and len(row["delivered"]) == 2
+    assert all(d + x == row["published"] for d, x in zip(row["delivered"], row["dropped"], strict=True))
