@@ -45,6 +45,8 @@ from .waiting import _BACKOFF, _BELL_FIRST, _SLICE, Doorbell, ready_now, wait_so
 __all__ = ["AsyncChannel", "AsyncListener", "pair", "listen", "connect", "wrap"]
 
 _T = TypeVar("_T")
+#: How long a poll-loop wait (no descriptor) only yields to the loop before it sleeps.
+_YIELD_FOR: Final = 200e-6
 #: A receive's synchronous tries that may find a message announced but not whole (being
 #: streamed) before the rest is awaited in the executor.
 _PARTIAL_TRIES: Final = 2
@@ -58,17 +60,28 @@ class _Readiness:
         self._fd, self._bell, self._sliced = wait_source(obj)
         self._backoff = _BACKOFF[0]
         self._bell_nap = _BELL_FIRST
+        self._polling_since: float | None = None
         self._active: tuple[asyncio.AbstractEventLoop, int, Callable[[], None]] | None = None
 
     def reset(self) -> None:
         """Something arrived: the next poll-loop sleep starts short again."""
         self._backoff = _BACKOFF[0]
+        self._polling_since = None
 
     async def wait(self, deadline: float | None) -> None:
         """Return once *obj* may be ready, or at *deadline* (the caller then looks again)."""
         left = None if deadline is None else deadline - time.monotonic()
         fd = self._fd
         if fd is None:
+            # Nothing to sleep on (sysv+mq://): first yield to the loop for _YIELD_FOR seconds
+            # (an answer often comes within tens of microseconds, and asyncio's timers cannot
+            # sleep less than a millisecond), then sleep with a growing back-off.
+            now = time.monotonic()
+            if self._polling_since is None:
+                self._polling_since = now
+            if now - self._polling_since < _YIELD_FOR:
+                await asyncio.sleep(0)
+                return
             nap = self._backoff
             self._backoff = min(nap * _BACKOFF[1], _BACKOFF[2])
             await asyncio.sleep(nap if left is None else max(0.0, min(nap, left)))
