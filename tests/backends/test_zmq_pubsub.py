@@ -13,6 +13,7 @@ import secrets
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
@@ -447,3 +448,29 @@ def test_the_fanout_benchmark_cell_runs_and_checks_its_counts() -> None:
     row = run_cell("drop-new", "ipc", 2, 64, 0.05, window=8)
     assert row["published"] > 0 and len(row["delivered"]) == 2
     assert all(d + x == row["published"] for d, x in zip(row["delivered"], row["dropped"], strict=True))
+
+
+def _use_inherited(pub: Any, sub: Any) -> str:
+    calls: list[Callable[[], object]] = [lambda: pub.send_bytes(b"from the child", timeout=1.0),
+                                         lambda: sub.recv_bytes(timeout=0)]
+    for call in calls:
+        try:
+            call()
+        except UnsupportedOperation:
+            continue
+        return "an inherited end worked"
+    pub.close()  # does nothing to the parent's ends
+    sub.close()
+    return "refused"
+
+
+def test_a_forked_child_cannot_use_or_end_the_parents_ends() -> None:
+    from ipckit.testing.peers import run_forked
+
+    with ipckit.publish(_ipc_url()) as pub:
+        sub = ipckit.subscribe(pub.url)
+        assert run_forked(_use_inherited, pub, sub, what="child with inherited pub/sub ends") == "refused"
+        pub.send_bytes(b"parent", timeout=5.0)
+        assert sub.recv_bytes(timeout=5.0) == b"parent"  # nothing of the child's reached it
+        assert (sub.sent, sub.delivered, sub.dropped) == (1, 1, 0)
+        sub.close()
