@@ -11,7 +11,9 @@ channel class that misses one raises TypeError when it is instantiated:
 ``_recv_message(deadline)``        return one whole message as a buffer the caller may keep
 ``_poll(deadline)``                True when a message (or end of channel) is waiting
 ``_close()``                       release everything (called once, with no caller blocked)
-optional: ``_send_parts``, ``_recv_message_into``, ``_recv_view``, ``_wakeup``, ``_fileno``
+optional: ``_send_parts``, ``_recv_message_into``, ``_recv_view``, ``_wakeup``, ``_fileno``,
+``_doorbell`` (what ``ipckit.wait`` / ``ipckit.aio`` sleep on where there is no descriptor:
+``ipckit.waiting.Doorbell``; docs/aio.md)
 hand-off to a child process (``ipckit._handoff`` drives them): ``__reduce__`` for spawn and
 forkserver (built with ``_handoff.reduce_fds`` / ``reduce_for_spawn``), and for fork
 ``_fork_handed`` / ``_fork_adopt`` / ``_fork_release``
