@@ -93,6 +93,8 @@ _D, _L, _T, _G, _A, _W = (ord(c) for c in "DLTGAW")
 _SLICE = 0.02
 #: Seconds between probes of a subscriber a blocked send waits for (a probe is a 9-byte tick).
 _PROBE_EVERY = 0.05
+#: Sends between two reads of credit and hellos when no subscriber looks slow.
+_PUMP_EVERY = 16
 #: Unread ticks a subscriber with a full window may have queued before ticks to it slow down.
 _UNREAD_CAP = 64
 _MONITOR = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -240,6 +242,7 @@ class Publisher(Channel):
         self._gone: list[SubscriberStats] = []
         self._seq = 0
         self._partial = False
+        self._since_pump = _PUMP_EVERY  # sends since credit and hellos were last read
         self._sending = False  # a send is running: the service thread leaves the socket's wake-ups to it
         self._stop = threading.Event()
         self._tick_every = options.heartbeat if options.heartbeat > 0 else 1.0
@@ -339,6 +342,10 @@ class Publisher(Channel):
                 self._forget(sub)
             return False
         # The routing frame is in: libzmq takes the rest of the message (its high-water mark is off).
+        if len(frames) == 1:  # a small message, a tick, a goodbye: one copied frame
+            router.send(frames[0], _NOBLOCK)
+            self._partial = False
+            return True
         last = len(frames) - 1
         for i, part in enumerate(frames):
             immutable = isinstance(part, bytes) or (isinstance(part, memoryview) and isinstance(part.obj, bytes))
@@ -418,9 +425,21 @@ class Publisher(Channel):
         try:
             while True:
                 with self._zlock:
-                    self._pump()
+                    # Credit and hellos are read every _PUMP_EVERY sends, and at once when a
+                    # subscriber looks slow: its credit may be waiting in the socket (a look
+                    # costs a libzmq call per message otherwise; the service thread reads
+                    # hellos meanwhile too).
+                    pumped = self._since_pump >= _PUMP_EVERY
+                    if pumped:
+                        self._pump()
                     subs = [s for s in self._subs.values() if s.max >= total]
                     slow = [s for s in subs if s.sent - s.taken >= s.window]
+                    if slow and not pumped:
+                        self._pump()
+                        pumped = True
+                        subs = [s for s in self._subs.values() if s.max >= total]
+                        slow = [s for s in subs if s.sent - s.taken >= s.window]
+                    self._since_pump = 0 if pumped else self._since_pump + 1
                     if slow and self._block:
                         self._probe(slow, time.monotonic(), _PROBE_EVERY)
                         slow = [s for s in slow if s.ident in self._subs]
