@@ -59,7 +59,7 @@ class MemoryOptions(Options):
 class _Direction:
     """One direction: a byte-bounded deque guarded by the pair's condition."""
 
-    __slots__ = ("armed", "bell", "items", "nbytes", "reader_closed", "writer_closed")
+    __slots__ = ("armed", "bell", "items", "nbytes", "reader_closed", "sticky", "writer_closed")
 
     def __init__(self) -> None:
         self.items: deque[bytes] = deque()
@@ -70,6 +70,16 @@ class _Direction:
         # only while ``armed``: the reader sleeps in ipckit.wait / ipckit.aio (_MemoryBell).
         self.bell = -1
         self.armed = False
+        self.sticky = False  # fileno() gave the bell to a selector: armed for good, level kept
+
+    def settle(self) -> None:
+        """Reader, under the lock, sticky: the eventfd readable exactly while something waits."""
+        try:
+            os.eventfd_read(self.bell)
+        except BlockingIOError:
+            pass
+        if self.items or self.writer_closed:
+            os.eventfd_write(self.bell, 1)
 
     def ring(self) -> None:
         """Writer, under the lock: wake a reader sleeping in ipckit.wait (nothing when none does)."""
@@ -95,8 +105,17 @@ class _MemoryBell:
         with self._lock:
             self._in.armed = True
 
+    def stick(self) -> int:
+        fd = self.fileno()
+        with self._lock:
+            self._in.armed = self._in.sticky = True
+            self._in.settle()
+        return fd
+
     def disarm(self) -> None:
         with self._lock:
+            if self._in.sticky:
+                return
             self._in.armed = False
             if self._in.bell >= 0:
                 try:
@@ -137,6 +156,11 @@ class MemoryChannel(Channel):
         self._in = inbound
         self._capacity = max(options.capacity, 1)
         self._bell = _MemoryBell(self._lock, inbound)
+
+    def _fileno(self) -> int:
+        """The doorbell's eventfd, armed for good: selectors and ``loop.add_reader`` see every
+        message and the peer's close (each send then writes it, each receive settles it)."""
+        return self._bell.stick()
 
     def _doorbell(self) -> _MemoryBell:
         """For ipckit.wait / ipckit.aio: an eventfd rung only while this end sleeps there."""
@@ -182,6 +206,8 @@ class MemoryChannel(Channel):
             data = inbound.items.popleft()
             inbound.nbytes -= len(data)
             self._cond.notify_all()
+            if inbound.sticky:
+                inbound.settle()
             return data
 
     def _poll(self, deadline: Deadline) -> bool:

@@ -8,6 +8,7 @@ spawn) where the backend crosses processes; no row sleeps to order events.
 
 from __future__ import annotations
 
+import selectors
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import pytest
 import ipckit
 
 from ...channel import Channel, Listener
-from ...errors import ChannelClosed, EndOfChannel
+from ...errors import ChannelClosed, EndOfChannel, UnsupportedOperation
 from ...options import Capabilities
 from ...waiting import wait
 from .. import workers
@@ -152,9 +153,34 @@ class WaitContract(ChildEnds):
             ch.close()
             peer.join()
 
-    def test_fileno_is_selectable_where_declared(self) -> None:
-        """``capabilities.selectable``: ``fileno()`` is what wait() sleeps on."""
-        if not self.caps.selectable:
-            pytest.skip("not selectable (wait() uses a doorbell or a poll loop)")
-        _, b = self.make_pair()
-        assert b.fileno() >= 0
+    def test_fileno_works_with_selectors(self) -> None:
+        """Where ``fileno()`` exists (every backend with a descriptor or a doorbell), a selector
+        sees each message, the read-ahead and a clean close, and nothing once all is received."""
+        a, b = self.make_pair()
+        try:
+            fd = b.fileno()
+        except UnsupportedOperation as exc:
+            if self.caps.selectable:
+                raise
+            pytest.skip(f"no descriptor and no doorbell: {exc}")
+        assert isinstance(fd, int) and fd >= 0
+        with selectors.DefaultSelector() as sel:
+            sel.register(b, selectors.EVENT_READ)
+            assert sel.select(0) == []
+            a.send(1, timeout=5.0)
+            a.send(2, timeout=5.0)
+            assert len(sel.select(5.0)) == 1
+            assert b.recv(timeout=0) == 1
+            assert len(sel.select(5.0)) == 1
+            assert b.recv(timeout=0) == 2
+            assert sel.select(0) == []
+            for i in range(50):
+                a.send_bytes(b"%d" % i, timeout=5.0)
+                assert len(sel.select(5.0)) == 1
+                assert b.recv_bytes(timeout=0) == b"%d" % i
+            assert sel.select(0) == []
+            a.close()
+            assert len(sel.select(5.0)) == 1
+            sel.unregister(b)
+        with pytest.raises(EndOfChannel):
+            b.recv(timeout=0)

@@ -649,7 +649,7 @@ class RingReader(Ring):
     """
 
     __slots__ = ("_asm_", "_asm_at", "_asm_total", "_asm_view", "_cur_", "_cur_end", "_cur_side", "_into", "counters",
-                 "side")
+                 "rest", "side")
     _cursor_type = _cursor.Reader
     #: The ring's control words (u64); ``counters[WRITE_POS] != read_pos`` means data waits.  For
     #: spin loops only: read, never write.  (An attribute, not a property: a wait reads it first.)
@@ -663,6 +663,9 @@ class RingReader(Ring):
             self.detach()
             raise
         self.counters = self._ctl
+        #: The sleeping word's value while this reader is not in a wait: 0, or 2 (doorbell.BELL)
+        #: once ``fileno()`` handed the doorbell to a selector, which must see every commit.
+        self.rest = 0
         self._cur_: memoryview | None = None
         self._cur_end = 0
         self._asm_: bytearray | None = None
@@ -733,7 +736,7 @@ class RingReader(Ring):
 
     def set_sleeping(self, flag: bool) -> None:
         """Tell the writer this reader is (or no longer is) blocked waiting for data."""
-        self._ctl[_W_RSLEEP] = 1 if flag else 0
+        self._ctl[_W_RSLEEP] = 1 if flag else self.rest
 
     def set_flag(self, value: int) -> None:
         """Store the sleeping word as *value* (doorbell.py: 2 arms the doorbell, 0 disarms)."""

@@ -398,6 +398,8 @@ class RingChannel(Channel):
         data: Any = self._rc.recv()
         if data is None:
             data = self._recv_waiting(timeout)
+        if self._sticky:
+            self._settle_bell()
         try:
             return self._decode(data)
         except IPCError:
@@ -415,18 +417,34 @@ class RingChannel(Channel):
         if self._side_dead:
             self._return_slots()
         data: bytes | None = self._rc.recv()
-        if data is not None:
-            return data
-        got = self._recv_waiting(timeout)
-        return got if type(got) is bytes else bytes(got)
+        if data is None:
+            got = self._recv_waiting(timeout)
+            data = got if type(got) is bytes else bytes(got)
+        if self._sticky:
+            self._settle_bell()
+        return data
 
     def _recv_payload(self, timeout: float | None) -> Any:
         if self._side_dead:
             self._return_slots()
-        data: bytes | None = self._rc.recv()
-        if data is not None:
-            return data
-        return self._recv_waiting(timeout)
+        data: Any = self._rc.recv()
+        if data is None:
+            data = self._recv_waiting(timeout)
+        if self._sticky:
+            self._settle_bell()
+        return data
+
+    def recv_bytes_into(self, buf: Any, timeout: float | None = USE_DEFAULT) -> int:
+        n = Channel.recv_bytes_into(self, buf, timeout)
+        if self._sticky:
+            self._settle_bell()
+        return n
+
+    def recv_view(self, timeout: float | None = USE_DEFAULT) -> memoryview:
+        view = Channel.recv_view(self, timeout)
+        if self._sticky:
+            self._settle_bell()
+        return view
 
     def _recv_waiting(self, timeout: float | None) -> Any:
         """The receive fast path when nothing was ready: wait here, then one cursor call.
@@ -796,23 +814,49 @@ class RingChannel(Channel):
             self._bell = _doorbell.FifoBell(_doorbell.bell_path(name, self._role), self._r.set_flag)
         return self._bell
 
+    #: True once fileno() gave the doorbell to a selector (doorbell.FifoBell.stick): every receive
+    #: then keeps the FIFO's level (readable exactly while a message or the end waits).
+    _sticky = False
+
+    def _fileno(self) -> int:
+        """The doorbell's FIFO, armed for good: selectors and ``loop.add_reader`` see every
+        message and a clean close (a SIGKILLed peer only through poll() or ipckit.wait, which
+        check liveness).  From now on each send rings it (a write) and each receive settles it
+        (a read, and a write when more is waiting): the cost of being watched."""
+        bell = self._doorbell()
+        if bell is None:
+            return super()._fileno()
+        fd = bell.stick()
+        self._r.rest = _doorbell.BELL
+        self._sticky = True
+        self._settle_bell()  # what was committed before the arm rang nothing
+        return fd
+
+    def _settle_bell(self) -> None:
+        bell = self._bell
+        if bell is not None:
+            r = self._r
+            bell.settle(lambda: r.has_data() or r.writer_closed())
+
     def _wake_reader(self) -> None:
         """The writer's wake-up, called only when the reader raised its sleeping word: post its
-        semaphore, and ring its doorbell if it sleeps in ipckit.wait (the word says BELL).
+        semaphore (1: the kit's wait), or ring its doorbell (BELL: ipckit.wait, aio, a selector).
 
         On the kit's slow path only (the reader is asleep), but kept lean: one load of the shared
         word beyond the post (measured: +0.2 us per wake-up, against 3-50 us for the wake-up).
         """
-        self._peer_waker.post()
         try:
             rang = self._wctl[_W_RSLEEP] == _doorbell.BELL
         except ValueError:  # the ring was detached (its view released): nobody to ring
+            rang = False
+        if not rang:
+            self._peer_waker.post()
             return
-        if rang:
-            name = self._bell_name()
-            if name is not None:
-                self._peer_bell_fd = _doorbell.ring_fifo(_doorbell.bell_path(name, 1 - self._role),
-                                                         self._peer_bell_fd)
+        # The reader sleeps on its doorbell, not on the semaphore: a post would only pile up
+        # counts (a selector's reader is armed for good) that its next kit wait would spin off.
+        name = self._bell_name()
+        if name is not None:
+            self._peer_bell_fd = _doorbell.ring_fifo(_doorbell.bell_path(name, 1 - self._role), self._peer_bell_fd)
 
     def _drop_bells(self, unlink: bool) -> None:
         bell, self._bell = self._bell, None

@@ -59,6 +59,9 @@ class FifoBell:
         # under them (a reused number would then be drained or polled): the last disarm does.
         self._users = 0
         self._closing = False
+        #: Set by the channel's fileno(): a selector watches the FIFO, so it stays armed for good
+        #: and the receive paths keep its level (``settle``).
+        self.sticky = False
         self._lock = threading.Lock()
 
     def fileno(self) -> int:
@@ -90,7 +93,7 @@ class FifoBell:
         self._set_flag(BELL)
 
     def disarm(self) -> None:
-        self._set_flag(0)
+        self._set_flag(BELL if self.sticky else 0)
         with self._lock:
             if self._users:
                 self._users -= 1
@@ -98,7 +101,31 @@ class FifoBell:
                 if not self._users:
                     self._release()
                 return
+            if not self.sticky:  # (sticky: the receive paths drain, keeping the level right)
+                self.drain()
+
+    def stick(self) -> int:
+        """Arm for good (a selector watches the FIFO from now on); return its descriptor."""
+        with self._lock:
+            fd = self.fileno()
+            self.sticky = True
+        self._set_flag(BELL)
+        return fd
+
+    def settle(self, pending: Callable[[], bool]) -> None:
+        """Sticky mode, after a receive: make the FIFO readable exactly when *pending()* (a
+        message or the end waits).  Drained first, then asked, then rung again if something is
+        left, so a commit racing with the drain is never lost (its ring lands after the drain, or
+        *pending()* sees it)."""
+        with self._lock:
+            if self._fd < 0 or self._closing:
+                return
             self.drain()
+            if pending():
+                try:
+                    os.write(self._fd, b"\0")
+                except BlockingIOError:
+                    pass
 
     def drain(self) -> None:
         if self._fd < 0:
