@@ -59,6 +59,7 @@ TOP_LEVEL = {
     "connect",
     "publish",  # pub/sub fan-out (ipckit.pubsub)
     "subscribe",
+    "wait",  # ipckit.wait: ready channels and listeners of any backends (ipckit.waiting)
     "Channel",
     "Listener",
     "Backend",
