@@ -28,6 +28,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PING_PONG = EXAMPLES / "ping_pong.py"
 CLIENT_SERVER = EXAMPLES / "client_server.py"
 ASYNC_ECHO = EXAMPLES / "async_echo.py"
+THREADS_VS_PROCESSES = EXAMPLES / "threads_vs_processes.py"
 ALL_EXAMPLES = sorted(EXAMPLES.glob("*.py"))
 TIMEOUT = 120  # seconds for one example run (spawning a child imports a fresh interpreter)
 
@@ -220,6 +221,18 @@ def test_async_echo_serves_every_client_on_one_loop(args: list[str]) -> None:
     assert f"served {clients} client processes x 200 messages ({clients * 200} echoes)" in proc.stdout
     assert "with 1 thread(s) in this process" in proc.stdout  # no thread per channel
     assert "the late message arrived" in proc.stdout
+
+
+def test_threads_vs_processes_measures_both_workloads() -> None:
+    proc = run_example("--tasks", "4", "--work", "200000", "--wait", "0.1", script=THREADS_VS_PROCESSES)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.stderr == ""
+    cpu = next(line for line in proc.stdout.splitlines() if line.startswith("CPU-bound "))
+    io = next(line for line in proc.stdout.splitlines() if line.startswith("I/O-bound "))
+    assert "threads" in cpu and "processes" in cpu
+    # Four 0.1 s waits on four threads overlap (the CPU rows depend on how busy the machine is).
+    threads_x = float(io.split("threads")[1].split("(")[1].split("x")[0])
+    assert threads_x > 2.0, io
 
 
 @pytest.mark.parametrize("path", ALL_EXAMPLES, ids=lambda p: p.name)
