@@ -48,7 +48,8 @@ def _pyzmq_garbage_thread() -> Any:
     the first test so no test's leak check counts it."""
     from zmq.utils.garbage import gc
 
-    gc.start()
+    if not gc.is_alive():  # another module (test_zmq.py) may have started it in this process
+        gc.start()
     gc._push_socket  # noqa: B018 - made on the first zero-copy send
     os.makedirs(_DIR, mode=0o700, exist_ok=True)
     yield
