@@ -56,17 +56,6 @@ _Z3 = ("Z-3: a plain zmq send means 'queued in libzmq', so a sender SIGKILLed ri
        "(test_z3_ack_mode_reports_what_a_killed_reader_never_received)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _pyzmq_garbage_thread() -> None:
-    """pyzmq's zero-copy sends (``copy=False``) hand buffers to a process-wide collector thread
-    with a context of its own, started on first use and kept for the process's life.  Start it
-    before the first test (with its socket), so the leak guard does not count it against whichever test came first."""
-    from zmq.utils.garbage import gc
-
-    gc.start()
-    gc._push_socket  # noqa: B018 - its PUSH socket (an eventfd) is made on the first zero-copy send
-
-
 _NOT_INHERITABLE = ("zmq ends cannot be handed to another process (libzmq is not fork-safe; "
                     "capabilities.inheritable is False): children connect to a listener instead")
 

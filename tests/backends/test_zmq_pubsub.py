@@ -43,14 +43,8 @@ _DIR = f"/tmp/ipckit-pubsub-test-{os.getpid()}"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _pyzmq_garbage_thread() -> Any:
-    """pyzmq's zero-copy sends start a process-wide collector thread on first use: start it before
-    the first test so no test's leak check counts it."""
-    from zmq.utils.garbage import gc
-
-    if not gc.is_alive():  # another module (test_zmq.py) may have started it in this process
-        gc.start()
-    gc._push_socket  # noqa: B018 - made on the first zero-copy send
+def _endpoint_dir() -> Any:
+    """The directory of this module's ipc endpoints: made first, and empty at the end."""
     os.makedirs(_DIR, mode=0o700, exist_ok=True)
     yield
     leftovers = os.listdir(_DIR)
