@@ -655,7 +655,7 @@ class ZmqChannel(Channel):
     # same deadline.  The object path is the bytes path: Channel.send/recv call these hooks.
     def _send_one(self, data: Any, timeout: float | None) -> None:
         if (type(data) is bytes and len(data) <= COPY_THRESHOLD and len(data) <= self._send_max and not self._ack
-                and not self._closed and not self._tx_partial):
+                and not self._closed and not self._tx_partial and self._bye is None and not self._disconnected):
             lock = self._send_lock
             held: list[bool] = []
             try:
