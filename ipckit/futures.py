@@ -105,6 +105,13 @@ _OK, _RAISED, _READY, _INIT_FAILED, _UNDECODABLE = 0, 1, 2, 3, 4
 
 _PR_SET_PDEATHSIG = 1
 
+#: Held while a worker's channel is made, its process started and the parent's copy of the
+#: child's end closed.  Slot threads start workers concurrently; without it a worker forked in one
+#: thread inherits the end (and the exit-sentinel pipe) meant for a sibling started at the same
+#: moment in another, and that sibling's death is then not seen until the other exits too
+#: (CI: an ``os._exit`` under fork was reported only when ``join(1.0)`` ran out).
+_START_LOCK = threading.Lock()
+
 
 class BrokenProcessPool(ChannelBroken, _StdBrokenProcessPool):
     """The pool cannot run tasks any more: a worker failed or died in its initializer.
@@ -309,6 +316,20 @@ class _Slot:
         self.congested = False
         self.starting = False  # its worker is being started: counts as idle when sharing tasks out
         self.thread: threading.Thread | None = None
+
+
+def _reap(proc: multiprocessing.process.BaseProcess, seconds: float) -> int | None:
+    """The exit code of ``proc`` once waitpid reports it, or None after ``seconds``.
+
+    Polled in short, growing steps instead of ``join()``, which waits on the process's sentinel
+    pipe: a process forked elsewhere in the program may hold that pipe open long after the worker
+    died.
+    """
+    deadline, step = time.monotonic() + seconds, 0.0005
+    while proc.exitcode is None and time.monotonic() < deadline:
+        time.sleep(step)
+        step = min(step * 2, 0.02)
+    return proc.exitcode
 
 
 def _describe_exit(pid: int | None, exitcode: int | None) -> str:
@@ -672,24 +693,33 @@ class ProcessPoolExecutor(Executor):
                 slot.starting = False
                 return False
             slot.starting = True
+        # Only fork copies the parent's descriptors into the child; spawn and forkserver pass the
+        # child exactly the ones it needs, so they start workers in parallel.
+        forks = self._ctx.get_start_method() == "fork"
+        if forks:
+            _START_LOCK.acquire()
         try:
-            ours, theirs = pair(self._url, **self._channel_options)
-        except IPCError as exc:
-            slot.starting = False
-            self._break(f"could not make a channel for a worker on {self._url}", exc)
-            return False
-        try:
-            proc: multiprocessing.process.BaseProcess = self._ctx.Process(  # type: ignore[attr-defined]
-                target=_worker_main, name=f"ipckit.futures-worker-{slot.index}",
-                args=(theirs, self._child_parent, self._initializer, self._initargs, self._max_tasks))
-            proc.start()
-        except Exception as exc:
-            ours.close()
-            slot.starting = False
-            self._break("could not start a worker process", exc)
-            return False
+            try:
+                ours, theirs = pair(self._url, **self._channel_options)
+            except IPCError as exc:
+                slot.starting = False
+                self._break(f"could not make a channel for a worker on {self._url}", exc)
+                return False
+            try:
+                proc: multiprocessing.process.BaseProcess = self._ctx.Process(  # type: ignore[attr-defined]
+                    target=_worker_main, name=f"ipckit.futures-worker-{slot.index}",
+                    args=(theirs, self._child_parent, self._initializer, self._initargs, self._max_tasks))
+                proc.start()
+            except Exception as exc:
+                ours.close()
+                slot.starting = False
+                self._break("could not start a worker process", exc)
+                return False
+            finally:
+                theirs.close()  # the child has its own end now (contract: close your copy after start)
         finally:
-            theirs.close()  # the child has its own end now (contract: close your copy after start)
+            if forks:
+                _START_LOCK.release()
         with self._lock:
             slot.proc, slot.pid, slot.channel = proc, proc.pid, ours
             slot.ready = slot.stop_sent = False
@@ -800,10 +830,10 @@ class ProcessPoolExecutor(Executor):
     def _end_worker(self, slot: _Slot, clean: bool) -> None:
         proc, ch = slot.proc, slot.channel
         assert proc is not None and ch is not None
-        proc.join(1.0)
-        if proc.exitcode is None:  # its channel broke but it lives on: it cannot be reached, end it
+        # Its channel has ended, so the process is gone or going.
+        if _reap(proc, 1.0) is None:  # its channel broke but it lives on: it cannot be reached, end it
             proc.kill()
-            proc.join(5.0)
+            _reap(proc, 5.0)
         exitcode = proc.exitcode
         with slot.send_lock, self._lock:
             items = list(slot.inflight)
@@ -814,7 +844,8 @@ class ProcessPoolExecutor(Executor):
             ready = slot.ready
             broken = self._broken
         ch.close()
-        proc.close()
+        if exitcode is not None:  # close() refuses a process that still runs (SIGKILL not yet done)
+            proc.close()
         if broken is not None:
             for item in items:
                 item.future.set_exception(self._broken_copy())
