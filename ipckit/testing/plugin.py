@@ -52,6 +52,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             import asyncio
 
             uvloop.run(asyncio.sleep(0))
+        # pyzmq hands each zero-copy frame (the zmq kit sends large bytes with copy=False) to a
+        # process-wide collector thread with its own context and sockets, started on first use
+        # and kept: start it now so no test is charged with its descriptors.  Only if it is not
+        # running: a second start() fails to bind inproc://pyzmq.gc.01 and leaves pyzmq
+        # restarting collectors (and leaking their sockets) on every later zero-copy send.
+        from zmq.utils.garbage import gc as zmq_gc
+
+        if not zmq_gc.is_alive():
+            zmq_gc.start()
+        zmq_gc._push_socket  # noqa: B018 - its PUSH socket, made by the first zero-copy send
 
 
 @pytest.fixture(autouse=True)

@@ -88,12 +88,8 @@ HEADER = 9
 PROTOCOL = b"IPCKIT-ZMQ/1"
 #: ``sun_path`` is 108 bytes with its NUL: the longest ``ipc://`` path libzmq can bind.
 IPC_PATH_MAX = 107
-#: Messages from this size on are sent as frames of their own (header and payload not joined).
-#: Every frame is sent with ``copy=True``: a zero-copy send (``copy=False``) hands the buffer to
-#: pyzmq's process-wide collector thread, and under the contract's interrupt and asyncio tests
-#: that collector broke in CI (a new collector thread started while one ran, failed to bind
-#: ``inproc://pyzmq.gc.01`` and left its sockets behind, again on every later large send).  Until
-#: the cause is found, a large message costs one copy into libzmq on send.
+#: Messages from this size on are sent as their own frame without a copy (``copy=False``), when
+#: the buffer is immutable (bytes): libzmq reads it after send() returned.
 COPY_THRESHOLD = 64 * 1024
 #: Longest slice of one wait: the socket's FD is edge-triggered and another thread's zmq call may
 #: consume the edge meant for this one, so a waiter looks again at least this often.
@@ -794,8 +790,8 @@ class ZmqChannel(Channel):
         last = len(frames) - 1
         for i in range(1, last + 1):
             part = frames[i]
-            # copy=True: see COPY_THRESHOLD for why no frame is sent zero-copy.
-            sock.send(part, zmq.SNDMORE if i < last else 0, copy=True)
+            immutable = isinstance(part, memoryview) and isinstance(part.obj, bytes)
+            sock.send(part, zmq.SNDMORE if i < last else 0, copy=not immutable)
         self._tx_partial = False
         return True
 

@@ -348,8 +348,9 @@ class Publisher(Channel):
             return True
         last = len(frames) - 1
         for i, part in enumerate(frames):
-            # copy=True: see the zmq kit's COPY_THRESHOLD for why no frame is sent zero-copy.
-            router.send(part, _MORE if i < last else _NOBLOCK, copy=True)
+            immutable = isinstance(part, bytes) or (isinstance(part, memoryview) and isinstance(part.obj, bytes))
+            router.send(part, _MORE if i < last else _NOBLOCK,
+                        copy=not (immutable and len(part) > _COPY_THRESHOLD))
         self._partial = False
         return True
 
