@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -56,4 +57,15 @@ def parse_url(url: str) -> Endpoint:
             if key in options:
                 raise InvalidAddress(f"option {key!r} given twice in {url!r}")
             options[key] = value
-    return Endpoint(scheme=scheme, address=unquote(rest), options=options)
+    address = unquote(rest)
+    # Checked again after unquoting: "%00" is a NUL too, and a lone surrogate ("\ud800", or what
+    # "%ED%A0%80" is not: unquote replaces invalid UTF-8) has no file-system encoding, so every
+    # path-based backend would fail on it with a raw ValueError / UnicodeEncodeError.
+    if "\x00" in address:
+        raise InvalidAddress(f"address {url!r} contains a NUL byte (%00)")
+    try:
+        os.fsencode(address)
+    except UnicodeEncodeError as exc:
+        raise InvalidAddress(f"address {url!r} has a character no file name can hold ({exc.reason}): "
+                             "use valid Unicode") from None
+    return Endpoint(scheme=scheme, address=address, options=options)
