@@ -1,7 +1,9 @@
 """AioContract: the core of the contract in async form (``ipckit.aio``), on asyncio and uvloop.
 
-Order and integrity, timeouts, the peer's close, async iteration and context managers, listeners
-(where named), a peer process, and the cancellation promise (docs/aio.md): a cancelled receive
+Order and integrity, timeouts, the peer's close, a SIGKILLed peer (PeerDied after its committed
+messages, also for a receive already waiting), messages of 8 MiB (unless the transport caps
+messages below that), async iteration and context managers, listeners (where named), a peer
+process, and the cancellation promise (docs/aio.md): a cancelled receive
 never loses or splits a message, a cancelled send delivers all of its message or none of it.
 The cancellation row cancels sends and receives at random points thousands of times over a
 sequence-numbered, self-checking stream and checks it end to end.
@@ -20,11 +22,12 @@ import ipckit
 import ipckit.aio
 
 from ...channel import Channel
-from ...errors import EndOfChannel, RecvTimeout
+from ...errors import EndOfChannel, PeerDied, RecvTimeout
 from ...options import Capabilities
 from .. import workers
 from ..peers import spawn_peer
 from .cross_process import ChildEnds
+from .helpers import MiB, blob
 
 __all__ = ["AioContract", "run_on"]
 
@@ -188,6 +191,81 @@ class AioContract(ChildEnds):
 
             run_on(loop_kind, main)
             peer.join()
+
+    @on_both_loops
+    def test_aio_peer_killed_is_peer_died(self, loop_kind: str) -> None:
+        """A peer SIGKILLed after sending: its messages arrive, then PeerDied (docs/contract.md P5),
+        and it stays dead.  Where PeerDeathContract applies (``inheritable`` and
+        ``detects_peer_close``): elsewhere a send may only mean "queued" (zmq, docs Z-3)."""
+        if not (self.caps.inheritable and self.caps.detects_peer_close):
+            pytest.skip("PeerDeathContract does not apply: ends are not inheritable or the peer's end is not detected")
+        _, theirs, finish = self.child_end()
+        messages = [workers.make_payload(i, 1000 * i) for i in range(3)]
+        with spawn_peer(workers.send_then_kill, theirs, messages) as peer:
+            ch = finish()
+            peer.wait_ready()
+            assert peer.wait_exit() == -9
+
+            async def main() -> None:
+                ach = ipckit.aio.wrap(ch)
+                for i in range(len(messages)):
+                    assert workers.check_payload(await ach.recv_bytes(timeout=10.0)) == i
+                with pytest.raises(PeerDied):
+                    await ach.recv_bytes(timeout=10.0)
+                with pytest.raises(PeerDied):
+                    await ach.recv_bytes(timeout=0)
+                await ach.close()
+
+            run_on(loop_kind, main)
+
+    @on_both_loops
+    def test_aio_waiting_recv_sees_peer_death(self, loop_kind: str) -> None:
+        """A receive already awaiting when the peer is SIGKILLed ends in PeerDied, well before
+        its own timeout (the loop is woken through the backend's descriptor or doorbell)."""
+        if not (self.caps.cross_process and self.caps.detects_peer_close):
+            pytest.skip("the scheme has no peer process or does not detect the peer's end")
+        _, theirs, finish = self.child_end()
+        with spawn_peer(workers.recv_messages, theirs, 1) as peer:
+            ch = finish()
+            peer.wait_ready()
+
+            async def main() -> float:
+                ach = ipckit.aio.wrap(ch)
+                task = asyncio.ensure_future(ach.recv_bytes(timeout=30.0))
+                for _ in range(20):  # let the receive find nothing and go to sleep on the loop
+                    await asyncio.sleep(0.005)
+                assert not task.done()
+                loop = asyncio.get_running_loop()
+                killed_at = loop.time()
+                peer.kill()
+                with pytest.raises(PeerDied):
+                    await asyncio.wait_for(task, 20.0)
+                took = loop.time() - killed_at
+                await ach.close()
+                return took
+
+            took = run_on(loop_kind, main)
+            peer.wait_exit()
+            assert took < 3.0, f"PeerDied came {took:.1f} s after the kill (the sync contract allows 2 s)"
+
+    @on_both_loops
+    def test_aio_large_message(self, loop_kind: str) -> None:
+        """An 8 MiB message awaited on both sides at once arrives whole (fragmented or streamed
+        by the backend while the loop keeps running)."""
+        limit = self.caps.max_message_size
+        if limit is not None and limit < 8 * MiB:
+            pytest.skip(f"the transport caps messages at {limit} bytes")
+        data = blob(8 * MiB)
+
+        async def main() -> None:
+            a, b = self._async_pair()
+            _, got = await asyncio.wait_for(
+                asyncio.gather(a.send_bytes(data, timeout=30.0), b.recv_bytes(timeout=30.0)), 60.0)
+            assert got == data
+            await a.close()
+            await b.close()
+
+        run_on(loop_kind, main)
 
     @on_both_loops
     def test_aio_cancellation_never_loses_or_splits(self, loop_kind: str) -> None:
