@@ -412,6 +412,8 @@ class ProcessPoolExecutor(Executor):
         self._pending: collections.deque[_Item] = collections.deque()
         self._slots = [_Slot(i) for i in range(max_workers)]
         self._started = False
+        # started, not shut down, not broken: submit()'s one check on its fast path (under the lock)
+        self._open = False
         self._batches = 0
         self._shutdown = False
         self._broken: BrokenProcessPool | None = None
@@ -429,7 +431,25 @@ class ProcessPoolExecutor(Executor):
             RuntimeError: after :meth:`shutdown`.
             BrokenProcessPool: a worker failed in its initializer.
         """
-        return self._submit(fn, args, kwargs, self._task_timeout)
+        # The fast path, inlined: per call one Future, one _Item, one lock round trip and a look
+        # at the slots.  Everything else a submit allocates is garbage-collector work: in a loop
+        # of 10,000 submits the collections cost as much as the rest of the submit
+        # (docs/futures.md), so nothing here builds a list or a closure.
+        f: Future[Any] = Future()
+        item = _Item(f, (fn, args, kwargs or None), self._task_timeout)
+        with self._lock:
+            if not self._open:
+                self._check_open()
+            self._pending.append(item)
+            # A busy worker is refilled by its slot thread as its answers come in, in batches;
+            # only an idle one (reading, nobody else would wake it) is served from here.
+            for slot in self._slots:
+                if not slot.inflight and slot.accepting and slot.channel is not None:
+                    break
+            else:
+                return f
+        self._pump_idle()
+        return f
 
     def submit_with_timeout(self, timeout: float | None, fn: Callable[..., Any], /, *args: Any,
                             **kwargs: Any) -> Future[Any]:
@@ -473,6 +493,7 @@ class ProcessPoolExecutor(Executor):
         cancelled: list[_Item] = []
         with self._lock:
             self._shutdown = True
+            self._open = False
             if cancel_futures:
                 keep = [item for item in self._pending if item.started]  # started ones must still run
                 cancelled = [item for item in self._pending if not item.started]
@@ -497,17 +518,29 @@ class ProcessPoolExecutor(Executor):
         self._enqueue([_Item(f, (fn, args, kwargs or None), timeout)])
         return f
 
+    def _check_open(self) -> None:
+        # Called with the lock held, when _open is False: raise why no task is accepted, or
+        # start the slots (the first submit).
+        if self._broken is not None:
+            raise self._broken_copy()
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if not self._started:
+            self._start_slots()
+        self._open = True
+
     def _enqueue(self, items: list[_Item]) -> None:
         with self._lock:
-            if self._broken is not None:
-                raise self._broken_copy()
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if not self._started:
-                self._start_slots()
+            if not self._open:
+                self._check_open()
             self._pending.extend(items)
-            # Only idle workers are served from here: a busy one is refilled by its slot thread as
-            # its answers come in, in batches (from here each submit would send a batch of one).
+        self._pump_idle()
+
+    def _pump_idle(self) -> None:
+        # Only idle workers are served from the submitting thread: a busy one is refilled by its
+        # slot thread as its answers come in, in batches (from here each submit would send a
+        # batch of one, and the submitting thread would pay for every send).
+        with self._lock:
             targets = [s for s in self._slots if not s.inflight and self._wants_more(s)]
         for slot in targets:
             self._pump(slot)
@@ -549,9 +582,14 @@ class ProcessPoolExecutor(Executor):
     def _wants_more(self, slot: _Slot) -> bool:
         # Called with the lock held.  Refill at half the credit, so one message carries several
         # tasks (each send on a stream backend is a system call, which also hands the GIL away).
-        return (slot.channel is not None and bool(self._pending) and slot.accepting
-                and not (slot.congested and slot.inflight)
-                and len(slot.inflight) <= slot.credit // 2)
+        # And a busy worker gets a batch worth sending: when tasks are submitted one by one as
+        # fast as the answers come back, "refill whatever is pending" sends one task per answer,
+        # one message and two lock round trips each.  So it waits for a quarter of its credit to
+        # be pending, unless its own queue runs low (then anything goes, it must not run dry).
+        inflight, credit = len(slot.inflight), slot.credit
+        return (slot.channel is not None and slot.accepting and inflight <= credit // 2
+                and not (slot.congested and inflight)
+                and (len(self._pending) >= credit // 4 if inflight > credit // 4 else bool(self._pending)))
 
     def _take_batch(self, slot: _Slot) -> list[_Item]:
         # Called with the lock and the slot's send lock held: moves tasks from pending to in flight.
@@ -656,7 +694,7 @@ class ProcessPoolExecutor(Executor):
         for other in self._slots:
             if other is not slot and not other.inflight and other.accepting and self._pending:
                 self._pump(other)
-        if self._pending and len(slot.inflight) <= slot.credit // 2:
+        if self._pending and self._wants_more(slot):
             self._pump(slot)
 
     def _pump_all(self) -> None:
@@ -750,7 +788,7 @@ class ProcessPoolExecutor(Executor):
         exited = False
         while True:
             try:
-                msg = recv(timeout=self._recv_timeout(slot))
+                msg = recv(timeout=self._recv_timeout(slot) if self._timeouts else _SLICE)
             except RecvTimeout:
                 if exited:
                     return False  # everything it sent before it died has been read
@@ -879,6 +917,7 @@ class ProcessPoolExecutor(Executor):
             err = BrokenProcessPool(f"{what}; the pool cannot run tasks any more")
             err.__cause__ = cause
             self._broken = err
+            self._open = False
             items = list(self._pending)
             self._pending.clear()
             slots = list(self._slots)

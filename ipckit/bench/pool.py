@@ -533,17 +533,40 @@ class _FuturesPool(WorkerPool):
             self._ex = None
 
 
-#: ``IPCKIT_BENCH_POOL_FUTURES=shm,unix`` adds an ipckit.futures subject per scheme to the pool
-#: workload (opt-in: the pool's default subject list stays what it was).
+class _FuturesSubmitPool(_FuturesPool):
+    """The same executor through ``submit()`` and ``result()``: a real Future per job, submitted
+    one at a time while the workers already answer (the path code written for
+    ``concurrent.futures`` takes most often)."""
+
+    def __init__(self, url: str, workers: int, cpus: set[int] | None, timeout: float) -> None:
+        super().__init__(url, workers, cpus, timeout)
+        self.name = f"futures({url.partition(':')[0]}) submit"
+
+    def run(self, jobs: Sequence[Job]) -> list[Any]:
+        submit, timeout = self._ex.submit, self.timeout
+        futures = [submit(handle_job, job) for job in jobs]
+        return [f.result(timeout) for f in futures]
+
+
+#: The schemes whose ``ipckit.futures.ProcessPoolExecutor`` the pool workload measures, two rows
+#: each (``map`` and ``submit``): ``shm`` (the executor's default) unless
+#: ``IPCKIT_BENCH_POOL_FUTURES=shm,unix,pipe`` says otherwise (empty: none).
 FUTURES_ENV = "IPCKIT_BENCH_POOL_FUTURES"
+DEFAULT_FUTURES = "shm"
 
 
 def _futures_specs() -> list[PoolSpec]:
-    schemes = [x.strip() for x in os.environ.get(FUTURES_ENV, "").split(",") if x.strip()]
-    return [PoolSpec(f"futures({scheme})", "ipckit",
-                     f"ipckit.futures.ProcessPoolExecutor(url={scheme}://).map, default chunksize",
-                     functools.partial(_FuturesPool, f"{scheme}://"))
-            for scheme in schemes]
+    schemes = [x.strip() for x in os.environ.get(FUTURES_ENV, DEFAULT_FUTURES).split(",") if x.strip()]
+    specs = []
+    for scheme in schemes:
+        url = f"{scheme}://"
+        specs.append(PoolSpec(f"futures({scheme})", "ipckit",
+                              f"ipckit.futures.ProcessPoolExecutor(url={url}).map, default chunksize",
+                              functools.partial(_FuturesPool, url)))
+        specs.append(PoolSpec(f"futures({scheme}) submit", "ipckit",
+                              f"ipckit.futures.ProcessPoolExecutor(url={url}).submit, then result() each",
+                              functools.partial(_FuturesSubmitPool, url)))
+    return specs
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Worker pool (pytest-benchmark): small dict jobs to two worker processes and the results back.
 
-Group ``pool (<placement>)``: one shm:// channel per worker against a hand-written
-``multiprocessing.Queue`` pool and ``multiprocessing.Pool.imap_unordered`` — compare the rows.
+Group ``pool (<placement>)``: one shm:// channel per worker and ``ipckit.futures`` (``map`` and
+``submit``) against a hand-written ``multiprocessing.Queue`` pool and
+``multiprocessing.Pool.imap_unordered`` — compare the rows.
 Each round sends :data:`JOBS` jobs and receives their results; the workers are started, pinned
 and warmed up outside the timing, and every round's results are checked (each id exactly once),
 so a broken pool fails instead of looking fast.  ``python -m ipckit.bench --workloads pool`` is
@@ -22,7 +23,7 @@ from ipckit.bench.runner import placement_cpus
 from .conftest import PLACEMENT
 
 JOBS = 1000
-NAMES = ["shm", "mp.Queue", "mp.Pool"]
+NAMES = ["shm", "futures(shm)", "futures(shm) submit", "mp.Queue", "mp.Pool"]
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest_benchmark.logger.PytestBenchmarkWarning")
 

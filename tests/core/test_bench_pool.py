@@ -59,7 +59,8 @@ def test_check_results_accepts_every_order_and_rejects_missing_duplicate_and_wro
         check_results(jobs, [*results[:-1], {"id": 50}])
 
 
-@pytest.mark.parametrize("name", ["shm", "unix", "pipe", "mp.Queue", "mp.Pool", "cf.ProcessPool"])
+@pytest.mark.parametrize("name", ["shm", "unix", "pipe", "futures(shm)", "futures(shm) submit", "mp.Queue", "mp.Pool",
+                                  "cf.ProcessPool"])
 def test_each_pool_runs_jobs_on_two_pinned_workers_and_stops(name: str) -> None:
     cpu = min(os.sched_getaffinity(0))
     with open_pool(_spec(name), cpus={cpu}, timeout=30) as pool:
@@ -113,7 +114,8 @@ def test_measure_pool_cells() -> None:
     cfg = BenchConfig(backends=["shm"], pool_jobs=300, pool_repeats=2)
     ticks: list[str] = []
     cells = measure_pool(cfg, "none", None, lambda desc, cell: ticks.append(desc))
-    assert [c.subject for c in cells] == ["shm", "mp.Queue", "mp.Pool", "cf.ProcessPool"]
+    assert [c.subject for c in cells] == ["shm", "futures(shm)", "futures(shm) submit", "mp.Queue", "mp.Pool",
+                                          "cf.ProcessPool"]
     for c in cells:
         assert c.error is None and c.verified and c.workload == "pool" and c.placement == "none", c
         assert c.count == 300 and c.extra["repeats"] == 2 and len(c.extra["jobs_s_runs"]) == 2
@@ -127,7 +129,8 @@ def test_measure_pool_cells() -> None:
 def test_run_reports_the_pool_per_placement_with_ratios() -> None:
     rep = run(BenchConfig(workloads=["pool"], backends=["pipe"], placements=[PLACEMENT], pool_jobs=200,
                           pool_repeats=1, serializers=[]))
-    assert {c.subject for c in rep.cells} == {"pipe", "mp.Queue", "mp.Pool", "cf.ProcessPool"}
+    assert {c.subject for c in rep.cells} == {"pipe", "futures(shm)", "futures(shm) submit", "mp.Queue", "mp.Pool",
+                                              "cf.ProcessPool"}
     assert all(c.error is None and c.verified and c.placement == PLACEMENT for c in rep.cells)
     md = to_markdown(rep)
     assert f"**Worker pool, 200 small dict jobs to 2 workers and back, placement `{PLACEMENT}`**" in md
@@ -136,6 +139,18 @@ def test_run_reports_the_pool_per_placement_with_ratios() -> None:
     out = io.StringIO()
     print_report(rep, Console(file=out, width=150))
     assert "Worker pool" in out.getvalue() and "xmp.Queue" in out.getvalue()
+
+
+def test_the_executor_rows_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    def names() -> list[str]:
+        return [s.name for s in pool_subjects(["shm"])[0]]
+
+    monkeypatch.delenv(pool_module.FUTURES_ENV, raising=False)
+    assert names() == ["shm", "futures(shm)", "futures(shm) submit", "mp.Queue", "mp.Pool", "cf.ProcessPool"]
+    monkeypatch.setenv(pool_module.FUTURES_ENV, "")
+    assert names() == ["shm", "mp.Queue", "mp.Pool", "cf.ProcessPool"]
+    monkeypatch.setenv(pool_module.FUTURES_ENV, "pipe, unix")
+    assert names()[1:5] == ["futures(pipe)", "futures(pipe) submit", "futures(unix)", "futures(unix) submit"]
 
 
 def test_pool_cli_flags(capsys: pytest.CaptureFixture[str]) -> None:
