@@ -20,7 +20,8 @@ Design (docs/futures.md has the measurements behind each choice):
   pending queue, and the slot starts a new worker.
 * **Credit, in batches.**  A slot keeps a few tasks in flight so the worker never waits for the
   parent: about :data:`QUEUE_BUDGET` seconds of work (learned from how fast its results come
-  back), at least 2 and at most :data:`MAX_WINDOW`, refilled in one message when half is done.
+  back), at least 2 and at most :data:`MAX_WINDOW`, refilled in one message when half is done and a
+  quarter is pending (or the worker runs low: tasks submitted one by one still travel in batches).
   Idle workers are served first, each its share, so slow tasks never pile up behind one busy
   worker while another idles, and small tasks stream.
 * **map() without a Future per call**: its calls are queued under one lock and share one ordered
@@ -690,7 +691,7 @@ class ProcessPoolExecutor(Executor):
 
     def _refill(self, slot: _Slot) -> None:
         """After an answer on *slot*: idle workers first (they are reading, and nobody else
-        would wake them), then *slot* itself once half its credit is free."""
+        would wake them), then *slot* itself once half its credit is free (see _wants_more)."""
         for other in self._slots:
             if other is not slot and not other.inflight and other.accepting and self._pending:
                 self._pump(other)
