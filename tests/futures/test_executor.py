@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,36 @@ def test_what_cannot_be_pickled_fails_its_own_future_only(ex: ProcessPoolExecuto
     with pytest.raises(ipckit.EncodeError):
         res.result(timeout=10)
     assert ex.submit(add, 2, 2).result(timeout=10) == 4
+
+
+def test_its_futures_are_futures_with_every_method_the_standard_one() -> None:
+    # submit() makes a Future subclass whose only own method is __init__ (a Condition the garbage
+    # collector tracks less of); all the behaviour is concurrent.futures.Future's.
+    from ipckit import futures as module
+
+    assert module._LIGHT_FUTURES  # this Python keeps the state the subclass relies on
+    f = module._new_future()
+    assert isinstance(f, concurrent.futures.Future)
+    assert vars(f).keys() == vars(concurrent.futures.Future()).keys()
+    own = {k for k, v in vars(type(f)).items() if callable(v)}
+    assert own == {"__init__"}, own
+    assert isinstance(f._condition, threading.Condition)
+    # Waiting on it from another thread: a timeout, then a wake-up by set_result.
+    with pytest.raises(concurrent.futures.TimeoutError):
+        f.result(timeout=0.01)
+    assert f.set_running_or_notify_cancel()
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(f.result(timeout=10)))
+    t.start()
+    while not f._waiters and not f._condition._waiters:
+        if not t.is_alive():
+            break
+        time.sleep(0.001)
+    f.set_result("x")
+    t.join(10)
+    assert got == ["x"]
+    g = module._new_future()
+    assert g.cancel() and g.cancelled() and not g.set_running_or_notify_cancel()
 
 
 def test_standard_helpers_work_on_its_futures(ex: ProcessPoolExecutor) -> None:
