@@ -364,11 +364,20 @@ class _MapEntry:
 
 
 class _Item:
-    __slots__ = ("batch", "future", "started", "task", "timeout")
+    """One task: its Future (or map() entry), the call, and the pool's state of it.
 
-    def __init__(self, future: Future[Any] | _MapEntry, task: tuple[Any, ...], timeout: float | None) -> None:
+    The call's parts are fields, not a ``(fn, args, kwargs)`` tuple kept beside them: one object
+    less per waiting task for the garbage collector (the tuple is made when the task is sent).
+    """
+
+    __slots__ = ("args", "batch", "fn", "future", "kwargs", "started", "timeout")
+
+    def __init__(self, future: Future[Any] | _MapEntry, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any] | None, timeout: float | None) -> None:
         self.future = future
-        self.task = task
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
         self.timeout = timeout
         self.started = False
         self.batch = 0  # which message carried it (a worker that cannot decode one fails them all)
@@ -519,7 +528,7 @@ class ProcessPoolExecutor(Executor):
         # of 10,000 submits the collections cost as much as the rest of the submit
         # (docs/futures.md), so nothing here builds a list or a closure.
         f = _new_future()
-        item = _Item(f, (fn, args, kwargs or None), self._task_timeout)
+        item = _Item(f, fn, args, kwargs or None, self._task_timeout)
         with self._lock:
             if not self._open:
                 self._check_open()
@@ -557,14 +566,15 @@ class ProcessPoolExecutor(Executor):
         end = None if timeout is None else time.monotonic() + timeout
         calls = zip(*iterables, strict=False)
         if chunksize == 1:
-            tasks = [(fn, args, None) for args in calls]
+            calls_each: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [(fn, args) for args in calls]
         else:
-            tasks = []
+            calls_each = []
             while chunk := list(itertools.islice(calls, chunksize)):
-                tasks.append((_run_chunk, (fn, chunk), None))
-        results = _MapResults(len(tasks))
+                calls_each.append((_run_chunk, (fn, chunk)))
+        results = _MapResults(len(calls_each))
         timeout_each = self._task_timeout
-        self._enqueue([_Item(_MapEntry(results, i), task, timeout_each) for i, task in enumerate(tasks)])
+        self._enqueue([_Item(_MapEntry(results, i), f, a, None, timeout_each)
+                       for i, (f, a) in enumerate(calls_each)])
         return results.iterate(end, chunksize > 1)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -598,7 +608,7 @@ class ProcessPoolExecutor(Executor):
     def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                 timeout: float | None) -> Future[Any]:
         f = _new_future()
-        self._enqueue([_Item(f, (fn, args, kwargs or None), timeout)])
+        self._enqueue([_Item(f, fn, args, kwargs or None, timeout)])
         return f
 
     def _check_open(self) -> None:
@@ -727,7 +737,7 @@ class ProcessPoolExecutor(Executor):
         # Called with the slot's send lock held.
         timeout = None if slot.batch_idle else 0.0
         try:
-            ch.send([item.task for item in batch], timeout=timeout)
+            ch.send([(item.fn, item.args, item.kwargs) for item in batch], timeout=timeout)
         except SendTimeout:
             self._unsend(slot, batch, [])
             with self._lock:
@@ -745,7 +755,7 @@ class ProcessPoolExecutor(Executor):
                     if slot.quota is not None:
                         slot.quota -= 1
                 try:
-                    ch.send([item.task], timeout=timeout)
+                    ch.send([(item.fn, item.args, item.kwargs)], timeout=timeout)
                 except EncodeError as exc:
                     self._unsend(slot, [item], [], failed=True)
                     item.future.set_exception(exc)
