@@ -32,6 +32,7 @@ from .contract import (
     SelectableContract,
     WaitContract,
     required_contracts,
+    takes_timeout,
     timing_bounds,
     wait_until_blocked,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "ListenerContract",
     "SecurityContract",
     "required_contracts",
+    "takes_timeout",
     "timing_bounds",
     "wait_until_blocked",
     "Peer",

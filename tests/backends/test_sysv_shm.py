@@ -47,7 +47,7 @@ from ipckit.testing import (
     as_user,
     signal_storm,
     spawn_peer,
-    timing_bounds,
+    takes_timeout,
 )
 from ipckit.testing.peers import kill_self, ready
 from ipckit.testing.workers import recv_messages
@@ -116,11 +116,8 @@ def test_installed_sysv_ipc_has_no_semaphore_timeouts_yet_waits_time_out() -> No
         t0 = time.monotonic()
         assert waker.wait(0.2) is False
         assert 0.19 <= time.monotonic() - t0 < 0.4
-        low, high = timing_bounds(0.3)
-        t0 = time.monotonic()
-        with pytest.raises(RecvTimeout):
+        with takes_timeout(0.3), pytest.raises(RecvTimeout):
             b.recv_bytes(timeout=0.3)
-        assert low <= time.monotonic() - t0 <= high
     assert isinstance(sysv_ipc.SEMAPHORE_TIMEOUT_SUPPORTED, bool)  # False on the PyPI 1.2.0 wheel
 
 
@@ -590,11 +587,8 @@ def test_v8_group_readable_semaphore_set_is_refused(name: str) -> None:
 def test_v7_signals_during_semtimedop_never_extend_the_deadline() -> None:
     a, b = ipckit.pair("sysv+shm", spin=False)
     with a, b, signal_storm(hz=200) as storm:
-        low, high = timing_bounds(0.5)
-        t0 = time.monotonic()
-        with pytest.raises(RecvTimeout):
+        with takes_timeout(0.5), pytest.raises(RecvTimeout):
             b.recv_bytes(timeout=0.5)
-        assert low <= time.monotonic() - t0 <= high
         assert storm.count >= 10
 
 

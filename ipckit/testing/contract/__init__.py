@@ -38,7 +38,7 @@ The classes carry no ``Test`` prefix, so pytest collects only the subclasses.  O
 ``waiting``        :class:`WaitContract` — always (``ipckit.wait``: channels, listeners, a peer process)
 ``aio``            :class:`AioContract` — always (``ipckit.aio`` on asyncio and uvloop, cancellation)
 ``required``       :func:`required_contracts`, the rule above
-``helpers``        :func:`timing_bounds`, :func:`wait_until_blocked` and what the mixins share
+``helpers``        :func:`timing_bounds`, :func:`takes_timeout`, :func:`wait_until_blocked` and what the mixins share
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from .cross_process import ChildEnds, CrossProcessContract
 from .duplex import DuplexContract
 from .fork import ForkContract
 from .framed_stream import FramedStreamContract
-from .helpers import timing_bounds, wait_until_blocked
+from .helpers import takes_timeout, timing_bounds, wait_until_blocked
 from .large_message import LargeMessageContract
 from .listener import ListenerContract
 from .one_way import OneWayContract
@@ -80,6 +80,7 @@ __all__ = [
     "ChildEnds",
     "ALL_CONTRACTS",
     "required_contracts",
+    "takes_timeout",
     "timing_bounds",
     "wait_until_blocked",
 ]

@@ -19,7 +19,7 @@ from ...errors import (
     EndpointNotFound,
     MessageTooLarge,
 )
-from .helpers import ResultThread, blob, timing_bounds, wait_until_blocked
+from .helpers import ResultThread, blob, takes_timeout, wait_until_blocked
 
 #: The two limits the hello tests give the ends, and a message between them.
 _SMALL = 64 * 1024
@@ -56,11 +56,8 @@ class ListenerContract:
 
     def test_accept_timeout(self) -> None:
         lst = self.own(ipckit.listen(self.fresh_url(), **self.options))
-        start = time.monotonic()
-        with pytest.raises(ChannelTimeout):
+        with takes_timeout(0.05), pytest.raises(ChannelTimeout):
             lst.accept(timeout=0.05)
-        low, high = timing_bounds(0.05)
-        assert low <= time.monotonic() - start <= high
 
     def test_close_removes_endpoint_and_name_is_reusable(self) -> None:
         url = self.fresh_url()
@@ -93,11 +90,8 @@ class ListenerContract:
         waiter = ResultThread(lambda: lst.accept(timeout=10.0), name="ipckit-blocked-accept")
         waiter.start()
         wait_until_blocked(waiter, ("_accept",))
-        start = time.monotonic()
-        with pytest.raises(ChannelTimeout):
+        with takes_timeout(0.1), pytest.raises(ChannelTimeout):
             lst.accept(timeout=0.1)
-        low, high = timing_bounds(0.1)
-        assert low <= time.monotonic() - start <= high
         lst.close()
         with pytest.raises(ChannelClosed):
             waiter.outcome()
