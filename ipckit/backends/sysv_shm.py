@@ -667,7 +667,10 @@ def _connect_segment(url: str, path: str, deadline: Deadline, mode: int) -> _Seg
         time.sleep(0.002)
     shmkey, shmid = record_int(fields, "shmkey"), record_int(fields, "shmid")
     semkey, semid = record_int(fields, "semkey"), record_int(fields, "semid")
-    nonce = int(fields.get("nonce", "x"), 16) if fields.get("nonce", "").isalnum() else None
+    try:
+        nonce: int | None = int(fields.get("nonce", ""), 16)
+    except ValueError:  # absent, or not hex ("zz" is alphanumeric too): a forged or foreign record
+        nonce = None
     if None in (shmkey, shmid, semkey, semid, nonce):
         raise IncompatibleEndpoint(f"{path!r} is not a complete ipckit endpoint file")
     assert shmkey is not None and shmid is not None and semkey is not None and semid is not None
