@@ -54,6 +54,7 @@ from ipckit.errors import (
     ConfigurationError,
     DecodeError,
     EndOfChannel,
+    IncompatibleEndpoint,
     InvalidAddress,
     IPCError,
     MessageTooLarge,
@@ -867,3 +868,145 @@ def test_zmq_channel_on_hostile_envelopes(tmp: str) -> None:
                 dealer.close(linger=0)
 
         run()
+
+
+# ============================================================================ rendezvous records
+#: The SysV schemes publish a listener in a one-line record file (``tag key=value ... end``,
+#: ipckit/backends/common/sysv.py RecordFormat) that connect() reads: a same-user peer (or a
+#: crash) may leave anything in it.
+RECORD_SCHEMES: Final = ["sysv+shm", "sysv+mq"]
+#: What connect() may raise on a forged record, by exact type: the record is not an endpoint of
+#: ours (IncompatibleEndpoint, also a stale or half-made one), names nothing (EndpointNotFound),
+#: or names objects that are not ours to open (PermissionDenied); or nobody answers in time.
+#: InvalidAddress too: sysv+mq takes its record's ``next`` field as a file name unchecked, so an
+#: overlong one is the open's ENAMETOOLONG (an ipckit error, if not the most telling one).
+_RECORD_ERRORS: Final = (IncompatibleEndpoint, ipckit.EndpointNotFound, ipckit.PermissionDenied,
+                         ipckit.ChannelTimeout, InvalidAddress)
+#: connect() timeout on a forged record (a half-made one is waited for until the deadline).
+RECORD_WAIT: Final = 0.05
+
+
+def _forged_record(original: str) -> st.SearchStrategy[str]:
+    """Mutations of a real record: fields dropped, duplicated or given hostile values (never a
+    number near a real SysV id or key: those could name another process's objects)."""
+    words = original.split()
+    tag, fields = words[0], [w for w in words[1:] if w != "end"]
+    hostile = st.sampled_from(["", "zz", "-1", "0", "x" * 300, "9" * 5000, "18446744073709551616", "0x10",
+                               "1e9", "\u0663", "=", "nan", "deadbeef" * 8])
+
+    @st.composite
+    def build(draw: st.DrawFn) -> str:
+        out = [draw(st.sampled_from([tag, tag, tag + "x", "ipckit-sysv-shm/2", "", "\ufffd"]))]
+        for f in fields:
+            key = f.partition("=")[0]
+            action = draw(st.sampled_from(["keep", "keep", "drop", "hostile", "twice", "bare"]))
+            if action == "keep":
+                out.append(f)
+            elif action == "hostile":
+                out.append(f"{key}={draw(hostile)}")
+            elif action == "twice":
+                out += [f, f"{key}={draw(hostile)}"]
+            elif action == "bare":
+                out.append(key)
+        if draw(st.booleans()):
+            out.append("end")
+        text = " ".join(out)
+        if draw(st.booleans()):
+            text += draw(st.text(max_size=20))
+        return text + "\n"
+
+    def one_field(index: int, value: str) -> str:
+        # The real record with one field's value replaced: gets past the checks of the others.
+        changed = list(fields)
+        changed[index] = f"{changed[index].partition('=')[0]}={value}"
+        return " ".join([tag, *changed, "end"]) + "\n"
+
+    return st.one_of(build(), st.builds(one_field, st.integers(0, len(fields) - 1), hostile),
+                     st.text(max_size=200), st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
+
+
+def _write_record(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _write_all(fd, text.encode("utf-8", "surrogateescape"))
+    finally:
+        os.close(fd)
+
+
+def _connect_forged(url: str, what: str) -> bool:
+    """connect() through a forged record: True if it attached anyway (a field it does not need
+    was forged), then closed at once; else one of the record errors, within the timeout."""
+    start = time.monotonic()
+    attached = False
+    try:
+        ipckit.connect(url, timeout=RECORD_WAIT).close()
+        attached = True
+    except _RECORD_ERRORS as exc:
+        assert type(exc) in _RECORD_ERRORS, f"{what}: {exc!r}"
+        event(f"connect: {type(exc).__name__}")
+    else:
+        event("connect: attached")
+    elapsed = time.monotonic() - start
+    assert elapsed < RECORD_WAIT + OVERRUN, f"{what}: connect(timeout={RECORD_WAIT}) took {elapsed:.3f} s"
+    return attached
+
+
+@pytest.mark.parametrize("scheme", RECORD_SCHEMES)
+def test_forged_records_of_a_live_listener(tmp: str, scheme: str) -> None:
+    """The record of a live listener overwritten with a forgery: connect() raises only the record
+    errors, within its timeout; with the real record put back, a client is served."""
+    url = f"{scheme}://{tmp}/ep"
+    path = f"{tmp}/ep"
+
+    @fuzz(50, slow_examples=True)
+    @given(st.data())
+    def run(data: st.DataObject) -> None:
+        with ipckit.listen(url, max_message_size=64 * 1024) as lst:
+            with open(path, encoding="ascii") as f:
+                original = f.read()
+            forged = data.draw(_forged_record(original), "record")
+            _write_record(path, forged)
+            attached = _connect_forged(url, f"{scheme} record {forged[:60]!r}")
+            _write_record(path, original)  # (before an accept, which publishes the next record)
+            if attached:
+                # That client connected and closed: accept() still hands it over (P12), ended.
+                with lst.accept(timeout=5.0) as gone, pytest.raises(EndOfChannel):
+                    gone.recv_bytes(timeout=5.0)
+            _round_trip(url, lst)
+
+    run()
+
+
+@pytest.mark.parametrize("scheme", RECORD_SCHEMES)
+def test_forged_records_without_a_listener(tmp: str, scheme: str) -> None:
+    """A forged record with nobody behind it (a crashed listener's, or planted by the same user):
+    connect() raises only the record errors in time, and listen() on the name either reclaims it
+    (then serves a client) or raises an ipckit error naming the problem."""
+    url = f"{scheme}://{tmp}/ep"
+    path = f"{tmp}/ep"
+    with ipckit.listen(url) as lst:  # a real record to mutate (its objects are gone after close)
+        with open(path, encoding="ascii") as f:
+            original = f.read()
+        _round_trip(url, lst)
+
+    @fuzz(50, slow_examples=True)
+    @given(_forged_record(original))
+    def run(forged: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        try:
+            _write_record(path, forged)
+            _connect_forged(url, f"{scheme} record {forged[:60]!r}")
+            try:
+                lst = ipckit.listen(url)
+            except (ipckit.EndpointExists, IncompatibleEndpoint, ipckit.PermissionDenied) as exc:
+                event(f"listen: {type(exc).__name__}")
+                return
+            event("listen: reclaimed")
+            with lst:
+                _round_trip(url, lst)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    run()
