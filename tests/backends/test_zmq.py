@@ -83,6 +83,17 @@ class _ZmqContract(ChannelContract, DuplexContract, PeerCloseContract, LargeMess
         pytest.skip("Z-3 (queued, not delivered): the model's invariant poll(0) == 'a message was sent' right "
                     "after send() does not hold while libzmq's I/O thread still carries the message")
 
+    def test_fileno_is_unsupported_and_says_what_to_use(self) -> None:
+        """ZMQ_FD is edge-triggered: no level-triggered descriptor exists, so fileno() refuses and
+        names ipckit.wait / ipckit.aio, which wait on every backend (zmq included)."""
+        a, b = self.make_pair()
+        with pytest.raises(UnsupportedOperation, match=r"edge-triggered.*ipckit\.wait.*ipckit\.aio"):
+            b.fileno()
+        assert not b.capabilities.selectable
+        a.send(1, timeout=5.0)
+        assert ipckit.wait([b], timeout=5.0) == [b]  # what the message points to works
+        assert b.recv(timeout=0) == 1
+
 
 class TestZmqIpc(_ZmqContract):
     scheme = "zmq+ipc"

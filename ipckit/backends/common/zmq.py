@@ -881,6 +881,18 @@ class ZmqChannel(Channel):
         finally:
             link.destroy(linger)
 
+    def _fileno(self) -> int:
+        # No level-triggered descriptor can be given without a thread per channel: a message
+        # arrives by libzmq's I/O thread, which runs no ipckit code, so nothing of ours could set a
+        # doorbell when it comes; and ZMQ_FD itself is edge-triggered (readable means "read
+        # ZMQ_EVENTS", which also resets it), so a level-triggered selector would either miss a
+        # message or (after the edge was consumed by a send or an EVENTS read) never wake again.
+        raise UnsupportedOperation(
+            f"{self._url} has no selectable descriptor: ZeroMQ's ZMQ_FD is edge-triggered (readable only means "
+            "'the socket's state changed', and any zmq call may consume that edge), so a selector or "
+            "loop.add_reader would miss messages; wait with ipckit.wait([channels...]) or use ipckit.aio, which "
+            "re-check poll(0) after every wake-up")
+
     def _fork_handed(self) -> None:
         # A zmq end cannot work in another process (libzmq is not fork-safe): the parent keeps it.
         pass
