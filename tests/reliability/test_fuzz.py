@@ -1010,3 +1010,54 @@ def test_forged_records_without_a_listener(tmp: str, scheme: str) -> None:
                 os.unlink(path)
 
     run()
+
+
+#: A POSIX shm:// endpoint is its segment in /dev/shm: connect() reads the header a creator
+#: wrote (magic, version, layout) before it maps anything.  The ring inside is fuzzed by
+#: tests/ring; this is the opener's look at a forged segment.
+SHM_FILE_PREFIX: Final = "/dev/shm/ipckit."
+
+
+def test_forged_shm_segments(tmp: str) -> None:
+    """A same-user file at a shm:// endpoint's segment name, holding a mutated real header (or
+    garbage) of any size: connect() raises IncompatibleEndpoint (or the other record errors)
+    within its timeout, and listen() on the name reclaims it (nobody holds it) and serves, or
+    refuses a file that is no ipckit segment (EndpointExists / IncompatibleEndpoint)."""
+    name = f"fuzz-{os.getpid()}-{os.path.basename(tmp)}"
+    url = f"shm://{name}"
+    path = SHM_FILE_PREFIX + name
+    with ipckit.listen(url, capacity=64 * 1024, max_message_size=16 * 1024) as lst:
+        with open(path, "rb") as f:
+            header = f.read(4096)
+        _round_trip(url, lst)
+
+    @fuzz(60, slow_examples=True)
+    @given(st.one_of(
+        st.lists(st.tuples(st.integers(0, 511), st.integers(1, 255)), min_size=1, max_size=4).map(
+            lambda flips: bytes(b ^ dict(flips).get(i, 0) for i, b in enumerate(header))),
+        st.just(header),
+        st.binary(max_size=512),
+    ), st.sampled_from([0, 100, 4096, 64 * 1024, 1 << 20]))
+    def run(image: bytes, size: int) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, max(size, len(image)))
+            os.pwrite(fd, image, 0)
+        finally:
+            os.close(fd)
+        try:
+            _connect_forged(url, f"shm segment of {size} bytes, header {image[:24]!r}")
+            try:
+                lst = ipckit.listen(url, capacity=64 * 1024, max_message_size=16 * 1024)
+            except (ipckit.EndpointExists, IncompatibleEndpoint) as exc:
+                # Not an ipckit segment (no magic of ours): a foreign object is never taken over.
+                event(f"listen: {type(exc).__name__}")
+                return
+            event("listen: reclaimed")
+            with lst:
+                _round_trip(url, lst)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    run()
