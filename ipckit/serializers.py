@@ -152,8 +152,23 @@ class MsgpackSerializer:
 
     def loads(self, data: memoryview) -> Any:
         # unpackb bounds every container and string length by len(data) itself, so a forged
-        # "4 billion elements" header fails fast instead of allocating (msgpack >= 1.0).
-        return self._unpackb(data, raw=False, strict_map_key=True)
+        # "4 billion elements" header fails fast instead of allocating (msgpack >= 1.0).  An
+        # extension type is refused (the channel's DecodeError): without the hook unpackb hands
+        # the peer's ExtType objects to the application, which the types above do not include.
+        # (msgpack's own timestamp type, -1, never reaches the hook: it decodes to a Timestamp.)
+        return self._unpackb(data, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
+
+
+def _finite(text: str) -> float:
+    # "1e999" is valid JSON syntax but float() makes it inf, which the refusal of Infinity covers.
+    value = float(text)
+    if value - value != 0.0:
+        raise ValueError(f"{text[:40]} is out of the range of a float (Infinity is not valid JSON)")
+    return value
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} ({len(data)} bytes): ipckit's msgpack carries no extension types")
 
 
 class JsonSerializer:
@@ -176,7 +191,7 @@ class JsonSerializer:
         def refuse(value: str) -> Any:
             raise ValueError(f"{value} is not valid JSON")
 
-        return self._loads(bytes(data), parse_constant=refuse)
+        return self._loads(bytes(data), parse_constant=refuse, parse_float=_finite)
 
 
 class RawSerializer:
