@@ -98,7 +98,6 @@ from ..errors import (
     PermissionDenied,
     ProtocolError,
     ResourceExhausted,
-    UnsupportedOperation,
     from_oserror,
 )
 from ..limits import KernelLimit, sysctl
@@ -108,6 +107,7 @@ from .common import paths as _paths
 from .common import posix as _locks
 from .common.paths import NAME_RE
 from .common.queue import MIN_FRAGMENT, QueueChannel, QueueTransport, ReplySpin
+from .common.ring import doorbell as _bell
 from .common.sysv import (
     IPC_NOWAIT,
     RecordFormat,
@@ -158,14 +158,27 @@ if os.environ.get("IPCKIT_PURE_PYTHON", "") not in ("", "0"):
     _fast = None  # type: ignore[assignment]
 _WAKE: Final = 2
 
-_RECORD: Final = RecordFormat(tag="ipckit-sysv-mq/2", what="sysv+mq", nsems=0, alive=(), locked=(0, 1))
+def _bell_files(nonce: str) -> tuple[str, str, str]:
+    """The doorbell files of the channel *nonce*: role 0's FIFO, role 1's, the shared flags."""
+    name = f"sysvmq-{nonce}"
+    return (_bell.bell_path(name, 0), _bell.bell_path(name, 1),
+            os.path.join(_bell.BELL_DIR, f"ipckit.bell.{name}.flags"))
+
+
+def _recorded_bells(fields: dict[str, str]) -> tuple[str, ...]:
+    nonce = fields.get("nonce", "")
+    return _bell_files(nonce) if nonce.isalnum() else ()
+
+
+_RECORD: Final = RecordFormat(tag="ipckit-sysv-mq/2", what="sysv+mq", nsems=0, alive=(), locked=(0, 1),
+                              files=_recorded_bells)
 _DIR_WHAT: Final = "a sysv+mq:// rendezvous directory"
 
 _CAPS: Final = Capabilities(
     duplex=True,
     message_oriented=True,
     max_message_size=None,  # fragmented: only max_message_size applies
-    selectable=False,  # a SysV queue has no descriptor
+    selectable=True,  # a doorbell FIFO per end (see "Doorbell" in the module docstring)
     detects_peer_close=True,
     named=True,
     anonymous_pair=True,
@@ -247,7 +260,8 @@ class SysvQueueTransport(QueueTransport):
     peer never sees a gap.
     """
 
-    def __init__(self, url: str, mq: Any, fd: int, role: int, ref: ChannelRef) -> None:
+    def __init__(self, url: str, mq: Any, fd: int, role: int, ref: ChannelRef,
+                 bell_fds: tuple[int, int] | None = None) -> None:
         self.url = url
         self.mq = mq
         self.fd = fd
@@ -294,6 +308,26 @@ class SysvQueueTransport(QueueTransport):
         self._view: tuple[bytearray, memoryview] | None = None
         self._peer_closed = False
         self.handed_off = False  # set by the channel before close(): release only, say nothing
+        # The doorbell (module docstring): our FIFO's read end (opened before any peer opens it
+        # to ring, so that its hang-up is seen), the peer's FIFO held open to ring it (and, by
+        # being held, to hang up when this process dies), and the shared sleeping words.
+        self._bell_paths = _bell_files(ref.nonce)
+        self._bell_r, self._bell_w = bell_fds if bell_fds is not None else (-1, -1)
+        self._flags: _bell.BellFlags | None = None
+        try:
+            self._flags = _bell.BellFlags(self._bell_paths[2], False)
+            if self._bell_r < 0:
+                self._bell_r = _bell.open_fifo(self._bell_paths[role], os.O_RDONLY)
+        except OSError as exc:
+            self._drop_bell()
+            if not isinstance(exc, (FileNotFoundError, PermissionError)):
+                raise from_oserror(exc, f"opening the doorbell of {url}") from exc
+            raise IncompatibleEndpoint(f"{url}: its doorbell files in {_bell.BELL_DIR} are missing or not ours "
+                                       f"({exc}); a channel made by an older ipckit? Make a new one") from exc
+        self._words = self._flags.words
+        self._peer_word = 1 - role
+        #: fileno() was called: our word stays BELL, every receive keeps the FIFO's level.
+        self._sticky = self._words[role] == _bell.BELL
 
     # -- moving fragments ------------------------------------------------------------------
     # Both directions share the queue's msgmnb bytes.  Unchecked, one direction's backlog would
@@ -331,6 +365,8 @@ class SysvQueueTransport(QueueTransport):
             code = -sent[0]
             if not code:
                 self._wake_peer.adjust(1, [])
+                if self._words[self._peer_word]:  # (a memory load: the peer's fileno() armed it)
+                    self._ring_peer()
                 return True
             if code == errno.EAGAIN:  # (another program's messages fill the queue): the credit back
                 self._give_out.adjust(n, [])
@@ -342,6 +378,8 @@ class SysvQueueTransport(QueueTransport):
             try:
                 sent.extend(map(self._send, (piece,), flag, kind))
                 self._wake_peer.adjust(1, [])  # (a failure, e.g. ERANGE of a saturated hint, changes nothing)
+                if self._words[self._peer_word]:
+                    self._ring_peer()
                 return True
             except self._busy:  # (another program's messages fill the queue): the credit back
                 self._give_out.adjust(n, [])
@@ -460,7 +498,73 @@ class SysvQueueTransport(QueueTransport):
         except BaseException:
             self._stash = data  # not delivered: the next get() returns it
             raise
+        if self._sticky:
+            self._settle()
         return n
+
+    # -- the doorbell --------------------------------------------------------------------------
+    def attach_peer(self) -> None:
+        """Open the peer's FIFO to ring it (after the peer opened its read end: see the module
+        docstring); a peer that is gone or not there yet is tried again at the next ring."""
+        if self._bell_w < 0:
+            try:
+                self._bell_w = _bell.open_fifo(self._bell_paths[1 - self.role], os.O_RDWR)
+            except OSError:
+                pass
+
+    def _ring_peer(self) -> None:
+        if self._bell_w < 0:
+            self.attach_peer()
+        if self._bell_w >= 0:
+            _bell.ring_fd(self._bell_w)  # (O_RDWR: never EPIPE, never SIGPIPE)
+
+    def _ring_self(self) -> None:
+        # A descriptor opened for this one write: holding a writer of our own FIFO would hide
+        # the peer's hang-up.
+        try:
+            fd = _bell.open_fifo(self._bell_paths[self.role], os.O_WRONLY)
+        except OSError:
+            return
+        try:
+            _bell.ring_fd(fd)
+        finally:
+            os.close(fd)
+
+    def _settle(self) -> None:
+        """After a receive while watched: the FIFO readable exactly while a fragment waits.  A
+        fragment found is taken into the stash (the next get() returns it) and its ring left in
+        place; with none, the rings are drained and the queue asked again, so a fragment put
+        during the drain is never left without a ring."""
+        try:
+            if self._peek() == 0:
+                return
+            _bell.drain_fd(self._bell_r)
+            if self._peek() == 0:
+                self._ring_self()
+        except IPCError:
+            self._ring_self()  # the next receive raises it: a selector must wake to see it
+
+    def fileno(self) -> int:
+        """Our doorbell FIFO, armed for good: readable while a fragment waits for this end, and
+        (hang-up) once the peer closed or died.  From now on the peer rings after every fragment
+        (one write) and each receive here settles the level (a read and a queue look)."""
+        if self._bell_r < 0:
+            raise ChannelClosed(f"fileno on {self.url}: this end was released")
+        if not self._sticky:
+            self._sticky = True
+            self._words[self.role] = _bell.BELL
+            self._settle()  # what was queued before the arm rang nothing
+        return self._bell_r
+
+    def _drop_bell(self) -> None:
+        for attr in ("_bell_r", "_bell_w"):
+            fd = getattr(self, attr)
+            setattr(self, attr, -1)
+            if fd >= 0:
+                os.close(fd)
+        flags, self._flags = self._flags, None
+        if flags is not None:
+            flags.close()
 
     def waiting(self) -> int:
         """Kernel messages in the queue, both directions (one ``IPC_STAT``)."""
@@ -509,18 +613,15 @@ class SysvQueueTransport(QueueTransport):
             self._peer_closed = f"closed{1 - self.role}".encode() in words
         return self._peer_closed
 
-    def fileno(self) -> int:
-        raise UnsupportedOperation(
-            f"{self.url} has no selectable descriptor: a SysV message queue is not a file; use poll(timeout) "
-            "(it waits without a busy loop), or mq:// or unix:// where a selector or asyncio must watch the channel"
-        )
-
     # -- leaving -----------------------------------------------------------------------------
     def release(self) -> None:
         """Drop this process's copy only (handed over, or a forked copy): close, never unlock."""
         fd, self.fd = self.fd, -1
-        if fd >= 0:
-            os.close(fd)
+        try:
+            if fd >= 0:
+                os.close(fd)
+        finally:
+            self._drop_bell()
 
     def close(self) -> None:
         """This end is done: give up its lock, and remove queue and record if the peer is gone too.
@@ -553,14 +654,15 @@ class SysvQueueTransport(QueueTransport):
     def handoff(self) -> tuple[Sequence[int], tuple[Any, ...]]:
         if self.fd < 0:
             raise TypeError(f"{self.url}: this end was released and cannot be handed over")
-        return [self.fd], (self.url, self.ref, self.role)
+        fds = [self.fd, self._bell_r] + ([self._bell_w] if self._bell_w >= 0 else [])
+        return fds, (self.url, self.ref, self.role)
 
     @classmethod
     def rebuild(cls, fds: Sequence[int], state: tuple[Any, ...]) -> SysvQueueTransport:
         url, ref, role = state
         # The parent checked the queue's mode against its options; the owner is checked again.
         mq = open_queue(url, ref.msgkey, ref.msgid, 0o777, missing=EndpointNotFound)
-        return cls(url, mq, fds[0], role, ref)
+        return cls(url, mq, fds[0], role, ref, (fds[1], fds[2] if len(fds) > 2 else -1))
 
 
 @final
@@ -594,6 +696,8 @@ def remove_channel(ref: ChannelRef) -> None:
             pass
     if owned_row("sem", ref.semid, ref.semkey) is not None:
         sem_remove(ref.semid)
+    for extra in _bell_files(ref.nonce):
+        _paths.unlink_quiet(extra)
     _RECORD.unlink_if_ours(ref.path, ref.nonce)
     directory = os.path.dirname(ref.path)
     if directory in registry_candidates():
@@ -632,7 +736,14 @@ def _create_channel(directory: str, url: str, mode: int, limit: int) -> tuple[Sy
     fd = _new_record(path)
     mq: Any = None
     semid = -1
+    bells = _bell_files(nonce)
     try:
+        try:
+            for fifo in bells[:2]:
+                _bell.make_fifo(fifo)
+            _bell.BellFlags(bells[2], True).close()
+        except OSError as exc:
+            raise from_oserror(exc, f"creating the doorbell files of a {url} channel in {_bell.BELL_DIR}") from exc
         limits = msg_limits()
         credit = min(limits["msgmnb"] // 2, _SEMVMX)
         if credit < MIN_FRAGMENT:
@@ -657,6 +768,8 @@ def _create_channel(directory: str, url: str, mode: int, limit: int) -> tuple[Sy
                 pass
         if semid >= 0:
             sem_remove(semid)
+        for extra in bells:
+            _paths.unlink_quiet(extra)
         _paths.unlink_quiet(path)
         os.close(fd)
         raise
@@ -809,6 +922,7 @@ class SysvMqListener(Listener):
         try:
             if cmax is None:
                 raise ProtocolError(f"{self._url}: a client claimed a channel without its max_message_size")
+            t.attach_peer()  # (the client opened its FIFO before its claim)
             return SysvMqChannel(self._url, self._options, t, peer_max=cmax)
         except BaseException:
             t.close()
@@ -883,6 +997,7 @@ def _try_claim(url: str, path: str, options: Options) -> SysvMqChannel | None:
     finally:
         os.close(fd)
     cpath = locate_record(f"mq.{nonce}")
+    t: SysvQueueTransport | None = None
     try:
         cfd = _open_rw(cpath)
     except FileNotFoundError:
@@ -899,10 +1014,16 @@ def _try_claim(url: str, path: str, options: Options) -> SysvMqChannel | None:
         mq = open_queue(url, ref.msgkey, ref.msgid, options.mode)
         if int(mq.current_messages):
             raise _Busy("the listener's channel received data from a writer below ipckit")
-        _claim(cfd, cfields, options.max_message_size)
+        # Our FIFO's read end is opened (by the transport) before the claim: the listener opens
+        # it to ring only after it saw the claim, so its death hangs our FIFO up.
         t = SysvQueueTransport(url, mq, cfd, 1, ref)
+        _claim(cfd, cfields, options.max_message_size)
+        t.attach_peer()
     except BaseException:
-        os.close(cfd)  # (our lock on byte 1 goes with the description)
+        if t is not None:
+            t.release()
+        else:
+            os.close(cfd)  # (our lock on byte 1 goes with the description)
         raise
     try:
         return SysvMqChannel(url, options, t, peer_max=server_max)
@@ -995,6 +1116,8 @@ class SysvMqBackend(Backend):
             except BaseException:
                 os.close(fd)
                 raise
+            ta.attach_peer()
+            tb.attach_peer()
             b = SysvMqChannel(url, opts, tb, peer_max=opts.max_message_size)
         except BaseException:
             a.close()

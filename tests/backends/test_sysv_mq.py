@@ -46,6 +46,7 @@ from ipckit.testing import (
     PeerDeathContract,
     PeerExitContract,
     SecurityContract,
+    SelectableContract,
     WaitContract,
     as_user,
     signal_storm,
@@ -61,7 +62,7 @@ pytestmark = pytest.mark.timeout(60)
 
 class TestSysvMq(ChannelContract, DuplexContract, PeerCloseContract, LargeMessageContract, CrossProcessContract,
                  PeerDeathContract, ListenerContract, SecurityContract, PeerExitContract, ForkContract,
-                 WaitContract, AioContract):
+                 WaitContract, AioContract, SelectableContract):
     scheme = "sysv+mq"
 
     def url_in(self, directory: str) -> str:

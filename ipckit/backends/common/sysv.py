@@ -804,6 +804,9 @@ class RecordFormat:
     #: Liveness by OFD locks instead of semaphores: the bytes of the record file each end holds
     #: an OFD lock on (``sysv+mq``); while any is held, the record is live.  ``alive`` is then ().
     locked: tuple[int, ...] = ()
+    #: Files beside the SysV objects a record implies (sysv+mq's doorbell FIFOs and flags, named
+    #: by its nonce), removed with them when the record is reclaimed.
+    files: Callable[[dict[str, str]], tuple[str, ...]] | None = None
 
     def read(self, fd: int, path: str) -> dict[str, str]:
         """Owner-checked fields of an open record: ``{}`` while empty, ``{"foreign": "1"}`` for
@@ -888,6 +891,9 @@ class RecordFormat:
             if dry_run:
                 return True
             remove_recorded(fields)
+            if self.files is not None:
+                for extra in self.files(fields):
+                    _paths.unlink_quiet(extra)
             if os.path.lexists(path) and os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
                 _paths.unlink_quiet(path)
             return True

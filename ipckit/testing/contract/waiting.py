@@ -19,7 +19,7 @@ import pytest
 import ipckit
 
 from ...channel import Channel, Listener
-from ...errors import ChannelClosed, EndOfChannel, UnsupportedOperation
+from ...errors import ChannelClosed, EndOfChannel, PeerDied, UnsupportedOperation
 from ...options import Capabilities
 from ...waiting import wait
 from .. import workers
@@ -184,3 +184,50 @@ class WaitContract(ChildEnds):
             sel.unregister(b)
         with pytest.raises(EndOfChannel):
             b.recv(timeout=0)
+
+    def _selectable_peer(self) -> None:
+        if not self.caps.selectable:
+            pytest.skip("not capabilities.selectable: a selector is not promised to see a peer's death")
+        if not (self.caps.cross_process and (self.caps.inheritable or self.caps.named)):
+            pytest.skip("no peer process to kill")
+
+    def test_fileno_readable_on_peer_death(self) -> None:
+        """``capabilities.selectable``: a selector already sleeping on ``fileno()`` wakes when the
+        peer is SIGKILLed (no message, no goodbye), and ``recv`` then raises PeerDied."""
+        self._selectable_peer()
+        _, theirs, finish = self.child_end()
+        with spawn_peer(workers.recv_messages, theirs, 1) as peer:
+            ch = finish()
+            peer.wait_ready()
+            with selectors.DefaultSelector() as sel:
+                sel.register(ch.fileno(), selectors.EVENT_READ)
+                assert sel.select(0) == []
+                waiter = ResultThread(lambda: sel.select(10.0), name="ipckit-select")
+                waiter.start()
+                wait_until_blocked(waiter, names=("select", "poll"))
+                killed_at = time.monotonic()
+                peer.kill()
+                assert len(waiter.outcome(10.0)) == 1
+                assert waiter.finished_at - killed_at < 3.0
+            assert peer.wait_exit() == -9
+            with pytest.raises(PeerDied):
+                ch.recv(timeout=5.0)
+
+    def test_fileno_after_peer_sent_and_died(self) -> None:
+        """A peer that sent and was SIGKILLed: readable for each message, still readable once they
+        are all received (the death waits), then PeerDied."""
+        self._selectable_peer()
+        _, theirs, finish = self.child_end()
+        with spawn_peer(workers.send_then_kill, theirs, [b"one", b"two"]) as peer:
+            ch = finish()
+            fd = ch.fileno()  # before the peer sends: its sends ring what a selector sees
+            peer.wait_ready()
+            assert peer.wait_exit() == -9
+            with selectors.DefaultSelector() as sel:
+                sel.register(fd, selectors.EVENT_READ)
+                for expected in (b"one", b"two"):
+                    assert len(sel.select(5.0)) == 1
+                    assert ch.recv_bytes(timeout=0) == expected
+                assert len(sel.select(5.0)) == 1
+            with pytest.raises(PeerDied):
+                ch.recv_bytes(timeout=0)

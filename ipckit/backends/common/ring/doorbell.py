@@ -30,7 +30,8 @@ import threading
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["BELL", "FifoBell", "ring_fifo", "ring_once", "bell_path"]
+__all__ = ["BELL", "FifoBell", "ring_fifo", "ring_once", "bell_path", "make_fifo", "open_fifo", "drain_fd", "ring_fd",
+           "BellFlags"]
 
 #: The ``reader_sleeping`` value of a reader sleeping in ``ipckit.wait`` (the kit's waits use 1).
 BELL: Final = 2
@@ -72,17 +73,8 @@ class FifoBell:
         return self._fd
 
     def _open(self) -> int:
-        try:
-            os.mkfifo(self.path, 0o600)
-            self._made = True
-        except FileExistsError:
-            pass  # an earlier holder of this end (handed over to us) made it
-        fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
-        st = os.fstat(fd)
-        if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid():
-            os.close(fd)  # someone else's object under our name: never read or trust it
-            raise PermissionError(errno.EPERM, f"{self.path} is not this user's FIFO")
-        return fd
+        self._made = make_fifo(self.path)
+        return open_fifo(self.path, os.O_RDWR)
 
     def arm(self) -> None:
         with self._lock:
@@ -128,13 +120,8 @@ class FifoBell:
                     pass
 
     def drain(self) -> None:
-        if self._fd < 0:
-            return
-        try:
-            while os.read(self._fd, 4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        if self._fd >= 0:
+            drain_fd(self._fd)
 
     def close(self, unlink: bool) -> None:
         """Release the FIFO; *unlink*: this process owns the end (not a handed-over copy).
@@ -185,3 +172,88 @@ def ring_once(path: str) -> None:
     fd = ring_fifo(path, -1)
     if fd >= 0:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------- shared pieces
+# Also used by sysv+mq:// (its queue has no shared memory for the sleeping word: BellFlags).
+def make_fifo(path: str) -> bool:
+    """Make the FIFO *path* (0600) unless it exists; True if this call made it."""
+    try:
+        os.mkfifo(path, 0o600)
+    except FileExistsError:
+        return False  # an earlier holder of this end (handed over to us) made it
+    return True
+
+
+def open_fifo(path: str, flags: int) -> int:
+    """Open the FIFO *path* non-blocking with *flags* (``O_RDWR``, ``O_RDONLY``), never through a
+    symlink, and only if it is this user's FIFO.
+
+    Raises:
+        PermissionError: something else is under the name.
+        OSError: the kernel's (FileNotFoundError: no such FIFO).
+    """
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    st = os.fstat(fd)
+    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)  # someone else's object under our name: never read or trust it
+        raise PermissionError(errno.EPERM, f"{path} is not this user's FIFO")
+    return fd
+
+
+def drain_fd(fd: int) -> None:
+    """Read every pending ring of the FIFO *fd* (non-blocking)."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+def ring_fd(fd: int) -> None:
+    """One ring into the FIFO *fd*; a full FIFO is rung already."""
+    try:
+        os.write(fd, b"\0")
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+class BellFlags:
+    """The sleeping words of a channel's two ends in a small shared file (``mmap``): for a
+    transport with no shared memory of its own (sysv+mq://).  Word *role* is BELL while that end
+    is armed; its peer loads the word after each send (a memory load: no system call) and rings
+    only then.  *create*: make the file (exclusive, 0600); else open the existing one (checked:
+    this user's regular file, not a symlink)."""
+
+    SIZE: Final = 8
+
+    def __init__(self, path: str, create: bool) -> None:
+        import mmap
+
+        self.path = path
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | ((os.O_CREAT | os.O_EXCL) if create else 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                raise PermissionError(errno.EPERM, f"{path} is not this user's file")
+            if create:
+                os.ftruncate(fd, self.SIZE)
+            elif st.st_size < self.SIZE:
+                raise PermissionError(errno.EPERM, f"{path} is not a doorbell flags file")
+            self.words = mmap.mmap(fd, self.SIZE)
+        except BaseException:
+            os.close(fd)
+            if create:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            raise
+        os.close(fd)
+
+    def close(self) -> None:
+        try:
+            self.words.close()
+        except (BufferError, ValueError):
+            pass
