@@ -878,6 +878,7 @@ class ProcessPoolExecutor(Executor):
         ch, proc = slot.channel, slot.proc
         assert ch is not None and proc is not None
         recv, inflight, lock = ch.recv, slot.inflight, self._lock
+        monotonic = time.monotonic
         exited = False
         while True:
             try:
@@ -899,14 +900,15 @@ class ProcessPoolExecutor(Executor):
                 return False
             kind = msg[0]
             if kind <= _RAISED:
-                now = time.monotonic()
+                now = monotonic()
                 with lock:
                     item = inflight.popleft()
                     if slot.ready:
                         # How long this task took: the credit keeps ~QUEUE_BUDGET of work queued.
-                        slot.ewma = 0.75 * slot.ewma + 0.25 * (now - slot.head_since)
-                        slot.credit = max(2, min(MAX_WINDOW, int(QUEUE_BUDGET / slot.ewma) + 1)
-                                          if slot.ewma > 0 else MAX_WINDOW)
+                        # (Written out: this runs once per answer, on the path every task takes.)
+                        ewma = slot.ewma = 0.75 * slot.ewma + 0.25 * (now - slot.head_since)
+                        credit = int(QUEUE_BUDGET / ewma) + 1 if ewma > 0 else MAX_WINDOW
+                        slot.credit = 2 if credit < 2 else MAX_WINDOW if credit > MAX_WINDOW else credit
                     slot.head_since = now
                 if kind == _OK:
                     item.future.set_result(msg[1])
