@@ -134,6 +134,17 @@ class TestMq(ChannelContract, DuplexContract, PeerCloseContract, SelectableContr
              ForkContract, WaitContract, AioContract):
     scheme = "mq"
 
+    _NO_DEATH_EDGE = ("known gap: mq://'s fileno() (the queue's descriptor plus the kit's eventfd) does not become "
+                      "readable when the peer is SIGKILLed; poll(), ipckit.wait and ipckit.aio see the death")
+
+    @pytest.mark.xfail(strict=True, reason=_NO_DEATH_EDGE)
+    def test_fileno_readable_on_peer_death(self) -> None:
+        super().test_fileno_readable_on_peer_death()
+
+    @pytest.mark.xfail(strict=True, reason=_NO_DEATH_EDGE)
+    def test_fileno_after_peer_sent_and_died(self) -> None:
+        super().test_fileno_after_peer_sent_and_died()
+
     def raw_client(self, url: str):  # type: ignore[no-untyped-def]
         name = "/ipckit." + url.removeprefix("mq://")
 
