@@ -498,3 +498,65 @@ def test_msgmni_exhaustion_is_resource_exhausted_naming_the_limit(tmp_path: Any)
     assert "kernel.msgmni" in message and "sysctl -w kernel.msgmni" in message
     assert lines["RECORDS"] == "3"  # the failed pair() left no record ...
     assert lines["QUEUES"] == "0" and lines["SEMS"] == "0"  # ... and closing removed everything
+
+
+# --------------------------------------------------------------------------- the doorbell (fileno)
+def _bell_files_exist(nonce: str) -> list[bool]:
+    return [os.path.lexists(p) for p in sysv_mq._bell_files(nonce)]
+
+
+def _peer_holds_then_dies(end: Any) -> None:
+    ch = end
+    ch.fileno()  # armed: this end's word is BELL in the shared flags page
+    ready()
+    kill_self()
+
+
+def test_doorbell_files_go_with_the_last_end_after_a_peer_was_killed() -> None:
+    a, b = ipckit.pair("sysv+mq://")
+    nonce = _ends(a).ref.nonce
+    assert _bell_files_exist(nonce) == [True, True, True]
+    with a, spawn_peer(_peer_holds_then_dies, b) as peer:
+        b.close()  # the child has its own copy
+        peer.wait_ready()
+        assert peer.wait_exit() == -9
+        with pytest.raises(PeerDied):
+            a.recv(timeout=5.0)
+    # The last end removed all three (at the latest at close; the kit releases a drained end early).
+    assert _bell_files_exist(nonce) == [False, False, False]
+
+
+_BOTH_ENDS_DIE = r"""
+import os, signal, sys
+import ipckit
+a, b = ipckit.pair("sysv+mq://")
+a.fileno(); b.fileno()
+a.send(1, timeout=5.0)
+print(a._t.ref.nonce, a._t.ref.path, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_doorbell_files_of_a_killed_process_are_removed_by_cleanup() -> None:
+    proc = subprocess.run([sys.executable, "-c", _BOTH_ENDS_DIE], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    nonce, path = proc.stdout.split()
+    assert _bell_files_exist(nonce) == [True, True, True]
+    assert os.path.basename(path) in sysv_mq.cleanup_stale(os.path.dirname(path))
+    assert _bell_files_exist(nonce) == [False, False, False]
+    assert not os.path.exists(path)
+
+
+def test_unwatched_send_rings_nothing() -> None:
+    """Without fileno() the peer's word stays 0: sends never write the FIFO (the fast path)."""
+    a, b = ipckit.pair("sysv+mq://")
+    with a, b:
+        for i in range(20):
+            a.send(i, timeout=5.0)
+            assert b.recv(timeout=5.0) == i
+        r = _ends(b)._bell_r
+        with pytest.raises(BlockingIOError):
+            os.read(r, 1)  # nothing was rung
+        b.fileno()
+        a.send(-1, timeout=5.0)
+        assert os.read(r, 16)  # watched: the send rang
