@@ -10,7 +10,8 @@ How each object is waited for (:func:`_source`):
   stream's read-ahead, zmq's inbox, a ring record under the reader): then the descriptor says
   nothing although a message waits.  So every round starts with ``poll(0)`` on each object, and
   the descriptors are only slept on when none is ready.
-* **A descriptor** (``capabilities.selectable``: pipe, fifo, unix, mq): ``fileno()`` is slept on
+* **A descriptor** (``capabilities.selectable``: pipe, fifo, unix, mq, sysv+mq -- the last through
+  its doorbell FIFO, armed for good by ``fileno()``): ``fileno()`` is slept on
   with :func:`select.poll`.  Readiness is then confirmed by the next round's ``poll(0)``.
 * **A doorbell** (``_doorbell()``, a channel hook: shm://, sysv+shm://, memory://): a descriptor
   the sender rings only while this receiver has declared that it sleeps in a wait
@@ -20,8 +21,9 @@ How each object is waited for (:func:`_source`):
 * **zmq** (``zmq.FD`` of the channel's socket): edge-triggered, it only says "the socket's state
   changed"; the next round's ``poll(0)`` reads ``zmq.EVENTS`` (which also re-arms the edge), so
   a wake-up without a message just sleeps again.  The socket's FD does not see the monitor's
-  disconnect events, so zmq waits are sliced (:data:`_SLICE`).
-* **Nothing to sleep on** (sysv+mq://, a listener without a descriptor): a bounded poll loop,
+  disconnect events, so zmq waits are sliced (:data:`_SLICE`).  (zmq's ``fileno()`` raises
+  UnsupportedOperation for that reason: this edge handling is ipckit.wait's own.)
+* **Nothing to sleep on** (a listener without a descriptor): a bounded poll loop,
   ``poll(0)`` with a sleep that grows from 50 us to 10 ms between rounds (:data:`_BACKOFF`), so
   an idle wait costs ~100 wake-ups a second and a busy one answers within tens of microseconds.
 

@@ -40,9 +40,17 @@ Features:
     gets a new one, and what a crashed run left is removed (next ``listen()`` on the name, or
     ``ipckit cleanup``), never attached to.
 
-    No descriptor: a SysV queue is not a file, so there is nothing a selector could watch.
-    ``fileno()`` raises UnsupportedOperation naming the alternatives (``poll(timeout)``, which
-    waits without busy-looping, or ``mq://`` / ``unix://``), as ``sysv+shm://`` does.
+    Doorbell (``fileno()``; docs/aio.md): a SysV queue is not a file, so each end has a FIFO
+    (``/dev/shm/ipckit.bell.sysvmq-<nonce>.<role>``), and both ends map an 8-byte flags file
+    (``...flags``: word *role* set while that end is watched, ring/doorbell.py BellFlags).  A
+    sender loads its peer's word after each fragment and writes the peer's FIFO only when set, so
+    an unwatched channel makes no extra call.  ``fileno()`` sets our word for good; each receive
+    then settles the FIFO's level (readable exactly while a fragment waits).  Each end opens its
+    own FIFO for reading when made and holds its peer's open ``O_RDWR`` once the peer's read end
+    exists (after the claim; in pair() at once): when the peer's process ends, cleanly or by
+    SIGKILL, our FIFO hangs up, which selectors report readable.  The descriptors travel with a
+    hand-off (so it never hangs up).  The files are made with the channel and removed with its
+    queue (the last end, ``remove_channel``; a sweep through ``RecordFormat.files``).
 
 Rendezvous (``listen``/``connect``):
     The listener's record (``ep.<name>`` in the registry directory, or the path given) holds its

@@ -19,6 +19,11 @@ Lost rings: arm is a store followed by a load of the ring counter, publish a sto
 load of the flag; x86 may reorder each pair (protocol.py), so a ring can be lost in a window of
 nanoseconds.  The waits that arm a bell sleep in bounded slices (``ipckit.waiting``), so a lost
 ring costs one slice, never a hang.
+
+The helpers at the end (:func:`make_fifo`, :func:`open_fifo`, :func:`drain_fd`, :func:`ring_fd`,
+:class:`BellFlags`) are shared with ``sysv+mq://``, whose queue has no shared memory for the
+sleeping word (sysv_mq.py: the flags live in a small mapped file; its FIFOs also hang up when
+the peer's process ends).
 """
 
 from __future__ import annotations
