@@ -755,10 +755,6 @@ def test_zmq_listener_survives_hostile_hellos(tmp: str) -> None:
         run()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG (zmq kit, not fixed here): decode_json catches ValueError only, so a hello "
-                          "nested past the recursion limit raises RecursionError in the listener's thread, "
-                          "which dies: every later connect() gets EndpointNotFound")
 def test_zmq_listener_survives_a_deeply_nested_hello(tmp: str) -> None:
     url = f"zmq+ipc://{_zmq_listener_path(tmp)}"
     died: list[BaseException | None] = []

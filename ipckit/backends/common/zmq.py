@@ -916,7 +916,7 @@ def encode_json(obj: dict[str, Any]) -> bytes:
 def decode_json(data: bytes) -> dict[str, Any] | None:
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # (a hello nested past the recursion limit)
         return None
     return obj if isinstance(obj, dict) else None
 
