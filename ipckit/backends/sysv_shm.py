@@ -678,6 +678,8 @@ def _connect_segment(url: str, path: str, deadline: Deadline, mode: int) -> _Seg
         shm = sysv_ipc.SharedMemory(shmkey)
     except sysv_ipc.Error as exc:  # gone: a stale endpoint; or not ours
         raise sysv_error(exc, f"{url}: opening its segment", missing=IncompatibleEndpoint) from exc
+    except (ValueError, TypeError) as exc:  # a forged key: 0 (IPC_PRIVATE) or out of key_t's range
+        raise IncompatibleEndpoint(f"{path!r} records an invalid segment key {shmkey}") from exc
     if int(shm.id) != shmid:
         _detach_quiet(shm)
         raise IncompatibleEndpoint(f"{url}: another segment now uses its key (stale endpoint)")
