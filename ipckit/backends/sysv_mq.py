@@ -559,10 +559,19 @@ class SysvQueueTransport(QueueTransport):
         if self._bell_r < 0:
             raise ChannelClosed(f"fileno on {self.url}: this end was released")
         if not self._sticky:
-            self._sticky = True
-            self._words[self.role] = _bell.BELL
-            self._settle()  # what was queued before the arm rang nothing
+            self.arm(True)
         return self._bell_r
+
+    def arm(self, settle: bool) -> None:
+        """Watched from now on.  *settle*: the caller holds the receive lock, so the queue may be
+        looked at (what was queued before the arm rang nothing); else a ring of our own makes the
+        FIFO readable at once and the receiving thread's next take settles it."""
+        self._sticky = True
+        self._words[self.role] = _bell.BELL
+        if settle:
+            self._settle()
+        else:
+            self._ring_self()
 
     def _drop_bell(self) -> None:
         for attr in ("_bell_r", "_bell_w"):
@@ -691,6 +700,21 @@ class SysvMqChannel(QueueChannel):
         assert isinstance(t, SysvQueueTransport)
         t.handed_off = self._handed_off
         super()._close()
+
+    def _fileno(self) -> int:
+        # Arming looks at the queue (the transport's stash), which only the holder of the receive
+        # lock may touch; a receive blocked in another thread holds it, and fileno() must not
+        # wait for that receive.
+        t = self._t
+        assert isinstance(t, SysvQueueTransport)
+        if not t._sticky and not self._released:
+            got = self._recv_lock.acquire(blocking=False)
+            try:
+                t.arm(got)
+            finally:
+                if got:
+                    self._recv_lock.release()
+        return super()._fileno()
 
 
 # --------------------------------------------------------------------------- records and queues
