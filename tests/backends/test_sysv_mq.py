@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import resource
 import secrets
+import selectors
 import shutil
 import signal
 import subprocess
@@ -53,6 +54,7 @@ from ipckit.testing import (
     spawn_peer,
     timing_bounds,
 )
+from ipckit.testing.contract.helpers import ResultThread, wait_until_blocked
 from ipckit.testing.peers import kill_self, ready
 
 sysv_ipc = pytest.importorskip("sysv_ipc")
@@ -560,3 +562,26 @@ def test_unwatched_send_rings_nothing() -> None:
         b.fileno()
         a.send(-1, timeout=5.0)
         assert os.read(r, 16)  # watched: the send rang
+
+
+def test_fileno_while_a_receive_blocks_in_another_thread() -> None:
+    """fileno() never waits for a receive blocked in another thread (it holds the receive lock):
+    it arms at once; the receive then gets the message and leaves the descriptor drained."""
+    a, b = ipckit.pair("sysv+mq://")
+    with a, b:
+        receiver = ResultThread(lambda: b.recv(timeout=10.0), name="ipckit-recv")
+        receiver.start()
+        wait_until_blocked(receiver)
+        started = time.monotonic()
+        fd = b.fileno()
+        assert time.monotonic() - started < 1.0
+        a.send("x", timeout=5.0)
+        assert receiver.outcome(10.0) == "x"
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            assert b.poll(0) is False
+            assert sel.select(0) == []  # settled by the receive (or by the poll above)
+            a.send("y", timeout=5.0)
+            assert len(sel.select(5.0)) == 1
+            assert b.recv(timeout=0) == "y"
+            assert sel.select(0) == []
