@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["ipckit.testing.plugin"]
+pytest_plugins = ["ipckit.testing.plugin", "reliability_report"]
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 from ipckit import available_backends
 from ipckit.bench import BASELINES, BenchConfig, BenchReport, compare_reports, load_json, run, to_markdown
 from ipckit.bench.__main__ import main
+from ipckit.bench.pool import DEFAULT_FUTURES, FUTURES_ENV
 from ipckit.bench.targets import evaluate_targets
 
 pytestmark = pytest.mark.timeout(120)
@@ -137,7 +138,9 @@ def test_pool_workload_covers_every_ipckit_subject_and_the_pool_baselines(report
     """200 dict jobs to two workers, twice per subject: every result came back once (verified)."""
     cells = [c for c in report.cells if c.workload == "pool"]
     measured = {c.subject for c in report.cells if c.kind == "ipckit" and c.workload == "rtt"}
-    assert {c.subject for c in cells} == measured | {"mp.Queue", "mp.Pool", "cf.ProcessPool"}
+    futures = {f"futures({s}){k}" for s in os.environ.get(FUTURES_ENV, DEFAULT_FUTURES).split(",")
+               if s.strip() for k in ("", " submit")}
+    assert {c.subject for c in cells} == measured | futures | {"mp.Queue", "mp.Pool", "cf.ProcessPool"}
     for c in cells:
         assert c.error is None and c.verified and c.placement == PLACEMENT, c
         assert c.count == 200 and c.extra["repeats"] == 2
