@@ -439,3 +439,48 @@ def test_z9_oversized_inbound_from_a_raw_peer_is_reported_not_silent(tmp_path: o
             pair.close(linger=0)
         finally:
             ctx.destroy(linger=0)
+
+
+_DEAD_COLLECTOR = r'''
+import struct, sys, threading, zmq, ipckit
+from zmq.utils.garbage import gc
+
+big = bytes(300_000)  # over the kit's COPY_THRESHOLD: sent with copy=False
+for scheme in ("zmq+ipc://", "zmq+tcp://"):
+    a, b = ipckit.pair(scheme)
+    a.send_bytes(big, timeout=10.0)
+    assert b.recv_bytes(timeout=10.0) == big
+    a.close(); b.close()
+assert gc.is_alive()
+# The collector dies the way an exception in its thread kills it: its PULL socket stays bound.
+dead = gc.thread
+push = gc.context.socket(zmq.PUSH)
+push.connect(gc.url)
+push.send(b"bad")  # neither 4 nor 8 bytes: struct.error in the collector's thread
+push.close()
+dead.join(10.0)
+assert not dead.is_alive()
+before = threading.active_count()
+for scheme in ("zmq+ipc://", "zmq+tcp://"):
+    a, b = ipckit.pair(scheme)
+    for i in range(5):
+        a.send_bytes(big[:-1] + bytes([i]), timeout=10.0)
+    for i in range(5):
+        assert b.recv_bytes(timeout=10.0)[-1] == i
+    a.close(); b.close()
+assert gc.thread is dead and threading.active_count() <= before, (gc.thread, threading.active_count(), before)
+print("OK")
+'''
+
+
+def test_a_dead_pyzmq_collector_makes_large_sends_copy_instead_of_restarting_it() -> None:
+    """pyzmq's zero-copy collector thread, once dead in a process, cannot be restarted there (its
+    socket still holds inproc://pyzmq.gc.01 in the same context): every restart raises in a new
+    thread and leaks a socket.  Large sends then copy; nothing else changes for the user."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _DEAD_COLLECTOR], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "OK", out.stderr[-3000:]
+    assert "Address already in use" not in out.stderr and "Exception in thread" in out.stderr, out.stderr[-3000:]
+    assert out.stderr.count("Exception in thread") == 1, out.stderr[-3000:]

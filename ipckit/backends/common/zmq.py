@@ -91,6 +91,25 @@ IPC_PATH_MAX = 107
 #: Messages from this size on are sent as their own frame without a copy (``copy=False``), when
 #: the buffer is immutable (bytes): libzmq reads it after send() returned.
 COPY_THRESHOLD = 64 * 1024
+
+
+def zero_copy_ok() -> bool:
+    """Whether a ``copy=False`` send is safe in this process now.
+
+    pyzmq keeps the buffers of zero-copy frames alive through one process-wide collector thread
+    (``zmq.utils.garbage.gc``) that binds ``inproc://pyzmq.gc.01`` in its own context.  If that
+    thread ever ends in this process, pyzmq restarts it on the next zero-copy send, in the same
+    context, where the dead thread's socket still holds the address: every restart fails to bind,
+    raises in a new thread and leaks a socket, on every later send.  ipckit copies instead once the
+    collector has died here (the first zero-copy send of a process, or of a forked child, starts it
+    cleanly and is allowed).
+    """
+    from zmq.utils.garbage import gc  # what pyzmq's first zero-copy frame imports (large sends only)
+
+    thread = getattr(gc, "thread", None)
+    if thread is None or getattr(gc, "pid", None) != os.getpid():
+        return True
+    return bool(thread.is_alive())
 #: Longest slice of one wait: the socket's FD is edge-triggered and another thread's zmq call may
 #: consume the edge meant for this one, so a waiter looks again at least this often.
 _SLICE = 0.02
@@ -790,7 +809,7 @@ class ZmqChannel(Channel):
         last = len(frames) - 1
         for i in range(1, last + 1):
             part = frames[i]
-            immutable = isinstance(part, memoryview) and isinstance(part.obj, bytes)
+            immutable = isinstance(part, memoryview) and isinstance(part.obj, bytes) and zero_copy_ok()
             sock.send(part, zmq.SNDMORE if i < last else 0, copy=not immutable)
         self._tx_partial = False
         return True

@@ -350,7 +350,7 @@ class Publisher(Channel):
         for i, part in enumerate(frames):
             immutable = isinstance(part, bytes) or (isinstance(part, memoryview) and isinstance(part.obj, bytes))
             router.send(part, _MORE if i < last else _NOBLOCK,
-                        copy=not (immutable and len(part) > _COPY_THRESHOLD))
+                        copy=not (immutable and len(part) > _COPY_THRESHOLD and _z.zero_copy_ok()))
         self._partial = False
         return True
 
