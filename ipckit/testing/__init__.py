@@ -6,6 +6,8 @@
 * :mod:`ipckit.testing.peers` — real peer processes with a READY handshake, SIGKILL at chosen
   points, ``as_user`` (run as another uid).
 * :mod:`ipckit.testing.signals` — ``signal_storm``.
+* :mod:`ipckit.testing.load` — a load checker for any backend: sender ids, sequence numbers and
+  checksums; counts lost, duplicated, reordered, corrupt and unexpected messages.
 * :mod:`ipckit.testing.snapshots` and :mod:`ipckit.testing.plugin` — the leak guard
   (``pytest_plugins = ["ipckit.testing.plugin"]``).
 
@@ -15,6 +17,7 @@ imports it.
 
 from __future__ import annotations
 
+from . import load
 from .contract import (
     AioContract,
     ChannelContract,
@@ -72,4 +75,5 @@ __all__ = [
     "Snapshot",
     "take_snapshot",
     "leaks",
+    "load",
 ]
