@@ -1,0 +1,385 @@
+"""Timeout accuracy and peer-death detection latency on every backend (issue 14, docs/reliability.md).
+
+**Timeout accuracy.**  Every call kind that can time out on a backend is made with a short
+timeout that runs out, and the overshoot (returned after minus requested) is measured, under three
+conditions: *idle*; a 200 Hz *storm* of SIGALRM with a real (counting) handler in this process, so
+each call is interrupted about six times and must retry against its original deadline; and *busy*,
+one CPU-bound process per core (real, unpinned processes that this test starts and kills).  The
+call kinds:
+
+* ``recv`` on an empty channel (``RecvTimeout``);
+* ``send`` on a full channel (``SendTimeout``; the channel is filled first, and a backend that
+  cannot be filled is skipped with the reason recorded);
+* ``poll(timeout)`` on an empty channel (returns False);
+* ``accept`` on a listener no client dials (``ChannelTimeout``);
+* ``connect`` to an absent endpoint: the contract (docs/contract.md) has ``connect`` wait up to its
+  timeout for the listener to appear, then raise ``EndpointNotFound``.  ``connect`` to a listener
+  that never accepts is no timeout case: a client may send before ``accept()`` (the contract
+  again), so that ``connect`` returns a channel at once on every backend.
+
+The gate is P4's (:func:`ipckit.testing.timing_bounds`): every trial returns no earlier than
+20 ms before its deadline and no later than ``max(100 ms, 10 %)`` after it.  Python's cyclic
+garbage collector is off inside each timed call, as in ``takes_timeout``: a full collection of a
+long session's heap takes about 250 ms here and is not ipckit's deadline logic.
+
+**Detection latency.**  A peer process blocks in ``recv`` (it signals READY just before), this
+process blocks in ``recv`` on the other end, the peer is SIGKILLed, and the time from the kill to
+``PeerDied`` (the contract's exception for a killed peer, PeerDeathContract) is measured.  Gates
+from the design: 1 s for the descriptor-based transports (pipe, fifo, unix, zmq), 1.5 s for the
+shared-memory rings and message queues, which find a dead peer by a liveness check.
+
+Sizes: ``scaled(5, 30)`` trials per call kind, condition and backend, ``scaled(3, 10)`` kills per
+backend; figures go to the ``timeouts`` and ``detection`` sections of the reliability report.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from reliability_report import Recorder, scaled
+
+import ipckit
+from ipckit.channel import Channel, Listener
+from ipckit.errors import ChannelTimeout, EndpointNotFound, PeerDied, RecvTimeout, SendTimeout
+from ipckit.testing import signal_storm, spawn_peer, timing_bounds, wait_until_blocked, workers
+from ipckit.testing.contract.helpers import ResultThread
+
+#: The timeout every timed call is given.  Short, so the proof size (about 4 700 calls) stays
+#: within its time budget; P4's bound is max(100 ms, 10 %), so any timeout below 1 s is held to
+#: the same absolute 100 ms.
+TIMEOUT = 0.03
+TRIALS = scaled(5, 30)
+KILLS = scaled(3, 10)
+STORM_HZ = 200.0
+
+#: Detection gates (docs/reliability.md): the kernel reports a dead peer's descriptors at once;
+#: rings and queues have no descriptor and find out by a liveness check.
+DETECTION_GATE = {"pipe": 1.0, "fifo": 1.0, "unix": 1.0, "unix-seqpacket": 1.0, "zmq+ipc": 1.0, "zmq+tcp": 1.0,
+                  "shm": 1.5, "sysv+shm": 1.5, "mq": 1.5, "sysv+mq": 1.5}
+
+#: Backends whose connect() to an absent endpoint raises EndpointNotFound at once instead of waiting
+#: up to its timeout for a listener to appear, as docs/contract.md says: no timeout to measure.
+_CONNECT_AT_ONCE = {
+    "memory": "memory:// connect() raises EndpointNotFound at once when nothing listens (ipckit/backends/memory.py)",
+    "zmq+ipc": "zmq+ipc:// connect() raises EndpointNotFound at once when the endpoint file is absent "
+               "(check_ipc_mode in ipckit/backends/common/zmq.py)",
+    "zmq+tcp": "zmq+tcp:// connect() raises EndpointNotFound at once on a refused TCP probe, on purpose "
+               "(ipckit/backends/zmq_tcp.py: 'not a wait for the whole deadline')",
+}
+_CONNECT_GAP = ("docs/contract.md: connect() waits up to its timeout for the listener to appear; this backend "
+                "raises EndpointNotFound at once")
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One backend (or backend variant) under test."""
+
+    name: str  # the report's subject and the test id
+    scheme: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+SUBJECTS = [Subject("memory", "memory"), Subject("pipe", "pipe"), Subject("fifo", "fifo"), Subject("unix", "unix"),
+            Subject("unix-seqpacket", "unix", {"type": "seqpacket"}), Subject("shm", "shm"),
+            Subject("sysv+shm", "sysv+shm"), Subject("mq", "mq"), Subject("sysv+mq", "sysv+mq"),
+            Subject("zmq+ipc", "zmq+ipc"), Subject("zmq+tcp", "zmq+tcp")]
+
+
+def _require(subject: Subject) -> None:
+    if not ipckit.available_backends().get(subject.scheme, False):
+        pytest.skip(f"{subject.scheme}:// does not work here")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _url(subject: Subject, directory: str, label: str) -> str:
+    """A new address nothing listens at (path-based schemes put it in *directory*)."""
+    if subject.scheme in ("fifo", "unix"):
+        return f"{subject.scheme}://{os.path.join(directory, label + ('.sock' if subject.scheme == 'unix' else ''))}"
+    if subject.scheme == "zmq+ipc":
+        return f"zmq+ipc://{os.path.join(directory, label + '.ipc')}"
+    if subject.scheme == "zmq+tcp":
+        return f"zmq+tcp://127.0.0.1:{_free_port()}"
+    return f"{subject.scheme}://ikt-timing-{os.getpid()}-{label}-{secrets.token_hex(4)}"
+
+
+# --------------------------------------------------------------------------- conditions
+@contextmanager
+def _cpu_hogs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """One CPU-bound process per core while the block runs (not pinned: the scheduler places them,
+    as it would a user's workers).  Each says it started before it spins, so the block runs loaded."""
+    spin = "import sys; sys.stdout.write('r'); sys.stdout.flush()\nwhile True: pass"
+    hogs: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(os.cpu_count() or 1):
+            hogs.append(subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE,
+                                         stdin=subprocess.DEVNULL))
+        for hog in hogs:
+            assert hog.stdout is not None and hog.stdout.read(1) == b"r", "a CPU hog did not start"
+        yield hogs
+    finally:
+        for hog in hogs:
+            hog.kill()
+        for hog in hogs:
+            hog.wait(10)
+            if hog.stdout is not None:
+                hog.stdout.close()
+
+
+def _condition(name: str) -> AbstractContextManager[Any]:
+    if name == "storm":
+        return signal_storm(hz=STORM_HZ)
+    if name == "busy":
+        return _cpu_hogs()
+    return nullcontext()
+
+
+CONDITIONS = ("idle", "storm", "busy")
+
+
+# --------------------------------------------------------------------------- measuring
+def _timed(call: Callable[[], object]) -> tuple[float, object, BaseException | None]:
+    """(seconds, result, exception) of one call, with the cyclic collector off inside it."""
+    enabled = gc.isenabled()
+    gc.disable()
+    result: object = None
+    error: BaseException | None = None
+    start = time.monotonic()
+    try:
+        result = call()
+    except Exception as exc:
+        error = exc
+    finally:
+        elapsed = time.monotonic() - start
+        if enabled:
+            gc.enable()
+    return elapsed, result, error
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """Nearest-rank quantile (p99 of 30 trials is the largest; of 90 pooled, the 90th)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)
+
+
+#: Every overshoot measured in this run (seconds), for the summary across backends.
+_all_overshoots: list[float] = []
+_detections: dict[str, list[float]] = {}
+
+
+@dataclass
+class _Kind:
+    """One call kind: *call* makes the call with :data:`TIMEOUT`; it must raise *expect* (or,
+    with *expect* None, return False)."""
+
+    name: str
+    call: Callable[[], object]
+    expect: type[BaseException] | None
+
+
+def _fill(ch: Channel) -> bytes:
+    """Send into *ch* until a send times out (nobody receives); return the chunk that no longer fits.
+
+    Each send gets 0.2 s, not 0: zmq's I/O thread keeps moving queued messages into the kernel
+    and the peer's queue for a moment after the first refusal, so the channel is full only once a
+    send has waited and still found no room.
+    """
+    buffered = ch.capabilities.buffered_bytes
+    chunk = bytes(min(64 * 1024, max(256, buffered // 4)) if buffered else 64 * 1024)
+    sent = 0
+    while sent < 512 * 1024 * 1024:
+        try:
+            ch.send_bytes(chunk, timeout=0.2)
+        except SendTimeout:
+            return chunk
+        sent += len(chunk)
+    pytest.fail(f"{ch.url}: still accepting after {sent} bytes unread; cannot be filled")
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("subject", SUBJECTS, ids=str)
+def test_timeout_accuracy(subject: Subject, tmp: str, reliability: Recorder) -> None:
+    """Every call kind that can time out returns within P4's bounds of its deadline, idle, under a
+    200 Hz signal storm and with every core busy."""
+    _require(subject)
+    opts = subject.options
+    closing: list[Channel | Listener] = []
+    try:
+        quiet, quiet_peer = ipckit.pair(f"{subject.scheme}://", **opts)
+        closing += [quiet_peer, quiet]
+        full, full_peer = ipckit.pair(f"{subject.scheme}://", **opts)
+        # The receiver closes first: closing the sender of a full zmq+ipc pair first aborts the
+        # process inside libzmq (stream_engine_base.cpp:310, !_io_error) when the receiver closes.
+        closing += [full_peer, full]
+        chunk = _fill(full)
+        kinds = [_Kind("recv", lambda: quiet.recv_bytes(timeout=TIMEOUT), RecvTimeout),
+                 _Kind("send", lambda: full.send_bytes(chunk, timeout=TIMEOUT), SendTimeout),
+                 _Kind("poll", lambda: quiet.poll(TIMEOUT), None)]
+        if quiet.capabilities.named:
+            lst = ipckit.listen(_url(subject, tmp, "listener"), **opts)
+            closing.append(lst)
+            kinds.append(_Kind("accept", lambda: lst.accept(timeout=TIMEOUT), ChannelTimeout))
+            if subject.name in _CONNECT_AT_ONCE:
+                reliability.add("timeouts", subject.name, call="connect", condition="all",
+                                skipped=_CONNECT_AT_ONCE[subject.name])
+            else:
+                absent = _url(subject, tmp, "absent")
+                kinds.append(_Kind("connect", lambda: ipckit.connect(absent, timeout=TIMEOUT, **opts),
+                                   EndpointNotFound))
+        low, high = timing_bounds(TIMEOUT)
+        problems: list[str] = []
+        for condition in CONDITIONS:
+            overs: dict[str, list[float]] = {k.name: [] for k in kinds}
+            with _condition(condition) as state:
+                for trial in range(TRIALS):
+                    for kind in kinds:
+                        elapsed, result, error = _timed(kind.call)
+                        if kind.expect is None:
+                            if error is not None or result is not False:
+                                problems.append(f"{kind.name}/{condition}#{trial}: returned {result!r}, "
+                                                f"raised {error!r}")
+                        elif type(error) is not kind.expect:
+                            problems.append(f"{kind.name}/{condition}#{trial}: raised {error!r}, "
+                                            f"not {kind.expect.__name__}")
+                        if not low <= elapsed <= high:
+                            problems.append(f"{kind.name}/{condition}#{trial}: returned after {elapsed * 1000:.1f} ms "
+                                            f"for {TIMEOUT * 1000:.0f} ms")
+                        overs[kind.name].append(elapsed - TIMEOUT)
+                signals = state.count if condition == "storm" else None
+            if signals is not None:
+                # Each call is ~6 periods long: a storm that barely fired proves nothing.
+                expected = TRIALS * len(kinds) * TIMEOUT * STORM_HZ
+                if signals < expected / 2:
+                    problems.append(f"storm delivered {signals} signals, expected about {expected:.0f}")
+            for name, values in overs.items():
+                reliability.add("timeouts", subject.name, call=name, condition=condition, trials=len(values),
+                                timeout_ms=_ms(TIMEOUT), p50_ms=_ms(_quantile(values, 0.5)),
+                                p99_ms=_ms(_quantile(values, 0.99)), max_ms=_ms(max(values)),
+                                undershoot_ms=_ms(max(0.0, -min(values))),
+                                **({"signals": signals} if signals is not None else {}))
+                _all_overshoots.extend(values)
+        _timeouts_summary(reliability)
+        assert not problems, f"{subject}: " + "; ".join(problems[:20])
+    finally:
+        for obj in closing:
+            obj.close()
+
+
+def _timeouts_summary(reliability: Recorder) -> None:
+    worst = max(_all_overshoots)
+    under = max(0.0, -min(_all_overshoots))
+    reliability.summary("timeouts", f"timeout overshoot max {worst * 1000:.0f} ms "
+                                    f"(p99 {_quantile(_all_overshoots, 0.99) * 1000:.0f} ms) idle/storm/busy, "
+                                    f"undershoot {under * 1000:.0f} ms")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_CONNECT_GAP)
+@pytest.mark.parametrize("subject", [s for s in SUBJECTS if s.name in _CONNECT_AT_ONCE], ids=str)
+def test_connect_waits_for_a_listener(subject: Subject, tmp: str) -> None:
+    """The contract's connect() waits up to its timeout for the endpoint to appear; these backends
+    do not (when one does, move it out of _CONNECT_AT_ONCE: test_timeout_accuracy then times it)."""
+    _require(subject)
+    absent = _url(subject, tmp, "absent")
+    elapsed, _, error = _timed(lambda: ipckit.connect(absent, timeout=TIMEOUT, **subject.options))
+    assert type(error) is EndpointNotFound, f"{error!r}"
+    low, high = timing_bounds(TIMEOUT)
+    assert low <= elapsed <= high, f"EndpointNotFound after {elapsed * 1000:.1f} ms for {TIMEOUT * 1000:.0f} ms"
+
+
+# --------------------------------------------------------------------------- detection
+def _kill_blocked_peer(subject: Subject, lst: Listener | None) -> float:
+    """One trial: a peer blocked in recv is SIGKILLed while this process is blocked in recv on
+    the other end; seconds from the kill to PeerDied."""
+    opts = subject.options
+    mine: Channel | None = None
+    theirs: Channel | None = None
+    if lst is None:
+        mine, theirs = ipckit.pair(f"{subject.scheme}://", **opts)
+        end: Channel | workers.Dial = theirs
+    else:
+        end = workers.Dial(lst.url, opts)
+    try:
+        with spawn_peer(workers.recv_messages, end, 1) as peer:
+            if theirs is not None:
+                theirs.close()  # the peer holds its own copy now
+            if mine is None:
+                assert lst is not None
+                mine = lst.accept(timeout=20.0)
+            ch = mine
+            peer.wait_ready()  # the peer is about to block in recv (ready() comes right before)
+            waiter = ResultThread(lambda: ch.recv(timeout=10.0), name="ipckit-blocked-recv")
+            enabled = gc.isenabled()
+            gc.disable()  # as for the timeouts: a full collection is not detection latency
+            try:
+                waiter.start()
+                wait_until_blocked(waiter)
+                killed_at = time.monotonic()
+                os.kill(peer.pid, signal.SIGKILL)
+                waiter.join(10.0)
+            finally:
+                if enabled:
+                    gc.enable()
+            assert not waiter.is_alive(), f"{subject}: recv still blocked 10 s after the peer was killed"
+            assert type(waiter.error) is PeerDied, (f"{subject}: recv gave {waiter.result!r} / {waiter.error!r}, "
+                                                    "not PeerDied")
+            assert peer.wait_exit() == -signal.SIGKILL
+            return waiter.finished_at - killed_at
+    finally:
+        for obj in (mine, theirs):
+            if obj is not None:
+                obj.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("subject", SUBJECTS, ids=str)
+def test_detection_latency(subject: Subject, tmp: str, reliability: Recorder) -> None:
+    """A SIGKILLed peer surfaces as PeerDied in a blocked recv within the design's bound."""
+    _require(subject)
+    probe_a, probe_b = ipckit.pair(f"{subject.scheme}://", **subject.options)
+    caps = probe_a.capabilities
+    probe_a.close()
+    probe_b.close()
+    if not (caps.detects_peer_close and caps.cross_process):
+        reason = f"{subject.scheme}:// ends live in one process (capabilities.cross_process is False): no peer to kill"
+        reliability.add("detection", subject.name, skipped=reason)
+        pytest.skip(reason)
+    lst = None if caps.inheritable else ipckit.listen(_url(subject, tmp, "listener"), **subject.options)
+    try:
+        latencies = [_kill_blocked_peer(subject, lst) for _ in range(KILLS)]
+    finally:
+        if lst is not None:
+            lst.close()
+    gate = DETECTION_GATE[subject.name]
+    reliability.add("detection", subject.name, trials=len(latencies), gate_s=gate,
+                    p50_s=round(_quantile(latencies, 0.5), 3), max_s=round(max(latencies), 3))
+    _detections[subject.name] = latencies
+    streams = [v for name, vals in _detections.items() if DETECTION_GATE[name] <= 1.0 for v in vals]
+    rings = [v for name, vals in _detections.items() if DETECTION_GATE[name] > 1.0 for v in vals]
+    shown = [f"{max(vals):.2f} s" if vals else "-" for vals in (streams, rings)]
+    reliability.summary("detection", f"PeerDied ≤ {shown[0]} (streams) / {shown[1]} (shm/mq)")
+    assert max(latencies) <= gate, f"{subject}: PeerDied after {max(latencies):.3f} s (gate {gate} s): {latencies}"
