@@ -61,6 +61,7 @@ def pair(url: str = "pipe://", **options: Any) -> tuple[Channel, Channel]:
 
     ``url`` names the backend (``"pipe://"``, ``"shm"``, ``"unix://"``...); options come as
     keywords or URL query.
+
     Raises:
         UnknownScheme, BackendUnavailable, ConfigurationError, UnsafeSerializer: bad request.
         UnsupportedOperation: the backend has no anonymous pair.
@@ -86,6 +87,7 @@ def connect(url: str, *, timeout: float | None = DEFAULT_CONNECT_TIMEOUT, **opti
 
     *timeout* bounds only the connection; blocking calls on the channel use the
     ``default_timeout`` option.
+
     Raises:
         EndpointNotFound: nothing listens there (after waiting up to *timeout*).
         ChannelTimeout: the listener did not answer in time.

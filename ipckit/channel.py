@@ -349,10 +349,11 @@ class Channel(ABC):
         """Receive one message into the writable buffer *buf*; return its length.
 
         Copy-free where the backend allows.
+
         Raises:
             BufferTooSmall: the message is larger than *buf*; it is kept in the error's ``message``.
             TypeError: *buf* is not a writable contiguous buffer.
-            Others as :meth:`recv_bytes`.
+            ChannelClosed, EndOfChannel, PeerDied, RecvTimeout, ChannelBroken: as :meth:`recv_bytes`.
         """
         try:
             view = memoryview(buf)
@@ -411,6 +412,7 @@ class Channel(ABC):
         """True if :meth:`recv` would return (or raise EndOfChannel / PeerDied) without blocking.
 
         Waits up to *timeout* seconds (``None``: until something arrives).
+
         Raises:
             ChannelClosed: this side was closed.
         """

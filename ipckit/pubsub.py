@@ -65,6 +65,7 @@ def publish(url: str, **options: Any) -> Publisher:
     ``block``), ``heartbeat``, ``heartbeat_timeout``, ``linger``, ``max_message_size``,
     ``serializer``, ``default_timeout``, ``mode``, ``trust``; over tcp ``curve``, ``allow``,
     ``insecure``.
+
     Raises:
         EndpointExists: a live publisher or listener is bound there.
         InvalidAddress, ConfigurationError, UnsafeSerializer, UnsupportedOperation: bad request.
@@ -89,6 +90,7 @@ def subscribe(url: str, *, timeout: float | None = DEFAULT_CONNECT_TIMEOUT, **op
     Options: ``window`` (messages the publisher may send ahead of ``recv``, default 1000),
     ``heartbeat``, ``heartbeat_timeout``, ``max_message_size``, ``serializer``, ``default_timeout``,
     ``mode``, ``trust``; over tcp ``curve`` and ``server_key``.
+
     Raises:
         EndpointNotFound: no publisher answered in time.
         PeerRejected: the CURVE handshake failed.

@@ -224,6 +224,7 @@ def register_serializer(name: str, factory: Callable[[], Serializer] | Serialize
     """Make a serializer available by *name* (``serializer="name"``).
 
     *factory* is a serializer instance or a zero-argument callable returning one.
+
     Raises:
         ConfigurationError: *name* is taken and ``replace`` is false.
     """

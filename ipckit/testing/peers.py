@@ -273,6 +273,7 @@ def as_user(fn: Callable[..., Any], *args: Any, uid: int = NOBODY, gid: int | No
     Root bypasses file permissions, so a permission check only means something as another user.
     An exception raised by *fn* is re-raised here (the same type, if it pickles).  Skips the
     calling test when not running as root.
+
     Raises:
         PeerFailed: the child crashed, could not drop privileges, or did not finish in time.
     """
@@ -293,6 +294,7 @@ def run_forked(fn: Callable[..., Any], *args: Any, timeout: float = 60.0, what: 
     runner keeps its own state.  *before* runs first in the child (e.g. dropping privileges).  The
     child ends with ``os._exit`` and never returns into the caller; an exception of *fn* that
     pickles is re-raised here with its own type.
+
     Raises:
         PeerFailed: the child crashed, raised something that does not pickle, or did not report
             within *timeout* (it is then killed).

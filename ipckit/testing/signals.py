@@ -28,6 +28,7 @@ def signal_storm(hz: float = 200.0) -> Iterator[Storm]:
     Blocking calls made in the main thread inside the block are interrupted over and over; a
     correct call retries against its original deadline.  pytest-timeout must use the ``thread``
     method (it would otherwise fight over SIGALRM).
+
     Raises:
         RuntimeError: not called from the main thread (signals are delivered there).
     """
