@@ -64,6 +64,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         zmq_gc._push_socket  # noqa: B018 - its PUSH socket, made by the first zero-copy send
 
 
+def _zmq_collector() -> Any:
+    """pyzmq's zero-copy collector thread if it runs in this process (else None)."""
+    import sys
+
+    garbage = sys.modules.get("zmq.utils.garbage")
+    gc = getattr(garbage, "gc", None)
+    thread = getattr(gc, "thread", None)
+    if thread is None or getattr(gc, "pid", None) != os.getpid() or not thread.is_alive():
+        return None
+    return thread
+
+
 @pytest.fixture(autouse=True)
 def _ipckit_leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     mode = guard_mode()
@@ -71,8 +83,14 @@ def _ipckit_leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     machine_wide = mode == "full"
+    collector = _zmq_collector()
     before = take_snapshot(machine_wide)
     yield
+    if collector is not None and not collector.is_alive() and _zmq_collector() is None:
+        # Once dead it cannot be restarted in this process (see ipckit's zmq kit, zero_copy_ok):
+        # name the test it died in, which the thread-exception warning alone does not make plain.
+        pytest.fail(f"{request.node.nodeid}: pyzmq's zero-copy collector thread ({collector.name}) died "
+                    "during this test; later zmq sends in this process copy", pytrace=False)
     found = leaks(before, machine_wide)
     _flagged.update(os.path.join(SHM_DIR, n) for n in found.shm)
     _flagged.update(found.tmp)
