@@ -13,7 +13,8 @@ What goes into the report:
   section's fragment of the one-line summary.  A section is replaced as a whole by the next run
   that writes it; sections this run did not touch are kept from earlier runs (so the suite run and
   CI's proof stage build one report).
-* **the fault matrix**, from test outcomes: every test marked ``@pytest.mark.fs("FS01", ...)`` (or
+* **the fault matrix** and **the security checklist**, from test outcomes: every test marked
+  ``@pytest.mark.fs("FS01", ...)`` or ``@pytest.mark.security("S4", ...)`` (or
   matched by a pattern that :data:`FS_PATTERNS` registers, for the shipped contract's tests, which
   cannot carry our marker) counts as one case of each scenario it names, for the backend it ran on
   (:func:`subject_of`).
@@ -80,9 +81,10 @@ def subject_of(item: pytest.Item) -> str:
         for name in ("scheme", "backend", "url"):
             if name in callspec.params:
                 return str(callspec.params[name]).partition("://")[0]
-    marker = item.get_closest_marker("fs")
-    if marker is not None and "subject" in marker.kwargs:
-        return str(marker.kwargs["subject"])
+    for kind in ("fs", "security"):
+        marker = item.get_closest_marker(kind)
+        if marker is not None and "subject" in marker.kwargs:
+            return str(marker.kwargs["subject"])
     return "-"
 
 
@@ -112,6 +114,8 @@ _recorder = Recorder()
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fs(*ids, subject=None): fault scenarios (FS01..FS18) of the "
                                        "reliability matrix that this test proves")
+    config.addinivalue_line("markers", "security(*ids, subject=None): items (S1..S20) of the security "
+                                       "checklist that this test proves")
 
 
 @pytest.fixture(scope="session")
@@ -121,8 +125,9 @@ def reliability() -> Iterator[Recorder]:
 
 def _scenarios_of(item: pytest.Item) -> list[str]:
     ids: list[str] = []
-    for marker in item.iter_markers("fs"):
-        ids.extend(str(a) for a in marker.args)
+    for kind in ("fs", "security"):
+        for marker in item.iter_markers(kind):
+            ids.extend(str(a) for a in marker.args)
     name = getattr(item, "originalname", None) or item.name
     for fs, pats in FS_PATTERNS.items():
         if any(fnmatch.fnmatchcase(name, p) for p in pats):
@@ -149,13 +154,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 rows.append((item.nodeid, result, rep.duration))
 
 
-def _fault_matrix() -> dict[str, Any] | None:
-    if not _recorder.cases:
+def _matrix(prefix: str, title: str, what: str) -> dict[str, Any] | None:
+    """The cases of the scenarios whose id starts with *prefix* ("FS": faults, "S": security)."""
+    mine = {k: v for k, v in _recorder.cases.items() if k[0].startswith(prefix)}
+    if not mine:
         return None
     rows: dict[str, list[dict[str, Any]]] = {}
     passed = total = 0
     slowest = ("", 0.0)
-    for (fs, subject), cases in sorted(_recorder.cases.items()):
+    for (fs, subject), cases in sorted(mine.items()):
         counted = [c for c in cases if c[1] != "skipped"]
         ok = sum(1 for c in counted if c[1] == "passed")
         passed += ok
@@ -166,11 +173,11 @@ def _fault_matrix() -> dict[str, Any] | None:
         rows.setdefault(subject, []).append({"scenario": fs, "passed": ok, "total": len(counted),
                                              "skipped": len(cases) - len(counted),
                                              "failed": [c[0] for c in counted if c[1] != "passed"]})
-    scenarios = sorted({fs for fs, _ in _recorder.cases})
-    subjects = sorted({s for _, s in _recorder.cases})
+    scenarios = sorted({fs for fs, _ in mine})
+    subjects = sorted({s for _, s in mine})
     return {"rows": rows, "passed": passed, "total": total, "scenarios": scenarios,
             "slowest": {"test": slowest[0], "seconds": round(slowest[1], 3)},
-            "summary": (f"fault matrix {passed}/{total} ({len(scenarios)} scenarios x {len(subjects)} "
+            "summary": (f"{title} {passed}/{total} ({len(scenarios)} {what} x {len(subjects)} "
                         f"backends), slowest {slowest[1]:.1f} s")}
 
 
@@ -197,9 +204,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not path:
         return
     sections = dict(_recorder.sections)
-    fm = _fault_matrix()
-    if fm is not None:
-        sections["fault_matrix"] = fm
+    # The matrices come from the whole suite's run; the proof stage (tests/reliability only) would
+    # replace them with its few marked tests.
+    for name, prefix, title, what in (("fault_matrix", "FS", "fault matrix", "scenarios"),
+                                      ("security", "S", "security checklist", "items")):
+        matrix = None if proof() else _matrix(prefix, title, what)
+        if matrix is not None:
+            sections[name] = matrix
     if not sections:
         return
     try:
