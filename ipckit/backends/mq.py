@@ -8,6 +8,22 @@ Features:
     ``/ipckit.<name>`` (client to server, the *anchor*) and ``/ipckit.<name>~`` (server to
     client).  The queue descriptor is pollable, so channels have ``fileno()``.
 
+    Peer death (``fileno()``): a queue never becomes readable because its writer died, so each
+    channel also has a *liveness pipe* that no data ever crosses: role 0 holds its read end, role 1
+    its write end.  When the peer's process ends (SIGKILL too) or it closes, the kernel closes the
+    peer's end and ours reports it -- a read end with no writer left hangs up, a write end with no
+    reader left errs -- which epoll always reports.  The transport's ``fileno()`` is an epoll over
+    the queue descriptor (readable) and that pipe end (hang-up/error), made on first use; the
+    send/receive path never touches either, so an unwatched channel costs nothing more.  ``pair()``
+    uses ``pipe()``; a named channel a FIFO in the registry directory below
+    (``life.<anchor inode>.<queue name>``, unique to that queue: a late removal never hits a newer
+    channel's), made and opened for reading by ``listen()`` before any client exists, opened for
+    writing by the client once it claimed the channel (so a client refused or not yet there
+    changes nothing, and a listener killed before ``accept()`` is seen by its client too).  The
+    name goes with the queues' (connect, accept, the listener's close, a reclaim; an orphan whose
+    queue went by other means is swept by ``ipckit cleanup``).  The pipe ends travel with the end
+    (inherited under fork, sent under spawn), so a hand-off is no death.
+
     Lifecycle: the queues are created exclusively (``O_CREAT|O_EXCL``), mode 0600 set explicitly;
     an opener checks the owner and mode.  Each end holds an OFD lock on its own byte of the
     anchor, on a descriptor of its own; the kernel drops it when the end's process dies (also by
@@ -50,6 +66,8 @@ import functools
 import os
 import resource
 import secrets
+import select
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,7 +95,7 @@ from ..errors import (
 from ..limits import KernelLimit, fmt_bytes, rlimit, sysctl
 from ..options import Capabilities, Options, option
 from ..url import Endpoint
-from .common.paths import NAME_RE, check_mode, runtime_dir
+from .common.paths import NAME_RE, check_mode, runtime_dir, unlink_quiet
 from .common.posix import (
     MQ,
     NameSet,
@@ -93,6 +111,7 @@ from .common.posix import (
     refuse_foreign,
 )
 from .common.queue import HEADER, QueueChannel, QueueTransport, ReplySpin
+from .common.ring.doorbell import make_fifo, open_fifo
 
 __all__ = ["MqBackend", "MqChannel", "MqListener", "MqOptions", "live_limits"]
 
@@ -104,6 +123,7 @@ _CLOSED_BIT: Final = 0o100  # the owner's execute bit of a queue: its writer clo
 _BUILD_GRACE: Final = 1.0  # a lock-less anchor without its companion this young is being built
 _MQ_SYSCTL: Final = "/proc/sys/fs/mqueue"
 _REGISTRY_PREFIX: Final = "ipckit-mq-"
+_LIFE_PREFIX: Final = "life."  # a named channel's liveness FIFO in the registry (not a tracked name)
 
 
 # ----------------------------------------------------------------------------- live limits
@@ -177,11 +197,15 @@ def _mq_calls() -> tuple[Any, Any]:
 class _MqTransport(QueueTransport):
     """One end's two queue descriptors; its liveness lock is on its own anchor descriptor."""
 
-    def __init__(self, inbox: int, outbox: int, role: int, size: int) -> None:
+    def __init__(self, inbox: int, outbox: int, role: int, size: int, life: int = -1) -> None:
         self._send, self._recv = _mq_calls()
         self.inbox = inbox
         self.outbox = outbox
         self.role = role
+        #: This end's side of the channel's liveness pipe (module docstring, "Peer death"): the
+        #: read end for role 0, the write end for role 1; -1 when the channel has none.
+        self.life = life
+        self._watch: select.epoll | None = None  # fileno(): the queue and ``life`` together
         self.fragment_size = size
         self._anchor = inbox if role == 0 else outbox
         self._ts = _Timespec(0, 0)
@@ -264,28 +288,47 @@ class _MqTransport(QueueTransport):
         return bool(os.fstat(self.inbox).st_mode & _CLOSED_BIT)
 
     def fileno(self) -> int:
-        return self.inbox
+        """Readable while a fragment waits, and for good once the peer's end of the liveness pipe
+        is closed (its process ended, by SIGKILL too, or it closed): an epoll over the queue's
+        descriptor and ``life``, made on first use.  Nothing on the send/receive path touches it."""
+        if self.life < 0:
+            return self.inbox
+        if self._watch is None:
+            ep = select.epoll()
+            try:
+                ep.register(self.inbox, select.EPOLLIN)
+                # No events asked: epoll always reports the hang-up of a read end whose writers
+                # are all gone (role 0) and the error of a write end whose readers are (role 1).
+                ep.register(self.life, 0)
+            except BaseException:
+                ep.close()
+                raise
+            self._watch = ep
+        return self._watch.fileno()
 
     def handoff(self) -> tuple[Sequence[int], tuple[Any, ...]]:
-        return (self.inbox, self.outbox), (self.role, self.fragment_size)
+        return (self.inbox, self.outbox, self.life), (self.role, self.fragment_size)
 
     @classmethod
     def rebuild(cls, fds: Sequence[int], state: tuple[Any, ...]) -> QueueTransport:
         role, size = state
-        return cls(fds[0], fds[1], role, size)
+        return cls(fds[0], fds[1], role, size, fds[2] if len(fds) > 2 else -1)
 
     def fork_release(self) -> None:
         self.close()  # our copies would keep the parent's liveness lock held after it died
 
     def close(self) -> None:
         self._addr.clear()
-        for fd in (self.inbox, self.outbox):
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.close()
+        for fd in (self.inbox, self.outbox, self.life):
             if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        self.inbox = self.outbox = -1
+        self.inbox = self.outbox = self.life = -1
         if _fast is not None:  # (the bound calls must not keep using numbers the OS may reuse)
             self.put = functools.partial(_fast.put, -1)  # type: ignore[method-assign]
             self._get = functools.partial(_fast.get, -1)
@@ -395,6 +438,77 @@ def _tracked() -> list[str]:
         return []
 
 
+# A named channel's liveness FIFO lives in the same private directory (module docstring, "Peer
+# death"): made and opened for reading by the listener, opened for writing by its client.
+def _life_path(name: str, ino: int) -> str:
+    """The liveness FIFO of the channel *name* whose anchor queue is inode *ino*.  A queue is never
+    reused (a new one has a new inode), so an end that removes its FIFO late never removes the
+    FIFO of a channel made afterwards under the same name."""
+    return os.path.join(_registry(), f"{_LIFE_PREFIX}{ino}.{name[1:]}")
+
+
+def _make_life(name: str, ino: int) -> tuple[str, int]:
+    """The listener's liveness FIFO and its read end; ``("", -1)`` where the registry cannot hold
+    one (the channel then works, but its ``fileno()`` misses the client's death)."""
+    if not _registry_ok(_registry()):  # (made by _track, private, ours: nobody else can plant a FIFO there)
+        return "", -1
+    path = _life_path(name, ino)
+    try:
+        make_fifo(path)
+        return path, open_fifo(path, os.O_RDONLY)
+    except OSError:
+        unlink_quiet(path)
+        return "", -1
+
+
+def _open_life(name: str, ino: int, url: str) -> int:
+    """The client's write end of its listener's liveness FIFO; -1 if the listener made none.
+
+    Raises:
+        EndpointNotFound: the FIFO has no reader: the listener's process is gone.
+    """
+    if not _registry_ok(_registry()):
+        return -1
+    try:
+        return open_fifo(_life_path(name, ino), os.O_WRONLY)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise EndpointNotFound(errno.ENOENT, f"{url}: its listener is gone (it died as this client "
+                                   "connected)") from exc
+        return -1
+
+
+def _life_files() -> list[tuple[str, int, str]]:
+    """``(path, inode, queue name)`` of the liveness FIFOs in the registry."""
+    path = _registry()
+    if not _registry_ok(path):
+        return []
+    try:
+        entries = sorted(os.listdir(path))
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        ino, _, rest = entry.removeprefix(_LIFE_PREFIX).partition(".")
+        if entry.startswith(_LIFE_PREFIX) and ino.isdigit() and rest.startswith(_PREFIX[1:]):
+            found.append((os.path.join(path, entry), int(ino), "/" + rest))
+    return found
+
+
+def _orphan_life(path: str, ino: int, name: str, now: float) -> bool:
+    """*path* (a liveness FIFO) belongs to no queue that exists, and is past the grace of a FIFO
+    being made: what a crash left where the queue's own reclaim could not see it (the queue
+    removed by other means).  A FIFO whose anchor exists goes with the anchor's reclaim."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid() or now - st.st_ctime < _BUILD_GRACE:
+        return False
+    anchor = PosixName(MQ, name).stat()
+    return anchor is None or anchor.st_ino != ino
+
+
 # ----------------------------------------------------------------------------- queues
 def _open_queue(p: Any, name: str, *, create: bool, depth: int, size: int, mode: int) -> tuple[int, int]:
     """A descriptor of the queue *name* (created exclusively, or opened), owner- and mode-checked,
@@ -479,12 +593,15 @@ def _exhausted(err: IPCError, depth: int, size: int, *, action: str, code: int |
 class _Endpoint:
     """The queue pair of one mq:// channel as one end opened it."""
 
-    def __init__(self, name: str, role: int, *, create: bool, depth: int, size: int, mode: int) -> None:
+    def __init__(self, name: str, role: int, *, create: bool, depth: int, size: int, mode: int,
+                 life: bool = True) -> None:
         p = import_posix_ipc()
         self.name = name
         self.names = _names(name)
         self.role = role
-        anchor = companion = -1
+        #: The liveness FIFO's path while its name exists (a listener's, *life*; "" for pair()).
+        self.life_path = ""
+        anchor = companion = life_fd = -1
         made: list[PosixName] = []
         try:
             anchor, self.size = _open_queue(p, name, create=create, depth=depth, size=size, mode=mode)
@@ -500,10 +617,17 @@ class _Endpoint:
             elif other != self.size:
                 raise IncompatibleEndpoint(errno.EPROTO, f"message queues {name} and {name}{_COMPANION} carry "
                                            f"messages of {self.size} and {other} bytes: not an ipckit endpoint")
+            self.ino = os.fstat(anchor).st_ino  # (names the liveness FIFO: _life_path)
+            if create and role == 0 and life:
+                # After the queues and their lock: a reclaimer that finds no lock finds no FIFO
+                # being made either.  Opened for reading now, before any client opens it to write.
+                self.life_path, life_fd = _make_life(name, self.ino)
         except BaseException:
-            for fd in (anchor, companion):
+            for fd in (anchor, companion, life_fd):
                 if fd >= 0:
                     os.close(fd)
+            if self.life_path:
+                unlink_quiet(self.life_path)
             for n in reversed(made):
                 n.unlink()
             if made:
@@ -511,7 +635,19 @@ class _Endpoint:
             raise
         # Server: reads the anchor (client to server), writes the companion; the client the reverse.
         inbox, outbox = (anchor, companion) if role == 0 else (companion, anchor)
-        self.transport = _MqTransport(inbox, outbox, role, self.size)
+        self.transport = _MqTransport(inbox, outbox, role, self.size, life_fd)
+
+    def attach_life(self, url: str) -> None:
+        """The client, once it claimed the channel: hold the listener's liveness FIFO open for
+        writing (its read end hangs up when this end's process dies; this end's errs when the
+        listener's does).  The name stays for the listener's unlink if this client fails later.
+
+        Raises:
+            EndpointNotFound: the listener's process is gone.
+        """
+        self.transport.life = _open_life(self.name, self.ino, url)
+        if self.transport.life >= 0:
+            self.life_path = _life_path(self.name, self.ino)
 
     def unlink(self, *, verified: bool = False) -> None:
         """Remove the names under the removal mutex, only while they name our queues.
@@ -521,6 +657,9 @@ class _Endpoint:
         lookup (which needs a descriptor, and may run where none is left).
         """
         t = self.transport
+        if self.life_path:  # (unique to our queue: no check needed; both ends open it by now)
+            unlink_quiet(self.life_path)
+            self.life_path = ""
         anchor = t.inbox if self.role == 0 else t.outbox
         if anchor < 0:
             return
@@ -575,9 +714,16 @@ def _own_or_absent(n: PosixName) -> bool:
 
 def _reclaim(name: str) -> bool:
     """Remove *name*'s queues if they are ours and no end lives; True if the name is free now."""
-    free = reclaim_stale(_names(name), alive=_LIVE_BYTES, mutex=_UNLINK_BYTE,
-                         ours=lambda fd, st: _stale_anchor_ok(name, fd, st))
+    inodes: list[int] = []
+
+    def ours(fd: int, st: os.stat_result) -> bool:
+        inodes.append(st.st_ino)  # (its liveness FIFO's name)
+        return _stale_anchor_ok(name, fd, st)
+
+    free = reclaim_stale(_names(name), alive=_LIVE_BYTES, mutex=_UNLINK_BYTE, ours=ours)
     if free:
+        for ino in inodes:  # the crashed listener's FIFO (unique to the queue just removed)
+            unlink_quiet(_life_path(name, ino))
         companion = PosixName(MQ, name + _COMPANION)
         if not _own_or_absent(companion):
             return False  # another user's queue under our companion's name: refused by the caller
@@ -697,10 +843,18 @@ class MqBackend(Backend):
                 found.append(StaleObject(os.path.join(_registry(), name[1:]), "message queue",
                                          "no live end holds its lock", name=name[1:],
                                          label=f"POSIX message queues {name} and {name}{_COMPANION}"))
+        for path, ino, name in _life_files():
+            if sweep.wants(name[1:]) and _orphan_life(path, ino, name, sweep.now):
+                found.append(StaleObject(path, "fifo", "its message queue is gone", name=name[1:]))
         return found
 
     @classmethod
     def remove_stale(cls, obj: StaleObject) -> bool:
+        if obj.kind == "fifo":  # an orphaned liveness FIFO (find_stale): judged again, then removed
+            for path, ino, queue in _life_files():
+                if path == obj.path and _orphan_life(path, ino, queue, time.time()):
+                    return super().remove_stale(obj)
+            return False
         name = "/" + obj.ipckit_name
         try:
             import_posix_ipc()
@@ -713,11 +867,11 @@ class MqBackend(Backend):
         return _reclaim(name)
 
     # -- factories -----------------------------------------------------------------------------
-    def _create(self, name: str, opts: MqOptions) -> _Endpoint:
+    def _create(self, name: str, opts: MqOptions, *, named: bool) -> _Endpoint:
         depth, size = _geometry(opts)
 
         def make() -> _Endpoint:
-            return _Endpoint(name, 0, create=True, depth=depth, size=size, mode=opts.mode)
+            return _Endpoint(name, 0, create=True, depth=depth, size=size, mode=opts.mode, life=named)
 
         try:
             return make()
@@ -731,7 +885,7 @@ class MqBackend(Backend):
     def pair(self, endpoint: Endpoint, options: Any) -> tuple[Channel, Channel]:
         opts: MqOptions = options
         name = _PREFIX + secrets.token_hex(16)
-        a_ep = self._create(name, opts)
+        a_ep = self._create(name, opts, named=False)
         t = a_ep.transport
         trusted = True  # only this user can open the queues (owner-checked; the mode rule is resolve_serializer's)
         fds: list[int] = []
@@ -740,9 +894,12 @@ class MqBackend(Backend):
             # lock), without a lookup by name; then the names go at once: nothing can be left.
             fds.append(new_description(t.outbox))
             fds.append(new_description(t.inbox))
-            bt = _MqTransport(fds[0], fds[1], 1, t.fragment_size)
-            fds = []
+            # The liveness pipe needs no name either (module docstring, "Peer death").
+            t.life, life_w = os.pipe()
+            fds.append(life_w)
+            bt = _MqTransport(fds[0], fds[1], 1, t.fragment_size, fds[2])
             bt.claim()
+            fds = []  # (bt's now; the loop below closes them if the claim failed)
         except BaseException as exc:
             for fd in fds:
                 os.close(fd)
@@ -770,7 +927,7 @@ class MqBackend(Backend):
     def listen(self, endpoint: Endpoint, options: Any) -> Listener:
         opts: MqOptions = options
         name = _check_name(endpoint.address)
-        ep = self._create(name, opts)
+        ep = self._create(name, opts, named=True)
         try:
             return MqListener(f"mq://{name[len(_PREFIX):]}", opts, ep)
         except BaseException:
@@ -798,6 +955,7 @@ class MqBackend(Backend):
             if not t.peer_alive():
                 raise EndpointNotFound(errno.ENOENT, f"{url}: its listener is gone (a crashed run's queues; "
                                        "`ipckit cleanup` removes them, the next listen() recreates them)")
+            ep.attach_life(url)  # after the claim: a client refused above never touches the FIFO
             ch = MqChannel(url, opts, t, peer_trusted=True)
         except BaseException:
             t.close()

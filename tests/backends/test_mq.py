@@ -17,6 +17,7 @@ import errno
 import os
 import re
 import secrets
+import selectors
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,7 @@ from ipckit.errors import (
     EndOfChannel,
     EndpointExists,
     EndpointNotFound,
+    IncompatibleEndpoint,
     InvalidAddress,
     MessageTooLarge,
     PeerDied,
@@ -65,7 +67,10 @@ from ipckit.testing import (
     signal_storm,
     spawn_peer,
     timing_bounds,
+    wait_until_blocked,
+    workers,
 )
+from ipckit.testing.contract.helpers import ResultThread
 
 posix_ipc = pytest.importorskip("posix_ipc")
 
@@ -133,17 +138,6 @@ class TestMq(ChannelContract, DuplexContract, PeerCloseContract, SelectableContr
              CrossProcessContract, PeerDeathContract, ListenerContract, SecurityContract, PeerExitContract,
              ForkContract, WaitContract, AioContract):
     scheme = "mq"
-
-    _NO_DEATH_EDGE = ("known gap: mq://'s fileno() (the queue's descriptor plus the kit's eventfd) does not become "
-                      "readable when the peer is SIGKILLed; poll(), ipckit.wait and ipckit.aio see the death")
-
-    @pytest.mark.xfail(strict=True, reason=_NO_DEATH_EDGE)
-    def test_fileno_readable_on_peer_death(self) -> None:
-        super().test_fileno_readable_on_peer_death()
-
-    @pytest.mark.xfail(strict=True, reason=_NO_DEATH_EDGE)
-    def test_fileno_after_peer_sent_and_died(self) -> None:
-        super().test_fileno_after_peer_sent_and_died()
 
     def raw_client(self, url: str):  # type: ignore[no-untyped-def]
         name = "/ipckit." + url.removeprefix("mq://")
@@ -424,6 +418,92 @@ def test_m4_peer_death_and_close_come_after_every_message(name: str, how: str) -
         assert [ch.recv_bytes(timeout=5) for _ in range(depth)] == [b"m%d" % i for i in range(depth)]
         with pytest.raises(PeerDied if how == "kill" else EndOfChannel):
             ch.recv_bytes(timeout=5)
+
+
+# --------------------------------------------------------------------------- M-12 fileno() sees a peer's death
+def _sleeping_select(ch: Any) -> tuple[selectors.DefaultSelector, ResultThread]:
+    """A selector on *ch*'s ``fileno()`` (nothing ready yet) and a thread blocked in it."""
+    sel = selectors.DefaultSelector()
+    sel.register(ch.fileno(), selectors.EVENT_READ)
+    assert sel.select(0) == []
+    waiter = ResultThread(lambda: sel.select(10.0), name="ipckit-select")
+    waiter.start()
+    wait_until_blocked(waiter, names=("select", "poll"))
+    return sel, waiter
+
+
+def _kill_and_expect_wake(peer: Any, ch: Any) -> None:
+    sel, waiter = _sleeping_select(ch)
+    with sel:
+        killed_at = time.monotonic()
+        peer.kill()
+        assert len(waiter.outcome(10.0)) == 1
+        assert waiter.finished_at - killed_at < 3.0
+    assert peer.wait_exit() == -signal.SIGKILL
+    with pytest.raises(PeerDied):
+        ch.recv_bytes(timeout=5.0)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_m12_a_pair_end_in_a_child_wakes_the_selector_when_sigkilled(method: str) -> None:
+    """The liveness pipe's write end travels with the end (inherited, or sent at spawn) and the
+    parent's copy closes with the parent's end: only the child's death hangs the pipe up."""
+    a, b = ipckit.pair("mq://", **_SMALL)
+    with a, spawn_peer(workers.recv_messages, b, 1, method=method) as peer:
+        b.close()
+        peer.wait_ready()
+        _kill_and_expect_wake(peer, a)
+
+
+def test_m12_the_server_wakes_when_its_client_is_sigkilled(name: str) -> None:
+    url = f"mq://{name}"
+    with (ipckit.listen(url, **_SMALL) as lst,
+          spawn_peer(workers.recv_messages, workers.Dial(url, dict(_SMALL)), 1) as peer,
+          lst.accept(timeout=10) as ch):
+        peer.wait_ready()
+        assert not [f for f in mq._life_files() if f[2] == f"/ipckit.{name}"]  # its name went with the queues'
+        _kill_and_expect_wake(peer, ch)
+
+
+def _listen_then_wait(name: str, accept: bool) -> None:
+    lst = ipckit.listen(f"mq://{name}", **_SMALL)
+    ready()
+    if accept:
+        ch = lst.accept(timeout=10)
+        ch.send_bytes(b"accepted", timeout=10)
+    time.sleep(60)  # until killed
+
+
+@pytest.mark.parametrize("accept", [True, False], ids=["accepted", "before-accept"])
+def test_m12_the_client_wakes_when_its_listener_is_sigkilled(name: str, accept: bool) -> None:
+    """Also a listener killed before it accepted: the client holds the FIFO the listener reads."""
+    with spawn_peer(_listen_then_wait, name, accept) as peer:
+        peer.wait_ready()
+        with ipckit.connect(f"mq://{name}", timeout=10) as ch:
+            if accept:
+                assert ch.recv_bytes(timeout=10) == b"accepted"
+            _kill_and_expect_wake(peer, ch)
+    mq._reclaim(f"/ipckit.{name}")  # (killed before accept: its queues are a crash's leftovers)
+
+
+def test_m12_a_failed_client_leaves_the_listener_its_fifo(name: str) -> None:
+    """A client that took the FIFO and then failed hangs it up; the next client's open clears the
+    hang-up, and its death is seen as ever."""
+    url = f"mq://{name}"
+    with ipckit.listen(url, **_SMALL) as lst:
+        raw = posix_ipc.MessageQueue(f"/ipckit.{name}~", 0)  # the listener's hello taken: the client fails
+        raw.receive(timeout=1)
+        raw.close()
+        with pytest.raises(IncompatibleEndpoint):
+            ipckit.connect(url, timeout=5)
+        lst._ch._say_hello(time.monotonic() + 1.0)  # (the hello back, as a fresh listener has it)
+        with (spawn_peer(workers.recv_messages, workers.Dial(url, dict(_SMALL)), 1) as peer,
+              lst.accept(timeout=10) as ch):
+            peer.wait_ready()
+            with selectors.DefaultSelector() as sel:
+                sel.register(ch.fileno(), selectors.EVENT_READ)
+                assert sel.select(0) == []  # the failed client's hang-up is gone
+            _kill_and_expect_wake(peer, ch)
 
 
 # --------------------------------------------------------------------------- M-5/M-6 stale queues, ghosts
