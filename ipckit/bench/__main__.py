@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "sysv_ipc.mq,posix_ipc.mq,memcpy or none (default: all)")
     p.add_argument("--serializers", type=_none_or_csv, help="serializers to cost on their own (default: all; none)")
     p.add_argument("--workloads", type=_csv,
-                   help="rtt,stream,obj-rtt,obj-stream,pool,memcpy,serializer,import (default: all)")
+                   help="rtt,stream,obj-rtt,obj-stream,aio-rtt,uvloop-rtt,pool,memcpy,serializer,import (default: all)")
     p.add_argument("--pool-jobs", dest="pool_jobs", type=_positive,
                    help="jobs per timed repeat of the pool workload (default 10000; --quick 2000)")
     p.add_argument("--pool-repeats", dest="pool_repeats", type=_positive,

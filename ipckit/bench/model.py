@@ -28,6 +28,7 @@ __all__ = [
     "QUICK_SIZES",
     "PLACEMENTS",
     "WORKLOADS",
+    "AIO_MAX_SIZE",
     "FORMAT",
 ]
 
@@ -40,8 +41,13 @@ QUICK_SIZES = [64, 4 * KiB, 64 * KiB, 1 * MiB]
 PLACEMENTS = ("split", "same", "none", "busy")
 #: ``rtt``/``stream``: bytes through send_bytes/recv_bytes; ``obj-rtt``/``obj-stream``: Python objects
 #: through send/recv (a small dict at sizes up to 4 KiB, numpy uint8 arrays above: what users send);
-#: ``pool``: small dict jobs to two worker processes and the results back (bench/pool.py).
-WORKLOADS = ("rtt", "stream", "obj-rtt", "obj-stream", "pool", "memcpy", "serializer", "import")
+#: ``pool``: small dict jobs to two worker processes and the results back (bench/pool.py);
+#: ``aio-rtt``/``uvloop-rtt``: the ``rtt`` ping-pong awaited through ``ipckit.aio`` on an asyncio /
+#: uvloop event loop (ipckit subjects, sizes up to :data:`AIO_MAX_SIZE`; the peer echoes synchronously).
+WORKLOADS = ("rtt", "stream", "obj-rtt", "obj-stream", "aio-rtt", "uvloop-rtt", "pool", "memcpy", "serializer",
+             "import")
+#: The async workloads measure the loop's wake-up and dispatch cost, which small messages show.
+AIO_MAX_SIZE = 4 * KiB
 #: The object workloads' sizes: a small dict with a 64-byte blob, a 1 MiB array, a 1080p RGB frame.
 FRAME_1080P = 1920 * 1080 * 3
 DEFAULT_OBJ_SIZES = [64, 1 * MiB, FRAME_1080P]

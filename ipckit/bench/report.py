@@ -68,7 +68,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def headline(cell: Cell) -> float | None:
     """The number a ratio compares: p50 µs (rtt, lower is better) or MB/s (stream/memcpy)."""
-    if cell.workload in ("rtt", "obj-rtt"):
+    if cell.workload in ("rtt", "obj-rtt", "aio-rtt", "uvloop-rtt"):
         return cell.p50_us
     if cell.workload == "serializer":
         return cell.mean_us
@@ -93,6 +93,8 @@ _TITLES = {
     "obj-rtt": "Ping-pong round trip of objects, send/recv (dict up to 4 KiB, numpy array above)",
     "stream": "One-way streaming, send_bytes/recv_bytes",
     "obj-stream": "One-way streaming of objects, send/recv",
+    "aio-rtt": "Ping-pong round trip awaited through ipckit.aio on asyncio",
+    "uvloop-rtt": "Ping-pong round trip awaited through ipckit.aio on uvloop",
 }
 
 
@@ -245,6 +247,9 @@ def print_report(report: BenchReport, console: Console | None = None) -> None:
             console.print(_rtt_table(report, p, "obj-rtt"))
         if any(c.workload == "obj-stream" and c.placement == p for c in report.cells):
             console.print(_stream_table(report, p, "obj-stream"))
+        for w in ("aio-rtt", "uvloop-rtt"):
+            if any(c.workload == w and c.placement == p for c in report.cells):
+                console.print(_rtt_table(report, p, w))
         if any(c.workload == "pool" and c.placement == p for c in report.cells):
             console.print(_pool_table(report, p))
     if any(c.workload == "serializer" for c in report.cells):
@@ -339,6 +344,32 @@ def _md_table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
     return "\n".join(lines)
 
 
+def _aio_markdown(report: BenchReport, cells: list[Cell], placement: str) -> str:
+    """One row per subject and size: the awaited round trip on each loop, ÷ the same subject's
+    synchronous ``rtt`` p50 of this run (what ``ipckit.aio`` adds), and the CPU per round trip."""
+    loops = [w for w in ("aio-rtt", "uvloop-rtt") if any(c.workload == w for c in cells)]
+    names = {"aio-rtt": "asyncio", "uvloop-rtt": "uvloop"}
+    rows = []
+    for subject in dict.fromkeys(c.subject for c in cells):
+        for size in sorted({c.size for c in cells if c.subject == subject}):
+            sync = report.find(subject, placement, "rtt", size)
+            row = [subject, fmt_size(size), "-" if sync is None or sync.error else fmt_us(sync.p50_us)]
+            for w in loops:
+                c = next((x for x in cells if x.subject == subject and x.size == size and x.workload == w), None)
+                if c is None:
+                    row.append("")
+                elif c.error:
+                    row.append(f"error: {c.error[:40]}")
+                else:
+                    r = ratio(c.p50_us, None if sync is None or sync.error else sync.p50_us)
+                    row.append(f"{fmt_us(c.p50_us)} ({fmt_ratio(r)}; CPU {fmt_us(c.cpu_us_per_msg)})")
+            rows.append(row)
+    head = (f"**Awaited round trip through ipckit.aio, p50 (µs), placement `{placement}`** — ratio is ÷ the "
+            "same channel's synchronous send_bytes/recv_bytes p50 in this run; CPU µs per round trip, both "
+            "processes (the peer echoes synchronously)\n")
+    return head + _md_table(["subject", "size", "sync p50", *(names[w] for w in loops)], rows) + "\n"
+
+
 def to_markdown(report: BenchReport) -> str:
     """Compact matrices (one row per subject, one column per size) for docs/benchmarks.md."""
     out: list[str] = []
@@ -374,6 +405,9 @@ def to_markdown(report: BenchReport) -> str:
             rows = _md_rows(report, osubjects, osizes, p, ("obj-stream",),
                             lambda c: f"{fmt_num(c.msg_s)} ({fmt_us(c.cpu_us_per_msg)})")
             out.append(_md_table(["subject", *(fmt_size(s) for s in osizes)], rows) + "\n")
+        aio = [c for c in report.cells if c.workload in ("aio-rtt", "uvloop-rtt") and c.placement == p]
+        if aio:
+            out.append(_aio_markdown(report, aio, p))
         if any(c.workload == "pool" and c.placement == p for c in report.cells):
             out.append(_pool_markdown(report, p))
         steals = [c.steal_pct for c in report.cells if c.placement == p and c.steal_pct is not None]

@@ -29,6 +29,7 @@ import numpy as np
 from .baselines import select_baselines
 from .links import ipckit_subjects
 from .model import (
+    AIO_MAX_SIZE,
     DEFAULT_SIZES,
     FRAME_1080P,
     PLACEMENTS,
@@ -446,6 +447,83 @@ def _rtt(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Ra
     return _rtt_cell(cell, t, size, child_cpu)
 
 
+async def _aio_ping_pong(channel: Any, item: bytes, warmup: int, cfg: BenchConfig) -> _Timed:
+    """:func:`_ping_pong` awaited through ``ipckit.aio.wrap(channel)`` (the same bounds and counts)."""
+    from ipckit import aio
+
+    ach = aio.wrap(channel)  # not closed afterwards: that would close the subject's channel
+    send, recv = ach.send_bytes, ach.recv_bytes
+    pc = time.perf_counter_ns
+    lat: list[int] = []
+    append = lat.append
+    end_ns = int(cfg.duration * 1e9)
+    min_count, max_count = cfg.min_count, cfg.max_count
+    steal0 = read_steal()
+    cpu0 = time.process_time()
+    warm_end = pc() + end_ns // 10
+    warm = 0
+    while warm < warmup:
+        await send(item)
+        await recv()
+        warm += 1
+        if pc() > warm_end:
+            break
+    start = pc()
+    deadline = start + end_ns
+    back: Any = None
+    while True:
+        t0 = pc()
+        await send(item)
+        back = await recv()
+        t1 = pc()
+        append(t1 - t0)
+        if (t1 >= deadline and len(lat) >= min_count) or len(lat) >= max_count:
+            break
+    elapsed = (pc() - start) / 1e9
+    return _Timed(len(lat), elapsed, time.process_time() - cpu0, steal0, warm, lat, back)
+
+
+def _aio_runner(workload: str) -> Callable[[Any], Any]:
+    """``asyncio.run`` for ``aio-rtt``, ``uvloop.run`` for ``uvloop-rtt`` (_NoObjectPath-style
+    skip when uvloop is not installed)."""
+    import asyncio
+
+    if workload == "aio-rtt":
+        return asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        raise _NotMeasured("uvloop is not installed") from None
+    return uvloop.run
+
+
+def _aio_rtt(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random,
+             workload: str = "aio-rtt") -> Cell:
+    """The ``rtt`` ping-pong with the parent's side awaited on an event loop (ipckit.aio)."""
+    assert peer.link is not None
+    from ipckit.channel import Channel
+
+    channel = getattr(peer.link, "conn", None)
+    if peer.subject.kind != "ipckit" or not isinstance(channel, Channel):
+        raise _NotMeasured("not an ipckit channel")
+    run_loop = _aio_runner(workload)
+    cell = Cell(peer.subject.name, peer.subject.kind, workload, placement, size)
+    payload = _payload(size, rng)
+    peer.command("echo")
+    t = run_loop(_aio_ping_pong(channel, payload, cfg.warmup, cfg))
+    peer.link.send(b"")
+    child_cpu = float(peer.control(cfg.cell_timeout)[1])
+    if bytes(t.last) != payload:
+        raise AssertionError(f"last reply of the async ping-pong differs from what was sent ({len(t.last)} bytes)")
+    cell.extra["loop"] = "uvloop" if workload == "uvloop-rtt" else "asyncio"
+    return _rtt_cell(cell, t, size, child_cpu)
+
+
+class _NotMeasured(Exception):
+    """This workload does not apply to the subject (a baseline for the async workloads, uvloop
+    missing): no cell, no failure."""
+
+
 def _stream(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random.Random) -> Cell:
     assert peer.link is not None
     cell = Cell(peer.subject.name, peer.subject.kind, "stream", placement, size)
@@ -762,6 +840,7 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
     do_stream = "stream" in cfg.workloads
     n_obj = len(cfg.obj_sizes) * (("obj-rtt" in cfg.workloads) + ("obj-stream" in cfg.workloads))
     per_subject = len(cfg.sizes) * (do_rtt + do_stream) + n_obj
+    # (the async cells, ipckit subjects only, are counted on the progress bar as they come)
     per_placement = len(subjects) * per_subject + (len(cfg.sizes) if want_memcpy else 0)
     if "pool" in cfg.workloads:
         from .pool import measure_pool, pool_cell_count  # its own subjects and worker processes
@@ -832,6 +911,17 @@ def run(cfg: BenchConfig | None = None, progress: ProgressFn | None = None) -> B
                             if cell.error != _NO_OBJECT_PATH:
                                 cells.append(cell)
                             tick(desc, cell)
+                for workload in ("aio-rtt", "uvloop-rtt"):
+                    if workload not in cfg.workloads:
+                        continue
+                    for size in [x for x in cfg.sizes if x <= AIO_MAX_SIZE]:
+                        for peer in [p for p in peers if p.subject.kind == "ipckit"]:
+                            desc = f"[{placement}] {workload} {fmt_size(size)} {peer.subject.name}"
+                            tick(desc, None)
+                            cell = _run_cell(peer, cfg, workload, size, placement, rng)
+                            if cell.error is None or not cell.error.startswith(_NOT_MEASURED):
+                                cells.append(cell)
+                            tick(desc, cell)
                 if want_memcpy and not do_stream:
                     for size in cfg.sizes:
                         cells.append(measure_memcpy(size, cfg.duration, placement))
@@ -890,6 +980,12 @@ def _run_cell(peer: Peer, cfg: BenchConfig, workload: str, size: int, placement:
             _obj_link(peer)
         except _NoObjectPath:
             return Cell(peer.subject.name, peer.subject.kind, workload, placement, size, error=_NO_OBJECT_PATH)
+    if workload in ("aio-rtt", "uvloop-rtt"):
+        try:
+            _aio_runner(workload)
+        except _NotMeasured as exc:
+            return Cell(peer.subject.name, peer.subject.kind, workload, placement, size,
+                        error=f"{_NOT_MEASURED}: {exc}")
     _guarded(peer, cfg, lambda: result.append(fn(peer, cfg, size, placement, rng)))
     if result:
         return result[0]
@@ -897,6 +993,9 @@ def _run_cell(peer: Peer, cfg: BenchConfig, workload: str, size: int, placement:
 
 
 _LOOPS: dict[str, Callable[[Peer, BenchConfig, int, str, random.Random], Cell]] = {
-    "rtt": _rtt, "stream": _stream, "obj-rtt": _obj_rtt, "obj-stream": _obj_stream}
+    "rtt": _rtt, "stream": _stream, "obj-rtt": _obj_rtt, "obj-stream": _obj_stream, "aio-rtt": _aio_rtt,
+    "uvloop-rtt": functools.partial(_aio_rtt, workload="uvloop-rtt")}
+#: The error prefix of an async cell that does not apply (dropped from the report, not a failure).
+_NOT_MEASURED = "not measured"
 #: The error of an object cell for a bytes-only subject (dropped from the report, not a failure).
 _NO_OBJECT_PATH = "no object path"

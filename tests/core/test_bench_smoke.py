@@ -201,3 +201,17 @@ def test_list_and_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--backends", "no-such-scheme", "--no-progress"]) == 2
     with pytest.raises(SystemExit):
         main(["--sizes", "abc"])
+
+
+def test_async_round_trips_cover_every_ipckit_subject_on_both_loops(report: BenchReport) -> None:
+    """aio-rtt / uvloop-rtt: the rtt ping-pong awaited through ipckit.aio.wrap(channel), ipckit
+    subjects only, sizes up to 4 KiB; verified like rtt and shown beside the sync p50."""
+    rtt = {(c.subject, c.size) for c in report.cells if c.kind == "ipckit" and c.workload == "rtt"}
+    for workload, loop in (("aio-rtt", "asyncio"), ("uvloop-rtt", "uvloop")):
+        cells = [c for c in report.cells if c.workload == workload]
+        assert {(c.subject, c.size) for c in cells} == rtt, workload
+        for c in cells:
+            assert c.error is None and c.verified and c.extra["loop"] == loop, c
+            assert c.p50_us is not None and c.p50_us > 0 and c.cpu_us_per_msg is not None and c.count >= 3
+    md = (Path(report.meta["_out"]) / "r.md").read_text()
+    assert "**Awaited round trip through ipckit.aio, p50 (µs)" in md and "| asyncio | uvloop |" in md
