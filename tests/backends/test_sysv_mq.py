@@ -88,11 +88,6 @@ def name() -> str:
     return f"t{os.getpid()}-{secrets.token_hex(6)}"
 
 
-def _rows(kind: str) -> set[int]:
-    with open(f"/proc/sysvipc/{kind}") as f:
-        return {int(line.split()[1]) for line in f.read().splitlines()[1:]}
-
-
 def _record(path: str) -> dict[str, str]:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -297,36 +292,68 @@ def _listen_serve_and_die(url: str) -> None:
     kill_self()
 
 
+# These rows judge only the SysV objects this test made (known by id and key from its ends and
+# the records): other test runs on the machine create and remove queues meanwhile.
+Obj = tuple[str, int, int]  # (kind, id, key)
+
+
+def _objects(fields: dict[str, str]) -> set[Obj]:
+    """The queue and semaphore set of the channel whose record holds *fields*."""
+    return {("msg", int(fields["msgid"]), int(fields["msgkey"])), ("sem", int(fields["semid"]), int(fields["semkey"]))}
+
+
+def _ref_objects(ch: Any) -> set[Obj]:
+    ref = _ends(ch).ref
+    return {("msg", ref.msgid, ref.msgkey), ("sem", ref.semid, ref.semkey)}
+
+
+def _next_objects(name: str) -> set[Obj]:
+    """The objects of the channel the listener of *name* made ahead for its next client."""
+    nonce = _record(sysv_kit.locate_record(f"ep.{name}"))["next"]
+    return _objects(_record(sysv_kit.locate_record(f"mq.{nonce}")))
+
+
+def _existing(objs: set[Obj]) -> set[Obj]:
+    """Those of *objs* that exist (same id at the same key, ours)."""
+    return {o for o in objs if sysv_kit.owned_row(o[0], o[1], o[2]) is not None}  # type: ignore[arg-type]
+
+
 def test_q6_stale_endpoint_is_recreated_never_reused_no_ghost_messages(name: str) -> None:
     url = f"sysv+mq://{name}"
-    before = _rows("msg")
     with spawn_peer(_listen_serve_and_die, url) as peer:
         c = ipckit.connect(url, timeout=10)
         for i in range(3):
             c.send_bytes(b"ghost %d" % i, timeout=5)
         peer.wait_ready()
         peer.wait_exit()
-        old = _ends(c).ref
+        old = _ref_objects(c)
+        stale = _next_objects(name)  # the dead listener's next channel (made ahead at its accept)
+        assert not stale & old
         with pytest.raises(PeerDied):
             c.recv_bytes(timeout=5)
         c.close()  # the last end: removes what it shared with the dead listener
-    assert old.msgid not in _rows("msg")
-    stale = _rows("msg") - before  # the dead listener's next channel, and nothing else
-    assert len(stale) == 1
+    assert _existing(old) == set()
+    assert _existing(stale) == stale  # SIGKILL left the next channel
+    made = old | stale
     with ipckit.listen(url) as lst:  # reclaims the dead listener's record and next channel
-        assert _rows("msg") - before - stale != set()
-        assert not stale & _rows("msg")
+        assert _existing(stale) == set()
+        fresh = _next_objects(name)
+        assert not fresh & made and _existing(fresh) == fresh
+        made |= fresh
         with ipckit.connect(url, timeout=5) as c2, lst.accept(timeout=5) as s2:
+            made |= _ref_objects(c2) | _next_objects(name)
             with pytest.raises(RecvTimeout):  # no ghost of the crashed run
                 s2.recv_bytes(timeout=0.1)
             c2.send_bytes(b"new run", timeout=5)
             assert s2.recv_bytes(timeout=5) == b"new run"
-    assert _rows("msg") - before == set()
+    assert len(made) == 8 and _existing(made) == set()  # four channels, nothing of them left
 
 
-def _pair_and_die() -> None:
+def _pair_and_die(report: int) -> None:
     a, _b = ipckit.pair("sysv+mq")
     a.send_bytes(b"never read", timeout=1)
+    ref = _ends(a).ref
+    os.write(report, f"{ref.msgid} {ref.msgkey} {ref.semid} {ref.semkey}".encode())
     kill_self()
 
 
@@ -334,25 +361,37 @@ def test_q6_cleanup_dry_run_lists_exactly_what_it_removes(name: str, capsys: pyt
     from ipckit.cleanup import Sweep
     from ipckit.cli import main
 
-    before_msg, before_sem = _rows("msg"), _rows("sem")
-    assert _status(_fork(_pair_and_die)) == -signal.SIGKILL
-    dead_msg, dead_sem = _rows("msg") - before_msg, _rows("sem") - before_sem
-    assert len(dead_msg) == 1 and len(dead_sem) == 1  # SysV objects persist after kill -9
+    r, w = os.pipe()
+    try:
+        pid = _fork(_pair_and_die, w)
+        os.close(w)
+        w = -1
+        report = b""
+        while chunk := os.read(r, 256):
+            report += chunk
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert _status(pid) == -signal.SIGKILL
+    msgid, msgkey, semid, semkey = (int(x) for x in report.split())
+    dead = {("msg", msgid, msgkey), ("sem", semid, semkey)}
+    assert _existing(dead) == dead  # SysV objects persist after kill -9
     live = ipckit.pair("sysv+mq")
     with ipckit.listen(f"sysv+mq://{name}") as lst, live[0], live[1]:  # live ones stay
-        mine = [o for o in sysv_mq.SysvMqBackend.find_stale(Sweep())
-                if int(_record(o.path).get("msgid", -1)) in dead_msg]
+        mine = [o for o in sysv_mq.SysvMqBackend.find_stale(Sweep()) if int(_record(o.path).get("msgid", -1)) == msgid]
         assert len(mine) == 1
         assert main(["cleanup", "--dry-run"]) == 0
         out = capsys.readouterr().out
         assert f"sysv+mq:// object {os.path.basename(mine[0].path)}" in out
-        assert _rows("msg") >= dead_msg  # a dry run removes nothing
+        assert _existing(dead) == dead  # a dry run removes nothing
         assert sysv_mq.SysvMqBackend.remove_stale(mine[0]) is True
-        assert not dead_msg & _rows("msg") and not dead_sem & _rows("sem")
+        assert _existing(dead) == set()
         assert not os.path.exists(mine[0].path)
         # What is alive was judged alive (its ends hold their locks), and works.
+        alive = {o[1] for o in _ref_objects(live[0]) | _next_objects(name) if o[0] == "msg"}
         assert not [o for o in sysv_mq.SysvMqBackend.find_stale(Sweep())
-                    if int(_record(o.path).get("msgid", -1)) in _rows("msg") - before_msg]
+                    if int(_record(o.path).get("msgid", -1)) in alive]
         live[0].send_bytes(b"alive", timeout=1)
         assert live[1].recv_bytes(timeout=1) == b"alive"
         with ipckit.connect(lst.url, timeout=5) as c, lst.accept(timeout=5) as s:
