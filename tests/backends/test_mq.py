@@ -537,6 +537,8 @@ def test_m6_a_crashed_listeners_queues_are_recreated_never_reused(name: str) -> 
         anchor, companion = PosixName(MQ, f"/ipckit.{name}"), PosixName(MQ, f"/ipckit.{name}~")
         old = anchor.stat(), companion.stat()
         assert old[0] is not None and old[1] is not None  # SIGKILL left both queues, with messages
+        old_fifos = _life_fifos(name)
+        assert len(old_fifos) == 1
         t0 = time.monotonic()
         with pytest.raises(EndpointNotFound, match="listener is gone"):  # at once, not at the deadline
             ipckit.connect(url, timeout=5)
@@ -545,6 +547,7 @@ def test_m6_a_crashed_listeners_queues_are_recreated_never_reused(name: str) -> 
             new = anchor.stat(), companion.stat()
             assert new[0] is not None and new[1] is not None
             assert new[0].st_ino != old[0].st_ino and new[1].st_ino != old[1].st_ino
+            assert _life_fifos(name) == [mq._life_path(f"/ipckit.{name}", new[0].st_ino)]  # the old one went
             with ipckit.connect(url, timeout=5) as c, lst.accept(timeout=5) as s:
                 with pytest.raises(RecvTimeout):  # no ghost of the crashed run either way
                     s.recv_bytes(timeout=0.1)
@@ -553,6 +556,50 @@ def test_m6_a_crashed_listeners_queues_are_recreated_never_reused(name: str) -> 
                 c.send_bytes(b"new run", timeout=5)
                 assert s.recv_bytes(timeout=5) == b"new run"
         assert anchor.stat() is None and companion.stat() is None
+
+
+def _life_fifos(name: str) -> list[str]:
+    return [path for path, _ino, queue in mq._life_files() if queue == f"/ipckit.{name}"]
+
+
+def test_m5_an_orphaned_liveness_fifo_is_swept(name: str, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crashed listener's FIFO whose queues went by other means (mq_unlink) is found on its own."""
+    with _crashed_listener(name):
+        fifos = _life_fifos(name)
+        assert len(fifos) == 1
+        for queue in (f"/ipckit.{name}", f"/ipckit.{name}~"):
+            posix_ipc.unlink_message_queue(queue)
+        monkeypatch.setattr(mq, "_BUILD_GRACE", 0.0)  # (a FIFO younger than that may be being made)
+        prefix = ("--prefix", f"ipckit.{name}")
+        assert _cleanup_lines(capsys, "--dry-run", *prefix) == [
+            f"would remove fifo {fifos[0]} (its message queue is gone)", "1 object(s) would be removed"]
+        assert _cleanup_lines(capsys, *prefix) == [f"removed fifo {fifos[0]} (its message queue is gone)",
+                                                   "1 object(s) removed"]
+        assert not os.path.lexists(fifos[0])
+    mq._untrack(f"/ipckit.{name}")  # (the record of queues removed behind ipckit's back stays otherwise)
+
+
+def _connect_then_wait(url: str) -> None:
+    ch = ipckit.connect(url, timeout=10)
+    assert ch.recv_bytes(timeout=10) == b"accepted"  # (both ends in place)
+    ready()
+    time.sleep(60)  # until killed
+
+
+def test_m5_both_ends_of_a_named_channel_sigkilled_leave_nothing(name: str) -> None:
+    """The names (queues, FIFO, record) go as the client connects: two SIGKILLs leave nothing."""
+    with spawn_peer(_listen_then_wait, name, True) as server:
+        server.wait_ready()
+        assert len(_life_fifos(name)) == 1
+        with spawn_peer(_connect_then_wait, f"mq://{name}") as client:
+            client.wait_ready()
+            for peer in (server, client):
+                peer.kill()
+                assert peer.wait_exit() == -signal.SIGKILL
+    assert PosixName(MQ, f"/ipckit.{name}").stat() is None and PosixName(MQ, f"/ipckit.{name}~").stat() is None
+    assert _life_fifos(name) == []
+    assert not os.path.exists(os.path.join(mq._registry(), f"ipckit.{name}"))
 
 
 def _cleanup_lines(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
@@ -573,6 +620,8 @@ def test_m5_cleanup_dry_run_lists_exactly_what_cleanup_removes(name: str,
     with (_crashed_listener(dead), ipckit.listen(f"mq://{live}", **_SMALL) as lst, a, b):  # live ones stay
         registry = os.path.join(mq._registry(), f"ipckit.{dead}")
         assert os.path.exists(registry)
+        fifos = _life_fifos(dead)
+        assert len(fifos) == 1  # the killed listener's liveness FIFO: removed with its queues
         shown = f"POSIX message queues /ipckit.{dead} and /ipckit.{dead}~"
         dry = _cleanup_lines(capsys, "--dry-run", *prefix)
         assert dry == [f"would remove message queue {shown} (no live end holds its lock)",
@@ -584,7 +633,9 @@ def test_m5_cleanup_dry_run_lists_exactly_what_cleanup_removes(name: str,
         for n in (f"/ipckit.{dead}", f"/ipckit.{dead}~"):
             assert PosixName(MQ, n).stat() is None
         assert not os.path.exists(registry)
+        assert not os.path.lexists(fifos[0])
         assert _cleanup_lines(capsys, "--dry-run", *prefix) == ["nothing stale found"]
+        assert len(_life_fifos(live)) == 1  # the live listener's is kept
         # What lives was judged alive, and works.
         assert PosixName(MQ, f"/ipckit.{live}").stat() is not None
         with ipckit.connect(lst.url, timeout=5) as c, lst.accept(timeout=5) as s:
