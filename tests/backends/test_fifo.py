@@ -156,6 +156,7 @@ def test_f4_accept_while_previous_peer_open_is_busy(tmp: str) -> None:
             ch.close()
 
 
+@pytest.mark.security("S2", "S18", subject="fifo")
 def test_f5_stale_fifos_of_killed_creator_are_recreated(tmp: str) -> None:
     url = f"fifo://{tmp}/ep"
     with spawn_peer(_listen_then_die, url) as peer:
@@ -184,6 +185,7 @@ def _plant(path: str, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["fifo", "file", "symlink", "dir"])
+@pytest.mark.security("S2", "S6", subject="fifo")
 def test_f6_planted_path_is_refused(shared_dir: str, kind: str) -> None:
     path = f"{shared_dir}/ep"
     as_user(_plant, path, kind)
@@ -194,6 +196,7 @@ def test_f6_planted_path_is_refused(shared_dir: str, kind: str) -> None:
     assert os.lstat(path).st_uid != 0  # untouched
 
 
+@pytest.mark.security("S6", subject="fifo")
 def test_f6_planted_symlink_inside_our_endpoint_is_not_followed(shared_dir: str, tmp: str) -> None:
     with ipckit.listen(f"fifo://{tmp}/ep"):
         pass
@@ -211,6 +214,7 @@ def _connect(url: str) -> None:
     ipckit.connect(url, timeout=0.5, serializer="json").close()
 
 
+@pytest.mark.security("S4", subject="fifo")
 def test_f7_other_uid_cannot_open(shared_dir: str) -> None:
     os.chmod(shared_dir, 0o755)
     with ipckit.listen(f"fifo://{shared_dir}/ep") as lst:
@@ -224,6 +228,7 @@ def test_f7_other_uid_cannot_open(shared_dir: str) -> None:
             assert ch.recv(timeout=2.0) == 1
 
 
+@pytest.mark.security("S4", subject="fifo")
 def test_f7_modes_are_explicit_whatever_the_umask(tmp: str) -> None:
     old = os.umask(0)
     try:
@@ -237,6 +242,7 @@ def test_f7_modes_are_explicit_whatever_the_umask(tmp: str) -> None:
         os.umask(old)
 
 
+@pytest.mark.security("S19", subject="fifo")
 def test_f8_descriptors_are_not_inherited_and_writer_sees_reader_death() -> None:
     a, b = ipckit.pair("fifo://")
     try:

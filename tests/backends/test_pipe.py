@@ -70,6 +70,7 @@ def test_descriptors_are_close_on_exec(pipe_pair: tuple[ipckit.Channel, ipckit.C
             assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC, fd
 
 
+@pytest.mark.security("S19", subject="pipe")
 def test_a1_a2_reader_killed_while_unrelated_child_runs() -> None:
     """A-1 with A-2's trap set: an unrelated exec'd child must not keep the reader's end open."""
     a, b = ipckit.pair("pipe://")
@@ -197,6 +198,7 @@ def test_a6_two_writers_large_frames_never_wrong_message() -> None:
         b.close()
 
 
+@pytest.mark.security("S14", subject="pipe")
 def test_a7_forged_huge_header() -> None:
     """A-7: a header announcing 1 TiB → MessageTooLarge with no big allocation; then broken."""
     a, b = ipckit.pair("pipe://")

@@ -183,6 +183,7 @@ def _make(names: NameSet) -> int:
     return int(shm.fd)
 
 
+@pytest.mark.security("S18", subject="posix")
 def test_a_name_set_is_removed_only_while_it_names_the_object_held_open(name: str) -> None:
     names = _name_set(name)
     fd = _make(names)
@@ -198,6 +199,7 @@ def test_a_name_set_is_removed_only_while_it_names_the_object_held_open(name: st
         names.unlink()
 
 
+@pytest.mark.security("S18", subject="posix")
 def test_a_newer_object_of_the_same_names_is_never_removed(name: str) -> None:
     names = _name_set(name)
     old = _make(names)
@@ -370,6 +372,7 @@ def _open_as_other(name: str) -> tuple[str, str]:
     return "opened", ""
 
 
+@pytest.mark.security("S4", subject="posix")
 def test_permissions_error_is_permission_denied_with_where_to_look(anchor: tuple[PosixName, int]) -> None:
     own, _ = anchor
     raised, mapped = as_user(_open_as_other, own.name)
@@ -423,6 +426,7 @@ def _emfile_in_child(name: str, w: int) -> None:
     os.write(w, f"{type(exc).__name__}|{getattr(exc, 'errno', None)}|{type(err).__name__}|{err}".encode())
 
 
+@pytest.mark.security("S17", subject="posix")
 def test_errno_less_emfile_of_posix_ipc_is_resource_exhausted(name: str) -> None:
     r, w = os.pipe()
     pid = os.fork()
@@ -442,6 +446,7 @@ def test_errno_less_emfile_of_posix_ipc_is_resource_exhausted(name: str) -> None
     assert PosixName(SHM, name).stat() is None
 
 
+@pytest.mark.security("S17", subject="posix")
 def test_limit_errors_name_the_limit_of_their_kind() -> None:
     # posix_ipc's errno-less message for a queue past fs.mqueue.queues_max (reaching it needs
     # a non-root user and 256 queues; the message is the one posix_ipc raises).

@@ -96,6 +96,7 @@ def _segment_of(scheme: str, lst: Any) -> Any:
 
 @needs_root
 @pytest.mark.parametrize("scheme", ["shm", "sysv+shm"])
+@pytest.mark.security("S12")
 def test_b9_group_member_forges_a_record_the_owner_never_unpickles(scheme: str, tmp: str) -> None:
     """issue 10, B.9: with ``mode=0o660`` a member of the group maps the segment before the peer
     attaches and commits a forged record; the owner's ``recv()`` must not run it.  The widened
@@ -126,6 +127,7 @@ def test_b9_group_member_forges_a_record_the_owner_never_unpickles(scheme: str, 
 
 
 @pytest.mark.parametrize("scheme", ["fifo", "unix", "shm", "sysv+shm", "memory"])
+@pytest.mark.security("S12")
 def test_b9_the_trust_decision_under_a_widened_mode(scheme: str, tmp: str) -> None:
     """The decision itself, for every named backend, before any object exists: pickle refused
     with a message naming the mode, unless ``trust=True``; unix:// keeps it (SO_PEERCRED)."""
@@ -181,6 +183,7 @@ def _plant_symlink(path: str, target: str) -> None:
 
 
 @needs_root
+@pytest.mark.security("S4", "S6", subject="unix")
 def test_b10_unix_socket_swapped_for_a_symlink_after_bind(group_dir: str, victim: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """issue 10, B.10: right after ``bind()`` a group member replaces the socket file with a symlink
@@ -203,6 +206,7 @@ def test_b10_unix_socket_swapped_for_a_symlink_after_bind(group_dir: str, victim
 
 
 @needs_root
+@pytest.mark.security("S4", "S6", subject="fifo")
 def test_b10_fifo_directory_swapped_for_a_symlink_after_mkdir(group_dir: str, victim: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """issue 10, B.10: right after ``mkdir()`` of the endpoint directory a group member moves it
@@ -233,6 +237,7 @@ def _make_other_users_dir(parent: str) -> str:
 
 @needs_root
 @pytest.mark.parametrize("scheme", ["unix", "fifo"])
+@pytest.mark.security("S6")
 def test_b10_unsafe_parent_directories_are_refused(scheme: str, tmp: str, shared_dir: str) -> None:
     """Refused: world-writable without the sticky bit, or owned by another (non-root) user (here
     a directory uid 65534 made in a sticky shared directory).  Accepted: the sticky shared one."""
@@ -259,6 +264,7 @@ def test_b10_unsafe_parent_directories_are_refused(scheme: str, tmp: str, shared
         assert ch.recv(timeout=5.0) == "ok"
 
 
+@pytest.mark.security("S4", subject="unix")
 def test_b10_bind_with_mode_sets_the_mode_before_the_name_appears(tmp: str) -> None:
     """The kit itself: the socket has its mode when it appears, nothing else is left, and an
     existing name is never replaced."""
@@ -330,6 +336,7 @@ def _pair_and_named_roundtrip(name: str) -> None:
 
 
 @needs_root
+@pytest.mark.security("S6", "S18", subject="sysv+shm")
 def test_b11_a_squatted_registry_name_does_not_stop_pair_listen_connect(sysv_places: Any) -> None:
     """issue 10, B.11: uid 65534 creates ``<tmp>/ipckit-sysv-<uid>`` first; pair() and
     listen()/connect() still work (the records go to the home fallback, where connect() finds
@@ -358,6 +365,7 @@ def test_b11_without_a_squatter_the_shared_name_is_used_and_removed(sysv_places:
 
 
 @needs_root
+@pytest.mark.security("S6", subject="sysv+shm")
 def test_b11_clear_error_only_when_nothing_safe_exists(sysv_places: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """No private runtime directory and no home of ours to fall back to: PermissionDenied that
     says what to do, and nothing created anywhere."""

@@ -190,6 +190,7 @@ def test_listen_connect_and_names_removed_after_accept() -> None:
         lst.close()
 
 
+@pytest.mark.security("S2", subject="shm")
 def test_stale_name_of_crashed_creator_is_reclaimed() -> None:
     name = "t" + secrets.token_hex(8)
     pid = os.fork()
@@ -205,6 +206,7 @@ def test_stale_name_of_crashed_creator_is_reclaimed() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+@pytest.mark.security("S2", "S5", subject="shm")
 def test_squatted_name_of_other_user_is_refused() -> None:
     name = "t" + secrets.token_hex(8)
     r, w = os.pipe()
@@ -344,6 +346,7 @@ def test_s1_s3_killed_after_commit_before_post() -> None:
             a.close()
 
 
+@pytest.mark.security("S18", subject="shm")
 def test_s1_killed_holding_the_unlink_lock() -> None:
     a, b = ipckit.pair("shm")
     with spawn_peer(_hold_unlink_lock_then_die, b) as peer:
@@ -432,6 +435,7 @@ def test_s4_stale_listener_is_reclaimed_on_reuse() -> None:
     lst.close()
 
 
+@pytest.mark.security("S18", subject="shm")
 def test_s5_double_close_never_removes_a_newer_object_of_the_same_name() -> None:
     url = f"shm://s5-{secrets.token_hex(6)}"
     old = ipckit.listen(url)
@@ -502,6 +506,7 @@ print("LEFT", sorted(os.listdir("/dev/shm")))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare -m and a private tmpfs on /dev/shm")
+@pytest.mark.security("S17", subject="shm")
 def test_s7_full_dev_shm_is_resource_exhausted_never_sigbus() -> None:
     import shutil
     import subprocess
@@ -519,6 +524,7 @@ def test_s7_full_dev_shm_is_resource_exhausted_never_sigbus() -> None:
     assert out[2] == "LEFT []"
 
 
+@pytest.mark.security("S5", "S16", subject="shm")
 def test_s8_foreign_segment_with_the_same_name() -> None:
     name = f"s8-{secrets.token_hex(6)}"
     seg = posix_ipc.SharedMemory(f"/ipckit.{name}", posix_ipc.O_CREX, mode=0o600, size=4096)  # all zero
@@ -556,6 +562,7 @@ def test_s8_other_version_or_layout() -> None:
 
 @pytest.mark.parametrize("corrupt", ["write_pos_beyond", "write_pos_unaligned", "write_pos_backwards",
                                      "bad_kind", "chunk_over_total", "total_over_max", "random_header"])
+@pytest.mark.security("S16", subject="shm")
 def test_s9_corrupt_shared_header_is_protocol_error(corrupt: str) -> None:
     a, b = ipckit.pair("shm", capacity=8192, max_message_size=1 << 20)
     with a, b:
@@ -588,6 +595,7 @@ def test_s9_corrupt_shared_header_is_protocol_error(corrupt: str) -> None:
                 ctl[8] = w._wp  # let a.close() publish sanely
 
 
+@pytest.mark.security("S16", subject="shm")
 def test_s9_garbage_in_the_segment_header_never_crashes() -> None:
     a, b = ipckit.pair("shm", capacity=8192)
     with a, b:
@@ -620,6 +628,7 @@ def _race_listen(url: str, go: int, hold: int, done: int) -> None:
     lst.close()
 
 
+@pytest.mark.security("S2", subject="shm")
 def test_s10_create_races_have_exactly_one_creator() -> None:
     racers = 3
     for _ in range(50):
@@ -726,6 +735,7 @@ def _connect_as_other_user(url: str) -> str:
     return "attached"
 
 
+@pytest.mark.security("S4", subject="shm")
 def test_s13_other_user_cannot_open_by_name() -> None:
     url = f"shm://s13-{secrets.token_hex(6)}"
     lst = ipckit.listen(url)
@@ -747,6 +757,7 @@ def _squat(name: str) -> None:
 _SQUAT_SIZE = 1 << 16
 
 
+@pytest.mark.security("S2", "S5", "S18", subject="shm")
 def test_s14_name_squatted_by_another_user() -> None:
     name = f"s14-{secrets.token_hex(6)}"
     as_user(_squat, f"/ipckit.{name}")
@@ -805,6 +816,7 @@ def test_t6_64mib_numpy_array_crosses_with_one_copy_per_side() -> None:
 
 
 @pytest.mark.parametrize("capacity", [1 << 40, (1 << 64) - 1], ids=["2**40", "2**64-1"])
+@pytest.mark.security("S16", subject="shm")
 def test_s8_forged_capacity_is_incompatible_not_a_raw_error(capacity: int) -> None:
     """Issue 10, B.12: a capacity the ring cannot have made connect() raise a raw ValueError."""
     url = f"shm://s8c-{secrets.token_hex(6)}"
@@ -857,6 +869,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare -m and a private tmpfs on /dev/shm")
+@pytest.mark.security("S17", subject="shm")
 def test_full_dev_shm_at_every_step_is_resource_exhausted_and_leaves_nothing() -> None:
     """Issue 10, B.12: with /dev/shm full at each step of creating a channel (the segment's pages, then
     each semaphore), pair() and listen() work or raise ResourceExhausted naming /dev/shm, and leave no

@@ -120,6 +120,7 @@ def side_next(ch: Any) -> int:
     return int(shm._H_SIDE_NEXT + ch._role)
 
 
+@pytest.mark.security("S15", subject="shm")
 def test_kept_messages_are_never_overwritten_and_memory_stays_bounded() -> None:
     a, b = ipckit.pair("shm://")
     try:
@@ -187,6 +188,7 @@ def _forge_ref(ring: Any, offset: int, cap: int, total: int) -> None:
         (side.WINDOW, 4096, 10),  # outside the window
     ],
 )
+@pytest.mark.security("S16", subject="shm")
 def test_a_forged_slot_record_is_a_protocol_error(offset: int, cap: int, total: int) -> None:
     a, b = ipckit.pair("shm://")
     try:
@@ -198,6 +200,7 @@ def test_a_forged_slot_record_is_a_protocol_error(offset: int, cap: int, total: 
         b.close()
 
 
+@pytest.mark.security("S16", subject="shm")
 def test_a_slot_with_a_scribbled_header_is_a_protocol_error() -> None:
     a, b = ipckit.pair("shm://")
     try:

@@ -183,6 +183,7 @@ def test_posts_survive_a_normally_exiting_poster(sem: object) -> None:
 
 
 # --------------------------------------------------------------------------- random keys
+@pytest.mark.security("S3", subject="sysv")
 def test_taken_keys_are_skipped_and_never_touched(monkeypatch: pytest.MonkeyPatch, sem: object) -> None:
     taken = sem.key  # type: ignore[attr-defined]
     fresh = 0x5B000000 + secrets.randbelow(1 << 20)
@@ -198,6 +199,7 @@ def test_taken_keys_are_skipped_and_never_touched(monkeypatch: pytest.MonkeyPatc
         sysv_sem.sem_remove(semid)
 
 
+@pytest.mark.security("S17", subject="sysv")
 def test_no_free_key_is_resource_exhausted(monkeypatch: pytest.MonkeyPatch, sem: object) -> None:
     draws: list[int] = []
 
@@ -211,6 +213,7 @@ def test_no_free_key_is_resource_exhausted(monkeypatch: pytest.MonkeyPatch, sem:
     assert len(draws) == sysv_sem.KEY_TRIES
 
 
+@pytest.mark.security("S3", "S4", subject="sysv")
 def test_segments_are_created_zeroed_private_at_a_random_key() -> None:
     key, shm = sysv_sem.shm_create(8192, 0o600)
     try:
@@ -337,6 +340,7 @@ def test_records_round_trip_and_other_tags_are_foreign(tmp: str) -> None:
         os.unlink(path)
 
 
+@pytest.mark.security("S6", subject="sysv")
 def test_a_symlinked_record_is_refused(tmp: str) -> None:
     target = _record(tmp, "target", {"semkey": 1})
     link = os.path.join(tmp, "link")
@@ -351,6 +355,7 @@ def test_a_symlinked_record_is_refused(tmp: str) -> None:
         os.unlink(target)
 
 
+@pytest.mark.security("S18", subject="sysv")
 def test_unlink_if_ours_keeps_a_record_of_another_nonce(tmp: str) -> None:
     path = _record(tmp, "r", {"nonce": "newer"})
     FORMAT.unlink_if_ours(path, "older")
@@ -457,6 +462,7 @@ def _attach_as_other(shmid: int) -> tuple[str, str]:
     return "attached", ""
 
 
+@pytest.mark.security("S4", subject="sysv")
 def test_permissions_error_is_permission_denied_with_where_to_look() -> None:
     _, shm = sysv_sem.shm_create(4096, 0o600)
     try:
@@ -468,6 +474,7 @@ def test_permissions_error_is_permission_denied_with_where_to_look() -> None:
         shm.remove()
 
 
+@pytest.mark.security("S17", subject="sysv")
 def test_sizes_the_kernel_refuses_are_resource_exhausted() -> None:
     for size in (-1, 1 << 62):  # ValueError, MemoryError (ENOMEM) from sysv_ipc
         exc = _raised(lambda: sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, size=size, mode=0o600))  # noqa: B023
@@ -488,6 +495,7 @@ def test_busy_and_interrupted_waits_are_timeouts(sem: object) -> None:
     assert type(err) is ChannelTimeout and "call again" in str(err)
 
 
+@pytest.mark.security("S17", subject="sysv")
 def test_limit_errors_name_the_limit_of_their_kind() -> None:
     # sysv_ipc raises ENOSPC without an errno, with these messages.
     err = sysv_sem.sysv_error(OSError("Not enough shared memory identifiers available (ENOSPC)"), "create",

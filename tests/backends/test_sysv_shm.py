@@ -296,6 +296,7 @@ def _make_pair_and_die() -> None:
     kill_self()
 
 
+@pytest.mark.security("S18", subject="sysv+shm")
 def test_v3_both_killed_cleanup_stale_removes_everything(name: str) -> None:
     before_shm, before_sem = _rows("shm"), _rows("sem")
     assert _status(_fork(_make_pair_and_die)) == -signal.SIGKILL
@@ -312,6 +313,7 @@ def test_v3_both_killed_cleanup_stale_removes_everything(name: str) -> None:
     assert not os.path.exists(sysv_kit.registry_dir())
 
 
+@pytest.mark.security("S18", subject="sysv+shm")
 def test_cleanup_stale_leaves_live_channels_alone(name: str) -> None:
     a, b = ipckit.pair("sysv+shm")
     lst = ipckit.listen(f"sysv+shm://{name}")
@@ -407,6 +409,7 @@ def test_v11_two_hundred_fork_hand_offs_never_report_a_live_peer_dead() -> None:
 
 
 # --------------------------------------------------------------------------- V-4 keys
+@pytest.mark.security("S3", subject="sysv+shm")
 def test_v4_taken_key_is_never_used_and_a_new_one_is_drawn(monkeypatch: pytest.MonkeyPatch) -> None:
     taken_shm = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, mode=0o600, size=4096)
     taken_sem = sysv_ipc.Semaphore(None, sysv_ipc.IPC_CREX, mode=0o600)
@@ -444,6 +447,7 @@ def _race_listen(url: str, w: int) -> None:
     lst.close()
 
 
+@pytest.mark.security("S2", subject="sysv+shm")
 def test_v5_fifty_create_races_have_exactly_one_creator(name: str) -> None:
     for i in range(50):
         url = f"sysv+shm://{name}-{i}"
@@ -519,6 +523,7 @@ def _connect_as_other(url: str) -> str:
     return "connected"
 
 
+@pytest.mark.security("S4", subject="sysv+shm")
 def test_v8_other_uid_is_refused(tmp_path: Any) -> None:
     os.chmod(tmp_path, 0o700)
     url = f"sysv+shm://{tmp_path}/ep"
@@ -535,6 +540,7 @@ def _attach_as_other(shmid: int) -> str:
     return "attached"
 
 
+@pytest.mark.security("S4", subject="sysv+shm")
 def test_v8_objects_are_owner_only() -> None:
     a, b = ipckit.pair("sysv+shm")
     with a, b:
@@ -550,6 +556,7 @@ def _squat(size: int, mode: int) -> tuple[int, int]:
     return int(shm.key), int(shm.id)
 
 
+@pytest.mark.security("S2", "S5", subject="sysv+shm")
 def test_v8_squatted_segment_of_another_uid_is_refused(name: str, foreign_sem: tuple[int, int]) -> None:
     key, shmid = as_user(_squat, 16 * 4096, 0o666)
     try:
@@ -567,6 +574,7 @@ def test_v8_squatted_segment_of_another_uid_is_refused(name: str, foreign_sem: t
         sysv_ipc.remove_shared_memory(shmid)
 
 
+@pytest.mark.security("S5", subject="sysv+shm")
 def test_v8_group_readable_semaphore_set_is_refused(name: str) -> None:
     shm = sysv_ipc.SharedMemory(None, sysv_ipc.IPC_CREX, mode=0o600, size=4096)
     key = 0x7D000000 + secrets.randbelow(1 << 24)
@@ -634,6 +642,7 @@ def test_v9_s3_committed_but_unposted_message_is_found() -> None:
     a.close()
 
 
+@pytest.mark.security("S16", subject="sysv+shm")
 def test_v9_s9_corrupt_shared_counters_are_a_protocol_error() -> None:
     a, b = ipckit.pair("sysv+shm", capacity=8192)
     with a, b:
@@ -712,6 +721,7 @@ def test_ipckit_cleanup_command_keeps_live_manifests_and_reclaims_dead_ones(name
 
 
 @pytest.mark.parametrize("capacity", [1 << 40, (1 << 64) - 1], ids=["2**40", "2**64-1"])
+@pytest.mark.security("S16", subject="sysv+shm")
 def test_v8_forged_capacity_is_incompatible_not_a_raw_error(name: str, capacity: int) -> None:
     """Issue 10, B.12: a capacity the ring cannot have made connect() raise a raw ValueError (and
     leave the segment attached)."""

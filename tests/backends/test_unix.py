@@ -116,6 +116,7 @@ class _Bg(threading.Thread):
         return self.result
 
 
+@pytest.mark.security("S1", subject="unix")
 def test_u1_path_limit_107_ok_108_invalid(tmp: str) -> None:
     base = os.path.join(tmp, "")
     ok = base + "a" * (107 - len(base))
@@ -140,6 +141,7 @@ def _listen_then_die(url: str) -> None:
     kill_self()
 
 
+@pytest.mark.security("S2", subject="unix")
 def test_u2_stale_socket_replaced_live_never_stolen(tmp: str) -> None:
     url = f"unix://{tmp}/s.sock"
     with spawn_peer(_listen_then_die, url) as peer:
@@ -158,6 +160,7 @@ def test_u2_stale_socket_replaced_live_never_stolen(tmp: str) -> None:
     assert os.listdir(tmp) == []
 
 
+@pytest.mark.security("S2", subject="unix")
 def test_u2_foreign_live_server_is_not_stolen(tmp: str) -> None:
     path = f"{tmp}/raw.sock"
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -173,6 +176,7 @@ def test_u2_foreign_live_server_is_not_stolen(tmp: str) -> None:
     assert os.listdir(tmp) == []
 
 
+@pytest.mark.security("S2", subject="unix")
 def test_u2_two_servers_racing_exactly_one_wins(tmp: str) -> None:
     url = f"unix://{tmp}/race.sock"
     for _ in range(20):
@@ -197,6 +201,7 @@ def test_u2_two_servers_racing_exactly_one_wins(tmp: str) -> None:
 # message is one packet, never cut).
 
 
+@pytest.mark.security("S10", subject="unix")
 def test_u4_stalled_handshake_does_not_block_others(tmp: str) -> None:
     url = f"unix://{tmp}/auth.sock"
     with ipckit.listen(url, authkey=KEY, handshake_timeout=5.0) as lst:
@@ -218,6 +223,7 @@ def test_u4_stalled_handshake_does_not_block_others(tmp: str) -> None:
             staller.close()
 
 
+@pytest.mark.security("S10", subject="unix")
 def test_u4_handshake_deadline_drops_staller(tmp: str) -> None:
     url = f"unix://{tmp}/auth.sock"
     with ipckit.listen(url, authkey=KEY, handshake_timeout=0.2) as lst:
@@ -267,6 +273,7 @@ def _connect_as_other(url: str, opts: dict[str, Any]) -> str:
         return cl.serializer.name
 
 
+@pytest.mark.security("S4", "S9", subject="unix")
 def test_u6_other_uid_cannot_connect_to_path_socket(tmp: str) -> None:
     with ipckit.listen(f"unix://{tmp}/priv.sock") as lst:
         assert stat.S_IMODE(os.stat(f"{tmp}/priv.sock").st_mode) == 0o600
@@ -278,6 +285,7 @@ def test_u6_other_uid_cannot_connect_to_path_socket(tmp: str) -> None:
             assert ch.recv(timeout=2.0) == 1
 
 
+@pytest.mark.security("S4", subject="unix")
 def test_u6_mode_is_set_explicitly_whatever_the_umask(tmp: str) -> None:
     old = os.umask(0)
     try:
@@ -291,6 +299,7 @@ def test_u6_mode_is_set_explicitly_whatever_the_umask(tmp: str) -> None:
         os.umask(old)
 
 
+@pytest.mark.security("S8", subject="unix")
 def test_u7_abstract_namespace_is_opt_in() -> None:
     with pytest.raises(InvalidAddress, match="abstract"):
         ipckit.listen("unix://@ipckit-test-abstract")
@@ -298,6 +307,7 @@ def test_u7_abstract_namespace_is_opt_in() -> None:
         ipckit.connect("unix://@ipckit-test-abstract", timeout=0.1)
 
 
+@pytest.mark.security("S8", "S9", subject="unix")
 def test_u7_other_uid_on_abstract_socket_rejected_before_payload() -> None:
     name = f"@ipckit-test-{os.getpid()}-{time.monotonic_ns()}"
     with ipckit.listen(f"unix://{name}", abstract=True) as lst:
@@ -338,6 +348,7 @@ def _refused_client(url: str, opts: dict[str, Any], send_first: bool) -> list[st
 
 @pytest.mark.parametrize("kind", ["stream", "seqpacket"])
 @pytest.mark.parametrize("send_first", [False, True])
+@pytest.mark.security("S9", subject="unix")
 def test_u7_client_refused_by_the_allow_list_hears_peer_rejected(kind: str, send_first: bool) -> None:
     """The server's refusal reaches the client as PeerRejected (with the reason), on receive and on
     send, instead of looking like a crashed server (PeerDied)."""
@@ -371,6 +382,7 @@ def test_u7_a_reset_after_the_peek_does_not_hide_the_packet() -> None:
         assert _take(b.recv, 16) == b"refused"
 
 
+@pytest.mark.security("S9", subject="unix")
 def test_u7_client_checks_the_server_too() -> None:
     name = f"@ipckit-test-{os.getpid()}-{time.monotonic_ns()}"
     with ipckit.listen(f"unix://{name}", abstract=True, allow_uids=[NOBODY]) as lst:
@@ -431,6 +443,7 @@ def test_u9_garbage_from_a_raw_client(tmp: str, garbage: bytes) -> None:
             assert ch.recv(timeout=2.0) == "valid"
 
 
+@pytest.mark.security("S14", subject="unix")
 def test_u9_forged_length_is_message_too_large(tmp: str) -> None:
     url = f"unix://{tmp}/f.sock"
     with ipckit.listen(url, max_message_size=1 << 20) as lst:
@@ -443,6 +456,7 @@ def test_u9_forged_length_is_message_too_large(tmp: str) -> None:
         raw.close()
 
 
+@pytest.mark.security("S14", subject="unix")
 def test_u9_seqpacket_oversized_packet_discarded_channel_usable() -> None:
     a, b = ipckit.pair("unix://", type="seqpacket", max_message_size=1000)
     try:
@@ -463,6 +477,7 @@ class _Boom:
 
 
 @pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+@pytest.mark.security("S10", "S13", subject="unix")
 def test_u10_wrong_authkey_rejected_on_both_sides(tmp: str, kind: str) -> None:
     url = f"unix://{tmp}/k.sock"
     with ipckit.listen(url, authkey=KEY, type=kind) as lst:
@@ -480,6 +495,7 @@ def test_u10_wrong_authkey_rejected_on_both_sides(tmp: str, kind: str) -> None:
             assert ch.recv(timeout=2.0) == {1, 2}
 
 
+@pytest.mark.security("S12", "S13", subject="unix")
 def test_u10_no_authkey_client_never_gets_a_payload_unpickled(tmp: str) -> None:
     url = f"unix://{tmp}/k.sock"
     with ipckit.listen(url, authkey=KEY, handshake_timeout=0.5) as lst:
@@ -501,6 +517,7 @@ def _authed_client(url: str, key: bytes) -> str:
         return str(cl.recv(timeout=5.0))
 
 
+@pytest.mark.security("S10", "S12", subject="unix")
 def test_u10_authkey_allows_pickle_between_users(shared_dir: str) -> None:
     os.chmod(shared_dir, 0o755)
     url = f"unix://{shared_dir}/a.sock"
@@ -514,6 +531,7 @@ def test_u10_authkey_allows_pickle_between_users(shared_dir: str) -> None:
             assert client.outcome(20.0) == "welcome"
 
 
+@pytest.mark.security("S9", "S12", subject="unix")
 def test_foreign_uid_without_authkey_gets_msgpack_and_pickle_refused(shared_dir: str) -> None:
     os.chmod(shared_dir, 0o755)
     url = f"unix://{shared_dir}/n.sock"

@@ -129,6 +129,7 @@ def _url(tmp_path: object) -> str:
     return f"zmq+ipc://{tmp_path}/z.ipc"
 
 
+@pytest.mark.security("S2", subject="zmq+ipc")
 def test_z6_second_binder_is_refused_and_the_first_still_works(tmp_path: object) -> None:
     url = _url(tmp_path)
     with ipckit.listen(url) as first:
@@ -154,6 +155,7 @@ def _listen_then_die(url: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@pytest.mark.security("S2", subject="zmq+ipc")
 def test_z8_stale_ipc_of_a_killed_binder_is_reclaimed(tmp_path: object) -> None:
     url = _url(tmp_path)
     path = url.removeprefix("zmq+ipc://")
@@ -170,6 +172,7 @@ def test_z8_stale_ipc_of_a_killed_binder_is_reclaimed(tmp_path: object) -> None:
     assert sorted(os.listdir(str(tmp_path))) == []
 
 
+@pytest.mark.security("S1", subject="zmq+ipc")
 def test_z7_path_over_107_bytes_is_invalid_address(tmp_path: object) -> None:
     long = f"zmq+ipc://{tmp_path}/" + "x" * 120 + ".ipc"
     with pytest.raises(InvalidAddress):
@@ -275,6 +278,7 @@ def test_heartbeat_a_stopped_peer_is_peer_died_within_the_bound(tmp_path: object
                 peer.kill()
 
 
+@pytest.mark.security("S19", subject="zmq+ipc")
 def test_z13_a_listener_in_a_forked_child_is_refused(tmp_path: object) -> None:
     with ipckit.listen(_url(tmp_path)) as lst:
         def use() -> str:
@@ -383,6 +387,7 @@ def test_z3_killed_sender_plain_mode_is_peer_died_after_a_prefix(listen_url: str
                 assert got == list(range(len(got)))
 
 
+@pytest.mark.security("S12", subject="zmq+tcp")
 def test_pickle_over_tcp_is_refused_unless_trusted() -> None:
     with pytest.raises(UnsafeSerializer):
         ipckit.pair("zmq+tcp://", serializer="pickle")
@@ -395,6 +400,7 @@ def test_pickle_over_tcp_is_refused_unless_trusted() -> None:
         assert b.recv(timeout=5.0) == {1, 2}
 
 
+@pytest.mark.security("S11", subject="zmq+tcp")
 def test_z12_tcp_refuses_a_plaintext_non_loopback_bind() -> None:
     with pytest.raises(ConfigurationError, match="CURVE"):
         ipckit.listen("zmq+tcp://0.0.0.0:0")
@@ -408,6 +414,7 @@ def test_tcp_listener_url_tells_the_real_port() -> None:
             assert s.recv(timeout=5.0) == "p"
 
 
+@pytest.mark.security("S14", subject="zmq+ipc")
 def test_z9_oversized_inbound_from_a_raw_peer_is_reported_not_silent(tmp_path: object) -> None:
     """A writer below ipckit (no hello limit check) sends twice the receiver's max_message_size:
     libzmq's MAXMSGSIZE drops the connection (V18); the receiver gets the message before it, then

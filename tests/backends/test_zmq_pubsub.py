@@ -417,6 +417,7 @@ def _frames_of(thread: Any) -> list[Any]:
     return out
 
 
+@pytest.mark.security("S15", subject="zmq+ipc")
 def test_ticks_to_a_subscriber_that_never_reads_are_bounded() -> None:
     """A live subscriber that never reads keeps what is sent to it queued: the publisher's ticks
     (one per heartbeat) slow down once 64 are unread, and an idle publisher sends none at all."""
@@ -459,6 +460,7 @@ def _use_inherited(pub: Any, sub: Any) -> str:
     return "refused"
 
 
+@pytest.mark.security("S19", subject="zmq+ipc")
 def test_a_forked_child_cannot_use_or_end_the_parents_ends() -> None:
     from ipckit.testing.peers import run_forked
 

@@ -144,6 +144,7 @@ def test_allowed_client_is_admitted_both_ways(ctx: zmq.Context[Any], server: Ser
 
 
 @pytest.mark.parametrize("kind", ["null", "plain", "curve-not-allowed", "curve-wrong-server-key"])
+@pytest.mark.security("S11", "S13", subject="zmq+tcp")
 def test_unadmitted_client_is_refused_within_1s_and_nothing_passes(
         ctx: zmq.Context[Any], server: Server, client_kp: zs.KeyPair, kind: str) -> None:
     sock = _client(ctx, kind, server, client_kp)
@@ -214,6 +215,7 @@ def test_allow_list_is_per_server_in_one_context(ctx: zmq.Context[Any]) -> None:
         b.close()
 
 
+@pytest.mark.security("S11", subject="zmq+tcp")
 def test_server_socket_outliving_its_curve_server_refuses_everyone(
         ctx: zmq.Context[Any], client_kp: zs.KeyPair) -> None:
     """Fail closed: with no ZAP handler left, libzmq would admit any key; ZAP_ENFORCE_DOMAIN refuses instead."""
@@ -335,6 +337,7 @@ def test_sockets_of_a_context_per_channel(client_kp: zs.KeyPair) -> None:
     assert not [t for t in threading.enumerate() if t.name == "ipckit-zap"]
 
 
+@pytest.mark.security("S11", subject="zmq+tcp")
 def test_curve_server_refuses_an_empty_allow_list_and_a_foreign_authenticator(ctx: zmq.Context[Any]) -> None:
     with pytest.raises(ConfigurationError, match="allow-list is empty"):
         zs.CurveServer(ctx, zs.generate_keypair(), [])
@@ -352,6 +355,7 @@ def test_curve_server_refuses_an_empty_allow_list_and_a_foreign_authenticator(ct
 # --------------------------------------------------------------------------- bind policy
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.1.2.3", "localhost", "LOCALHOST", "::1", "[::1]",
                                   "::ffff:127.0.0.1"])
+@pytest.mark.security("S11", subject="zmq+tcp")
 def test_loopback_binds_need_nothing(host: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -362,6 +366,7 @@ def test_loopback_binds_need_nothing(host: str) -> None:
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "*", "::", "[::]", "192.168.1.20", "10.0.0.1", "lo", "eth0",
                                   "example.com", "128.0.0.1"])
+@pytest.mark.security("S11", subject="zmq+tcp")
 def test_other_binds_need_curve(host: str) -> None:
     with pytest.raises(ConfigurationError) as info:
         zs.check_bind_address(host, curve=False, insecure=False)
@@ -381,6 +386,7 @@ def test_bind_without_host_is_an_invalid_address() -> None:
 
 
 # --------------------------------------------------------------------------- key material and files
+@pytest.mark.security("S20", subject="zmq+tcp")
 def test_keypair_checks_its_keys_and_hides_the_secret() -> None:
     kp = zs.generate_keypair()
     assert len(kp.public) == len(kp.secret) == 40
@@ -399,6 +405,7 @@ def test_keypair_checks_its_keys_and_hides_the_secret() -> None:
     assert zs.load_public_keys([raw]) == {kp.public}
 
 
+@pytest.mark.security("S11", subject="zmq+tcp")
 def test_key_files_round_trip_with_modes(tmp_path: Path) -> None:
     kp = zs.generate_keypair()
     secret, public = zs.save_keypair(kp, tmp_path / "server")
@@ -433,6 +440,7 @@ def test_key_files_are_never_overwritten_without_force(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
 
 
+@pytest.mark.security("S11", subject="zmq+tcp")
 def test_a_secret_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
     secret, _ = zs.save_keypair(zs.generate_keypair(), tmp_path / "k")
     for mode in (0o640, 0o604, 0o644):
