@@ -40,6 +40,7 @@ from reliability_report import Recorder, scaled
 
 import ipckit
 from ipckit.channel import Channel, Listener
+from ipckit.errors import EndOfChannel
 from ipckit.registry import get_backend
 from ipckit.serializers import decoder
 from ipckit.testing import ready, spawn_peer
@@ -206,12 +207,31 @@ def _duplex(ch: Channel, plan: Plan, senders: dict[int, int], expected: dict[int
     return tally
 
 
-def _duplex_peer(end: Channel | Dial, plan: Plan, senders: dict[int, int], expected: dict[int, int]) -> Tally:
+_DONE = b"ipckit-load: all received"
+
+
+def _duplex_peer(end: Channel | Dial, plan: Plan, senders: dict[int, int], expected: dict[int, int],
+                 wait_done: bool) -> Tally:
+    """The child's side; with *wait_done* it keeps its end open until the parent says it received
+    everything (zmq: a close right after a burst loses the tail, see ZMQ_CLOSE_GAP)."""
     ch = attach(end)
     try:
-        return _duplex(ch, plan, senders, expected, ready)
+        tally = _duplex(ch, plan, senders, expected, ready)
+        if wait_done and tally.clean:
+            assert ch.recv_bytes(timeout=30.0) == _DONE
+        return tally
     finally:
         ch.close()
+
+
+#: A real bug the checker found (test_close_right_after_a_burst shows it on its own): a zmq end
+#: that closes while its peer is still behind (a few hundred messages queued) loses that tail and
+#: the goodbye: the peer reads a prefix, then PeerDied, where docs/backends/zmq.md promises every
+#: message sent before close(), then EndOfChannel.  Raw pyzmq (libzmq 4.3.5, PAIR, linger 2 s)
+#: loses the same way, so close() has to wait for the peer to confirm what it read.
+ZMQ_CLOSE_GAP = ("zmq: close() right after a burst, while the peer is still behind, loses the messages still "
+                 "queued and the goodbye (the peer gets a prefix, then PeerDied); libzmq's linger does not cover "
+                 "them (seen on zmq+ipc, in about 1 run of 3; zmq+tcp has the same close path)")
 
 
 def _record_summary(reliability: Recorder) -> None:
@@ -245,11 +265,16 @@ def test_load_both_directions(subject: Subject, ends: Callable[..., Any], reliab
     note = f"{subject.name}: {_seed_note(SEED)}, {mix.describe()}"
     clock: list[float] = []
     if caps.cross_process:
-        with spawn_peer(_duplex_peer, theirs, plan, peers, ours) as peer:
+        # zmq: the child waits for our word before closing (ZMQ_CLOSE_GAP): this test is about
+        # what arrives under load; the close is test_close_right_after_a_burst's.
+        wait_done = subject.scheme.startswith("zmq")
+        with spawn_peer(_duplex_peer, theirs, plan, peers, ours, wait_done) as peer:
             ch = finish()
             peer.wait_ready()
             clock.append(time.monotonic())
             got = _duplex(ch, plan, ours, peers, lambda: None)
+            if wait_done:
+                ch.send_bytes(_DONE, timeout=30.0)
             theirs_got: Tally = peer.join(60.0)
             seconds = time.monotonic() - clock[0]
     else:  # threads only (memory://): the peer is a thread of this process
@@ -273,6 +298,40 @@ def test_load_both_directions(subject: Subject, ends: Callable[..., Any], reliab
     assert got.clean and got.ended == "complete", f"{note}: parent received: {got.describe()}"
     assert theirs_got.clean and theirs_got.ended == "complete", f"{note}: child received: {theirs_got.describe()}"
     assert total["messages"] == 4 * per
+
+
+# --------------------------------------------------------------------------- close after a burst
+_BURST = 20_000
+
+
+def _burst_then_close(end: Channel | Dial) -> None:
+    ch = attach(end)
+    ready()
+    for i in range(_BURST):
+        ch.send_bytes(i.to_bytes(8, "little") + bytes(100), timeout=30.0)
+    ch.close()
+
+
+def test_close_right_after_a_burst(subject: Subject, ends: Callable[..., Any], request: pytest.FixtureRequest) -> None:
+    """A peer that sends a burst and closes at once, while this end is still reading: every
+    message arrives, then EndOfChannel (docs/contract.md: a clean close is never PeerDied)."""
+    caps = get_backend(subject.scheme).capabilities
+    if not caps.cross_process:
+        pytest.skip(f"{subject.scheme} is threads-only: the burst test needs a peer process")
+    if subject.scheme.startswith("zmq"):
+        request.node.add_marker(pytest.mark.xfail(reason=ZMQ_CLOSE_GAP, strict=False))
+    _, theirs, finish = ends()
+    with spawn_peer(_burst_then_close, theirs) as peer:
+        ch = finish()
+        peer.wait_ready()
+        got = 0
+        with pytest.raises(EndOfChannel):
+            while True:
+                data = ch.recv_bytes(timeout=30.0)
+                assert int.from_bytes(data[:8], "little") == got, f"message {got} arrived out of place"
+                got += 1
+        assert got == _BURST
+        peer.join(30.0)
 
 
 # --------------------------------------------------------------------------- SIGKILL mid-stream
