@@ -300,6 +300,7 @@ def run_forked(fn: Callable[..., Any], *args: Any, timeout: float = 60.0, what: 
             within *timeout* (it is then killed).
     """
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with the runner's threads: fn uses none
         pid = os.fork()
@@ -311,6 +312,11 @@ def run_forked(fn: Callable[..., Any], *args: Any, timeout: float = 60.0, what: 
             try:
                 if before is not None:
                     before()
+                    # A change of uid or gid (as_user) clears the parent-death signal: ask again,
+                    # and go if the parent died meanwhile (we would be an orphan already).
+                    set_pdeathsig()
+                    if os.getppid() != parent:
+                        os._exit(70)
                 outcome: tuple[Any, ...] = ("result", fn(*args))
             except BaseException as exc:
                 try:
