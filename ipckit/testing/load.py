@@ -13,15 +13,18 @@ for a 200,000-message run on a slow transport, and the small ones are where per-
 dict (the channel's serializer, pickle-5 out-of-band parts included), the rest through
 ``send_bytes()``.
 
-Use it on your own backend::
+Use it on your own backend (``a`` sends, ``b`` receives; run the senders in threads or in
+another process that builds the same plan)::
 
-    plan = Plan(seed=1, mix=Mix(), cap=channel.max_message_size)
-    # sender side, one thread per stream:
+    from ipckit.serializers import decoder
+    from ipckit.testing.load import Checker, Mix, Plan, receive_all, send_stream
+
+    plan = Plan(seed=1, mix=Mix(), cap=a.max_message_size)
+    # sender side, one thread (or process) per stream:
     send_stream(a, plan, sender=0, count=10_000)
     # receiver side:
-    checker = Checker(plan, {0: 10_000}, decoder(b.serializer))
-    receive_all(b, checker)
-    assert checker.tally().clean, checker.tally().describe()
+    tally = receive_all(b, Checker(plan, {0: 10_000}, decoder(b.serializer)))
+    assert tally.clean and tally.ended == "complete", tally.describe()
 
 A receiver cannot know whether the next message was sent with ``send()`` or ``send_bytes()`` (two
 senders interleave), so :func:`receive_all` takes every message with ``recv_bytes()`` and decodes
@@ -210,7 +213,8 @@ class Checker:
         """Distinct expected messages received so far."""
         return sum(self._tally.received.values())
 
-    def _problem(self, text: str) -> None:
+    def note_problem(self, text: str) -> None:
+        """Record a problem in words (the first few are kept, with the seed)."""
         if len(self._tally.problems) < self.MAX_PROBLEMS:
             self._tally.problems.append(f"{text} (seed {self.plan.seed})")
 
@@ -229,41 +233,42 @@ class Checker:
                 obj = self._decode(data)
             except Exception as exc:  # any decoder's failure: the bytes are not a message we sent
                 t.corrupt += 1
-                self._problem(f"message #{t.messages} ({len(data)} B) is neither a load frame nor decodable: {exc!r}")
+                self.note_problem(f"message #{t.messages} ({len(data)} B) is neither a load frame nor "
+                                  f"decodable: {exc!r}")
                 return
             if not (isinstance(obj, dict) and obj.get("kind") == _OBJECT_KIND):
                 t.unexpected += 1
-                self._problem(f"message #{t.messages} decoded to something no sender sent: {obj!r:.100}")
+                self.note_problem(f"message #{t.messages} decoded to something no sender sent: {obj!r:.100}")
                 return
             try:
                 sender, seq, size, crc = (int(obj["sender"]), int(obj["seq"]), int(obj["size"]), int(obj["crc"]))
                 body = bytes(obj["body"])
             except (KeyError, TypeError, ValueError) as exc:
                 t.corrupt += 1
-                self._problem(f"message #{t.messages}: a load dict with bad fields: {exc!r}")
+                self.note_problem(f"message #{t.messages}: a load dict with bad fields: {exc!r}")
                 return
             as_object = True
         seen = self._seen.get(sender)
         if seen is None or not 0 <= seq < len(seen):
             t.unexpected += 1
-            self._problem(f"message #{t.messages}: sender {sender} seq {seq} is not in the plan")
+            self.note_problem(f"message #{t.messages}: sender {sender} seq {seq} is not in the plan")
             return
         sizes, objects = self._schedules[sender]
         if (size != sizes[seq] or len(body) != size or as_object != bool(objects[seq])
                 or zlib.crc32(body) != crc or crc != zlib.crc32(self.plan.body(sender, seq, size))):
             t.corrupt += 1
-            self._problem(f"sender {sender} seq {seq}: corrupt (size {len(body)}/{size}, planned {sizes[seq]}, "
+            self.note_problem(f"sender {sender} seq {seq}: corrupt (size {len(body)}/{size}, planned {sizes[seq]}, "
                           f"object {as_object}/{bool(objects[seq])})")
             return
         if seen[seq]:
             t.duplicated += 1
-            self._problem(f"sender {sender} seq {seq}: duplicate")
+            self.note_problem(f"sender {sender} seq {seq}: duplicate")
             return
         seen[seq] = 1
         t.received[sender] = t.received.get(sender, 0) + 1
         if seq < self._top[sender]:
             t.reordered += 1
-            self._problem(f"sender {sender} seq {seq}: arrived after seq {self._top[sender]}")
+            self.note_problem(f"sender {sender} seq {seq}: arrived after seq {self._top[sender]}")
         else:
             self._top[sender] = seq
 
@@ -290,5 +295,5 @@ def receive_all(ch: Channel, checker: Checker, timeout: float = 30.0, until_erro
         checker.tally().ended = type(exc).__name__
     except IPCError as exc:
         checker.tally().ended = type(exc).__name__
-        checker._problem(f"receive failed: {type(exc).__name__}: {exc}")
+        checker.note_problem(f"receive failed: {type(exc).__name__}: {exc}")
     return checker.tally()
