@@ -15,6 +15,15 @@ message a sender had in flight is *indeterminate* (delivered whole or not at all
 counts how many were not delivered.  On zmq a returned send is only "queued in libzmq"
 (docs/backends/zmq.md, Z-3), so there the prefix may also stop before the last returned send.
 
+``test_checker_counts_every_fault``: the checker's zeros mean something -- a stream with a known
+duplicate, reordering, corruption, loss and foreign messages is counted exactly, on every backend.
+
+``test_close_right_after_a_burst``: a peer that sends 20,000 messages and closes at once, while
+this end still reads: every message, then ``EndOfChannel``.  zmq fails it (``ZMQ_CLOSE_GAP``, found
+by the load test: the closing end's queued tail and its goodbye are lost when the reader is a few
+hundred messages behind); it is an ``xfail`` there, and the load test's zmq child waits for the
+parent's word before it closes.
+
 Sizes: :func:`scaled` -- 5,000 messages per backend by default, 200,000 in CI's proof stage
 (``IPCKIT_PROOF=1``).  The size mix (:class:`Mix`) keeps a proof run's bytes bounded; backends
 that move large messages slowly get a smaller large-message share (``LARGE_SHARE``), never fewer
