@@ -13,6 +13,12 @@ import pytest
 pytest_plugins = ["ipckit.testing.plugin", "reliability_report"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The fault matrix counts the shipped contract's tests too: their names, by scenario, registered
+    # on import (here, once reliability_report is loaded: importing it earlier defeats assert rewriting).
+    import reliability.scenarios  # noqa: F401
+
+
 @pytest.fixture
 def tmp() -> Iterator[str]:
     """A private temporary directory that the test must leave empty."""
