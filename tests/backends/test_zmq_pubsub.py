@@ -364,6 +364,7 @@ def test_bad_requests_get_the_contracts_errors(tmp_path: Any) -> None:
     assert os.listdir(_DIR) == []
 
 
+@pytest.mark.security("S11", "S12", subject="zmq+tcp")
 def test_curve_over_tcp() -> None:
     from ipckit.backends.common.zmq_security import generate_keypair
 

@@ -501,6 +501,45 @@ def test_s8_zmq_abstract_endpoints_are_refused(address: str) -> None:
         ipckit.connect(f"zmq+ipc://{address}", timeout=0.5)
 
 
+# =========================================================================== S12: no pickle from the unproven
+class _Exploit:
+    """Unpickling this runs ``os.mkdir(canary)`` in the receiving process: the attacker's code."""
+
+    def __init__(self, canary: str) -> None:
+        self.canary = canary
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return os.mkdir, (self.canary,)
+
+
+@pytest.mark.security("S12", "S13")
+@pytest.mark.parametrize("scheme", ["zmq+tcp", "zmq+ipc", "shm", "sysv+shm", "mq", "sysv+mq", "fifo", "memory"])
+def test_s12_a_pickled_exploit_from_an_unproven_peer_never_runs(scheme: str, tmp: str) -> None:
+    """The peer is not proven to be this user (zmq+tcp: TCP proves nothing; elsewhere: the
+    endpoint's ``mode=0o660`` lets the group open it).  That peer chooses pickle for itself
+    (``trust=True``) and sends an object whose unpickling runs code: the receiving end, left at
+    its defaults, is msgpack, so the message is a DecodeError and the code never runs."""
+    _caps(scheme)
+    canary = os.path.join(tmp, "attacker-code-ran")
+    wide = {} if scheme == "zmq+tcp" else {"mode": 0o660}
+    url = {"zmq+tcp": "zmq+tcp://127.0.0.1:0", "zmq+ipc": f"zmq+ipc://{tmp}/z.ipc", "fifo": f"fifo://{tmp}/ep"}.get(
+        scheme, f"{scheme}://s12-{os.getpid()}-{secrets.token_hex(4)}")
+    with ipckit.listen(url, **wide) as lst:
+        attacker = ResultThread(lambda: ipckit.connect(lst.url, timeout=10.0, serializer="pickle", trust=True, **wide),
+                                name="ipckit-test-connect")
+        attacker.start()
+        with lst.accept(timeout=10.0) as victim, attacker.outcome(15.0) as evil:
+            assert victim.serializer.name == "msgpack" and evil.serializer.name == "pickle"
+            evil.send(_Exploit(canary), timeout=5.0)
+            with pytest.raises(DecodeError):
+                victim.recv(timeout=5.0)
+            assert not os.path.exists(canary), "the victim's recv() ran the peer's code"
+            evil.send_bytes(b"\x81\xa2ok\xc3", timeout=5.0)  # msgpack {"ok": True}: the channel still works
+            assert victim.recv(timeout=5.0) == {"ok": True}
+    if os.path.exists(canary):
+        os.rmdir(canary)
+
+
 # =========================================================================== S15: bounded in bytes
 BUDGET = 4 << 20
 #: The option that sets each backend's byte budget (the others are bounded by the kernel alone).
