@@ -243,7 +243,9 @@ class BellFlags:
             if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
                 raise PermissionError(errno.EPERM, f"{path} is not this user's file")
             if create:
-                os.ftruncate(fd, self.SIZE)
+                # Reserve the page, not only the size: on a full /dev/shm (tmpfs) ftruncate succeeds
+                # and the first store through the mapping is SIGBUS; this is ENOSPC now instead.
+                os.posix_fallocate(fd, 0, self.SIZE)
             elif st.st_size < self.SIZE:
                 raise PermissionError(errno.EPERM, f"{path} is not a doorbell flags file")
             self.words = mmap.mmap(fd, self.SIZE)
