@@ -52,6 +52,7 @@ import itertools
 import multiprocessing
 import multiprocessing.context
 import os
+import select
 import signal
 import threading
 import time
@@ -147,6 +148,24 @@ def _die_with_parent(parent_pid: int | None) -> None:
         os._exit(1)
 
 
+def _die_with_owner(owner_pid: int) -> None:
+    """A forkserver worker: its parent is the fork server, which outlives the pool's owner while
+    any worker lives (every forkserver child holds the server's alive descriptor), so the parent-death
+    signal alone would leave a worker inside a long task running.  Watch the owner itself."""
+    try:
+        pidfd = os.pidfd_open(owner_pid)
+    except ProcessLookupError:
+        os._exit(1)  # the owner is gone already
+    except (OSError, AttributeError):
+        return  # no pidfd here: the channel's liveness check still ends an idle worker
+
+    def watch() -> None:
+        select.select([pidfd], [], [])  # readable once the owner has exited
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="ipckit.futures-owner-watch", daemon=True).start()
+
+
 def _send_error(ch: Channel, kind: int, exc: BaseException) -> None:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
@@ -157,9 +176,11 @@ def _send_error(ch: Channel, kind: int, exc: BaseException) -> None:
 
 
 def _worker_main(ch: Channel, parent_pid: int | None, initializer: Callable[..., object] | None,
-                 initargs: tuple[Any, ...], max_tasks: int | None) -> None:
+                 initargs: tuple[Any, ...], max_tasks: int | None, owner_pid: int | None = None) -> None:
     """A worker process: run tasks in the order they arrive, one answer per task."""
     _die_with_parent(parent_pid)
+    if parent_pid is None and owner_pid is not None:
+        _die_with_owner(owner_pid)
     try:
         if initializer is not None:
             try:
@@ -511,7 +532,7 @@ class ProcessPoolExecutor(Executor):
         self._broken: BrokenProcessPool | None = None
         self._owner_pid = os.getpid()
         # Forked workers are children of the forking thread, so their parent pid is ours; the
-        # forkserver's children are the server's (it ends with us, and PR_SET_PDEATHSIG follows).
+        # forkserver's children are the server's, which may outlive us: they watch our pid too.
         self._child_parent = None if self._ctx.get_start_method() == "forkserver" else os.getpid()
         _live.add(self)
 
@@ -839,7 +860,8 @@ class ProcessPoolExecutor(Executor):
             try:
                 proc: multiprocessing.process.BaseProcess = self._ctx.Process(  # type: ignore[attr-defined]
                     target=_worker_main, name=f"ipckit.futures-worker-{slot.index}",
-                    args=(theirs, self._child_parent, self._initializer, self._initargs, self._max_tasks))
+                    args=(theirs, self._child_parent, self._initializer, self._initargs, self._max_tasks,
+                          self._owner_pid))
                 proc.start()
             except Exception as exc:
                 ours.close()
