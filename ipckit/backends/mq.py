@@ -969,8 +969,10 @@ class MqBackend(Backend):
                 raise IncompatibleEndpoint(errno.EPROTO, f"{url}: the listener's hello is missing (another client "
                                            f"took it, or this is not an ipckit endpoint): {exc}") from exc
             ch._say_hello(deadline)
+            # Inside the guard: an exception a signal handler raises here must not leave a live,
+            # unreturned channel holding the session open (FS09).
+            ep.unlink()  # both ends are in place: nothing can be left behind from now on
         except BaseException:
             ch._abandon()
             raise
-        ep.unlink()  # both ends are in place: nothing can be left behind from now on
         return ch

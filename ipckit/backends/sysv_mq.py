@@ -815,7 +815,7 @@ def open_queue(url: str, msgkey: int, msgid: int, mode: int,
         mq = sysv_ipc.MessageQueue(msgkey, 0, max_message_size=msg_limits()["msgmax"])
     except sysv_ipc.ExistentialError as exc:
         raise missing(errno.ENOENT, f"{url}: its queue is gone (stale endpoint)") from exc
-    except Exception as exc:
+    except (sysv_ipc.Error, OSError, ValueError, MemoryError) as exc:  # not a signal handler's exception (FS09)
         raise sysv_error(exc, f"{url}: opening its queue", kind="msg", missing=missing) from exc
     euid = os.geteuid()
     if int(mq.id) != msgid:
