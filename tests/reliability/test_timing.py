@@ -44,6 +44,7 @@ import math
 import os
 import secrets
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -398,6 +399,41 @@ def test_zmq_full_pipe_outlives_heartbeat_timeout(subject: Subject) -> None:
     finally:
         b.close()  # the receiver first (see test_timeout_accuracy)
         a.close()
+
+
+_ZMQ_CLOSE_ABORT = ("closing the sending end of a full zmq+ipc:// pair first, then its receiver, aborts the process "
+                    "inside libzmq 4.3.5 (Assertion failed: !_io_error, src/stream_engine_base.cpp:310); receiver "
+                    "first, or zmq+tcp://, closes cleanly")
+
+#: Run in a child: the abort would take the test runner with it.
+_CLOSE_FULL_PAIR = """
+import ipckit
+from ipckit.errors import SendTimeout
+a, b = ipckit.pair("zmq+ipc://")
+try:
+    while True:
+        a.send_bytes(bytes(65536), timeout=0.2)
+except SendTimeout:
+    pass
+a.close()
+b.close()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_ZMQ_CLOSE_ABORT)
+def test_zmq_ipc_full_pair_closes_sender_first(tmp: str) -> None:
+    """close() always releases (docs/contract.md): also the sender of a full pair, closed first."""
+    _require(Subject("zmq+ipc", "zmq+ipc"))
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env["TMPDIR"] = tmp  # an aborted child leaves its private endpoint directory here, not in /tmp
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CLOSE_FULL_PAIR], capture_output=True, text=True,
+                              timeout=50, env=env, stdin=subprocess.DEVNULL)
+    finally:
+        for name in os.listdir(tmp):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+    assert proc.returncode == 0, f"the child exited with {proc.returncode}: {proc.stderr.strip()[-200:]}"
 
 
 # --------------------------------------------------------------------------- detection
