@@ -39,6 +39,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -367,7 +368,7 @@ def _objects_of_the_channel(fds_before: dict[int, str], maps_before: set[str], t
         except OSError:
             continue
         found[target] = (stat.S_IMODE(st.st_mode), stat.S_ISDIR(st.st_mode))
-        if target.startswith("/tmp/") or target.startswith(tmp):
+        if target.startswith((tempfile.gettempdir() + "/", tmp)):
             dirs.add(os.path.dirname(target.removesuffix(" (deleted)")))
     for entry in set(os.listdir("/proc/self/map_files")) - maps_before:
         try:
