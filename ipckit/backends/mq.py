@@ -95,6 +95,7 @@ from ..errors import (
 from ..limits import KernelLimit, fmt_bytes, rlimit, sysctl
 from ..options import Capabilities, Options, option
 from ..url import Endpoint
+from .common.faults import fault
 from .common.paths import NAME_RE, check_mode, runtime_dir, unlink_quiet
 from .common.posix import (
     MQ,
@@ -610,6 +611,7 @@ class _Endpoint:
                 _track(name)
             if create and role == 0:
                 lock(anchor, _LIVE_BYTES[0])  # before the companion: a reclaimer keeps a locked anchor
+                fault("mq.after_create_before_init")
             companion, other = _open_queue(p, name + _COMPANION, create=create, depth=depth, size=self.size,
                                            mode=mode)
             if create:

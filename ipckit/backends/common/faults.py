@@ -21,6 +21,9 @@ Point names in use (the scheme's URL scheme, a dot, the point):
     the segment exists under its temporary name with the creator's lock held, not yet sized.
 ``sysv+shm.after_create_before_init``
     the manifest records the semaphore set and the segment, the segment is not initialised.
+``mq.after_create_before_init``
+    the listener's anchor queue exists and is locked by its creator; the companion queue and the
+    liveness FIFO are not made yet.
 """
 
 from __future__ import annotations
