@@ -49,10 +49,13 @@ import pytest
 import ipckit
 from ipckit.backends.common import faults
 from ipckit.channel import Channel, Listener
+from ipckit.cleanup import find_stale
+from ipckit.cleanup import remove as remove_stale
 from ipckit.errors import (
     ChannelClosed,
     ChannelTimeout,
     EndOfChannel,
+    EndpointExists,
     EndpointNotFound,
     IncompatibleEndpoint,
     PeerDied,
@@ -632,12 +635,26 @@ def _listen_at_kill_point(url: str, point: str) -> int:
 
 
 @pytest.mark.fs("FS06")
-@pytest.mark.parametrize("scheme", ["shm", "sysv+shm"])
+@pytest.mark.parametrize("scheme", [
+    "shm", "sysv+shm",
+    pytest.param("mq", marks=pytest.mark.xfail(
+        strict=True, raises=EndpointExists,
+        reason="known gap: a creator killed between its two queues leaves the locked-then-orphaned anchor, "
+               "which listen() refuses (EndpointExists) instead of reclaiming; `ipckit cleanup` removes it")),
+])
 def test_fs06_creator_killed_before_init_leaves_the_name_free(scheme: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The creator dies (SIGKILL at ``<scheme>.after_create_before_init``) with the endpoint half
     made: a connect finds no endpoint (or an incompatible one) at once, never a hang; a new
     listen() on the name works; what the dead creator left is reclaimed."""
     url = f"{scheme}://ikt-{os.getpid()}-{secrets.token_hex(6)}"
+    try:
+        _creator_killed_before_init(scheme, url, monkeypatch)
+    finally:  # what a failed reclaim left (the leak guard would report it as this test's leak)
+        for obj in find_stale(prefix=f"ipckit.{url.partition('://')[2]}"):
+            remove_stale(obj)
+
+
+def _creator_killed_before_init(scheme: str, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     status = _listen_at_kill_point(url, f"{scheme}.after_create_before_init")
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"wait status {status}"
     start = time.monotonic()
