@@ -325,12 +325,19 @@ class Channel(ABC):
         except IPCError:
             raise
         except Exception as exc:
-            raise self._decode_error(data, exc) from exc
+            raise self._decode_error(data, exc) from None
 
     def _decode_error(self, data: Any, exc: Exception) -> DecodeError:
+        """The DecodeError for *exc*, the serializer's own error: its message and the printed chain
+        carry the size and the error's type only, since serializers quote the bytes they choked on
+        (msgpack's ExtraData, UnicodeDecodeError) and a payload must never reach a log; the error
+        itself stays reachable as ``.serializer_error`` (callers raise it ``from None``)."""
         n = data.nbytes if isinstance(data, memoryview) else len(data)
-        return DecodeError(f"cannot decode a {n}-byte message with {self._serializer.name}: {exc!r} "
-                           "(do both ends use the same serializer?)")
+        err = DecodeError(f"cannot decode a {n}-byte message with {self._serializer.name}: {type(exc).__name__} "
+                          "(do both ends use the same serializer? the serializer's own error, which may quote "
+                          "the message, is in .serializer_error)")
+        err.serializer_error = exc
+        return err
 
     def recv_bytes(self, timeout: float | None = USE_DEFAULT) -> bytes:
         """Receive one message as ``bytes``, unserialized. Raises as :meth:`recv` (but never DecodeError)."""

@@ -146,7 +146,14 @@ class EncodeError(SerializationError, TypeError):
 
 
 class DecodeError(SerializationError):
-    """A received message could not be deserialized; the message is consumed, the channel stays usable."""
+    """A received message could not be deserialized; the message is consumed, the channel stays usable.
+
+    Its message names the size and the serializer's error type, never the bytes; the serializer's
+    own exception (which may quote them) is ``serializer_error``.
+    """
+
+    #: The serializer's exception (None when ipckit's own framing of the serializer refused it).
+    serializer_error: BaseException | None = None
 
 
 class UnsafeSerializer(IPCError):

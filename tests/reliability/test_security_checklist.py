@@ -684,17 +684,11 @@ def _recv_until_broken(end: Channel) -> BaseException:
     pytest.fail("the killed peer's end kept delivering")
 
 
-_XFAIL_DECODE = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="Channel._decode_error puts the serializer's exception's repr into DecodeError's message: "
-           "msgpack's ExtraData and UnicodeDecodeError reprs quote the payload")
-
-
 @pytest.mark.security("S20")
 @pytest.mark.parametrize("scheme", ALL)
 @pytest.mark.parametrize("path", ["oversize", "unencodable", "not-bytes", "undecodable",
-                                  pytest.param("extra-data", marks=_XFAIL_DECODE),
-                                  pytest.param("bad-utf8", marks=_XFAIL_DECODE),
+                                  "extra-data",
+                                  "bad-utf8",
                                   "peer-closed", "peer-died"])
 def test_s20_a_payload_never_shows_in_errors_or_logs(scheme: str, path: str, caplog: pytest.LogCaptureFixture) -> None:
     """A canary sent (or about to be) never appears in the ipckit exception an error path raises

@@ -405,7 +405,7 @@ class RingChannel(Channel):
         except IPCError:
             raise
         except Exception as exc:
-            raise self._decode_error(data, exc) from exc
+            raise self._decode_error(data, exc) from None
 
     def _send_one(self, data: Any, timeout: float | None) -> None:
         if self._side_dead:
