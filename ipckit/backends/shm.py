@@ -306,7 +306,9 @@ class _Segment:
             try:
                 sem = p.Semaphore(self.name + suffix, p.O_CREX, mode=mode, initial_value=0)
             except p.ExistentialError:
-                # We own the segment's name, so a semaphore of that name is a crashed run's leftover.
+                # We own the segment's name, so a semaphore of that name is a crashed run's leftover
+                # -- if it is ours: another user's is a squatter, refused and left alone (S2, S18).
+                refuse_foreign(PosixName(SEM, self.name + suffix))
                 try:
                     p.unlink_semaphore(self.name + suffix)
                     sem = p.Semaphore(self.name + suffix, p.O_CREX, mode=mode, initial_value=0)

@@ -8,7 +8,7 @@ mapping cannot rot.  The rest is here:
 
 * S1: the names ipckit generates carry 128 random bits;
 * S2: a Unix socket, a ``zmq+ipc`` socket and their lock files squatted by uid 65534, and a shm
-  semaphore squatted by uid 65534 (a known bug: a strict xfail);
+  semaphore squatted by uid 65534;
 * S4: with umask 000, every object a named channel makes is 0600 and every directory 0700; with
   umask 077 an explicit ``mode=0o640`` is still what the objects get;
 * S7: the other-user helper really runs without root's capabilities;
@@ -308,10 +308,6 @@ def _squat_semaphore(name: str) -> int:
 
 @needs_root
 @pytest.mark.security("S2", "S18", subject="shm")
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="shm.py takes any semaphore named like its segment's for a crashed run's "
-                          "leftover and unlinks it without checking its owner (as root that removes "
-                          "another user's semaphore; as a user it is EndpointExists, not PermissionDenied)")
 def test_s2_a_shm_semaphore_squatted_by_another_user_is_refused_and_left_alone() -> None:
     pytest.importorskip("posix_ipc")
     name = f"s2sem-{secrets.token_hex(6)}"
