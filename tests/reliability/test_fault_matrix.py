@@ -673,6 +673,83 @@ def _creator_killed_before_init(scheme: str, url: str, monkeypatch: pytest.Monke
         assert shm_mod.cleanup_stale(), "the dead creator's half-made segment was not reclaimed"
 
 
+# --------------------------------------------------------------------------- FS02/FS03 on the rings
+# The shared-memory rings have no frame on a wire to cut: a writer dies between writing a slot and
+# committing it (FS02's analogue, S-2), or between committing it and waking the sleeping reader
+# (FS03, S-3).  Kill points are never put on the send path, so the peer drives its ring directly.
+_RINGS = ["shm", "sysv+shm"]
+
+
+def _wait_until(cond: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("the condition was not reached")
+        time.sleep(0.0005)
+
+
+def _commit_unposted_then_die(ch: Any, payload: bytes) -> None:
+    """Once the reader sleeps on its semaphore, commit *payload* without waking it; then die."""
+    from ipckit.backends.common.ring import buffer as ring
+
+    ready()
+    w = ch._w
+    _wait_until(lambda: w._ctl[ring._W_RSLEEP] != 0)
+    w.wake_peer = None  # killed "after commit, before post"
+    assert w.try_write(memoryview(payload))
+    kill_self()
+
+
+def _write_uncommitted_then_die(ch: Any, whole: bytes, torn: bytes) -> None:
+    """Send *whole*; write the next slot's header and payload (*torn*) but never commit it; die."""
+    from ipckit.backends.common.ring import buffer as ring
+
+    ch.send_bytes(whole, timeout=10.0)
+    w = ch._w
+    base = w._data + w._wp % w._cap
+    ring._HDR.pack_into(w._mv, base, ring._MSG, len(torn), len(torn))
+    w._mv[base + ring._HDR_SIZE: base + ring._HDR_SIZE + len(torn)] = torn
+    ready()
+    kill_self()
+
+
+@pytest.mark.fs("FS03")
+@pytest.mark.parametrize("scheme", _RINGS)
+def test_fs03_writer_killed_after_commit_before_the_wake_up(scheme: str) -> None:
+    """The committed message is found although no wake-up came (the reader re-checks within its
+    wait slice), then the dead writer is PeerDied."""
+    a, b = ipckit.pair(scheme, capacity=64 * 1024, spin=False)
+    with a, spawn_peer(_commit_unposted_then_die, b, b"committed, never posted") as peer:
+        b.close()
+        peer.wait_ready()
+        start = time.monotonic()
+        assert a.recv_bytes(timeout=10.0) == b"committed, never posted"
+        assert time.monotonic() - start < 1.5
+        assert peer.wait_exit() == -signal.SIGKILL
+        start = time.monotonic()
+        with pytest.raises(PeerDied):
+            a.recv_bytes(timeout=10.0)
+        assert time.monotonic() - start < 1.5
+
+
+@pytest.mark.fs("FS02")
+@pytest.mark.parametrize("scheme", _RINGS)
+def test_fs02_ring_writer_killed_before_committing_a_slot(scheme: str) -> None:
+    """The message before arrives; the written but uncommitted one never does: PeerDied."""
+    a, b = ipckit.pair(scheme, capacity=64 * 1024)
+    with a, spawn_peer(_write_uncommitted_then_die, b, b"whole", b"torn" * 100) as peer:
+        b.close()
+        peer.wait_ready()
+        assert peer.wait_exit() == -signal.SIGKILL
+        assert a.recv_bytes(timeout=10.0) == b"whole"
+        start = time.monotonic()
+        with pytest.raises(PeerDied):
+            a.recv_bytes(timeout=10.0)
+        assert time.monotonic() - start < 1.5
+        with pytest.raises(PeerDied):
+            a.recv_bytes(timeout=0)
+
+
 # --------------------------------------------------------------------------- the contract's names
 _COLLECT = r"""
 import json, sys
