@@ -9,7 +9,7 @@ left" is an exact comparison, not a guess on a machine where other programs use 
 limits are lowered only in that child, never in the pytest process.
 
 One sweep shape for every limit: the limit is set to *what is in use + k* for k = 0, 1, 2, ...
-and one operation (``pair()``, ``listen()``, ``connect()`` + ``accept()``) is tried at each step
+and one operation (``pair()``, ``listen()``, the client side of ``connect()``) is tried at each step
 until it succeeds, so the limit is met at every point inside the operation (first descriptor,
 second, the segment, its semaphores, ...).  At every failing step the operation must raise
 exactly :class:`ipckit.errors.ResourceExhausted` whose message names the limit, and afterwards
@@ -28,7 +28,9 @@ the limit at its tightest, channels made before it still carry a round trip.  Th
   past that one, so the mq child drops it if it holds it).
 
 The client side of ``connect()`` is swept against a listener in another process (the limit is
-this process's); ``listen()`` and ``pair()`` in this one.
+this process's); ``listen()`` and ``pair()`` in this one.  The accept side: a listener here with
+RLIMIT_NOFILE at in use + 0 while a client in another process dials; this process must survive
+(ResourceExhausted naming the limit, or a timeout), and serve a later client.
 
 Already covered per backend elsewhere, and kept: tests/backends/test_shm.py (full /dev/shm at
 every step for shm://, the S7 big ring), test_sysv_mq.py (msgmni for sysv+mq:// pairs), test_mq.py
@@ -36,14 +38,14 @@ every step for shm://, the S7 big ring), test_sysv_mq.py (msgmni for sysv+mq:// 
 import), test_unix.py (EMFILE between eventfd and epoll, monkeypatched).  This file is the
 cross-backend sweep with the figures for the report.
 
-**Cycles.**  ``scaled(20, 2000)`` create/use/close cycles per backend (``scaled(3, 100)`` for zmq, where a
-client's close after its peer's takes 2 s) (``pair()`` + a round trip,
-and for the named backends ``listen()`` + ``connect()`` + ``accept()`` + a round trip), after
-warm-up cycles that let one-time state (imports, zmq's context) settle.  After the cycles the
-descriptors, threads, child processes and kernel objects must be the same as before them, and
-memory must not grow with the cycle count: Python allocations (tracemalloc, over a second, traced
-run, proof stage only) by at most ``_PY_BYTES_PER_CYCLE`` per cycle, RSS by at most ``_RSS_BYTES_PER_CYCLE`` per cycle
-plus allocator slack (see their comments for why those numbers).
+**Cycles.**  ``scaled(20, 2000)`` create/use/close cycles per backend (``scaled(3, 100)`` for zmq,
+where a client's close after its peer's takes 2 s): ``pair()`` + a round trip, and for the named
+backends ``listen()`` + ``connect()`` + ``accept()`` + a round trip, after warm-up cycles that let
+one-time state (imports, zmq's context) settle.  After the cycles the descriptors, threads, child
+processes and kernel objects must be the same as before them, and memory must not grow with the
+cycle count: Python allocations (tracemalloc, over a second, traced run, proof stage only) by at
+most ``_PY_BYTES_PER_CYCLE`` per cycle, RSS by at most ``_RSS_BYTES_PER_CYCLE`` per cycle plus
+allocator slack (see their comments for why those numbers).
 
 Section ``exhaustion`` of the reliability report: one row per backend and limit, one per backend
 for the cycles.
