@@ -549,6 +549,12 @@ def _stream(peer: Peer, cfg: BenchConfig, size: int, placement: str, rng: random
     return _stream_cell(cell, n, size, elapsed, parent_cpu, child_cpu, steal0)
 
 
+#: A hog spins until killed, and dies with the bench (PR_SET_PDEATHSIG, then a check that the
+#: parent did not die first): a killed bench must not leave CPU-bound orphans behind.
+_HOG = ("import ctypes, os, sys\nctypes.CDLL(None).prctl(1, 9, 0, 0, 0)\n"
+        "if os.getppid() != int(sys.argv[1]): sys.exit(0)\nwhile True: pass")
+
+
 class _Hogs:
     """One CPU-bound process per allowed CPU, unpinned, for the ``busy`` placement.
 
@@ -560,7 +566,7 @@ class _Hogs:
     def __init__(self, n: int) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         for _ in range(n):
-            self.procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"],
+            self.procs.append(subprocess.Popen([sys.executable, "-c", _HOG, str(os.getpid())],
                                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
 
     def stop(self) -> None:
