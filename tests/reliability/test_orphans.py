@@ -113,8 +113,6 @@ EXAMPLES = {
 #: Known orphans, each a bug in a file this test does not own (docs/reliability.md lists them): the
 #: test is a strict xfail, so the day it is fixed the marker must go.
 KNOWN = {
-    "bench-hogs": "ipckit/bench/runner.py _Hogs: plain `while True: pass` interpreters without a parent-death "
-                  "signal spin forever once the bench is killed",
     "async_echo.py": "examples/async_echo.py: the spawned clients have no parent-death signal and keep running",
     "client_server.py": "examples/client_server.py: the spawned clients have no parent-death signal and keep running",
 }
