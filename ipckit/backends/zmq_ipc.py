@@ -2,17 +2,17 @@
 
 Features:
     A listener serves many clients on one endpoint: its ROUTER socket answers each client's hello
-    with a PAIR socket bound for that client alone on a fresh, unguessable path beside the
-    endpoint (removed as soon as the client is connected), so every accepted channel is a socket
-    of its own.  ``connect()`` needs the listener's answer, so an absent endpoint is
-    EndpointNotFound within the deadline, never a hang.  A clean close sends a goodbye
-    (EndOfChannel); a dropped connection without it is PeerDied (socket monitor), also for a
-    peer that stops answering heartbeats.  A plain send only means "queued in libzmq"; ``ack=True``
-    numbers the messages and makes the receiver acknowledge what its process received: nothing is
-    lost while both live, and PeerDied says how many were not received.  The endpoint is bound
-    under an ``flock`` on ``<path>.lock`` after a probe connection showed nobody is bound there, so
-    a second binder gets EndpointExists and never steals a live endpoint (libzmq alone would).
-    Ends cannot be handed to child processes (libzmq is not fork-safe): a child connects itself.
+    with a PAIR socket bound for that client alone on a fresh, unguessable path beside the endpoint
+    (removed as soon as the client is connected), so every accepted channel is a socket of its
+    own.  ``connect()`` needs the listener's answer, so an absent endpoint is EndpointNotFound within
+    the deadline, never a hang.  A clean close sends a goodbye (EndOfChannel); a dropped connection
+    without it is PeerDied (socket monitor), also for a peer that stops answering heartbeats (when
+    ``heartbeat`` is set).  A plain send only means "queued in libzmq"; ``ack=True`` numbers the
+    messages and makes the receiver acknowledge what its process received: nothing is lost while
+    both live, and PeerDied says how many were not received.  The endpoint is bound under an
+    ``flock`` on ``<path>.lock`` after a probe connection showed nobody is bound there, so a second
+    binder gets EndpointExists and never steals a live endpoint (libzmq alone would). Ends cannot be
+    handed to child processes (libzmq is not fork-safe): a child connects itself.
 
 URL format:
     ``zmq+ipc:///abs/path.ipc`` (at most 107 bytes); ``zmq+ipc://name`` puts ``ipckit-zmq-name.ipc``
@@ -21,8 +21,8 @@ URL format:
 
 Options:
     ``ack`` (acknowledged delivery, default False), ``ack_window`` (256), ``linger`` (1 s),
-    ``buffer_bytes`` (64 MiB: libzmq's high-water marks), ``heartbeat`` (1 s), ``heartbeat_timeout``
-    (3 s), ``handshake_timeout`` (5 s).
+    ``buffer_bytes`` (64 MiB: libzmq's high-water marks), ``heartbeat`` (0: off, see ZmqIpcOptions),
+    ``heartbeat_timeout`` (3 s), ``handshake_timeout`` (5 s).
     Common options: ``serializer``, ``max_message_size``, ``default_timeout``, ``mode``, ``trust``.
 
 Platform notes:
@@ -45,7 +45,7 @@ from ..channel import Channel, Listener
 from ..cleanup import StaleObject, Sweep
 from ..deadline import Deadline
 from ..errors import EndpointNotFound, InvalidAddress, IPCError, PermissionDenied, from_oserror
-from ..options import Capabilities, Options
+from ..options import Capabilities, Options, option
 from ..url import Endpoint
 from .common import paths as _paths
 from .common import zmq as _z
@@ -56,6 +56,13 @@ __all__ = ["ZmqIpcBackend", "ZmqIpcOptions", "ZmqIpcChannel"]
 @dataclass
 class ZmqIpcOptions(_z.ZmqOptions):
     """Options of ``zmq+ipc://`` (the kit's; see docs/backends/zmq.md)."""
+
+    #: seconds between ZMTP heartbeats (0: none, the default here).  Off by default on ipc://: a
+    #: killed peer's socket closes at once (PeerDied without them), and with them libzmq 4.3.5
+    #: aborts the process (``Assertion failed: !_io_error``, stream_engine_base.cpp) when the peer
+    #: hangs up while this end's receive pipe is full and a heartbeat falls due -- a slow reader
+    #: whose producer exits.  Set it to treat a stopped (SIGSTOP) peer as dead, knowing that.
+    heartbeat: float = option(0.0, minimum=0, maximum=3600)
 
 
 _CAPS = Capabilities(
