@@ -501,7 +501,14 @@ def _accept_at_limit(scheme: str, opts: dict[str, Any], child: _Child) -> dict[s
     first = dial()  # started (its interpreter and ipckit loaded) before the limit is lowered
     limit = _Limit("RLIMIT_NOFILE", child)
     limit.lower(0)
-    sys.stderr.write("accept at RLIMIT_NOFILE in use + 0\n")
+    # The holes below the highest descriptor too: not one descriptor free, whatever the layout.
+    fill: list[int] = []
+    try:
+        while True:
+            fill.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    sys.stderr.write(f"accept at RLIMIT_NOFILE in use + 0 ({len(fill)} holes filled)\n")
     sys.stderr.flush()
     outcome, message = "accepted", ""
     got = None
@@ -517,26 +524,29 @@ def _accept_at_limit(scheme: str, opts: dict[str, Any], child: _Child) -> dict[s
     except BaseException as exc:
         outcome, message = f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc)
     finally:
+        for fd in fill:
+            os.close(fd)
         limit.restore()
-    def serve(client: subprocess.Popen[str], ch: Any) -> None:
+    def serve(client: subprocess.Popen[str], ch: Any) -> bool:
         """Echo for whoever comes until *client* is done (the backends with one client at a time
-        take the next only after this one)."""
+        take the next only after this one); whether anyone was accepted."""
+        served = ch is not None
         deadline = time.monotonic() + 20
         while client.poll() is None and time.monotonic() < deadline:
             try:
                 ch = ch if ch is not None else lst.accept(timeout=0.5)
             except IPCError:
                 continue
+            served = True
             with ch:
                 try:
                     ch.send_bytes(ch.recv_bytes(timeout=5), timeout=5)
                 except IPCError:
                     pass
             ch = None
+        return served
 
-    accepted_first = got is not None
-    serve(first, got)
-    if accepted_first and scheme in _SINGLE_PEER:  # its one peer came: a new listener for the next
+    if serve(first, got) and scheme in _SINGLE_PEER:  # its one peer came: a new listener for the next
         lst.close()
         lst = ipckit.listen(_url(scheme, child.root, "acc2"), **opts)
     second = dial()
@@ -722,7 +732,11 @@ def _summarize(reliability: Recorder) -> None:
 
 #: Known failures, each a bug in a backend this file does not own (docs/reliability.md lists them):
 #: strict xfails, so the marker must go the day it is fixed.
-KNOWN: dict[tuple[str, str], str] = {}
+KNOWN: dict[tuple[str, str], str] = {
+    ("accept", "zmq+ipc"): "zmq+ipc: a listener whose process has no descriptor free is aborted (SIGABRT) by libzmq "
+                           "when a client dials: 'Too many open files (src/ipc_listener.cpp:297)', libzmq 4.3's ipc "
+                           "listener asserts on EMFILE from accept(2) in its io thread (its tcp listener does not)",
+}
 
 
 def _known(kind: str, backend: str) -> list[pytest.MarkDecorator]:
