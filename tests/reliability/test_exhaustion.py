@@ -630,7 +630,10 @@ def short_dir() -> Iterator[Path]:
         shutil.rmtree(d)
 
 
-def _run_child(tmp_path: Path, spec: dict[str, Any], shm_size: str = "64m", timeout: float = 100) -> dict[str, Any]:
+def _run_child(tmp_path: Path, spec: dict[str, Any], shm_size: str = "64m", timeout: float = 100,
+               case: tuple[str, str, Recorder] | None = None) -> dict[str, Any]:
+    """Run one case in the namespaced child; *case* (limit, subject, recorder): a child that dies
+    counts as a failed case of that limit in the summary."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) for private IPC and mount namespaces")
     root = str(tmp_path)
@@ -644,6 +647,9 @@ def _run_child(tmp_path: Path, spec: dict[str, Any], shm_size: str = "64m", time
     proc = subprocess.run(["unshare", "--ipc", "--mount", "--propagation", "private", "sh", "-c", script],
                           capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if case is not None and (proc.returncode != 0 or not lines):
+        _named.setdefault(case[0], {})[case[1]] = (True, False)
+        _summarize(case[2])
     assert proc.returncode == 0 and lines, (
         f"child exited with {proc.returncode} (negative: killed by that signal, -7 is SIGBUS, -6 SIGABRT)\n"
         f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-3000:]}")
@@ -753,7 +759,7 @@ def test_rlimit_nofile(backend: str, short_dir: Path, reliability: Recorder) -> 
     # memory:// connects within one process only: no other process to dial.
     ops = ["pair"] + (["listen"] if backend in NAMED else []) + (["connect"] if backend in DIALED else [])
     result = _run_child(short_dir, {"kind": "limit", "scheme": scheme, "opts": opts, "limit": "RLIMIT_NOFILE",
-                                   "ops": ops})
+                                   "ops": ops}, case=("RLIMIT_NOFILE", backend, reliability))
     row = _check(backend, "RLIMIT_NOFILE", result, reliability, must_meet=backend not in ("memory", "sysv+shm"))
     if backend == "memory":
         assert not row["met"]  # no descriptor at all: if it starts needing some, look again
@@ -768,7 +774,7 @@ def test_full_dev_shm(backend: str, short_dir: Path, reliability: Recorder) -> N
     ops = ["pair"] + (["listen"] if backend in NAMED else []) + (["connect"] if backend in DIALED else []) + \
         (["big"] if backend == "shm" else [])
     result = _run_child(short_dir, {"kind": "limit", "scheme": scheme, "opts": opts, "limit": "/dev/shm",
-                                   "ops": ops}, shm_size="2m")
+                                   "ops": ops}, shm_size="2m", case=("/dev/shm", backend, reliability))
     _check(backend, "/dev/shm", result, reliability, must_meet=backend in ("shm", "sysv+mq"))
 
 
@@ -779,7 +785,8 @@ def test_ipc_namespace_limit(backend: str, limit: str, short_dir: Path, reliabil
     """A kernel object limit lowered in the child's private IPC namespace to in-use + k."""
     scheme, opts = _require(backend)
     result = _run_child(short_dir, {"kind": "limit", "scheme": scheme, "opts": opts, "limit": limit,
-                                   "ops": ["pair", "listen", "connect"], "drop_cap": backend == "mq"})
+                                   "ops": ["pair", "listen", "connect"], "drop_cap": backend == "mq"},
+                        case=(limit, backend, reliability))
     _check(backend, limit, result, reliability, must_meet=True)
 
 
@@ -816,7 +823,8 @@ def test_accept_at_rlimit_nofile(backend: str, short_dir: Path, reliability: Rec
     the process survives (a crash is a negative exit status), accept raises ResourceExhausted naming
     the limit or times out, a client after the limit is lifted is served, and nothing is left."""
     scheme, opts = _require(backend)
-    r = _run_child(short_dir, {"kind": "accept", "scheme": scheme, "opts": opts})
+    r = _run_child(short_dir, {"kind": "accept", "scheme": scheme, "opts": opts},
+                   case=("RLIMIT_NOFILE (accept)", backend, reliability))
     reliability.add("exhaustion", backend, kind="accept at RLIMIT_NOFILE", outcome=r["outcome"],
                     message=r["message"] or None, first_client=r["first"], later_client=r["second"])
     ok = (r["outcome"] in ("accepted", "ResourceExhausted", "timeout") and r["second"] == "echoed"
