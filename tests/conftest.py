@@ -16,7 +16,7 @@ pytest_plugins = ["ipckit.testing.plugin", "reliability_report"]
 def pytest_configure(config: pytest.Config) -> None:
     # The fault matrix counts the shipped contract's tests too: their names, by scenario, registered
     # on import (here, once reliability_report is loaded: importing it earlier defeats assert rewriting).
-    import reliability.scenarios  # noqa: F401
+    import reliability.scenarios
     import reliability.security_map  # noqa: F401  (the security checklist's names, likewise)
 
 

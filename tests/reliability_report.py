@@ -67,6 +67,14 @@ def scaled(small: int, full: int) -> int:
     return full if proof() else small
 
 
+#: For the proof stage's files (timing, load, exhaustion, orphans): minutes each even small, so the
+#: ordinary suite -- the README's command, which CI runs twice -- leaves them to CI's proof stage,
+#: where they run once at full size.  ``IPCKIT_PROOF=1 python -m pytest tests/reliability`` runs
+#: them anywhere.
+proof_only = pytest.mark.skipif(not proof(), reason="a reliability proof: CI's proof stage runs it at full size "
+                                                    "(IPCKIT_PROOF=1 python -m pytest tests/reliability)")
+
+
 def subject_of(item: pytest.Item) -> str:
     """The backend a test ran on: the contract class's ``scheme`` (with the class name when one
     scheme has several classes, e.g. unix stream and seqpacket), else a ``scheme``/``backend``

@@ -27,6 +27,7 @@ from .snapshots import SHM_DIR, guard_mode, leaks, owned_names, remove_object, t
 _session_start = time.time()
 _swept: list[str] = []
 _flagged: set[str] = set()  # machine-wide objects some test of this run was failed for
+_collector_deaths: list[str] = []  # where pyzmq's zero-copy collector thread ended (if it did)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -87,10 +88,11 @@ def _ipckit_leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     before = take_snapshot(machine_wide)
     yield
     if collector is not None and not collector.is_alive() and _zmq_collector() is None:
-        # Once dead it cannot be restarted in this process (see ipckit's zmq kit, zero_copy_ok):
-        # name the test it died in, which the thread-exception warning alone does not make plain.
-        pytest.fail(f"{request.node.nodeid}: pyzmq's zero-copy collector thread ({collector.name}) died "
-                    "during this test; later zmq sends in this process copy", pytrace=False)
+        # Once dead it cannot be restarted in this process (ipckit's zmq kit then copies large
+        # frames instead: zero_copy_ok): name the test it ended in, in the run's summary.  Not a
+        # failure: nothing the user sees changes, and the cause is pyzmq's, not the test's.
+        _collector_deaths.append(f"{request.node.nodeid}: pyzmq's zero-copy collector thread ({collector.name}) "
+                                 "ended during this test; zmq sends in this process copy from then on")
     found = leaks(before, machine_wide)
     _flagged.update(os.path.join(SHM_DIR, n) for n in found.shm)
     _flagged.update(found.tmp)
@@ -112,6 +114,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: Any) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: Any, config: pytest.Config) -> None:
+    if _collector_deaths:
+        terminalreporter.section("pyzmq zero-copy collector", sep="=", yellow=True)
+        for line in _collector_deaths:
+            terminalreporter.write_line(line)
     if _swept:
         terminalreporter.section("ipckit leak sweep", sep="=", red=True, bold=True)
         terminalreporter.write_line(

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from reliability_report import Recorder, scaled
+from reliability_report import Recorder, proof_only, scaled
 
 import ipckit
 from ipckit.channel import Channel, Listener
@@ -57,7 +57,7 @@ from ipckit.testing.contract.helpers import ResultThread
 from ipckit.testing.load import Checker, Mix, Plan, Tally, receive_all, send_stream
 from ipckit.testing.workers import Dial, attach
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), proof_only]
 
 SEED = int(os.environ.get("IPCKIT_LOAD_SEED") or random.SystemRandom().randrange(1 << 32))
 

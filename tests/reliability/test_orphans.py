@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability_report import Recorder, proof
+from reliability_report import Recorder, proof, proof_only
 
 from ipckit import _proc
 
-pytestmark = [pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.timeout(60), proof_only]
 
 REPO = Path(__file__).resolve().parents[2]
 #: How long the peers may take to go after their parent's SIGKILL: the kernel's PR_SET_PDEATHSIG is

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from reliability_report import Recorder, scaled
+from reliability_report import Recorder, proof_only, scaled
 
 import ipckit
 from ipckit.channel import Channel, Listener
@@ -262,6 +262,7 @@ def _fill(ch: Channel) -> tuple[bytes, int] | None:
     return None
 
 
+@proof_only
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("subject", SUBJECTS, ids=str)
 def test_timeout_accuracy(subject: Subject, tmp: str, reliability: Recorder) -> None:
@@ -502,6 +503,7 @@ def _kill_blocked_peer(subject: Subject, lst: Listener | None) -> float:
                 obj.close()
 
 
+@proof_only
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("subject", SUBJECTS, ids=str)
 def test_detection_latency(subject: Subject, tmp: str, reliability: Recorder) -> None:
