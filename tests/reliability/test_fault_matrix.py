@@ -35,16 +35,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -66,9 +64,9 @@ from ipckit.errors import (
     SendTimeout,
 )
 from ipckit.options import Capabilities
-from ipckit.registry import get_backend
 from ipckit.testing import takes_timeout, wait_until_blocked, workers
 from ipckit.testing.contract import ChildEnds
+from ipckit.testing.contract.channel import ContractFixtures
 from ipckit.testing.contract.helpers import ResultThread
 from ipckit.testing.contract.interrupts import HandlerInterrupt, interrupted
 from ipckit.testing.peers import kill_self, ready, set_pdeathsig, spawn_peer
@@ -127,17 +125,14 @@ def _fill(ch: Channel, first: int = 0) -> list[int]:
 
 
 # --------------------------------------------------------------------------- the backends
-class _Base:
-    """What every backend's matrix rows need: the backend, its addresses, ends closed after the test."""
+class _Base(ContractFixtures):
+    """What every backend's matrix rows need: the contract's per-test machinery (the backend, its
+    addresses, ends closed after the test) and the matrix's own knobs."""
 
-    scheme: ClassVar[str] = ""
-    #: options of every channel and listener the rows make
-    options: ClassVar[dict[str, Any]] = {}
     #: options that keep the buffers small, so the rows that fill them stay fast
     small_buffers: ClassVar[dict[str, Any]] = {}
     #: how peer processes start (zmq: spawn, libzmq is not fork-safe)
     method: ClassVar[str] = "fork"
-    variant_capabilities: ClassVar[Capabilities | None] = None
     #: a listener takes one peer in its life (shm, sysv+shm, mq): later clients need a new listener
     single_peer_listener: ClassVar[bool] = False
     #: a send only queues the message (zmq, Z-3/Z-4): what is still queued when the sender is
@@ -146,52 +141,6 @@ class _Base:
     queued_may_be_lost: ClassVar[bool] = False
     #: why a handler's exception inside connect() is known to leave something behind here ("": it is not)
     connect_interrupt_gap: ClassVar[str] = ""
-
-    tmpdir: str
-    _owned: list[Channel | Listener]
-
-    @pytest.fixture(autouse=True)
-    def _matrix_resources(self) -> Iterator[None]:
-        self._owned = []
-        self.tmpdir = tempfile.mkdtemp(prefix=f"ipckit-fm-{os.getpid()}-")
-        try:
-            yield
-        finally:
-            for obj in reversed(self._owned):
-                obj.close()
-            left = sorted(os.listdir(self.tmpdir))
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-        assert not left, f"files left in the test's directory after closing everything: {left}"
-
-    @property
-    def caps(self) -> Capabilities:
-        return self.variant_capabilities or get_backend(self.scheme).capabilities
-
-    def own(self, obj: Any) -> Any:
-        self._owned.append(obj)
-        return obj
-
-    def fresh_url(self) -> str:
-        return f"{self.scheme}://ikt-{os.getpid()}-{secrets.token_hex(6)}"
-
-    def make_pair(self, **options: Any) -> tuple[Channel, Channel]:
-        opts = {**self.options, **options}
-        if self.caps.anonymous_pair:
-            a, b = ipckit.pair(f"{self.scheme}://", **opts)
-            return self.own(a), self.own(b)
-        return self.connect_pair(**opts)
-
-    def connect_pair(self, lst: Listener | None = None, **options: Any) -> tuple[Channel, Channel]:
-        """``(client, server)``: a connection through *lst* (a fresh listener if None)."""
-        opts = {**self.options, **options}
-        listener = lst if lst is not None else self.own(ipckit.listen(self.fresh_url(), **opts))
-        client = ResultThread(lambda: ipckit.connect(listener.url, timeout=10.0, **opts), name="ipckit-connect")
-        client.start()
-        try:
-            server = self.own(listener.accept(timeout=10.0))
-        finally:
-            client.join(15.0)
-        return self.own(client.outcome()), server
 
     def _next_pair(self, lst: Listener) -> tuple[Channel, Channel]:
         """``(client, server)`` of the next client of *lst*'s address: through *lst*, or -- when it

@@ -65,18 +65,14 @@ def pickle_channel(ch: Channel) -> bytes:
     return pickle.dumps(ch)
 
 
-class ChannelContract(OptionRules, ErrorBoundaries, InterruptContract, ThreadContract):
-    """What every channel does, on every backend (the promises of docs/contract.md §3).
-
-    Subclasses set ``scheme`` (and optionally ``options``: extra keyword options for every
-    channel).  Helpers: :meth:`make_pair` (closed automatically after the test), :meth:`fresh_url`,
-    ``self.tmpdir`` (a private directory, checked empty and removed after the test).
-    """
+class ContractFixtures:
+    """The contract's per-test machinery, for any test class about one backend: ``scheme`` (and
+    ``options``, ``variant_capabilities``), :meth:`make_pair` / :meth:`connect_pair` with every
+    end closed after the test (:meth:`own`), :meth:`fresh_url`, and ``self.tmpdir`` (a private
+    directory, checked empty and removed after the test)."""
 
     scheme: ClassVar[str] = ""
     options: ClassVar[dict[str, Any]] = {}
-    #: ``max_message_size`` the size-limit tests set (kept small so they stay fast).
-    limit_size: ClassVar[int] = 256 * KiB
     #: Capabilities of the variant under test when ``options`` change them (e.g. a seqpacket mode);
     #: None: the backend's declared capabilities.  The meta-test reads this too.
     variant_capabilities: ClassVar[Capabilities | None] = None
@@ -84,7 +80,6 @@ class ChannelContract(OptionRules, ErrorBoundaries, InterruptContract, ThreadCon
     tmpdir: str
     _owned: list[Channel | Listener]
 
-    # ------------------------------------------------------------------ fixtures & helpers
     @pytest.fixture(autouse=True)
     def _contract_resources(self) -> Iterator[None]:
         assert self.scheme, f"{type(self).__name__} must set `scheme`"
@@ -120,17 +115,31 @@ class ChannelContract(OptionRules, ErrorBoundaries, InterruptContract, ThreadCon
             return self.own(a), self.own(b)
         return self.connect_pair(**opts)
 
-    def connect_pair(self, **options: Any) -> tuple[Channel, Channel]:
-        """``(client, server)`` over a fresh listener (kept open until the test ends)."""
+    def connect_pair(self, lst: Listener | None = None, **options: Any) -> tuple[Channel, Channel]:
+        """``(client, server)``: a connection through *lst* (a fresh listener, kept open until the
+        test ends, if None)."""
         opts = {**self.options, **options}
-        lst = self.own(ipckit.listen(self.fresh_url(), **opts))
-        client = ResultThread(lambda: ipckit.connect(lst.url, timeout=10.0, **opts), name="ipckit-connect")
+        listener = lst if lst is not None else self.own(ipckit.listen(self.fresh_url(), **opts))
+        client = ResultThread(lambda: ipckit.connect(listener.url, timeout=10.0, **opts), name="ipckit-connect")
         client.start()
         try:
-            server = self.own(lst.accept(timeout=10.0))
+            server = self.own(listener.accept(timeout=10.0))
         finally:
             client.join(15.0)
         return self.own(client.outcome()), server
+
+
+class ChannelContract(ContractFixtures, OptionRules, ErrorBoundaries, InterruptContract, ThreadContract):
+    """What every channel does, on every backend (the promises of docs/contract.md §3).
+
+    Subclasses set ``scheme`` (and optionally ``options``: extra keyword options for every
+    channel).  Helpers (:class:`ContractFixtures`): :meth:`make_pair` (closed automatically after
+    the test), :meth:`fresh_url`, ``self.tmpdir`` (a private directory, checked empty and removed
+    after the test).
+    """
+
+    #: ``max_message_size`` the size-limit tests set (kept small so they stay fast).
+    limit_size: ClassVar[int] = 256 * KiB
 
     def limit(self, wanted: int) -> int:
         """*wanted* capped by the transport's own message limit."""
